@@ -1,0 +1,20 @@
+//! The actors and who talks to whom:
+//!
+//! ```text
+//!  Ledger ──RouteOne/RouteBatch/RouteRead──▶ Router ──ShardOps/ReadAccount──▶ Shard S
+//!                                                                              │ records
+//!                                                                              ▼
+//!                                                         WAL thread of S (group commit)
+//!                                            replies ◀────┤ after the sync
+//!                                                         └──Credits──▶ Shard D (then replies)
+//!  Checkpointer ──CheckpointShard/TruncateWal──▶ every shard
+//! ```
+//!
+//! actix runs on its own thread (an actix `System`) with one arbiter per shard, so the host's
+//! tokio runtime never sees it; see [`system`].
+
+pub mod checkpoint;
+pub mod messages;
+pub mod router;
+pub mod shard;
+pub mod system;

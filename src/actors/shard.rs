@@ -1,0 +1,462 @@
+//! The shard actor: owns one shard's state (account file, index, dirty overlay) and the sender
+//! of its WAL thread. Checks each operation, logs it, and hands records to the group-commit
+//! thread when its mailbox is drained; replies and outgoing credits leave from that thread once
+//! the records are durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::messages::*;
+use crate::config::Durability;
+use crate::error::{LedgerError, Result};
+use crate::state::{CheckpointInfo, ShardState, TransferOutcome};
+use crate::types::{Account, Receipt};
+use crate::wal::writer::{
+    spawn_group_commit, Batch, Command, Round, SyncPolicy, WalShared, WalWriter,
+};
+
+/// What to do with an operation once its records are written (and synced, where required).
+pub enum Ack {
+    /// Answer the caller. `minted` units are returned to the supply if the write fails.
+    Reply {
+        completion: Completion,
+        result: Result<Receipt>,
+        minted: u64,
+    },
+    /// A debit: send its credit to `target_shard`, which answers the caller.
+    SendCredit {
+        target_shard: u32,
+        credit: CreditItem,
+    },
+}
+
+/// Addresses of every shard, known once all have started.
+pub type Peers = Arc<OnceLock<Vec<Addr<ShardActor>>>>;
+
+/// Shared with the router and `Ledger` for figures and supply accounting.
+#[derive(Clone)]
+pub struct ShardContext {
+    pub peers: Peers,
+    pub supply: Arc<AtomicU64>,
+    pub wal: Arc<WalShared>,
+    pub mailbox_capacity: usize,
+}
+
+pub struct ShardActor {
+    state: ShardState,
+    wal: Option<Sender<Command<Ack>>>,
+    wal_thread: Option<std::thread::JoinHandle<()>>,
+    context: ShardContext,
+    acks: Vec<Ack>,
+    urgent: bool,
+    flush_scheduled: bool,
+}
+
+impl ShardActor {
+    /// Starts the WAL thread and returns the actor that will own it.
+    pub fn new(
+        state: ShardState,
+        writer: WalWriter,
+        durability: Durability,
+        context: ShardContext,
+    ) -> Result<Self> {
+        let shard = state.shard();
+        let policy = match durability {
+            Durability::Sync => SyncPolicy::Always,
+            Durability::Periodic { interval_ms } => SyncPolicy::Periodic {
+                interval: Duration::from_millis(interval_ms),
+            },
+        };
+        let wal_path = writer.path().to_path_buf();
+        let round_context = context.clone();
+        let (sender, thread) = spawn_group_commit(
+            format!("tally-wal-{shard:03}"),
+            writer,
+            policy,
+            context.wal.clone(),
+            move |round| finish_round(shard, round, &round_context),
+        )
+        .map_err(|e| LedgerError::io(wal_path, e))?;
+        Ok(ShardActor {
+            state,
+            wal: Some(sender),
+            wal_thread: Some(thread),
+            context,
+            acks: Vec::new(),
+            urgent: false,
+            flush_scheduled: false,
+        })
+    }
+
+    fn receipt(&self, lsn: u64) -> Receipt {
+        Receipt {
+            shard: self.state.shard(),
+            lsn,
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.context.wal.failed.load(Ordering::Acquire)
+    }
+
+    fn refuse(&self) -> LedgerError {
+        LedgerError::io(
+            self.state.accounts_file().path().with_file_name("wal"),
+            std::io::Error::other(
+                "shard stopped taking writes after a failed WAL write or sync; reopen the ledger",
+            ),
+        )
+    }
+
+    fn apply(&mut self, op: ShardOp, completion: Completion) {
+        if self.failed() {
+            completion.complete(Err(self.refuse()));
+            return;
+        }
+        match op {
+            ShardOp::Mint { to, amount } => {
+                let result = self.state.mint(to, amount).map(|lsn| self.receipt(lsn));
+                self.acks.push(Ack::Reply {
+                    completion,
+                    result,
+                    minted: amount,
+                });
+            }
+            ShardOp::Transfer {
+                from,
+                to,
+                amount,
+                target_shard,
+            } => match self.state.transfer(from, to, amount, target_shard) {
+                Ok(TransferOutcome::Local { lsn }) => self.acks.push(Ack::Reply {
+                    completion,
+                    result: Ok(self.receipt(lsn)),
+                    minted: 0,
+                }),
+                Ok(TransferOutcome::Debited { lsn }) => {
+                    self.urgent = true;
+                    let credit = CreditItem {
+                        source_lsn: lsn,
+                        to,
+                        amount,
+                        receipt: self.receipt(lsn),
+                        completion,
+                    };
+                    self.acks.push(Ack::SendCredit {
+                        target_shard,
+                        credit,
+                    });
+                }
+                Err(error) => self.acks.push(Ack::Reply {
+                    completion,
+                    result: Err(error),
+                    minted: 0,
+                }),
+            },
+        }
+    }
+
+    fn apply_credit(&mut self, source_shard: u32, item: CreditItem) {
+        let CreditItem {
+            source_lsn,
+            to,
+            amount,
+            receipt,
+            completion,
+        } = item;
+        match self.state.credit(source_shard, source_lsn, to, amount) {
+            Ok(Some(_)) => self.acks.push(Ack::Reply {
+                completion,
+                result: Ok(receipt),
+                minted: 0,
+            }),
+            // Already applied (a resend after recovery): the caller's answer is the same.
+            Ok(None) => completion.complete(Ok(receipt)),
+            Err(error) => {
+                // The debit is durable, so the credit is owed. Stop taking writes: reopening
+                // resends it from the source shard's WAL (DESIGN.md section 4).
+                tracing::error!(shard = self.state.shard(), %error, "credit could not be applied; shard stops");
+                self.context.wal.failed.store(true, Ordering::Release);
+                completion.complete(Err(error));
+            }
+        }
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+
+    /// Hands the records and acknowledgements gathered since the last flush to the WAL thread.
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        let records = self.state.take_records();
+        if records.is_none() && self.acks.is_empty() {
+            return;
+        }
+        let (bytes, first_lsn, last_lsn) = records.unwrap_or((Vec::new(), 0, 0));
+        let batch = Batch {
+            bytes,
+            first_lsn,
+            last_lsn,
+            acks: std::mem::take(&mut self.acks),
+            urgent: std::mem::take(&mut self.urgent),
+        };
+        let unsent = match &self.wal {
+            Some(wal) => wal.send(Command::Append(batch)).err().map(|e| e.0),
+            None => Some(Command::Append(batch)),
+        };
+        if let Some(Command::Append(batch)) = unsent {
+            self.context.wal.failed.store(true, Ordering::Release);
+            let error = self.refuse();
+            fail_acks(batch.acks, &error, &self.context);
+        }
+    }
+
+    fn durable_lsn(&self) -> u64 {
+        self.context.wal.durable_lsn.load(Ordering::Acquire)
+    }
+
+    fn stop_wal(&mut self) {
+        self.wal.take();
+        if let Some(thread) = self.wal_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ShardActor {
+    fn drop(&mut self) {
+        self.stop_wal();
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.context.mailbox_capacity);
+    }
+}
+
+/// Internal: the mailbox is drained, write what was gathered.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) {
+        let _span = tracing::trace_span!(
+            "shard_batch",
+            shard = self.state.shard(),
+            acks = self.acks.len()
+        )
+        .entered();
+        self.flush();
+    }
+}
+
+impl Handler<ShardOps> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, message: ShardOps, ctx: &mut Context<Self>) {
+        for (op, completion) in message.ops {
+            self.apply(op, completion);
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<Credits> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Credits, ctx: &mut Context<Self>) {
+        if self.failed() {
+            let error = self.refuse();
+            for item in message.items {
+                item.completion.complete(Err(error.clone()));
+            }
+            return;
+        }
+        for item in message.items {
+            self.apply_credit(message.source_shard, item);
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<Durable> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Durable, _: &mut Context<Self>) {
+        if let Err(error) = self.state.mark_durable(message.lsn) {
+            tracing::error!(shard = self.state.shard(), %error, "cannot write the account file; shard stops");
+            self.context.wal.failed.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Handler<ReadAccount> for ShardActor {
+    type Result = Result<Option<Account>>;
+
+    fn handle(&mut self, message: ReadAccount, _: &mut Context<Self>) -> Self::Result {
+        self.state.account(&message.key)
+    }
+}
+
+impl Handler<CheckpointShard> for ShardActor {
+    type Result = Result<CheckpointInfo>;
+
+    fn handle(&mut self, _: CheckpointShard, _: &mut Context<Self>) -> Self::Result {
+        let _span = tracing::debug_span!("checkpoint_shard", shard = self.state.shard()).entered();
+        self.flush();
+        if self.failed() {
+            return Err(self.refuse());
+        }
+        self.state.checkpoint(self.durable_lsn(), false)
+    }
+}
+
+impl Handler<TruncateWal> for ShardActor {
+    type Result = ResponseFuture<Result<usize>>;
+
+    fn handle(&mut self, message: TruncateWal, _: &mut Context<Self>) -> Self::Result {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let command = Command::Truncate {
+            through_lsn: message.through_lsn,
+            done,
+        };
+        let sent = self
+            .wal
+            .as_ref()
+            .is_some_and(|wal| wal.send(command).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(LedgerError::Closed);
+            }
+            result.await.unwrap_or(Err(LedgerError::Closed))
+        })
+    }
+}
+
+impl Handler<CloseShard> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<()>>;
+
+    fn handle(&mut self, _: CloseShard, _: &mut Context<Self>) -> Self::Result {
+        self.flush();
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        let sent = self
+            .wal
+            .as_ref()
+            .is_some_and(|wal| wal.send(Command::Stop { done }).is_ok());
+        let wait = async move {
+            if !sent {
+                return Err(LedgerError::Closed);
+            }
+            stopped.await.unwrap_or(Err(LedgerError::Closed))
+        };
+        Box::pin(wait.into_actor(self).map(|stopped, actor, _| {
+            stopped?;
+            actor.stop_wal();
+            let durable = actor.durable_lsn();
+            actor.state.close(durable)
+        }))
+    }
+}
+
+impl Handler<GetShardStats> for ShardActor {
+    type Result = MessageResult<GetShardStats>;
+
+    fn handle(&mut self, _: GetShardStats, _: &mut Context<Self>) -> Self::Result {
+        let mut stats = self.state.stats();
+        stats.wal_bytes = self.context.wal.live_bytes.load(Ordering::Relaxed);
+        stats.wal_syncs = self.context.wal.syncs.load(Ordering::Relaxed);
+        stats.healthy = !self.failed();
+        MessageResult(stats)
+    }
+}
+
+/// Runs on the WAL thread after each group commit: answer callers, send credits onward, and
+/// tell the shard which records may now enter the account file.
+fn finish_round(shard: u32, round: Round<Ack>, context: &ShardContext) {
+    let Round {
+        acks,
+        result,
+        durable_lsn,
+    } = round;
+    if let Err(error) = result {
+        fail_acks(acks, &error, context);
+        return;
+    }
+    let mut credits: Vec<Vec<CreditItem>> = Vec::new();
+    for ack in acks {
+        match ack {
+            Ack::Reply {
+                completion,
+                result,
+                minted,
+            } => {
+                if result.is_err() && minted > 0 {
+                    context.supply.fetch_sub(minted, Ordering::AcqRel);
+                }
+                completion.complete(result);
+            }
+            Ack::SendCredit {
+                target_shard,
+                credit,
+            } => {
+                let target = target_shard as usize;
+                if credits.len() <= target {
+                    credits.resize_with(target + 1, Vec::new);
+                }
+                credits[target].push(credit);
+            }
+        }
+    }
+    // Peers are set before the first operation is accepted.
+    let Some(peers) = context.peers.get() else {
+        return;
+    };
+    if let (Some(lsn), Some(me)) = (durable_lsn, peers.get(shard as usize)) {
+        me.do_send(Durable { lsn });
+    }
+    for (target, items) in credits.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        match peers.get(target) {
+            // do_send keeps this thread from blocking; one source's credits stay in LSN order.
+            Some(peer) => peer.do_send(Credits {
+                source_shard: shard,
+                items,
+            }),
+            None => items
+                .into_iter()
+                .for_each(|item| item.completion.complete(Err(LedgerError::Closed))),
+        }
+    }
+}
+
+fn fail_acks(acks: Vec<Ack>, error: &LedgerError, context: &ShardContext) {
+    for ack in acks {
+        match ack {
+            Ack::Reply {
+                completion, minted, ..
+            } => {
+                if minted > 0 {
+                    context.supply.fetch_sub(minted, Ordering::AcqRel);
+                }
+                completion.complete(Err(error.clone()));
+            }
+            Ack::SendCredit { credit, .. } => credit.completion.complete(Err(error.clone())),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Runs the actors on their own threads: an actix `System` on a dedicated thread, one arbiter per
+//! shard and one for the router and checkpoint actor. The host's runtime only holds addresses.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use actix::prelude::*;
+
+use super::checkpoint::Checkpointer;
+use super::router::{Router, Routing};
+use super::shard::{ShardActor, ShardContext};
+use crate::config::Config;
+use crate::error::{LedgerError, Result};
+use crate::recovery::Recovered;
+use crate::wal::writer::WalShared;
+
+/// The running actors and how to stop them.
+pub struct Running {
+    pub router: Addr<Router>,
+    pub checkpointer: Addr<Checkpointer>,
+    pub shards: Vec<Addr<ShardActor>>,
+    pub wals: Vec<Arc<WalShared>>,
+    pub supply: Arc<AtomicU64>,
+    pub system: actix::System,
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts the actix system thread with every actor, handing it the recovered shards and the
+/// directory lock (released when the system thread ends). Blocks until the actors are up.
+pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
+    let total: u128 = recovered.shards.iter().map(|s| s.state.balance_sum()).sum();
+    let supply = u64::try_from(total).map_err(|_| {
+        LedgerError::corrupt(
+            recovered.lock.path().with_file_name("MANIFEST"),
+            0,
+            format!("recovered balances sum to {total}, above u64::MAX"),
+        )
+    })?;
+    let supply = Arc::new(AtomicU64::new(supply));
+    let config = config.clone();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let thread_supply = supply.clone();
+    let thread = std::thread::Builder::new()
+        .name("tally-actix".into())
+        .spawn(move || run_system(recovered, config, thread_supply, sender))
+        .map_err(|e| LedgerError::io("tally-actix thread", e))?;
+    match receiver.recv() {
+        Ok(Ok(parts)) => Ok(Running {
+            router: parts.router,
+            checkpointer: parts.checkpointer,
+            shards: parts.shards,
+            wals: parts.wals,
+            supply,
+            system: parts.system,
+            thread,
+        }),
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(error)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(LedgerError::Closed)
+        }
+    }
+}
+
+struct Parts {
+    router: Addr<Router>,
+    checkpointer: Addr<Checkpointer>,
+    shards: Vec<Addr<ShardActor>>,
+    wals: Vec<Arc<WalShared>>,
+    system: actix::System,
+}
+
+fn run_system(
+    recovered: Recovered,
+    config: Config,
+    supply: Arc<AtomicU64>,
+    reply: std::sync::mpsc::Sender<Result<Parts>>,
+) {
+    let system = actix::System::new();
+    let Recovered {
+        lock,
+        manifest,
+        shards,
+        ..
+    } = recovered;
+    let peers: Arc<OnceLock<Vec<Addr<ShardActor>>>> = Arc::new(OnceLock::new());
+    let mut arbiters = Vec::new();
+    let mut addresses = Vec::new();
+    let mut wals = Vec::new();
+    let mut failure = None;
+    for shard in shards {
+        let wal = Arc::new(WalShared::default());
+        wal.durable_lsn.store(
+            shard.state.next_lsn() - 1,
+            std::sync::atomic::Ordering::Release,
+        );
+        let context = ShardContext {
+            peers: peers.clone(),
+            supply: supply.clone(),
+            wal: wal.clone(),
+            mailbox_capacity: config.mailbox_capacity,
+        };
+        match ShardActor::new(shard.state, shard.wal, config.durability, context) {
+            Ok(actor) => {
+                let arbiter = Arbiter::new();
+                addresses.push(ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                    actor
+                }));
+                arbiters.push(arbiter);
+                wals.push(wal);
+            }
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    if let Some(error) = failure {
+        let _ = reply.send(Err(error));
+        drop(addresses);
+        stop_arbiters(arbiters);
+        return;
+    }
+    // invariant: set exactly once, here, before any message reaches a shard.
+    let _ = peers.set(addresses.clone());
+    let control = Arbiter::new();
+    let routing = Routing::new(addresses.clone(), manifest.hash_seed, supply);
+    let mailbox_capacity = config.mailbox_capacity;
+    let router = Router::start_in_arbiter(&control.handle(), move |_| {
+        Router::new(routing, mailbox_capacity)
+    });
+    let (shard_addresses, shard_wals) = (addresses.clone(), wals.clone());
+    let (interval_ms, wal_bytes) = (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
+    let checkpointer = Checkpointer::start_in_arbiter(&control.handle(), move |_| {
+        Checkpointer::new(shard_addresses, shard_wals, interval_ms, wal_bytes)
+    });
+    arbiters.push(control);
+    let parts = Parts {
+        router,
+        checkpointer,
+        shards: addresses,
+        wals,
+        system: actix::System::current(),
+    };
+    if reply.send(Ok(parts)).is_ok() {
+        let _ = system.run();
+    }
+    stop_arbiters(arbiters);
+    drop(lock);
+}
+
+fn stop_arbiters(arbiters: Vec<Arbiter>) {
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    for arbiter in arbiters {
+        let _ = arbiter.join();
+    }
+}

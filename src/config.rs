@@ -1,0 +1,323 @@
+//! Configuration: a builder for code and a TOML file (`config/default.toml`) for operators.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{LedgerError, Result};
+use crate::storage::MAX_SHARDS;
+
+/// When a call's WAL records must be on disk before the call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A call returns only after its WAL records are fdatasync'ed. Concurrent calls share syncs.
+    Sync,
+    /// A call returns once its records are written to the WAL file (not yet synced); the WAL is
+    /// synced at least every `interval_ms`. A crash loses at most that window, never half a transfer.
+    Periodic { interval_ms: u64 },
+}
+
+/// Everything `Ledger::open` needs. Build with [`Config::new`] or read with [`Config::load`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) shards: Option<u32>,
+    pub(crate) durability: Durability,
+    pub(crate) checkpoint_interval_ms: u64,
+    pub(crate) checkpoint_wal_bytes: u64,
+    pub(crate) wal_segment_bytes: u64,
+    pub(crate) initial_slots: u64,
+    pub(crate) max_batch_ops: usize,
+    pub(crate) mailbox_capacity: usize,
+}
+
+impl Config {
+    /// Defaults: shard count from the machine (or the data directory's MANIFEST), `Sync`
+    /// durability, a checkpoint every 30 s or 256 MiB of WAL, 64 MiB WAL segments.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            shards: None,
+            durability: Durability::Sync,
+            checkpoint_interval_ms: 30_000,
+            checkpoint_wal_bytes: 256 << 20,
+            wal_segment_bytes: 64 << 20,
+            initial_slots: 16_384,
+            max_batch_ops: 1 << 20,
+            mailbox_capacity: 4_096,
+        }
+    }
+
+    /// Reads a TOML file laid out like `config/default.toml`. Keys left out keep their defaults.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| LedgerError::io(path, e))?;
+        Self::from_toml(&text)
+            .map_err(|message| LedgerError::Config(format!("{}: {message}", path.display())))
+    }
+
+    /// Parses TOML text laid out like `config/default.toml`.
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config = Config::new(file.ledger.data_dir);
+        config.shards = match file.ledger.shards {
+            0 => None,
+            n => Some(n),
+        };
+        config.durability = match file.durability.mode.as_str() {
+            "sync" => Durability::Sync,
+            "periodic" => Durability::Periodic {
+                interval_ms: file.durability.interval_ms,
+            },
+            other => {
+                return Err(format!(
+                    "durability.mode must be \"sync\" or \"periodic\", got {other:?}"
+                ))
+            }
+        };
+        config.checkpoint_interval_ms = file.checkpoint.interval_ms;
+        config.checkpoint_wal_bytes = file.checkpoint.wal_bytes;
+        config.wal_segment_bytes = file.wal.segment_bytes;
+        config.initial_slots = file.accounts.initial_slots;
+        config.max_batch_ops = file.limits.max_batch_ops;
+        config.mailbox_capacity = file.limits.mailbox_capacity;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Number of shards (1..=256). Fixed when the data directory is created.
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    pub fn checkpoint_interval_ms(mut self, interval_ms: u64) -> Self {
+        self.checkpoint_interval_ms = interval_ms;
+        self
+    }
+
+    pub fn checkpoint_wal_bytes(mut self, wal_bytes: u64) -> Self {
+        self.checkpoint_wal_bytes = wal_bytes;
+        self
+    }
+
+    pub fn wal_segment_bytes(mut self, segment_bytes: u64) -> Self {
+        self.wal_segment_bytes = segment_bytes;
+        self
+    }
+
+    /// Account slots preallocated per shard; the file doubles when they run out.
+    pub fn initial_slots(mut self, slots: u64) -> Self {
+        self.initial_slots = slots;
+        self
+    }
+
+    pub fn max_batch_ops(mut self, max_ops: usize) -> Self {
+        self.max_batch_ops = max_ops;
+        self
+    }
+
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.mailbox_capacity = capacity;
+        self
+    }
+
+    pub fn get_data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn get_shards(&self) -> Option<u32> {
+        self.shards
+    }
+
+    pub fn get_durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The shard count used when creating a new data directory without one configured.
+    pub fn default_shards() -> u32 {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores as u32).clamp(2, 16)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(LedgerError::Config(message));
+        if let Some(shards) = self.shards {
+            if shards == 0 || shards as usize > MAX_SHARDS {
+                return fail(format!("shards must be in 1..={MAX_SHARDS}, got {shards}"));
+            }
+        }
+        if let Durability::Periodic { interval_ms } = self.durability {
+            if interval_ms == 0 || interval_ms > 60_000 {
+                return fail(format!(
+                    "durability.interval_ms must be in 1..=60000, got {interval_ms}"
+                ));
+            }
+        }
+        if self.checkpoint_interval_ms == 0 {
+            return fail("checkpoint.interval_ms must be positive".into());
+        }
+        if self.wal_segment_bytes < 64 << 10 || self.wal_segment_bytes > 4 << 30 {
+            return fail(format!(
+                "wal.segment_bytes must be in 64 KiB..=4 GiB, got {}",
+                self.wal_segment_bytes
+            ));
+        }
+        if self.initial_slots == 0 || self.initial_slots > 1 << 32 {
+            return fail(format!(
+                "accounts.initial_slots must be in 1..=2^32, got {}",
+                self.initial_slots
+            ));
+        }
+        if self.max_batch_ops == 0 || self.mailbox_capacity == 0 {
+            return fail(
+                "limits.max_batch_ops and limits.mailbox_capacity must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    ledger: LedgerSection,
+    #[serde(default)]
+    durability: DurabilitySection,
+    #[serde(default)]
+    checkpoint: CheckpointSection,
+    #[serde(default)]
+    wal: WalSection,
+    #[serde(default)]
+    accounts: AccountsSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LedgerSection {
+    data_dir: PathBuf,
+    shards: u32,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            data_dir: PathBuf::from("./tally-data"),
+            shards: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DurabilitySection {
+    mode: String,
+    interval_ms: u64,
+}
+
+impl Default for DurabilitySection {
+    fn default() -> Self {
+        DurabilitySection {
+            mode: "sync".into(),
+            interval_ms: 10,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CheckpointSection {
+    interval_ms: u64,
+    wal_bytes: u64,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        let defaults = Config::new("");
+        CheckpointSection {
+            interval_ms: defaults.checkpoint_interval_ms,
+            wal_bytes: defaults.checkpoint_wal_bytes,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WalSection {
+    segment_bytes: u64,
+}
+
+impl Default for WalSection {
+    fn default() -> Self {
+        WalSection {
+            segment_bytes: Config::new("").wal_segment_bytes,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AccountsSection {
+    initial_slots: u64,
+}
+
+impl Default for AccountsSection {
+    fn default() -> Self {
+        AccountsSection {
+            initial_slots: Config::new("").initial_slots,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    max_batch_ops: usize,
+    mailbox_capacity: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let defaults = Config::new("");
+        LimitsSection {
+            max_batch_ops: defaults.max_batch_ops,
+            mailbox_capacity: defaults.mailbox_capacity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_file_parses() {
+        let text = include_str!("../config/default.toml");
+        let config = Config::from_toml(text).expect("default.toml parses");
+        assert_eq!(config.durability, Durability::Sync);
+        assert_eq!(config.shards, None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        assert!(Config::from_toml("[ledger]\nshardz = 3\n").is_err());
+        assert!(Config::from_toml("[durability]\nmode = \"sometimes\"\n").is_err());
+        assert!(Config::from_toml("[ledger]\nshards = 100000\n").is_err());
+        let periodic =
+            Config::from_toml("[durability]\nmode = \"periodic\"\ninterval_ms = 5\n").unwrap();
+        assert_eq!(periodic.durability, Durability::Periodic { interval_ms: 5 });
+    }
+}

@@ -1,0 +1,310 @@
+//! # tally
+//!
+//! An embeddable, async, actor-based account ledger: mint and transfer `u64` balances between
+//! 32-byte public keys, durably, from any task of a tokio application.
+//!
+//! ## Architecture in a screenful
+//!
+//! * The ledger is split into **shards**; a public key belongs to the shard chosen by a keyed
+//!   SipHash of the key (the seed lives in the directory's `MANIFEST`).
+//! * Each shard is an **actor** that owns a memory-mapped **account file** of 128-byte slots, a
+//!   **WAL** of CRC-framed records, and an in-memory **index** (pubkey → slot). It checks each
+//!   operation against its state and logs a record with the after-image of every account it
+//!   changes. When its mailbox is drained it hands the records to its **WAL thread**, which
+//!   writes every queued batch and syncs once for all of them (group commit); only then are
+//!   callers answered and the new states copied into the account file.
+//! * The **router actor** hashes keys to shards and splits `submit` batches per shard.
+//! * A transfer between shards is decided by the source shard: a durable `Debit` record commits
+//!   it, and only then is the `Credit` sent to the target shard, which applies it exactly once
+//!   (per-source watermarks). Recovery re-sends every durable debit whose credit is missing.
+//! * The **checkpoint actor** periodically msyncs the account files, writes their headers and
+//!   deletes the WAL segments no longer needed.
+//! * Opening a directory takes its `LOCK`, replays each WAL above its checkpoint, settles owed
+//!   credits, and starts the actors on their own threads (actix runs inside; the host never sees it).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tally::LedgerError> {
+//! use tally::{Config, Ledger, Pubkey};
+//! let ledger = Ledger::open(Config::new("./tally-data")).await?;
+//! let (alice, bob) = (Pubkey([1; 32]), Pubkey([2; 32]));
+//! ledger.mint(alice, 1_000).await?;
+//! ledger.transfer(alice, bob, 250).await?;
+//! assert_eq!(ledger.account(&bob).await?.map(|a| a.balance), Some(250));
+//! ledger.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn, clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod actors;
+mod config;
+pub mod crashtest;
+mod error;
+pub mod recovery;
+pub mod state;
+pub mod storage;
+mod types;
+pub mod verify;
+pub mod wal;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use tokio::sync::oneshot;
+
+use actors::checkpoint::Checkpointer;
+use actors::messages::{
+    CloseShard, Completion, GetShardStats, RouteBatch, RouteOne, RouteRead, RunCheckpoint,
+    StopCheckpoints,
+};
+use actors::router::Router;
+use actors::shard::ShardActor;
+
+pub use config::{Config, Durability};
+pub use error::LedgerError;
+pub use types::{Account, Op, Pubkey, PubkeyParseError, Receipt, ShardStats, Stats};
+
+/// How long `shutdown` waits for calls in flight before it closes the shards anyway.
+const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+
+/// A handle to an open ledger. Cheap to clone; every clone talks to the same actors.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("shards", &self.inner.shards.len())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct Inner {
+    router: Addr<Router>,
+    checkpointer: Addr<Checkpointer>,
+    shards: Vec<Addr<ShardActor>>,
+    supply: Arc<std::sync::atomic::AtomicU64>,
+    system: actix::System,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    max_batch_ops: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without shutdown: stop the actors; the next open recovers from the WAL.
+        self.system.stop();
+    }
+}
+
+/// Counts a call in flight for the whole of its life, so that `shutdown` can wait for it.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `config`'s data directory: takes the directory lock,
+    /// recovers every shard, settles cross-shard credits left in flight, and starts the actors.
+    pub async fn open(config: Config) -> Result<Ledger, LedgerError> {
+        config.validate()?;
+        let max_batch_ops = config.max_batch_ops;
+        let running = tokio::task::spawn_blocking(move || {
+            let recovered = recovery::open(&config)?;
+            actors::system::start(recovered, &config)
+        })
+        .await
+        .map_err(|_| LedgerError::Closed)??;
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                router: running.router,
+                checkpointer: running.checkpointer,
+                shards: running.shards,
+                supply: running.supply,
+                system: running.system,
+                thread: Mutex::new(Some(running.thread)),
+                closed: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                max_batch_ops,
+            }),
+        })
+    }
+
+    fn check_open(&self) -> Result<(), LedgerError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(LedgerError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Creates `amount` units in `to`, creating the account if needed.
+    pub async fn mint(&self, to: Pubkey, amount: u64) -> Result<Receipt, LedgerError> {
+        self.one(Op::Mint { to, amount }).await
+    }
+
+    /// Moves `amount` from `from` to `to` (created if needed). All or nothing, across any crash.
+    pub async fn transfer(
+        &self,
+        from: Pubkey,
+        to: Pubkey,
+        amount: u64,
+    ) -> Result<Receipt, LedgerError> {
+        self.one(Op::Transfer { from, to, amount }).await
+    }
+
+    async fn one(&self, op: Op) -> Result<Receipt, LedgerError> {
+        self.check_open()?;
+        let _in_flight = InFlight::enter(&self.inner.in_flight);
+        let started = Instant::now();
+        let (sender, receiver) = oneshot::channel();
+        let message = RouteOne {
+            op,
+            completion: Completion::Single(sender),
+        };
+        self.inner
+            .router
+            .send(message)
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        let result = receiver.await.unwrap_or(Err(LedgerError::Closed));
+        record_op(&op, &result, started);
+        result
+    }
+
+    /// Reads an account, including the effect of every call that has returned (read-your-writes).
+    pub async fn account(&self, key: &Pubkey) -> Result<Option<Account>, LedgerError> {
+        self.check_open()?;
+        let _in_flight = InFlight::enter(&self.inner.in_flight);
+        self.inner
+            .router
+            .send(RouteRead { key: *key })
+            .await
+            .map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Applies `ops` as if one after another, in order, and returns one result per op. Ops on
+    /// disjoint accounts run in parallel across shards. The outer error is for the whole call
+    /// (closed ledger, batch above `limits.max_batch_ops`).
+    pub async fn submit(
+        &self,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
+        self.check_open()?;
+        if ops.len() > self.inner.max_batch_ops {
+            return Err(LedgerError::BatchTooLarge {
+                len: ops.len(),
+                max: self.inner.max_batch_ops,
+            });
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _in_flight = InFlight::enter(&self.inner.in_flight);
+        let started = Instant::now();
+        let (reply, receiver) = oneshot::channel();
+        self.inner
+            .router
+            .send(RouteBatch { ops, reply })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        let results = receiver.await.map_err(|_| LedgerError::Closed)?;
+        metrics::histogram!("tally_op_latency_seconds", "op" => "submit")
+            .record(started.elapsed().as_secs_f64());
+        Ok(results)
+    }
+
+    /// Figures for the whole ledger and per shard.
+    pub async fn stats(&self) -> Result<Stats, LedgerError> {
+        self.check_open()?;
+        let requests: Vec<_> = self
+            .inner
+            .shards
+            .iter()
+            .map(|shard| shard.send(GetShardStats))
+            .collect();
+        let mut shards = Vec::with_capacity(requests.len());
+        for request in requests {
+            shards.push(request.await.map_err(|_| LedgerError::Closed)?);
+        }
+        Ok(Stats {
+            accounts: shards.iter().map(|s| s.accounts).sum(),
+            total_supply: self.inner.supply.load(Ordering::Acquire) as u128,
+            shards,
+        })
+    }
+
+    /// Runs a checkpoint now: account files made durable, WAL segments no longer needed deleted.
+    pub async fn checkpoint(&self) -> Result<(), LedgerError> {
+        self.check_open()?;
+        self.inner
+            .checkpointer
+            .send(RunCheckpoint)
+            .await
+            .map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Waits for calls in flight, checkpoints, persists each index, marks the directory clean
+    /// and stops the actors. Every later call, on any clone, returns [`LedgerError::Closed`].
+    pub async fn shutdown(&self) -> Result<(), LedgerError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(LedgerError::Closed);
+        }
+        let _span = tracing::info_span!("shutdown").entered();
+        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
+        while self.inner.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = self.inner.checkpointer.send(StopCheckpoints).await;
+        let mut result =
+            actors::checkpoint::checkpoint_all(self.inner.shards.clone(), Default::default()).await;
+        let closes: Vec<_> = self
+            .inner
+            .shards
+            .iter()
+            .map(|shard| shard.send(CloseShard))
+            .collect();
+        for close in closes {
+            let closed = close.await.map_err(|_| LedgerError::Closed).and_then(|r| r);
+            if result.is_ok() {
+                result = closed;
+            }
+        }
+        self.inner.system.stop();
+        let thread = match self.inner.thread.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+fn record_op(op: &Op, result: &Result<Receipt, LedgerError>, started: Instant) {
+    let name = match op {
+        Op::Mint { .. } => "mint",
+        Op::Transfer { .. } => "transfer",
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("tally_ops_total", "op" => name, "result" => outcome).increment(1);
+    metrics::histogram!("tally_op_latency_seconds", "op" => name)
+        .record(started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,571 @@
+//! The state machine of one shard: checks operations against the accounts, turns them into WAL
+//! records with after-images, and moves those images into the account file once they are durable.
+//!
+//! Used by the shard actor at run time and by recovery at open; it does no I/O of its own beyond
+//! the account file (the WAL bytes it produces are written by the caller).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use crate::error::{LedgerError, Result};
+use crate::storage::accounts::{slot_offset, AccountsFile, Header, SlotRead, SlotState};
+use crate::storage::index::{self, Index};
+use crate::types::{Account, Pubkey, ShardStats};
+use crate::wal::record::{encode_into, AfterImage, RecordBody};
+
+/// A record whose after-images are not in the account file yet (its WAL write is not durable).
+#[derive(Debug)]
+struct PendingRecord {
+    lsn: u64,
+    body: RecordBody,
+}
+
+/// What a shard reports to the checkpoint actor after making its account file durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    pub shard: u32,
+    pub checkpoint_lsn: u64,
+    /// `applied[s]` as written in this shard's header.
+    pub applied: Vec<u64>,
+    /// `debit_max[d]`: the highest debit LSN towards shard `d` at or below the checkpoint.
+    pub debit_max: Vec<u64>,
+}
+
+/// A cross-shard debit found in the WAL at recovery, whose credit may still be owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayedDebit {
+    pub lsn: u64,
+    pub target_shard: u32,
+    pub to: Pubkey,
+    pub amount: u64,
+}
+
+/// What a successful transfer produced on its source shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// Both accounts live here; the record at `lsn` settles it.
+    Local { lsn: u64 },
+    /// The debit at `lsn` is decided; the credit must go to `target_shard` once it is durable.
+    Debited { lsn: u64 },
+}
+
+pub struct ShardState {
+    shard: u32,
+    accounts: AccountsFile,
+    index_path: PathBuf,
+    index: Index,
+    /// Slots allocated so far (the next new account gets this slot).
+    slot_count: u64,
+    /// Newest state of every slot whose newest image is not in the account file yet.
+    overlay: HashMap<u64, SlotState, ahash::RandomState>,
+    /// Records not yet durable or not yet applied to the account file, in LSN order.
+    pending: VecDeque<PendingRecord>,
+    next_lsn: u64,
+    /// Credit watermarks, counting records not yet durable.
+    applied: Vec<u64>,
+    balance_sum: u128,
+    /// What the account file holds: every record <= `file_lsn` and nothing above it.
+    file_lsn: u64,
+    file_slot_count: u64,
+    file_applied: Vec<u64>,
+    file_balance_sum: u128,
+    file_debit_max: Vec<u64>,
+    header: Header,
+    /// Encoded records not yet handed to the WAL, and the LSN of the first of them.
+    buffer: Vec<u8>,
+    buffer_first_lsn: u64,
+    checkpoints: u64,
+}
+
+impl std::fmt::Debug for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardState")
+            .field("shard", &self.shard)
+            .field("accounts", &self.index.len())
+            .field("next_lsn", &self.next_lsn)
+            .field("file_lsn", &self.file_lsn)
+            .finish()
+    }
+}
+
+impl ShardState {
+    /// Builds the state from an opened account file, its header and its index (loaded or
+    /// rebuilt). The WAL is replayed afterwards with [`ShardState::replay`].
+    pub fn new(accounts: AccountsFile, header: Header, index: Index, shard_dir: &Path) -> Self {
+        let shard_count = header.shard_count as usize;
+        ShardState {
+            shard: header.shard,
+            accounts,
+            index_path: shard_dir.join("index.bin"),
+            index,
+            slot_count: header.slot_count,
+            overlay: HashMap::with_hasher(ahash::RandomState::new()),
+            pending: VecDeque::new(),
+            next_lsn: header.checkpoint_lsn + 1,
+            applied: header.applied.clone(),
+            balance_sum: header.balance_sum,
+            file_lsn: header.checkpoint_lsn,
+            file_slot_count: header.slot_count,
+            file_applied: header.applied.clone(),
+            file_balance_sum: header.balance_sum,
+            file_debit_max: vec![0; shard_count],
+            header,
+            buffer: Vec::with_capacity(1 << 16),
+            buffer_first_lsn: 0,
+            checkpoints: 0,
+        }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    pub fn applied(&self) -> &[u64] {
+        &self.applied
+    }
+
+    pub fn balance_sum(&self) -> u128 {
+        self.balance_sum
+    }
+
+    pub fn accounts_file(&self) -> &AccountsFile {
+        &self.accounts
+    }
+
+    // ---- reads ----
+
+    /// The current state of `key`, counting operations not yet durable (read-your-writes).
+    pub fn account(&self, key: &Pubkey) -> Result<Option<Account>> {
+        Ok(self.load(key)?.map(|(_, state)| Account {
+            key: state.key,
+            balance: state.balance,
+            sequence: state.sequence,
+        }))
+    }
+
+    fn load(&self, key: &Pubkey) -> Result<Option<(u64, SlotState)>> {
+        let Some(&slot) = self.index.get(key) else {
+            return Ok(None);
+        };
+        if let Some(state) = self.overlay.get(&slot) {
+            return Ok(Some((slot, *state)));
+        }
+        match self.accounts.read_slot(slot) {
+            SlotRead::Valid(state) if state.key == *key => Ok(Some((slot, state))),
+            SlotRead::Valid(_) => {
+                Err(self.slot_corrupt(slot, "slot holds another key than the index says"))
+            }
+            SlotRead::Empty => Err(self.slot_corrupt(slot, "index points at an empty slot")),
+            SlotRead::Corrupt(reason) => Err(self.slot_corrupt(slot, reason)),
+        }
+    }
+
+    fn load_or_create(&mut self, key: &Pubkey) -> Result<(u64, SlotState)> {
+        if let Some(found) = self.load(key)? {
+            return Ok(found);
+        }
+        let slot = self.slot_count;
+        // Grow before the record exists, so a full disk fails this operation and not a later flush.
+        self.accounts.ensure_capacity(slot + 1)?;
+        self.slot_count += 1;
+        self.index.insert(*key, slot);
+        let state = SlotState {
+            key: *key,
+            balance: 0,
+            sequence: 0,
+            lsn: 0,
+        };
+        Ok((slot, state))
+    }
+
+    fn slot_corrupt(&self, slot: u64, reason: &str) -> LedgerError {
+        LedgerError::corrupt(self.accounts.path(), slot_offset(slot), reason)
+    }
+
+    // ---- writes ----
+
+    /// Mints `amount` into `to`, creating it if needed. The caller has reserved the supply.
+    pub fn mint(&mut self, to: Pubkey, amount: u64) -> Result<u64> {
+        if amount == 0 {
+            return Err(LedgerError::ZeroAmount);
+        }
+        let (slot, state) = self.load_or_create(&to)?;
+        let balance = state
+            .balance
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow)?;
+        let to = self.image(slot, state, balance);
+        Ok(self.log(RecordBody::Mint { to, amount }))
+    }
+
+    /// Checks and applies a transfer whose source account lives on this shard.
+    pub fn transfer(
+        &mut self,
+        from: Pubkey,
+        to: Pubkey,
+        amount: u64,
+        target_shard: u32,
+    ) -> Result<TransferOutcome> {
+        if amount == 0 {
+            return Err(LedgerError::ZeroAmount);
+        }
+        if from == to {
+            return Err(LedgerError::SameAccount);
+        }
+        let (from_slot, from_state) = self
+            .load(&from)?
+            .ok_or(LedgerError::AccountNotFound(from))?;
+        if from_state.balance < amount {
+            return Err(LedgerError::InsufficientFunds {
+                needed: amount,
+                available: from_state.balance,
+            });
+        }
+        if target_shard != self.shard {
+            let from = self.image(from_slot, from_state, from_state.balance - amount);
+            let lsn = self.log(RecordBody::Debit {
+                from,
+                to: to.0,
+                target_shard,
+                amount,
+            });
+            return Ok(TransferOutcome::Debited { lsn });
+        }
+        let (to_slot, to_state) = self.load_or_create(&to)?;
+        // Cannot fail: total supply <= u64::MAX bounds every balance.
+        let to_balance = to_state
+            .balance
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow)?;
+        let from = self.image(from_slot, from_state, from_state.balance - amount);
+        let to = self.image(to_slot, to_state, to_balance);
+        let lsn = self.log(RecordBody::Transfer { from, to, amount });
+        Ok(TransferOutcome::Local { lsn })
+    }
+
+    /// Applies the credit of debit `source_lsn` of `source_shard`. `Ok(None)`: already applied.
+    pub fn credit(
+        &mut self,
+        source_shard: u32,
+        source_lsn: u64,
+        to: Pubkey,
+        amount: u64,
+    ) -> Result<Option<u64>> {
+        let Some(&watermark) = self.applied.get(source_shard as usize) else {
+            return Err(LedgerError::Config(format!(
+                "credit from unknown shard {source_shard}"
+            )));
+        };
+        if source_lsn <= watermark {
+            return Ok(None);
+        }
+        let (slot, state) = self.load_or_create(&to)?;
+        let balance = state
+            .balance
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow)?;
+        let to = self.image(slot, state, balance);
+        Ok(Some(self.log(RecordBody::Credit {
+            source_shard,
+            source_lsn,
+            to,
+            amount,
+        })))
+    }
+
+    fn image(&self, slot: u64, state: SlotState, balance: u64) -> AfterImage {
+        AfterImage {
+            slot,
+            key: state.key.0,
+            balance,
+            sequence: state.sequence + 1,
+        }
+    }
+
+    /// Assigns the next LSN, encodes the record, and makes its images visible to reads.
+    fn log(&mut self, body: RecordBody) -> u64 {
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        if self.buffer.is_empty() {
+            self.buffer_first_lsn = lsn;
+        }
+        encode_into(&mut self.buffer, lsn, &body);
+        for image in body.images() {
+            self.overlay.insert(image.slot, slot_state(image, lsn));
+        }
+        self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
+        if let RecordBody::Credit {
+            source_shard,
+            source_lsn,
+            ..
+        } = body
+        {
+            self.applied[source_shard as usize] = source_lsn;
+        }
+        self.pending.push_back(PendingRecord { lsn, body });
+        lsn
+    }
+
+    /// Hands over the records encoded since the last call: (bytes, first LSN, last LSN).
+    pub fn take_records(&mut self) -> Option<(Vec<u8>, u64, u64)> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(1 << 16));
+        Some((bytes, self.buffer_first_lsn, self.next_lsn - 1))
+    }
+
+    /// Every record up to `durable_lsn` is on disk: move their images into the account file.
+    pub fn mark_durable(&mut self, durable_lsn: u64) -> Result<()> {
+        while self
+            .pending
+            .front()
+            .is_some_and(|record| record.lsn <= durable_lsn)
+        {
+            let Some(record) = self.pending.pop_front() else {
+                break;
+            };
+            self.apply_to_file(record.lsn, &record.body)?;
+            for image in record.body.images() {
+                if self
+                    .overlay
+                    .get(&image.slot)
+                    .is_some_and(|state| state.lsn == record.lsn)
+                {
+                    self.overlay.remove(&image.slot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a durable record's after-images into the account file and advances what it holds.
+    fn apply_to_file(&mut self, lsn: u64, body: &RecordBody) -> Result<()> {
+        for image in body.images() {
+            self.accounts
+                .write_slot(image.slot, &slot_state(image, lsn))?;
+            self.file_slot_count = self.file_slot_count.max(image.slot + 1);
+        }
+        self.file_lsn = lsn;
+        self.file_balance_sum = apply_delta(self.file_balance_sum, body.balance_delta());
+        match *body {
+            RecordBody::Credit {
+                source_shard,
+                source_lsn,
+                ..
+            } => {
+                let watermark = &mut self.file_applied[source_shard as usize];
+                *watermark = (*watermark).max(source_lsn);
+            }
+            RecordBody::Debit { target_shard, .. } => {
+                self.file_debit_max[target_shard as usize] = lsn;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    // ---- recovery ----
+
+    /// Replays one durable record from the WAL. Records at or below the checkpoint only feed the
+    /// credit bookkeeping; newer ones set each slot whose stored LSN is older (idempotent).
+    pub fn replay(&mut self, lsn: u64, body: &RecordBody) -> Result<Option<ReplayedDebit>> {
+        let debit = match *body {
+            RecordBody::Debit {
+                to,
+                target_shard,
+                amount,
+                ..
+            } => {
+                if target_shard as usize >= self.file_debit_max.len() || target_shard == self.shard
+                {
+                    return Err(LedgerError::Config(format!(
+                        "shard {} WAL record {lsn} debits towards invalid shard {target_shard}",
+                        self.shard
+                    )));
+                }
+                self.file_debit_max[target_shard as usize] = lsn;
+                Some(ReplayedDebit {
+                    lsn,
+                    target_shard,
+                    to: Pubkey(to),
+                    amount,
+                })
+            }
+            RecordBody::Credit {
+                source_shard,
+                source_lsn,
+                ..
+            } => {
+                let Some(watermark) = self.applied.get_mut(source_shard as usize) else {
+                    return Err(LedgerError::Config(format!(
+                        "credit from unknown shard {source_shard}"
+                    )));
+                };
+                *watermark = (*watermark).max(source_lsn);
+                self.file_applied[source_shard as usize] = *watermark;
+                None
+            }
+            _ => None,
+        };
+        if lsn > self.file_lsn {
+            for image in body.images() {
+                self.replay_image(lsn, image)?;
+            }
+            self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
+            self.file_balance_sum = self.balance_sum;
+            self.file_lsn = lsn;
+        }
+        self.next_lsn = self.next_lsn.max(lsn + 1);
+        Ok(debit)
+    }
+
+    fn replay_image(&mut self, lsn: u64, image: &AfterImage) -> Result<()> {
+        let key = Pubkey(image.key);
+        let newer_on_file = matches!(
+            self.accounts.read_slot(image.slot),
+            SlotRead::Valid(state) if state.lsn >= lsn && state.key == key
+        );
+        if !newer_on_file {
+            self.accounts
+                .write_slot(image.slot, &slot_state(image, lsn))?;
+        }
+        if let Some(previous) = self.index.insert(key, image.slot) {
+            if previous != image.slot {
+                return Err(self.slot_corrupt(image.slot, "WAL puts a key in two slots"));
+            }
+        }
+        self.slot_count = self.slot_count.max(image.slot + 1);
+        self.file_slot_count = self.slot_count;
+        Ok(())
+    }
+
+    /// After replay: every slot in use must hold a valid account. Returns the first that does not.
+    pub fn check_slots(&self, slots: &[u64]) -> Result<()> {
+        for &slot in slots {
+            if !matches!(self.accounts.read_slot(slot), SlotRead::Valid(_)) {
+                return Err(
+                    self.slot_corrupt(slot, "slot failed its CRC and no WAL record repairs it")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // ---- checkpoint and shutdown ----
+
+    /// Applies everything durable, msyncs the account file and writes a new header.
+    pub fn checkpoint(&mut self, durable_lsn: u64, clean: bool) -> Result<CheckpointInfo> {
+        self.mark_durable(durable_lsn)?;
+        self.accounts.sync()?;
+        let header = Header {
+            shard: self.shard,
+            shard_count: self.header.shard_count,
+            clean,
+            generation: self.header.generation + 1,
+            checkpoint_lsn: self.file_lsn,
+            slot_count: self.file_slot_count,
+            balance_sum: self.file_balance_sum,
+            applied: self.file_applied.clone(),
+        };
+        self.accounts.write_header(&header)?;
+        self.header = header;
+        self.checkpoints += 1;
+        Ok(self.checkpoint_info())
+    }
+
+    pub fn checkpoint_info(&self) -> CheckpointInfo {
+        CheckpointInfo {
+            shard: self.shard,
+            checkpoint_lsn: self.header.checkpoint_lsn,
+            applied: self.header.applied.clone(),
+            debit_max: self.file_debit_max.clone(),
+        }
+    }
+
+    /// Clean shutdown, after every record is durable: checkpoint, persist the index, mark clean.
+    pub fn close(&mut self, durable_lsn: u64) -> Result<()> {
+        self.checkpoint(durable_lsn, false)?;
+        if !self.pending.is_empty() || self.file_slot_count != self.index.len() as u64 {
+            // Something was not durable: leave the directory for recovery to sort out.
+            return Ok(());
+        }
+        index::persist(
+            &self.index_path,
+            &self.index,
+            self.shard,
+            self.header.checkpoint_lsn,
+        )?;
+        self.checkpoint(durable_lsn, true).map(|_| ())
+    }
+
+    /// Clears the clean-shutdown flag (the persisted index goes stale with the next write).
+    pub fn mark_open(&mut self) -> Result<()> {
+        if !self.header.clean {
+            return Ok(());
+        }
+        let mut header = self.header.clone();
+        header.clean = false;
+        header.generation += 1;
+        self.accounts.write_header(&header)?;
+        self.header = header;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            shard: self.shard,
+            accounts: self.index.len() as u64,
+            balance_sum: self.balance_sum,
+            wal_bytes: 0,
+            wal_syncs: 0,
+            last_lsn: self.next_lsn - 1,
+            checkpoint_lsn: self.header.checkpoint_lsn,
+            checkpoints: self.checkpoints,
+            healthy: true,
+        }
+    }
+}
+
+fn slot_state(image: &AfterImage, lsn: u64) -> SlotState {
+    SlotState {
+        key: Pubkey(image.key),
+        balance: image.balance,
+        sequence: image.sequence,
+        lsn,
+    }
+}
+
+fn apply_delta(sum: u128, delta: i128) -> u128 {
+    if delta >= 0 {
+        sum.saturating_add(delta as u128)
+    } else {
+        sum.saturating_sub(delta.unsigned_abs())
+    }
+}
+
+/// Builds the index of an account file by scanning its slots in use. Returns the index and the
+/// slots that failed their check (recovery decides whether the WAL repairs them).
+pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<(Index, Vec<u64>)> {
+    let mut index = index::new_index(slot_count as usize);
+    let mut damaged = Vec::new();
+    for slot in 0..slot_count {
+        match accounts.read_slot(slot) {
+            SlotRead::Valid(state) => {
+                if index.insert(state.key, slot).is_some() {
+                    return Err(LedgerError::corrupt(
+                        accounts.path(),
+                        slot_offset(slot),
+                        "the same key is stored in two slots",
+                    ));
+                }
+            }
+            SlotRead::Empty | SlotRead::Corrupt(_) => damaged.push(slot),
+        }
+    }
+    Ok((index, damaged))
+}

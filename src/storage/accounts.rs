@@ -1,0 +1,508 @@
+//! `accounts.dat`: one shard's accounts in a memory-mapped file of fixed 128-byte slots.
+//!
+//! File layout:
+//!
+//! | offset          | size   | content                                   |
+//! |-----------------|--------|-------------------------------------------|
+//! | 0               | 4096   | header slot A (even generations)          |
+//! | 4096            | 4096   | header slot B (odd generations)           |
+//! | 8192 + 128 * i  | 128    | account slot `i`                          |
+//!
+//! Header slot (the valid one with the highest generation wins, so a torn header write leaves
+//! the previous one in force):
+//!
+//! | offset | size | field                                                        |
+//! |--------|------|--------------------------------------------------------------|
+//! | 0      | 8    | magic `TALLYACT`                                             |
+//! | 8      | 4    | format version                                               |
+//! | 12     | 4    | shard id                                                     |
+//! | 16     | 4    | shard count                                                  |
+//! | 20     | 4    | flags: bit 0 = clean shutdown (index.bin matches)            |
+//! | 24     | 8    | generation                                                   |
+//! | 32     | 8    | checkpoint LSN: every WAL record <= it is in the slots        |
+//! | 40     | 8    | slots in use at the checkpoint                               |
+//! | 48     | 16   | sum of balances at the checkpoint (u128)                     |
+//! | 64     | 2048 | credit watermarks: `applied[s]`, highest debit LSN of shard `s` credited here |
+//! | 4092   | 4    | CRC32 of bytes 0..4092                                       |
+//!
+//! Account slot (all zero = never used):
+//!
+//! | offset | size | field                                   |
+//! |--------|------|-----------------------------------------|
+//! | 0      | 32   | public key                              |
+//! | 32     | 8    | balance                                 |
+//! | 40     | 8    | sequence (updates applied)              |
+//! | 48     | 8    | LSN of the WAL record that wrote it     |
+//! | 56     | 4    | flags: bit 0 = in use                   |
+//! | 60     | 64   | reserved, zero                          |
+//! | 124    | 4    | CRC32 of bytes 0..124                   |
+//!
+//! All integers are little-endian.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, MmapMut};
+
+use super::{preallocate, read_u32, read_u64, write_u32, write_u64, MAX_SHARDS};
+use crate::error::{LedgerError, Result};
+use crate::types::Pubkey;
+
+pub const MAGIC: &[u8; 8] = b"TALLYACT";
+pub const VERSION: u32 = 1;
+pub const HEADER_SLOT_BYTES: usize = 4096;
+pub const HEADER_BYTES: u64 = 2 * HEADER_SLOT_BYTES as u64;
+pub const SLOT_BYTES: usize = 128;
+
+const HEADER_CRC_OFFSET: usize = HEADER_SLOT_BYTES - 4;
+const HEADER_WATERMARKS_OFFSET: usize = 64;
+const FLAG_CLEAN: u32 = 1;
+
+const SLOT_CRC_OFFSET: usize = SLOT_BYTES - 4;
+const SLOT_FLAGS_OFFSET: usize = 56;
+const SLOT_IN_USE: u32 = 1;
+
+/// The durable summary of a shard at its last checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub shard: u32,
+    pub shard_count: u32,
+    pub clean: bool,
+    pub generation: u64,
+    pub checkpoint_lsn: u64,
+    pub slot_count: u64,
+    pub balance_sum: u128,
+    /// `applied[s]`: every debit of shard `s` with an LSN <= this is credited in these slots.
+    pub applied: Vec<u64>,
+}
+
+impl Header {
+    pub fn new(shard: u32, shard_count: u32) -> Self {
+        Header {
+            shard,
+            shard_count,
+            clean: false,
+            generation: 0,
+            checkpoint_lsn: 0,
+            slot_count: 0,
+            balance_sum: 0,
+            applied: vec![0; shard_count as usize],
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_SLOT_BYTES] {
+        debug_assert_eq!(self.applied.len(), self.shard_count as usize);
+        let mut bytes = [0u8; HEADER_SLOT_BYTES];
+        bytes[0..8].copy_from_slice(MAGIC);
+        write_u32(&mut bytes, 8, VERSION);
+        write_u32(&mut bytes, 12, self.shard);
+        write_u32(&mut bytes, 16, self.shard_count);
+        write_u32(&mut bytes, 20, if self.clean { FLAG_CLEAN } else { 0 });
+        write_u64(&mut bytes, 24, self.generation);
+        write_u64(&mut bytes, 32, self.checkpoint_lsn);
+        write_u64(&mut bytes, 40, self.slot_count);
+        bytes[48..64].copy_from_slice(&self.balance_sum.to_le_bytes());
+        for (index, watermark) in self.applied.iter().take(MAX_SHARDS).enumerate() {
+            write_u64(&mut bytes, HEADER_WATERMARKS_OFFSET + 8 * index, *watermark);
+        }
+        let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        write_u32(&mut bytes, HEADER_CRC_OFFSET, crc);
+        bytes
+    }
+
+    /// Decodes one header slot; the error is the reason it is not valid.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.len() < HEADER_SLOT_BYTES {
+            return Err("header slot is short".into());
+        }
+        if &bytes[0..8] != MAGIC {
+            return Err("bad header magic".into());
+        }
+        if crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]) != read_u32(bytes, HEADER_CRC_OFFSET) {
+            return Err("header CRC mismatch".into());
+        }
+        let version = read_u32(bytes, 8);
+        if version != VERSION {
+            return Err(format!("unsupported account file version {version}"));
+        }
+        let shard_count = read_u32(bytes, 16);
+        if shard_count == 0 || shard_count as usize > MAX_SHARDS {
+            return Err(format!("shard count {shard_count} out of range"));
+        }
+        let mut sum = [0u8; 16];
+        sum.copy_from_slice(&bytes[48..64]);
+        let applied = (0..shard_count as usize)
+            .map(|index| read_u64(bytes, HEADER_WATERMARKS_OFFSET + 8 * index))
+            .collect();
+        Ok(Header {
+            shard: read_u32(bytes, 12),
+            shard_count,
+            clean: read_u32(bytes, 20) & FLAG_CLEAN != 0,
+            generation: read_u64(bytes, 24),
+            checkpoint_lsn: read_u64(bytes, 32),
+            slot_count: read_u64(bytes, 40),
+            balance_sum: u128::from_le_bytes(sum),
+            applied,
+        })
+    }
+}
+
+/// The content of one account slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotState {
+    pub key: Pubkey,
+    pub balance: u64,
+    pub sequence: u64,
+    pub lsn: u64,
+}
+
+/// What reading a slot found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRead {
+    Empty,
+    Valid(SlotState),
+    Corrupt(&'static str),
+}
+
+impl SlotState {
+    pub fn encode(&self) -> [u8; SLOT_BYTES] {
+        let mut bytes = [0u8; SLOT_BYTES];
+        bytes[0..32].copy_from_slice(&self.key.0);
+        write_u64(&mut bytes, 32, self.balance);
+        write_u64(&mut bytes, 40, self.sequence);
+        write_u64(&mut bytes, 48, self.lsn);
+        write_u32(&mut bytes, SLOT_FLAGS_OFFSET, SLOT_IN_USE);
+        let crc = crc32fast::hash(&bytes[..SLOT_CRC_OFFSET]);
+        write_u32(&mut bytes, SLOT_CRC_OFFSET, crc);
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> SlotRead {
+        if bytes.len() != SLOT_BYTES {
+            return SlotRead::Corrupt("slot is short");
+        }
+        if bytes.iter().all(|&b| b == 0) {
+            return SlotRead::Empty;
+        }
+        if crc32fast::hash(&bytes[..SLOT_CRC_OFFSET]) != read_u32(bytes, SLOT_CRC_OFFSET) {
+            return SlotRead::Corrupt("slot CRC mismatch");
+        }
+        if read_u32(bytes, SLOT_FLAGS_OFFSET) != SLOT_IN_USE {
+            return SlotRead::Corrupt("slot flags invalid");
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes[0..32]);
+        SlotRead::Valid(SlotState {
+            key: Pubkey(key),
+            balance: read_u64(bytes, 32),
+            sequence: read_u64(bytes, 40),
+            lsn: read_u64(bytes, 48),
+        })
+    }
+}
+
+/// Byte offset of slot `slot` in the file.
+pub fn slot_offset(slot: u64) -> u64 {
+    HEADER_BYTES + slot * SLOT_BYTES as u64
+}
+
+/// One shard's memory-mapped account file.
+pub struct AccountsFile {
+    path: PathBuf,
+    file: File,
+    map: MmapMut,
+    capacity: u64,
+}
+
+impl std::fmt::Debug for AccountsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountsFile")
+            .field("path", &self.path)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl AccountsFile {
+    /// Creates a new account file with `initial_slots` slots and a first header, durably.
+    pub fn create(
+        path: &Path,
+        shard: u32,
+        shard_count: u32,
+        initial_slots: u64,
+    ) -> Result<(Self, Header)> {
+        let file = super::open_private_file(path, true)?;
+        let len = slot_offset(initial_slots.max(1));
+        preallocate(&file, path, len)?;
+        let mut accounts = Self::map(path, file)?;
+        let mut header = Header::new(shard, shard_count);
+        header.generation = 1;
+        accounts.write_header(&header)?;
+        accounts.sync()?;
+        if let Some(parent) = path.parent() {
+            super::sync_dir(parent)?;
+        }
+        Ok((accounts, header))
+    }
+
+    /// Opens an existing account file and returns it with its newest valid header.
+    pub fn open(path: &Path, shard: u32, shard_count: u32) -> Result<(Self, Header)> {
+        let file = super::open_private_file(path, false)?;
+        file.sync_all().map_err(|e| LedgerError::io(path, e))?;
+        let accounts = Self::map(path, file)?;
+        let header = accounts.newest_header()?;
+        if header.shard != shard || header.shard_count != shard_count {
+            return Err(LedgerError::corrupt(
+                path,
+                0,
+                format!(
+                    "header names shard {} of {}, expected shard {shard} of {shard_count}",
+                    header.shard, header.shard_count
+                ),
+            ));
+        }
+        if header.slot_count > accounts.capacity {
+            return Err(LedgerError::corrupt(
+                path,
+                0,
+                format!(
+                    "header claims {} slots, file holds {}",
+                    header.slot_count, accounts.capacity
+                ),
+            ));
+        }
+        Ok((accounts, header))
+    }
+
+    fn map(path: &Path, file: File) -> Result<Self> {
+        let len = file.metadata().map_err(|e| LedgerError::io(path, e))?.len();
+        if len < HEADER_BYTES || !(len - HEADER_BYTES).is_multiple_of(SLOT_BYTES as u64) {
+            return Err(LedgerError::corrupt(
+                path,
+                len,
+                format!("file length {len} is not a header plus whole 128-byte slots"),
+            ));
+        }
+        let map = Self::map_file(path, &file)?;
+        Ok(AccountsFile {
+            path: path.to_path_buf(),
+            file,
+            capacity: (len - HEADER_BYTES) / SLOT_BYTES as u64,
+            map,
+        })
+    }
+
+    fn map_file(path: &Path, file: &File) -> Result<MmapMut> {
+        // SAFETY: the mapping is only sound while no one else truncates or rewrites the file. The
+        // file lives inside a data directory whose LOCK this process holds exclusively, it is only
+        // ever grown (never shrunk) by this struct, and every access goes through bounds-checked
+        // slices of the map.
+        let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| LedgerError::io(path, e))?;
+        // Random advice keeps msync write-back at page granularity instead of 2 MiB chunks.
+        map.advise(Advice::Random)
+            .map_err(|e| LedgerError::io(path, e))?;
+        Ok(map)
+    }
+
+    fn newest_header(&self) -> Result<Header> {
+        let first = Header::decode(&self.map[..HEADER_SLOT_BYTES]);
+        let second = Header::decode(&self.map[HEADER_SLOT_BYTES..2 * HEADER_SLOT_BYTES]);
+        match (first, second) {
+            (Ok(a), Ok(b)) => Ok(if b.generation > a.generation { b } else { a }),
+            (Ok(a), Err(_)) => Ok(a),
+            (Err(_), Ok(b)) => Ok(b),
+            (Err(reason), Err(_)) => Err(LedgerError::corrupt(
+                &self.path,
+                0,
+                format!("no valid header: {reason}"),
+            )),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn file_len(&self) -> u64 {
+        slot_offset(self.capacity)
+    }
+
+    pub fn read_slot(&self, slot: u64) -> SlotRead {
+        if slot >= self.capacity {
+            return SlotRead::Empty;
+        }
+        let start = slot_offset(slot) as usize;
+        SlotState::decode(&self.map[start..start + SLOT_BYTES])
+    }
+
+    /// Writes a slot, growing the file first if `slot` is past the end.
+    pub fn write_slot(&mut self, slot: u64, state: &SlotState) -> Result<()> {
+        self.ensure_capacity(slot + 1)?;
+        let start = slot_offset(slot) as usize;
+        self.map[start..start + SLOT_BYTES].copy_from_slice(&state.encode());
+        Ok(())
+    }
+
+    /// Grows the file (doubling) and remaps it so that it holds at least `slots` slots.
+    pub fn ensure_capacity(&mut self, slots: u64) -> Result<()> {
+        if slots <= self.capacity {
+            return Ok(());
+        }
+        let mut capacity = self.capacity.max(1);
+        while capacity < slots {
+            capacity = capacity.saturating_mul(2);
+        }
+        let _span =
+            tracing::debug_span!("grow_accounts", path = %self.path.display(), capacity).entered();
+        preallocate(&self.file, &self.path, slot_offset(capacity))?;
+        self.map = Self::map_file(&self.path, &self.file)?;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Writes the header into the slot its generation selects and flushes that page.
+    pub fn write_header(&mut self, header: &Header) -> Result<()> {
+        let start = (header.generation % 2) as usize * HEADER_SLOT_BYTES;
+        self.map[start..start + HEADER_SLOT_BYTES].copy_from_slice(&header.encode());
+        self.map
+            .flush_range(start, HEADER_SLOT_BYTES)
+            .map_err(|e| LedgerError::io(&self.path, e))
+    }
+
+    /// Makes every slot written so far durable: msync the map, then fdatasync (file length).
+    pub fn sync(&mut self) -> Result<()> {
+        self.map
+            .flush()
+            .map_err(|e| LedgerError::io(&self.path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| LedgerError::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> Pubkey {
+        Pubkey([n; 32])
+    }
+
+    fn state(n: u8) -> SlotState {
+        SlotState {
+            key: key(n),
+            balance: 1_000 + n as u64,
+            sequence: 3,
+            lsn: 77,
+        }
+    }
+
+    #[test]
+    fn slot_round_trip_and_every_flipped_bit_is_caught() {
+        let bytes = state(9).encode();
+        assert_eq!(SlotState::decode(&bytes), SlotRead::Valid(state(9)));
+        for index in 0..SLOT_BYTES {
+            for bit in [0x01, 0x80] {
+                let mut damaged = bytes;
+                damaged[index] ^= bit;
+                assert!(
+                    matches!(SlotState::decode(&damaged), SlotRead::Corrupt(_)),
+                    "byte {index}"
+                );
+            }
+        }
+        assert_eq!(SlotState::decode(&[0u8; SLOT_BYTES]), SlotRead::Empty);
+        assert!(matches!(
+            SlotState::decode(&bytes[..100]),
+            SlotRead::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn header_round_trip_and_corruption() {
+        let mut header = Header::new(3, 8);
+        header.generation = 12;
+        header.checkpoint_lsn = 99;
+        header.slot_count = 5;
+        header.balance_sum = u64::MAX as u128 * 3;
+        header.applied[7] = 1234;
+        header.clean = true;
+        let bytes = header.encode();
+        assert_eq!(Header::decode(&bytes).unwrap(), header);
+        for index in [0, 9, 13, 25, 33, 41, 50, 64 + 56, 4093] {
+            let mut damaged = bytes;
+            damaged[index] ^= 0x10;
+            assert!(Header::decode(&damaged).is_err(), "byte {index}");
+        }
+        assert!(Header::decode(&bytes[..100]).is_err());
+    }
+
+    #[test]
+    fn create_write_reopen_and_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.dat");
+        let (mut file, header) = AccountsFile::create(&path, 1, 4, 2).unwrap();
+        assert_eq!(header.generation, 1);
+        assert_eq!(file.capacity(), 2);
+        for slot in 0..10u64 {
+            file.write_slot(slot, &state(slot as u8)).unwrap();
+        }
+        assert!(file.capacity() >= 10);
+        file.sync().unwrap();
+        let mut next = header.clone();
+        next.generation = 2;
+        next.slot_count = 10;
+        file.write_header(&next).unwrap();
+        drop(file);
+
+        let (file, reopened) = AccountsFile::open(&path, 1, 4).unwrap();
+        assert_eq!(reopened, next);
+        for slot in 0..10u64 {
+            assert_eq!(file.read_slot(slot), SlotRead::Valid(state(slot as u8)));
+        }
+        assert!(
+            AccountsFile::open(&path, 2, 4).is_err(),
+            "wrong shard id is refused"
+        );
+    }
+
+    #[test]
+    fn torn_newest_header_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.dat");
+        let (mut file, mut header) = AccountsFile::create(&path, 0, 1, 4).unwrap();
+        header.generation = 2;
+        header.checkpoint_lsn = 10;
+        file.write_header(&header).unwrap();
+        drop(file);
+        // Tear generation 2 (slot A): generation 1 in slot B must be chosen.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, chosen) = AccountsFile::open(&path, 0, 1).unwrap();
+        assert_eq!(chosen.generation, 1);
+        // Both torn: a typed error naming the file.
+        bytes[HEADER_SLOT_BYTES + 40] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = AccountsFile::open(&path, 0, 1).unwrap_err();
+        assert!(
+            matches!(err, LedgerError::Corrupt { offset: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_of_the_wrong_length_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.dat");
+        std::fs::write(&path, [0u8; 100]).unwrap();
+        assert!(matches!(
+            AccountsFile::open(&path, 0, 1),
+            Err(LedgerError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,175 @@
+//! The pubkey -> slot index of one shard, and its persisted form `index.bin`.
+//!
+//! `index.bin` is written at clean shutdown and trusted at open only when its checkpoint LSN and
+//! entry count match the account file's header and that header carries the clean-shutdown flag;
+//! otherwise the index is rebuilt by scanning the slots.
+//!
+//! | offset      | size     | field                                    |
+//! |-------------|----------|------------------------------------------|
+//! | 0           | 8        | magic `TALLYIDX`                         |
+//! | 8           | 4        | format version                           |
+//! | 12          | 4        | shard id                                 |
+//! | 16          | 8        | checkpoint LSN the index matches         |
+//! | 24          | 8        | entry count `n`                          |
+//! | 32          | 40 * n   | entries: public key (32), slot (u64)     |
+//! | 32 + 40 * n | 4        | CRC32 of everything before it            |
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{read_u32, read_u64, write_u32, write_u64};
+use crate::error::{LedgerError, Result};
+use crate::types::Pubkey;
+
+pub const MAGIC: &[u8; 8] = b"TALLYIDX";
+pub const VERSION: u32 = 1;
+const PREFIX_BYTES: usize = 32;
+const ENTRY_BYTES: usize = 40;
+
+/// Public keys are chosen by users, so the map uses a fast hasher with a random per-process key.
+pub type Index = HashMap<Pubkey, u64, ahash::RandomState>;
+
+pub fn new_index(capacity: usize) -> Index {
+    HashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new())
+}
+
+/// Serializes the index for `checkpoint_lsn`, entries in slot order.
+pub fn encode(index: &Index, shard: u32, checkpoint_lsn: u64) -> Vec<u8> {
+    let mut entries: Vec<(&Pubkey, &u64)> = index.iter().collect();
+    entries.sort_unstable_by_key(|(_, slot)| **slot);
+    let mut bytes = vec![0u8; PREFIX_BYTES + ENTRY_BYTES * entries.len() + 4];
+    bytes[0..8].copy_from_slice(MAGIC);
+    write_u32(&mut bytes, 8, VERSION);
+    write_u32(&mut bytes, 12, shard);
+    write_u64(&mut bytes, 16, checkpoint_lsn);
+    write_u64(&mut bytes, 24, entries.len() as u64);
+    for (position, (key, slot)) in entries.iter().enumerate() {
+        let start = PREFIX_BYTES + ENTRY_BYTES * position;
+        bytes[start..start + 32].copy_from_slice(&key.0);
+        write_u64(&mut bytes, start + 32, **slot);
+    }
+    let crc_offset = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..crc_offset]);
+    write_u32(&mut bytes, crc_offset, crc);
+    bytes
+}
+
+/// What a persisted index holds.
+#[derive(Debug)]
+pub struct Persisted {
+    pub shard: u32,
+    pub checkpoint_lsn: u64,
+    pub index: Index,
+}
+
+/// Decodes `index.bin`, rejecting any damage, and any slot at or above `slot_limit`.
+pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
+    let corrupt = |offset: usize, reason: String| LedgerError::corrupt(path, offset as u64, reason);
+    if bytes.len() < PREFIX_BYTES + 4 {
+        return Err(corrupt(
+            0,
+            format!("index is {} bytes, too short", bytes.len()),
+        ));
+    }
+    if &bytes[0..8] != MAGIC {
+        return Err(corrupt(0, "bad index magic".into()));
+    }
+    let count = read_u64(bytes, 24);
+    let expected_len = (count as u128) * ENTRY_BYTES as u128 + PREFIX_BYTES as u128 + 4;
+    if expected_len != bytes.len() as u128 {
+        return Err(corrupt(
+            24,
+            format!("entry count {count} does not match length {}", bytes.len()),
+        ));
+    }
+    let crc_offset = bytes.len() - 4;
+    if crc32fast::hash(&bytes[..crc_offset]) != read_u32(bytes, crc_offset) {
+        return Err(corrupt(crc_offset, "index CRC mismatch".into()));
+    }
+    let version = read_u32(bytes, 8);
+    if version != VERSION {
+        return Err(corrupt(8, format!("unsupported index version {version}")));
+    }
+    let mut index = new_index(count as usize);
+    for position in 0..count as usize {
+        let start = PREFIX_BYTES + ENTRY_BYTES * position;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes[start..start + 32]);
+        let slot = read_u64(bytes, start + 32);
+        if slot >= slot_limit {
+            return Err(corrupt(
+                start + 32,
+                format!("slot {slot} beyond the {slot_limit} slots in use"),
+            ));
+        }
+        if index.insert(Pubkey(key), slot).is_some() {
+            return Err(corrupt(start, "duplicate key".into()));
+        }
+    }
+    Ok(Persisted {
+        shard: read_u32(bytes, 12),
+        checkpoint_lsn: read_u64(bytes, 16),
+        index,
+    })
+}
+
+/// Writes `index.bin` atomically.
+pub fn persist(path: &Path, index: &Index, shard: u32, checkpoint_lsn: u64) -> Result<()> {
+    super::write_atomic(path, &encode(index, shard, checkpoint_lsn))
+}
+
+/// Reads `index.bin`; `Ok(None)` if there is none.
+pub fn load(path: &Path, slot_limit: u64) -> Result<Option<Persisted>> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode(&bytes, path, slot_limit).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LedgerError::io(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Index {
+        let mut index = new_index(4);
+        for n in 0..5u8 {
+            index.insert(Pubkey([n; 32]), n as u64);
+        }
+        index
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&sample(), 2, 41);
+        let persisted = decode(&bytes, Path::new("i"), 5).unwrap();
+        assert_eq!(persisted.shard, 2);
+        assert_eq!(persisted.checkpoint_lsn, 41);
+        assert_eq!(persisted.index, sample());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let bytes = encode(&sample(), 2, 41);
+        for position in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[position] ^= 0x04;
+            assert!(
+                decode(&damaged, Path::new("i"), 5).is_err(),
+                "byte {position}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_and_out_of_range_slots_are_rejected() {
+        let bytes = encode(&sample(), 2, 41);
+        for len in [0, 10, 36, bytes.len() - 1] {
+            assert!(decode(&bytes[..len], Path::new("i"), 5).is_err());
+        }
+        assert!(
+            decode(&bytes, Path::new("i"), 4).is_err(),
+            "slot 4 is beyond a limit of 4"
+        );
+    }
+}

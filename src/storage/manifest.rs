@@ -1,0 +1,133 @@
+//! MANIFEST: what a data directory is. Written once when the directory is created.
+//!
+//! | offset | size | field                                      |
+//! |--------|------|--------------------------------------------|
+//! | 0      | 8    | magic `TALLYMAN`                           |
+//! | 8      | 4    | format version (u32 LE)                    |
+//! | 12     | 4    | shard count (u32 LE)                       |
+//! | 16     | 16   | hash seed: two u64 LE SipHash keys         |
+//! | 32     | 4    | CRC32 of bytes 0..32                       |
+
+use std::path::Path;
+
+use super::{read_u32, read_u64, write_u32, write_u64, MAX_SHARDS};
+use crate::error::{LedgerError, Result};
+
+pub const MAGIC: &[u8; 8] = b"TALLYMAN";
+pub const VERSION: u32 = 1;
+pub const LEN: usize = 36;
+const CRC_OFFSET: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Manifest {
+    pub version: u32,
+    pub shard_count: u32,
+    pub hash_seed: [u64; 2],
+}
+
+impl Manifest {
+    pub fn new(shard_count: u32, hash_seed: [u64; 2]) -> Self {
+        Manifest {
+            version: VERSION,
+            shard_count,
+            hash_seed,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; LEN] {
+        let mut bytes = [0u8; LEN];
+        bytes[0..8].copy_from_slice(MAGIC);
+        write_u32(&mut bytes, 8, self.version);
+        write_u32(&mut bytes, 12, self.shard_count);
+        write_u64(&mut bytes, 16, self.hash_seed[0]);
+        write_u64(&mut bytes, 24, self.hash_seed[1]);
+        let crc = crc32fast::hash(&bytes[..CRC_OFFSET]);
+        write_u32(&mut bytes, CRC_OFFSET, crc);
+        bytes
+    }
+
+    /// Decodes and validates; `path` only names the file in errors.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
+        let corrupt =
+            |offset: usize, reason: &str| LedgerError::corrupt(path, offset as u64, reason);
+        if bytes.len() != LEN {
+            return Err(corrupt(
+                0,
+                &format!("MANIFEST is {} bytes, expected {LEN}", bytes.len()),
+            ));
+        }
+        if &bytes[0..8] != MAGIC {
+            return Err(corrupt(0, "bad magic: not a tally MANIFEST"));
+        }
+        if crc32fast::hash(&bytes[..CRC_OFFSET]) != read_u32(bytes, CRC_OFFSET) {
+            return Err(corrupt(CRC_OFFSET, "CRC mismatch"));
+        }
+        let version = read_u32(bytes, 8);
+        if version != VERSION {
+            return Err(corrupt(8, &format!("unsupported format version {version}")));
+        }
+        let shard_count = read_u32(bytes, 12);
+        if shard_count == 0 || shard_count as usize > MAX_SHARDS {
+            return Err(corrupt(
+                12,
+                &format!("shard count {shard_count} out of range"),
+            ));
+        }
+        Ok(Manifest {
+            version,
+            shard_count,
+            hash_seed: [read_u64(bytes, 16), read_u64(bytes, 24)],
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| LedgerError::io(path, e))?;
+        Self::decode(&bytes, path)
+    }
+
+    /// Writes the MANIFEST durably (tmp + fsync + rename + fsync(dir)).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        super::write_atomic(path, &self.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let manifest = Manifest::new(7, [1, u64::MAX]);
+        let decoded = Manifest::decode(&manifest.encode(), Path::new("M")).unwrap();
+        assert_eq!(decoded, manifest);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_rejected() {
+        let bytes = Manifest::new(4, [42, 43]).encode();
+        for index in 0..LEN {
+            let mut damaged = bytes;
+            damaged[index] ^= 0x01;
+            let err = Manifest::decode(&damaged, Path::new("M")).unwrap_err();
+            assert!(
+                matches!(err, LedgerError::Corrupt { .. }),
+                "byte {index}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_length_and_garbage_are_rejected() {
+        assert!(Manifest::decode(&[], Path::new("M")).is_err());
+        assert!(Manifest::decode(&[0xAB; LEN], Path::new("M")).is_err());
+        let bytes = Manifest::new(4, [1, 2]).encode();
+        assert!(Manifest::decode(&bytes[..LEN - 1], Path::new("M")).is_err());
+    }
+
+    #[test]
+    fn zero_shards_is_rejected_even_with_a_valid_crc() {
+        let mut manifest = Manifest::new(1, [0, 0]);
+        manifest.shard_count = 0;
+        assert!(Manifest::decode(&manifest.encode(), Path::new("M")).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! On-disk structures other than the WAL: the account file, the persisted index, the MANIFEST
+//! and the directory lock. Nothing here knows about actors.
+
+pub mod accounts;
+pub mod index;
+pub mod lock;
+pub mod manifest;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{LedgerError, Result};
+
+/// Most shards a ledger can have: the account-file header keeps one credit watermark per shard.
+pub const MAX_SHARDS: usize = 256;
+
+/// The directory of one shard inside the data directory.
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard:03}"))
+}
+
+/// Creates `path` (and missing parents) with mode 0700.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| LedgerError::io(path, e))
+}
+
+/// Opens a file for reading and writing, creating it with mode 0600 when `create` is set.
+pub fn open_private_file(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LedgerError::io(path, e))
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| LedgerError::io(path, e))
+}
+
+/// Replaces `path` with `bytes` atomically: write a temporary file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| LedgerError::io(&tmp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| LedgerError::io(&tmp, e))?;
+        file.sync_all().map_err(|e| LedgerError::io(&tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| LedgerError::io(path, e))?;
+    match path.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// Reserves disk blocks for `[0, len)` so that later writes (through the mmap especially) cannot
+/// fail with ENOSPC or SIGBUS. Falls back to `set_len` where the filesystem cannot preallocate.
+pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len_off) = libc::off_t::try_from(len) else {
+        return Err(LedgerError::Full { path: path.into() });
+    };
+    // SAFETY: posix_fallocate only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len).map_err(|e| LedgerError::io(path, e)),
+        code => Err(LedgerError::io(
+            path,
+            std::io::Error::from_raw_os_error(code),
+        )),
+    }
+}
+
+/// Little-endian field readers for fixed layouts. Callers check lengths first.
+pub(crate) fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_le_bytes(word)
+}
+
+pub(crate) fn read_u64(bytes: &[u8], offset: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[offset..offset + 8]);
+    u64::from_le_bytes(word)
+}
+
+pub(crate) fn write_u32(bytes: &mut [u8], offset: usize, value: u32) {
+    bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+pub(crate) fn write_u64(bytes: &mut [u8], offset: usize, value: u64) {
+    bytes[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+}

@@ -1,0 +1,539 @@
+//! Appending to a shard's WAL: [`WalWriter`] owns the segment files; [`spawn_group_commit`] runs
+//! it on a dedicated thread that writes every queued batch and then syncs once for all of them.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::reader::{Segment, Tail};
+use super::segment_path;
+use crate::error::{LedgerError, Result};
+use crate::storage::{open_private_file, preallocate, sync_dir};
+
+/// Most bytes the group-commit thread writes before it syncs, so one round stays bounded.
+pub const GROUP_BYTES_MAX: usize = 32 << 20;
+
+/// The segment files of one shard's WAL and the position of the next record.
+#[derive(Debug)]
+pub struct WalWriter {
+    dir: PathBuf,
+    segment_bytes: u64,
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    /// Live segments, oldest first, as (first LSN, path, bytes written); the last one is `file`.
+    segments: VecDeque<(u64, PathBuf, u64)>,
+}
+
+impl WalWriter {
+    /// Resumes writing where [`super::reader::scan`] stopped, cutting a torn tail first.
+    pub fn open(dir: &Path, segments: &[Segment], tail: &Tail, segment_bytes: u64) -> Result<Self> {
+        let mut live: VecDeque<(u64, PathBuf, u64)> = segments
+            .iter()
+            .map(|s| (s.first_lsn, s.path.clone(), s.len))
+            .collect();
+        let Some(last) = &tail.segment else {
+            return Self::create(dir, tail.next_lsn, segment_bytes, live);
+        };
+        let file = open_private_file(&last.path, false)?;
+        if tail.torn.is_some() {
+            // The torn bytes were never acknowledged: drop them so the next record lands on zeros.
+            file.set_len(tail.offset)
+                .map_err(|e| LedgerError::io(&last.path, e))?;
+            preallocate(&file, &last.path, segment_bytes.max(tail.offset))?;
+            file.sync_all()
+                .map_err(|e| LedgerError::io(&last.path, e))?;
+        }
+        if let Some(entry) = live.back_mut() {
+            entry.2 = tail.offset;
+        }
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            file,
+            path: last.path.clone(),
+            offset: tail.offset,
+            segments: live,
+        })
+    }
+
+    fn create(
+        dir: &Path,
+        first_lsn: u64,
+        segment_bytes: u64,
+        mut live: VecDeque<(u64, PathBuf, u64)>,
+    ) -> Result<Self> {
+        let path = segment_path(dir, first_lsn);
+        let file = open_private_file(&path, true)?;
+        preallocate(&file, &path, segment_bytes)?;
+        file.sync_all().map_err(|e| LedgerError::io(&path, e))?;
+        sync_dir(dir)?;
+        live.push_back((first_lsn, path.clone(), 0));
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            file,
+            path,
+            offset: 0,
+            segments: live,
+        })
+    }
+
+    /// Writes whole records whose first LSN is `first_lsn`; starts a new segment first if they
+    /// would not fit in the current one. Does not sync.
+    pub fn append(&mut self, bytes: &[u8], first_lsn: u64) -> Result<()> {
+        if self.offset > 0 && self.offset + bytes.len() as u64 > self.segment_bytes {
+            self.rotate(first_lsn)?;
+        }
+        self.file
+            .write_all_at(bytes, self.offset)
+            .map_err(|e| LedgerError::io(&self.path, e))?;
+        self.offset += bytes.len() as u64;
+        if let Some(entry) = self.segments.back_mut() {
+            entry.2 = self.offset;
+        }
+        Ok(())
+    }
+
+    /// Syncs the finished segment (so a later segment never exists beside a torn earlier one)
+    /// and continues in a new preallocated one.
+    fn rotate(&mut self, first_lsn: u64) -> Result<()> {
+        self.sync()?;
+        let live = std::mem::take(&mut self.segments);
+        *self = Self::create(&self.dir, first_lsn, self.segment_bytes, live)?;
+        Ok(())
+    }
+
+    /// fdatasync of the current segment.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| LedgerError::io(&self.path, e))
+    }
+
+    /// Deletes every segment all of whose records have an LSN <= `through_lsn`. The current
+    /// segment is always kept. Returns the number of segments deleted.
+    pub fn truncate_through(&mut self, through_lsn: u64) -> Result<usize> {
+        let mut removed = 0;
+        while self.segments.len() > 1 {
+            let next_first = self.segments[1].0;
+            if next_first.saturating_sub(1) > through_lsn {
+                break;
+            }
+            if let Some((_, path, _)) = self.segments.pop_front() {
+                std::fs::remove_file(&path).map_err(|e| LedgerError::io(&path, e))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Bytes written in the live segments.
+    pub fn live_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.2).sum()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A run of encoded records handed to the group-commit thread, with what to do once written.
+pub struct Batch<A> {
+    pub bytes: Vec<u8>,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub acks: Vec<A>,
+    /// Under periodic durability: sync this round now (it carries credits waiting to be sent).
+    pub urgent: bool,
+}
+
+/// Work for the group-commit thread, executed in order.
+pub enum Command<A> {
+    Append(Batch<A>),
+    /// Delete segments wholly at or below the LSN; the result goes back on the channel.
+    Truncate {
+        through_lsn: u64,
+        done: tokio::sync::oneshot::Sender<Result<usize>>,
+    },
+    /// Sync everything written so far, answer, and exit.
+    Stop {
+        done: tokio::sync::oneshot::Sender<Result<()>>,
+    },
+}
+
+/// What the thread reports after each round.
+pub struct Round<A> {
+    /// Acknowledgements of the batches written this round, in order.
+    pub acks: Vec<A>,
+    /// `Err` when the write or sync failed: none of these records may be treated as durable.
+    pub result: Result<()>,
+    /// Every record up to this LSN is durable (set when this round synced).
+    pub durable_lsn: Option<u64>,
+}
+
+/// Counters shared between the thread and its owner.
+#[derive(Debug, Default)]
+pub struct WalShared {
+    pub durable_lsn: AtomicU64,
+    pub written_lsn: AtomicU64,
+    pub syncs: AtomicU64,
+    pub live_bytes: AtomicU64,
+    /// Set forever after a failed write or sync: the kernel may have dropped the dirty pages, so
+    /// nothing written since the last good sync can be trusted and no retry is attempted.
+    pub failed: AtomicBool,
+}
+
+/// When the thread must sync.
+#[derive(Debug, Clone, Copy)]
+pub enum SyncPolicy {
+    /// After every round, before any acknowledgement.
+    Always,
+    /// At least every interval, and at once for urgent rounds.
+    Periodic { interval: Duration },
+}
+
+/// Starts the group-commit thread of one shard. `on_round` runs on that thread.
+pub fn spawn_group_commit<A, F>(
+    name: String,
+    mut writer: WalWriter,
+    policy: SyncPolicy,
+    shared: Arc<WalShared>,
+    mut on_round: F,
+) -> std::io::Result<(Sender<Command<A>>, std::thread::JoinHandle<()>)>
+where
+    A: Send + 'static,
+    F: FnMut(Round<A>) + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel::<Command<A>>();
+    shared
+        .live_bytes
+        .store(writer.live_bytes(), Ordering::Relaxed);
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let mut committer = GroupCommit {
+            writer: &mut writer,
+            policy,
+            shared: &shared,
+            unsynced_lsn: None,
+            last_sync: Instant::now(),
+        };
+        committer.run(&receiver, &mut on_round);
+    })?;
+    Ok((sender, thread))
+}
+
+struct GroupCommit<'a> {
+    writer: &'a mut WalWriter,
+    policy: SyncPolicy,
+    shared: &'a WalShared,
+    /// Highest LSN written but not yet synced.
+    unsynced_lsn: Option<u64>,
+    last_sync: Instant,
+}
+
+impl GroupCommit<'_> {
+    fn run<A, F: FnMut(Round<A>)>(&mut self, receiver: &Receiver<Command<A>>, on_round: &mut F) {
+        let mut deferred: Option<Command<A>> = None;
+        loop {
+            let command = match deferred.take() {
+                Some(command) => command,
+                None => match self.next_command(receiver) {
+                    Ok(command) => command,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.periodic_sync(on_round);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.periodic_sync(on_round);
+                        return;
+                    }
+                },
+            };
+            match command {
+                Command::Append(batch) => deferred = self.round(batch, receiver, on_round),
+                Command::Truncate { through_lsn, done } => {
+                    let result = self.writer.truncate_through(through_lsn);
+                    self.shared
+                        .live_bytes
+                        .store(self.writer.live_bytes(), Ordering::Relaxed);
+                    let _ = done.send(result);
+                }
+                Command::Stop { done } => {
+                    let result = if self.shared.failed.load(Ordering::Acquire) {
+                        Err(LedgerError::io(
+                            self.writer.path(),
+                            std::io::Error::other("WAL failed earlier"),
+                        ))
+                    } else {
+                        self.sync_now().map(|_| ())
+                    };
+                    if result.is_ok() {
+                        let lsn = self.shared.durable_lsn.load(Ordering::Acquire);
+                        on_round(Round {
+                            acks: Vec::new(),
+                            result: Ok(()),
+                            durable_lsn: Some(lsn),
+                        });
+                    }
+                    let _ = done.send(result);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn next_command<A>(
+        &self,
+        receiver: &Receiver<Command<A>>,
+    ) -> std::result::Result<Command<A>, RecvTimeoutError> {
+        match (self.policy, self.unsynced_lsn) {
+            (SyncPolicy::Periodic { interval }, Some(_)) => {
+                let wait = interval.saturating_sub(self.last_sync.elapsed());
+                receiver.recv_timeout(wait)
+            }
+            _ => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        }
+    }
+
+    /// Writes `first` and every append already queued behind it, syncs once, reports.
+    /// Returns a non-append command that was dequeued behind the batches, to run next.
+    fn round<A, F: FnMut(Round<A>)>(
+        &mut self,
+        first: Batch<A>,
+        receiver: &Receiver<Command<A>>,
+        on_round: &mut F,
+    ) -> Option<Command<A>> {
+        let mut acks = Vec::new();
+        let mut urgent = false;
+        let mut result = self.write(first, &mut acks, &mut urgent);
+        let mut bytes = 0usize;
+        let mut deferred = None;
+        while bytes < GROUP_BYTES_MAX {
+            match receiver.try_recv() {
+                Ok(Command::Append(batch)) => {
+                    bytes += batch.bytes.len();
+                    let written = self.write(batch, &mut acks, &mut urgent);
+                    if result.is_ok() {
+                        result = written;
+                    }
+                }
+                Ok(other) => {
+                    deferred = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let must_sync = match self.policy {
+            SyncPolicy::Always => true,
+            SyncPolicy::Periodic { interval } => urgent || self.last_sync.elapsed() >= interval,
+        };
+        let mut durable_lsn = None;
+        if result.is_ok() && must_sync {
+            match self.sync_now() {
+                Ok(lsn) => durable_lsn = lsn,
+                Err(e) => result = Err(e),
+            }
+        }
+        on_round(Round {
+            acks,
+            result,
+            durable_lsn,
+        });
+        deferred
+    }
+
+    fn write<A>(&mut self, batch: Batch<A>, acks: &mut Vec<A>, urgent: &mut bool) -> Result<()> {
+        let Batch {
+            bytes,
+            first_lsn,
+            last_lsn,
+            acks: batch_acks,
+            urgent: batch_urgent,
+        } = batch;
+        acks.extend(batch_acks);
+        *urgent |= batch_urgent;
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(LedgerError::io(
+                self.writer.path(),
+                std::io::Error::other("an earlier WAL write or sync failed; reopen the ledger"),
+            ));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let _span =
+            tracing::trace_span!("wal_write", bytes = bytes.len(), first_lsn, last_lsn).entered();
+        match self.writer.append(&bytes, first_lsn) {
+            Ok(()) => {
+                self.unsynced_lsn = Some(last_lsn);
+                self.shared.written_lsn.store(last_lsn, Ordering::Release);
+                self.shared
+                    .live_bytes
+                    .store(self.writer.live_bytes(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Syncs if anything is unsynced; returns the LSN made durable.
+    fn sync_now(&mut self) -> Result<Option<u64>> {
+        let Some(lsn) = self.unsynced_lsn else {
+            return Ok(None);
+        };
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(LedgerError::io(
+                self.writer.path(),
+                std::io::Error::other("WAL failed earlier"),
+            ));
+        }
+        let started = Instant::now();
+        match self.writer.sync() {
+            Ok(()) => {
+                self.unsynced_lsn = None;
+                self.last_sync = Instant::now();
+                self.shared.durable_lsn.store(lsn, Ordering::Release);
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(
+                    lsn,
+                    micros = started.elapsed().as_micros() as u64,
+                    "wal synced"
+                );
+                Ok(Some(lsn))
+            }
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn periodic_sync<A, F: FnMut(Round<A>)>(&mut self, on_round: &mut F) {
+        match self.sync_now() {
+            Ok(Some(lsn)) => on_round(Round {
+                acks: Vec::new(),
+                result: Ok(()),
+                durable_lsn: Some(lsn),
+            }),
+            Ok(None) => {}
+            Err(e) => on_round(Round {
+                acks: Vec::new(),
+                result: Err(e),
+                durable_lsn: None,
+            }),
+        }
+    }
+
+    fn fail(&self, error: &LedgerError) {
+        if !self.shared.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(%error, "WAL failed; the shard refuses writes until reopened");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::reader::scan;
+    use crate::wal::record::{encode_into, AfterImage, RecordBody};
+
+    fn records(first: u64, count: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for lsn in first..first + count {
+            let body = RecordBody::Mint {
+                to: AfterImage {
+                    slot: lsn,
+                    key: [1; 32],
+                    balance: lsn,
+                    sequence: lsn,
+                },
+                amount: 1,
+            };
+            encode_into(&mut bytes, lsn, &body);
+        }
+        bytes
+    }
+
+    #[test]
+    fn appends_rotate_truncate_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let initial = scan(dir.path(), 1).unwrap();
+        let mut writer =
+            WalWriter::open(dir.path(), &initial.segments, &initial.tail, 64 << 10).unwrap();
+        let mut lsn = 1;
+        for _ in 0..40 {
+            writer.append(&records(lsn, 50), lsn).unwrap();
+            lsn += 50;
+        }
+        writer.sync().unwrap();
+        let read = scan(dir.path(), 1).unwrap();
+        assert!(read.segments.len() > 1, "segments rotated");
+        assert_eq!(read.records.len() as u64, lsn - 1);
+        let second_first = read.segments[1].first_lsn;
+        assert_eq!(
+            writer.truncate_through(second_first - 2).unwrap(),
+            0,
+            "segment 1 still holds a live record"
+        );
+        assert_eq!(writer.truncate_through(second_first - 1).unwrap(), 1);
+        let after = scan(dir.path(), 1).unwrap();
+        assert_eq!(
+            after.records[0].0, second_first,
+            "nothing above the truncation point is lost"
+        );
+        assert_eq!(after.tail.next_lsn, lsn);
+    }
+
+    #[test]
+    fn group_commit_thread_reports_rounds_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let initial = scan(dir.path(), 1).unwrap();
+        let writer =
+            WalWriter::open(dir.path(), &initial.segments, &initial.tail, 1 << 20).unwrap();
+        let shared = Arc::new(WalShared::default());
+        let (report, reports) = mpsc::channel();
+        let (sender, _thread) = spawn_group_commit(
+            "test-wal".into(),
+            writer,
+            SyncPolicy::Always,
+            shared.clone(),
+            move |round: Round<u64>| {
+                assert!(round.result.is_ok());
+                for ack in round.acks {
+                    report.send(ack).unwrap();
+                }
+            },
+        )
+        .unwrap();
+        for lsn in 1..=100u64 {
+            let batch = Batch {
+                bytes: records(lsn, 1),
+                first_lsn: lsn,
+                last_lsn: lsn,
+                acks: vec![lsn],
+                urgent: false,
+            };
+            sender.send(Command::Append(batch)).unwrap();
+        }
+        let acked: Vec<u64> = (0..100).map(|_| reports.recv().unwrap()).collect();
+        assert_eq!(acked, (1..=100).collect::<Vec<_>>());
+        assert_eq!(shared.durable_lsn.load(Ordering::Acquire), 100);
+        assert!(shared.syncs.load(Ordering::Relaxed) <= 100);
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        sender.send(Command::Stop { done }).unwrap();
+        stopped.blocking_recv().unwrap().unwrap();
+        assert_eq!(scan(dir.path(), 1).unwrap().records.len(), 100);
+    }
+}

@@ -1,0 +1,132 @@
+//! Black-box behaviour of one ledger through the public API.
+
+use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey};
+
+fn key(n: u32) -> Pubkey {
+    let mut bytes = [0u8; 32];
+    bytes[..4].copy_from_slice(&n.to_le_bytes());
+    bytes[31] = 0xAA;
+    Pubkey(bytes)
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    Config::new(dir).shards(4).initial_slots(8)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_transfer_read_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    ledger.mint(key(1), 1_000).await.unwrap();
+    for n in 2..50 {
+        ledger.transfer(key(1), key(n), 10).await.unwrap();
+    }
+    assert_eq!(
+        ledger.account(&key(1)).await.unwrap().unwrap().balance,
+        1_000 - 480
+    );
+    assert_eq!(ledger.account(&key(7)).await.unwrap().unwrap().balance, 10);
+    assert!(ledger.account(&key(999)).await.unwrap().is_none());
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!(stats.accounts, 49);
+    assert_eq!(stats.total_supply, 1_000);
+    ledger.shutdown().await.unwrap();
+    assert!(matches!(
+        ledger.mint(key(1), 1).await,
+        Err(LedgerError::Closed)
+    ));
+
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 520);
+    assert_eq!(ledger.account(&key(49)).await.unwrap().unwrap().balance, 10);
+    assert_eq!(ledger.stats().await.unwrap().total_supply, 1_000);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    assert!(matches!(
+        ledger.mint(key(1), 0).await,
+        Err(LedgerError::ZeroAmount)
+    ));
+    assert!(matches!(
+        ledger.transfer(key(1), key(2), 5).await,
+        Err(LedgerError::AccountNotFound(_))
+    ));
+    ledger.mint(key(1), 10).await.unwrap();
+    assert!(matches!(
+        ledger.transfer(key(1), key(1), 5).await,
+        Err(LedgerError::SameAccount)
+    ));
+    assert!(matches!(
+        ledger.transfer(key(1), key(2), 11).await,
+        Err(LedgerError::InsufficientFunds {
+            needed: 11,
+            available: 10
+        })
+    ));
+    ledger.mint(key(3), u64::MAX - 10).await.unwrap();
+    assert!(matches!(
+        ledger.mint(key(4), 1).await,
+        Err(LedgerError::Overflow)
+    ));
+    assert!(matches!(
+        Ledger::open(config(dir.path())).await,
+        Err(LedgerError::Locked { .. })
+    ));
+    ledger.shutdown().await.unwrap();
+    assert!(matches!(
+        Ledger::open(Config::new(dir.path()).shards(3)).await,
+        Err(LedgerError::Config(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_is_sequential() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger =
+        Ledger::open(config(dir.path()).durability(Durability::Periodic { interval_ms: 5 }))
+            .await
+            .unwrap();
+    let ops = vec![
+        Op::Mint {
+            to: key(1),
+            amount: 100,
+        },
+        Op::Transfer {
+            from: key(1),
+            to: key(2),
+            amount: 60,
+        },
+        Op::Transfer {
+            from: key(2),
+            to: key(3),
+            amount: 50,
+        },
+        Op::Transfer {
+            from: key(3),
+            to: key(1),
+            amount: 50,
+        },
+        Op::Transfer {
+            from: key(2),
+            to: key(3),
+            amount: 11,
+        },
+    ];
+    let results = ledger.submit(ops).await.unwrap();
+    assert!(results[..4].iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(matches!(
+        results[4],
+        Err(LedgerError::InsufficientFunds {
+            needed: 11,
+            available: 10
+        })
+    ));
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 90);
+    assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 10);
+    assert_eq!(ledger.account(&key(3)).await.unwrap().unwrap().balance, 0);
+    ledger.shutdown().await.unwrap();
+}
