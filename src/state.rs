@@ -522,6 +522,7 @@ impl ShardState {
             accounts: self.index.len() as u64,
             balance_sum: self.balance_sum,
             wal_bytes: 0,
+            wal_bytes_written: 0,
             wal_syncs: 0,
             last_lsn: self.next_lsn - 1,
             checkpoint_lsn: self.header.checkpoint_lsn,

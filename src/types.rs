@@ -122,6 +122,8 @@ pub struct ShardStats {
     pub balance_sum: u128,
     /// Bytes in this shard's live WAL segments.
     pub wal_bytes: u64,
+    /// Bytes appended to the WAL since open.
+    pub wal_bytes_written: u64,
     /// WAL fdatasyncs since open.
     pub wal_syncs: u64,
     /// The last LSN written to the WAL.

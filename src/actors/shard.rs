@@ -379,6 +379,7 @@ impl Handler<GetShardStats> for ShardActor {
         let mut stats = self.state.stats();
         stats.wal_bytes = self.context.wal.live_bytes.load(Ordering::Relaxed);
         stats.wal_syncs = self.context.wal.syncs.load(Ordering::Relaxed);
+        stats.wal_bytes_written = self.context.wal.bytes_written.load(Ordering::Relaxed);
         stats.healthy = !self.failed();
         MessageResult(stats)
     }

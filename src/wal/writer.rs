@@ -187,6 +187,8 @@ pub struct WalShared {
     pub written_lsn: AtomicU64,
     pub syncs: AtomicU64,
     pub live_bytes: AtomicU64,
+    /// Bytes appended since open (never decreases; truncation does not count).
+    pub bytes_written: AtomicU64,
     /// Set forever after a failed write or sync: the kernel may have dropped the dirty pages, so
     /// nothing written since the last good sync can be trusted and no retry is attempted.
     pub failed: AtomicBool,
@@ -376,6 +378,7 @@ impl GroupCommit<'_> {
             Ok(()) => {
                 self.unsynced_lsn = Some(last_lsn);
                 self.shared.written_lsn.store(last_lsn, Ordering::Release);
+                self.shared.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 self.shared
                     .live_bytes
                     .store(self.writer.live_bytes(), Ordering::Relaxed);
