@@ -8,7 +8,7 @@ use rand::RngCore;
 
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
-use crate::state::{scan_index, ReplayedDebit, ShardState};
+use crate::state::{scan_index, ReplayedDebit, ShardState, SlotScan};
 use crate::storage::accounts::{AccountsFile, Header};
 use crate::storage::lock::DirLock;
 use crate::storage::manifest::Manifest;
@@ -59,6 +59,10 @@ pub fn open(config: &Config) -> Result<Recovered> {
         .collect();
     let mut shards: Vec<RecoveredShard> = shards.into_iter().map(|(shard, _)| shard).collect();
     let resent_credits = resolve_credits(&mut shards, &debits)?;
+    if created {
+        // Written last: until it exists, an interrupted creation is simply started over.
+        manifest.write(&data_dir.join("MANIFEST"))?;
+    }
     for shard in &mut shards {
         shard.state.mark_open()?;
     }
@@ -96,20 +100,17 @@ fn load_or_create_manifest(config: &Config) -> Result<(Manifest, bool)> {
         }
         return Ok((manifest, false));
     }
-    if shard_dir(&config.data_dir, 0).exists() {
+    if holds_records(&config.data_dir)? {
         return Err(LedgerError::corrupt(
             &path,
             0,
-            "MANIFEST is missing but shard directories exist",
+            "MANIFEST is missing but shard WALs hold records",
         ));
     }
+    // A new ledger, or a creation that crashed before its MANIFEST (the commit point) was written.
     let shard_count = config.shards.unwrap_or_else(Config::default_shards);
     let mut rng = rand::rngs::OsRng;
     let manifest = Manifest::new(shard_count, [rng.next_u64(), rng.next_u64()]);
-    for shard in 0..shard_count {
-        create_private_dir(&shard_dir(&config.data_dir, shard))?;
-    }
-    manifest.write(&path)?;
     Ok((manifest, true))
 }
 
@@ -122,13 +123,17 @@ fn recover_shard(
     let _span = tracing::info_span!("recover_shard", shard).entered();
     let dir = shard_dir(&config.data_dir, shard);
     let accounts_path = dir.join("accounts.dat");
-    let (accounts, header) = if created || (!accounts_path.exists() && !has_wal(&dir)?) {
+    let (accounts, header) = if created {
         create_private_dir(&dir)?;
+        for segment in reader::list_segments(&dir)? {
+            // Left by a creation that crashed before its MANIFEST; holds no record (checked).
+            std::fs::remove_file(&segment.path).map_err(|e| LedgerError::io(&segment.path, e))?;
+        }
         AccountsFile::create(&accounts_path, shard, shard_count, config.initial_slots)?
     } else {
         AccountsFile::open(&accounts_path, shard, shard_count)?
     };
-    let (index, damaged) = load_index(&dir, &accounts, &header)?;
+    let slots = load_index(&dir, &accounts, &header)?;
     let floor = header.checkpoint_lsn + 1;
     sync_segments(&dir)?;
     let scan = reader::scan(&dir, floor)?;
@@ -139,14 +144,30 @@ fn recover_shard(
         &scan.tail,
         scan.records.first().map(|r| r.0),
     )?;
-    let mut state = ShardState::new(accounts, header, index, &dir);
+    let mut state = ShardState::new(accounts, header, slots.index, &dir);
     let mut debits = Vec::new();
     for (lsn, body) in &scan.records {
         if let Some(debit) = state.replay(*lsn, body)? {
             debits.push(debit);
         }
     }
-    state.check_slots(&damaged)?;
+    state.check_slots(&slots.damaged)?;
+    if slots.max_lsn >= state.next_lsn() {
+        let path = scan
+            .tail
+            .segment
+            .as_ref()
+            .map_or_else(|| dir.clone(), |s| s.path.clone());
+        return Err(LedgerError::corrupt(
+            path,
+            scan.tail.offset,
+            format!(
+                "an account slot holds LSN {} but the WAL ends at LSN {}: durable records were lost",
+                slots.max_lsn,
+                state.next_lsn() - 1
+            ),
+        ));
+    }
     let wal = WalWriter::open(&dir, &scan.segments, &scan.tail, config.wal_segment_bytes)?;
     if let Some(reason) = &scan.tail.torn {
         tracing::warn!(
@@ -167,19 +188,24 @@ fn recover_shard(
     ))
 }
 
-fn has_wal(dir: &Path) -> Result<bool> {
-    if !dir.exists() {
-        return Ok(false);
+/// Whether any shard directory under `data_dir` has a WAL with at least one record (or one
+/// that cannot be read, which is treated the same way: never start over on top of it).
+fn holds_records(data_dir: &Path) -> Result<bool> {
+    for shard in 0..crate::storage::MAX_SHARDS as u32 {
+        let dir = shard_dir(data_dir, shard);
+        if !dir.exists() {
+            continue;
+        }
+        match reader::scan(&dir, 1) {
+            Ok(scan) if scan.records.is_empty() => {}
+            _ => return Ok(true),
+        }
     }
-    Ok(!reader::list_segments(dir)?.is_empty())
+    Ok(false)
 }
 
 /// The persisted index when it provably matches the header, else a scan of the slots.
-fn load_index(
-    dir: &Path,
-    accounts: &AccountsFile,
-    header: &Header,
-) -> Result<(index::Index, Vec<u64>)> {
+fn load_index(dir: &Path, accounts: &AccountsFile, header: &Header) -> Result<SlotScan> {
     let path = dir.join("index.bin");
     if header.clean {
         match index::load(&path, header.slot_count) {
@@ -188,7 +214,10 @@ fn load_index(
                     && persisted.shard == header.shard
                     && persisted.index.len() as u64 == header.slot_count =>
             {
-                return Ok((persisted.index, Vec::new()));
+                return Ok(SlotScan {
+                    index: persisted.index,
+                    ..SlotScan::default()
+                });
             }
             Ok(_) => tracing::warn!(path = %path.display(), "index.bin is stale; rebuilding"),
             Err(error) => tracing::warn!(%error, "index.bin is unreadable; rebuilding"),
@@ -246,9 +275,34 @@ fn check_continuity(
     Ok(())
 }
 
+/// A target can only have credited debits that its source logged: a watermark above the source's
+/// last LSN means the source lost durable records.
+fn check_watermarks(shards: &[RecoveredShard]) -> Result<()> {
+    for target in shards {
+        for (source, &credited) in target.state.applied().iter().enumerate() {
+            let Some(source_shard) = shards.get(source) else {
+                continue;
+            };
+            let last_lsn = source_shard.state.next_lsn() - 1;
+            if credited > last_lsn {
+                return Err(LedgerError::corrupt(
+                    source_shard.wal.path(),
+                    0,
+                    format!(
+                        "shard {} credited debit LSN {credited} of shard {source}, whose WAL ends at LSN {last_lsn}",
+                        target.state.shard()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies, durably, every credit whose debit is in a WAL but whose credit is not (section 4 of
 /// DESIGN.md: the debit decided the transfer, so the credit is owed).
 fn resolve_credits(shards: &mut [RecoveredShard], debits: &[Vec<ReplayedDebit>]) -> Result<u64> {
+    check_watermarks(shards)?;
     let mut resent = 0;
     for (source, source_debits) in debits.iter().enumerate() {
         for debit in source_debits {

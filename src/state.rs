@@ -549,14 +549,31 @@ fn apply_delta(sum: u128, delta: i128) -> u128 {
     }
 }
 
-/// Builds the index of an account file by scanning its slots in use. Returns the index and the
-/// slots that failed their check (recovery decides whether the WAL repairs them).
-pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<(Index, Vec<u64>)> {
+/// What a scan of the account file found.
+#[derive(Debug, Default)]
+pub struct SlotScan {
+    pub index: Index,
+    /// Slots that failed their check (recovery decides whether the WAL repairs them).
+    pub damaged: Vec<u64>,
+    /// The highest LSN stored in any slot: the WAL must reach at least that far.
+    pub max_lsn: u64,
+}
+
+/// Builds the index of an account file by scanning its slots: the `slot_count` in use at the
+/// checkpoint and any written after it (up to the first never-used slot).
+pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<SlotScan> {
     let mut index = index::new_index(slot_count as usize);
     let mut damaged = Vec::new();
-    for slot in 0..slot_count {
-        match accounts.read_slot(slot) {
+    let mut max_lsn = 0;
+    for slot in 0..accounts.capacity() {
+        let read = accounts.read_slot(slot);
+        if slot >= slot_count && read == SlotRead::Empty {
+            break;
+        }
+        match read {
+            SlotRead::Valid(state) if slot >= slot_count => max_lsn = max_lsn.max(state.lsn),
             SlotRead::Valid(state) => {
+                max_lsn = max_lsn.max(state.lsn);
                 if index.insert(state.key, slot).is_some() {
                     return Err(LedgerError::corrupt(
                         accounts.path(),
@@ -565,8 +582,13 @@ pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<(Index, Ve
                     ));
                 }
             }
-            SlotRead::Empty | SlotRead::Corrupt(_) => damaged.push(slot),
+            SlotRead::Empty | SlotRead::Corrupt(_) if slot < slot_count => damaged.push(slot),
+            SlotRead::Empty | SlotRead::Corrupt(_) => {}
         }
     }
-    Ok((index, damaged))
+    Ok(SlotScan {
+        index,
+        damaged,
+        max_lsn,
+    })
 }

@@ -232,6 +232,8 @@ impl AccountsFile {
         initial_slots: u64,
     ) -> Result<(Self, Header)> {
         let file = super::open_private_file(path, true)?;
+        // A leftover of a creation that crashed before its MANIFEST holds nothing worth keeping.
+        file.set_len(0).map_err(|e| LedgerError::io(path, e))?;
         let len = slot_offset(initial_slots.max(1));
         preallocate(&file, path, len)?;
         let mut accounts = Self::map(path, file)?;
