@@ -57,10 +57,9 @@ use tokio::sync::oneshot;
 
 use actors::checkpoint::Checkpointer;
 use actors::messages::{
-    CloseShard, Completion, GetShardStats, RouteBatch, RouteOne, RouteRead, RunCheckpoint,
-    StopCheckpoints,
+    CloseShard, Completion, GetShardStats, RouteBatch, RunCheckpoint, StopCheckpoints,
 };
-use actors::router::Router;
+use actors::router::{Router, Routing};
 use actors::shard::ShardActor;
 
 pub use config::{Config, Durability};
@@ -87,6 +86,7 @@ impl std::fmt::Debug for Ledger {
 
 struct Inner {
     router: Addr<Router>,
+    routing: Routing,
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
     supply: Arc<std::sync::atomic::AtomicU64>,
@@ -135,6 +135,7 @@ impl Ledger {
         Ok(Ledger {
             inner: Arc::new(Inner {
                 router: running.router,
+                routing: running.routing,
                 checkpointer: running.checkpointer,
                 shards: running.shards,
                 supply: running.supply,
@@ -174,16 +175,15 @@ impl Ledger {
         let _in_flight = InFlight::enter(&self.inner.in_flight);
         let started = Instant::now();
         let (sender, receiver) = oneshot::channel();
-        let message = RouteOne {
-            op,
-            completion: Completion::Single(sender),
-        };
-        self.inner
-            .router
-            .send(message)
+        let result = match self
+            .inner
+            .routing
+            .send_one(op, Completion::Single(sender))
             .await
-            .map_err(|_| LedgerError::Closed)?;
-        let result = receiver.await.unwrap_or(Err(LedgerError::Closed));
+        {
+            Ok(()) => receiver.await.unwrap_or(Err(LedgerError::Closed)),
+            Err(error) => Err(error),
+        };
         record_op(&op, &result, started);
         result
     }
@@ -192,11 +192,7 @@ impl Ledger {
     pub async fn account(&self, key: &Pubkey) -> Result<Option<Account>, LedgerError> {
         self.check_open()?;
         let _in_flight = InFlight::enter(&self.inner.in_flight);
-        self.inner
-            .router
-            .send(RouteRead { key: *key })
-            .await
-            .map_err(|_| LedgerError::Closed)?
+        self.inner.routing.read(key).await
     }
 
     /// Applies `ops` as if one after another, in order, and returns one result per op. Ops on

@@ -43,3 +43,29 @@ fn kill_9_loses_no_acknowledged_op() {
 fn kill_9_campaign_long() {
     campaign(300, 0xdead_beef);
 }
+
+#[test]
+fn a_directory_held_by_another_process_is_locked() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["crash-worker", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "R\n", "the worker opened the ledger");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime.block_on(tally::Ledger::open(tally::Config::new(dir.path())));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        matches!(result, Err(tally::LedgerError::Locked { .. })),
+        "{result:?}"
+    );
+}

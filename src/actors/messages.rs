@@ -90,15 +90,7 @@ fn sender_take(done: &Mutex<Option<oneshot::Sender<()>>>) -> Option<oneshot::Sen
     }
 }
 
-// ---- ledger handle -> router ----
-
-/// One `mint` or `transfer` call.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RouteOne {
-    pub op: Op,
-    pub completion: Completion,
-}
+// ---- ledger handle -> router (batches; single ops and reads go straight to the shard) ----
 
 /// One `submit` call.
 #[derive(Message)]
@@ -106,13 +98,6 @@ pub struct RouteOne {
 pub struct RouteBatch {
     pub ops: Vec<Op>,
     pub reply: oneshot::Sender<Vec<Result<Receipt>>>,
-}
-
-/// One `account` call.
-#[derive(Message)]
-#[rtype(result = "Result<Option<Account>>")]
-pub struct RouteRead {
-    pub key: Pubkey,
 }
 
 // ---- router -> shard ----

@@ -35,15 +35,30 @@ impl Routing {
         shard_of(key, self.seed, self.shards.len() as u32)
     }
 
+    /// Where an op's accounts live: (deciding shard, target shard).
+    fn placement(&self, op: &Op) -> (u32, u32) {
+        match op {
+            Op::Mint { to, .. } => {
+                let shard = self.shard_of(to);
+                (shard, shard)
+            }
+            Op::Transfer { from, to, .. } => (self.shard_of(from), self.shard_of(to)),
+        }
+    }
+
     /// Checks what can be checked without account state and picks the deciding shard.
     fn route(&self, op: Op) -> Result<(u32, ShardOp)> {
+        self.route_placed(op, self.placement(&op))
+    }
+
+    fn route_placed(&self, op: Op, (shard, target_shard): (u32, u32)) -> Result<(u32, ShardOp)> {
         match op {
             Op::Mint { to, amount } => {
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
                 }
                 self.reserve_supply(amount)?;
-                Ok((self.shard_of(&to), ShardOp::Mint { to, amount }))
+                Ok((shard, ShardOp::Mint { to, amount }))
             }
             Op::Transfer { from, to, amount } => {
                 if amount == 0 {
@@ -56,9 +71,9 @@ impl Routing {
                     from,
                     to,
                     amount,
-                    target_shard: self.shard_of(&to),
+                    target_shard,
                 };
-                Ok((self.shard_of(&from), op))
+                Ok((shard, op))
             }
         }
     }
@@ -74,22 +89,45 @@ impl Routing {
             .map_err(|_| LedgerError::Overflow)
     }
 
-    fn dispatch(&self, op: Op, completion: Completion) {
-        match self.route(op) {
-            Ok((shard, shard_op)) => self.shards[shard as usize].do_send(ShardOps {
-                ops: vec![(shard_op, completion)],
-            }),
-            Err(error) => completion.complete(Err(error)),
+    /// Sends one op straight to its deciding shard from the caller's task (no router hop),
+    /// waiting for mailbox space when the shard is busy.
+    pub async fn send_one(&self, op: Op, completion: Completion) -> Result<()> {
+        let (shard, shard_op) = self.route(op)?;
+        let address = &self.shards[shard as usize];
+        let message = ShardOps {
+            ops: vec![(shard_op, completion)],
+        };
+        let sent = match address.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(message)) => {
+                address.send(message).await.map_err(|_| LedgerError::Closed)
+            }
+            Err(SendError::Closed(_)) => Err(LedgerError::Closed),
+        };
+        if let (Err(_), Op::Mint { amount, .. }) = (&sent, op) {
+            self.supply.fetch_sub(amount, Ordering::AcqRel);
         }
+        sent
+    }
+
+    /// Reads an account from its shard.
+    pub async fn read(&self, key: &Pubkey) -> Result<Option<Account>> {
+        self.shards[self.shard_of(key) as usize]
+            .send(ReadAccount { key: *key })
+            .await
+            .map_err(|_| LedgerError::Closed)?
     }
 
     /// Runs a batch in waves: each wave holds the longest run of ops that can go out together
     /// without any op missing the effect of an earlier one (see [`plan_wave`]).
     async fn run_batch(self, ops: Vec<Op>) -> Vec<Result<Receipt>> {
         let mut results: Vec<Result<Receipt>> = vec![Err(LedgerError::Closed); ops.len()];
+        let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
         let mut remaining: Vec<usize> = (0..ops.len()).collect();
         while !remaining.is_empty() {
-            let (wave, deferred) = plan_wave(&ops, &remaining, |key| self.shard_of(key));
+            let (wave, deferred) = plan_wave(&ops, &remaining, |index| {
+                placements[index].0 != placements[index].1
+            });
             let (wave_results, all_done) = BatchResults::new(wave.len());
             let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
                 (0..self.shards.len()).map(|_| Vec::new()).collect();
@@ -98,7 +136,7 @@ impl Routing {
                     results: wave_results.clone(),
                     index: position,
                 };
-                match self.route(ops[index]) {
+                match self.route_placed(ops[index], placements[index]) {
                     Ok((shard, shard_op)) => per_shard[shard as usize].push((shard_op, completion)),
                     Err(error) => completion.complete(Err(error)),
                 }
@@ -136,10 +174,11 @@ pub fn shard_of(key: &Pubkey, seed: [u64; 2], shard_count: u32) -> u32 {
 /// an account that an earlier cross-shard transfer of this wave credits, and a cross-shard
 /// transfer waits when an earlier op of the wave touches the account it credits. Whatever
 /// waits blocks its own accounts for the rest of the wave, so batch order is kept.
+/// `crosses(i)` tells whether op `i` is a transfer between two shards.
 pub fn plan_wave(
     ops: &[Op],
     remaining: &[usize],
-    shard_of: impl Fn(&Pubkey) -> u32,
+    crosses: impl Fn(usize) -> bool,
 ) -> (Vec<usize>, Vec<usize>) {
     let mut wave = Vec::with_capacity(remaining.len());
     let mut deferred = Vec::new();
@@ -148,10 +187,7 @@ pub fn plan_wave(
     for &index in remaining {
         let (keys, credited): ([Option<Pubkey>; 2], Option<Pubkey>) = match ops[index] {
             Op::Mint { to, .. } => ([Some(to), None], None),
-            Op::Transfer { from, to, .. } => {
-                let cross = shard_of(&from) != shard_of(&to);
-                ([Some(from), Some(to)], cross.then_some(to))
-            }
+            Op::Transfer { from, to, .. } => ([Some(from), Some(to)], crosses(index).then_some(to)),
         };
         let keys = keys.into_iter().flatten();
         let waits = keys.clone().any(|key| blocked.contains(&key))
@@ -192,14 +228,6 @@ impl Actor for Router {
     }
 }
 
-impl Handler<RouteOne> for Router {
-    type Result = ();
-
-    fn handle(&mut self, message: RouteOne, _: &mut Context<Self>) {
-        self.routing.dispatch(message.op, message.completion);
-    }
-}
-
 impl Handler<RouteBatch> for Router {
     type Result = ();
 
@@ -209,20 +237,6 @@ impl Handler<RouteBatch> for Router {
             let results = routing.run_batch(message.ops).await;
             let _ = message.reply.send(results);
         });
-    }
-}
-
-impl Handler<RouteRead> for Router {
-    type Result = ResponseFuture<Result<Option<Account>>>;
-
-    fn handle(&mut self, message: RouteRead, _: &mut Context<Self>) -> Self::Result {
-        let shard = self.routing.shards[self.routing.shard_of(&message.key) as usize].clone();
-        Box::pin(async move {
-            shard
-                .send(ReadAccount { key: message.key })
-                .await
-                .unwrap_or(Err(LedgerError::Closed))
-        })
     }
 }
 
@@ -239,6 +253,13 @@ mod tests {
         (key.0[0] >= 10) as u32
     }
 
+    fn crosses(ops: &[Op]) -> impl Fn(usize) -> bool + '_ {
+        |index| match ops[index] {
+            Op::Transfer { from, to, .. } => shard(&from) != shard(&to),
+            Op::Mint { .. } => false,
+        }
+    }
+
     fn transfer(from: u8, to: u8) -> Op {
         Op::Transfer {
             from: key(from),
@@ -250,7 +271,7 @@ mod tests {
     #[test]
     fn independent_ops_form_one_wave() {
         let ops = vec![transfer(1, 11), transfer(2, 12), transfer(3, 4)];
-        let (wave, deferred) = plan_wave(&ops, &[0, 1, 2], shard);
+        let (wave, deferred) = plan_wave(&ops, &[0, 1, 2], crosses(&ops));
         assert_eq!(wave, vec![0, 1, 2]);
         assert!(deferred.is_empty());
     }
@@ -265,11 +286,11 @@ mod tests {
             transfer(5, 6),
             transfer(7, 8),
         ];
-        let (wave, deferred) = plan_wave(&ops, &[0, 1, 2, 3], shard);
+        let (wave, deferred) = plan_wave(&ops, &[0, 1, 2, 3], crosses(&ops));
         assert_eq!(wave, vec![0, 3]);
         assert_eq!(deferred, vec![1, 2]);
         // 1 credits 5 across shards, so 2 (which spends from 5) waits once more.
-        let (wave, deferred) = plan_wave(&ops, &deferred, shard);
+        let (wave, deferred) = plan_wave(&ops, &deferred, crosses(&ops));
         assert_eq!(wave, vec![1]);
         assert_eq!(deferred, vec![2]);
     }
@@ -277,7 +298,7 @@ mod tests {
     #[test]
     fn a_credit_to_an_account_touched_earlier_waits() {
         let ops = vec![transfer(12, 13), transfer(1, 12)];
-        let (wave, deferred) = plan_wave(&ops, &[0, 1], shard);
+        let (wave, deferred) = plan_wave(&ops, &[0, 1], crosses(&ops));
         assert_eq!(wave, vec![0]);
         assert_eq!(deferred, vec![1]);
     }

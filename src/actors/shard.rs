@@ -169,13 +169,11 @@ impl ShardActor {
             completion,
         } = item;
         match self.state.credit(source_shard, source_lsn, to, amount) {
-            Ok(Some(_)) => self.acks.push(Ack::Reply {
-                completion,
-                result: Ok(receipt),
-                minted: 0,
-            }),
-            // Already applied (a resend after recovery): the caller's answer is the same.
-            Ok(None) => completion.complete(Ok(receipt)),
+            // The durable debit already committed the transfer (recovery re-sends a credit that
+            // a crash takes from this shard), so the caller is answered as soon as the credit is
+            // visible here, without waiting for this shard's own sync. `Ok(None)`: already
+            // applied (a resend after recovery); the answer is the same.
+            Ok(_) => completion.complete(Ok(receipt)),
             Err(error) => {
                 // The debit is durable, so the credit is owed. Stop taking writes: reopening
                 // resends it from the source shard's WAL (DESIGN.md section 4).

@@ -18,6 +18,7 @@ use crate::wal::writer::WalShared;
 /// The running actors and how to stop them.
 pub struct Running {
     pub router: Addr<Router>,
+    pub routing: Routing,
     pub checkpointer: Addr<Checkpointer>,
     pub shards: Vec<Addr<ShardActor>>,
     pub wals: Vec<Arc<WalShared>>,
@@ -48,6 +49,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
     match receiver.recv() {
         Ok(Ok(parts)) => Ok(Running {
             router: parts.router,
+            routing: parts.routing,
             checkpointer: parts.checkpointer,
             shards: parts.shards,
             wals: parts.wals,
@@ -68,6 +70,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
 
 struct Parts {
     router: Addr<Router>,
+    routing: Routing,
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
     wals: Vec<Arc<WalShared>>,
@@ -130,8 +133,9 @@ fn run_system(
     let control = Arbiter::new();
     let routing = Routing::new(addresses.clone(), manifest.hash_seed, supply);
     let mailbox_capacity = config.mailbox_capacity;
+    let router_routing = routing.clone();
     let router = Router::start_in_arbiter(&control.handle(), move |_| {
-        Router::new(routing, mailbox_capacity)
+        Router::new(router_routing, mailbox_capacity)
     });
     let (shard_addresses, shard_wals) = (addresses.clone(), wals.clone());
     let (interval_ms, wal_bytes) = (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
@@ -141,6 +145,7 @@ fn run_system(
     arbiters.push(control);
     let parts = Parts {
         router,
+        routing,
         checkpointer,
         shards: addresses,
         wals,
