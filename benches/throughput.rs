@@ -46,6 +46,7 @@ fn fsync_floor(dir: &std::path::Path, count: usize) -> Latencies {
     let path = dir.join("floor.log");
     let file = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)
