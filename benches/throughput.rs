@@ -3,7 +3,6 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -219,16 +218,10 @@ fn main() {
             accounts as f64 / started.elapsed().as_secs_f64()
         );
 
-        let mut seq = sequential(&ledger, accounts, 2000).await;
-        println!(
-            "1 sequential caller, sync                         {}",
-            seq.line()
-        );
-        let (tput, mut lat) = concurrent(&ledger, accounts, 512, 400).await;
-        println!(
-            "512 tasks x single transfer, sync: {tput:>10.0}/s  {}",
-            lat.line()
-        );
+        let only_batches = std::env::var("TALLY_BENCH_ONLY").is_ok_and(|v| v == "batch");
+        if !only_batches {
+            single_calls(&ledger, accounts).await;
+        }
         let (tput, mut lat) = batches(&ledger, accounts, 8192, transfers, 4).await;
         println!(
             "submit 8192, 4 submitters, sync:   {tput:>10.0}/s  per batch {}",
@@ -250,5 +243,17 @@ fn main() {
         ledger.shutdown().await.unwrap();
     });
     println!("peak RSS: {:.0} MB", peak_rss_mb());
-    let _ = Arc::new(());
+}
+
+async fn single_calls(ledger: &Ledger, accounts: u64) {
+    let mut seq = sequential(ledger, accounts, 2000).await;
+    println!(
+        "1 sequential caller, sync                         {}",
+        seq.line()
+    );
+    let (tput, mut lat) = concurrent(ledger, accounts, 512, 400).await;
+    println!(
+        "512 tasks x single transfer, sync: {tput:>10.0}/s  {}",
+        lat.line()
+    );
 }

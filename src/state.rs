@@ -4,12 +4,12 @@
 //! Used by the shard actor at run time and by recovery at open; it does no I/O of its own beyond
 //! the account file (the WAL bytes it produces are written by the caller).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use crate::error::{LedgerError, Result};
 use crate::storage::accounts::{slot_offset, AccountsFile, Header, SlotRead, SlotState};
-use crate::storage::index::{self, Index};
+use crate::storage::index::{self, Cached, Index, IndexEntry};
 use crate::types::{Account, Pubkey, ShardStats};
 use crate::wal::record::{encode_into, AfterImage, RecordBody};
 
@@ -56,8 +56,6 @@ pub struct ShardState {
     index: Index,
     /// Slots allocated so far (the next new account gets this slot).
     slot_count: u64,
-    /// Newest state of every slot whose newest image is not in the account file yet.
-    overlay: HashMap<u64, SlotState, ahash::RandomState>,
     /// Records not yet durable or not yet applied to the account file, in LSN order.
     pending: VecDeque<PendingRecord>,
     next_lsn: u64,
@@ -99,7 +97,6 @@ impl ShardState {
             index_path: shard_dir.join("index.bin"),
             index,
             slot_count: header.slot_count,
-            overlay: HashMap::with_hasher(ahash::RandomState::new()),
             pending: VecDeque::new(),
             next_lsn: header.checkpoint_lsn + 1,
             applied: header.applied.clone(),
@@ -139,32 +136,40 @@ impl ShardState {
     // ---- reads ----
 
     /// The current state of `key`, counting operations not yet durable (read-your-writes).
-    pub fn account(&self, key: &Pubkey) -> Result<Option<Account>> {
+    pub fn account(&mut self, key: &Pubkey) -> Result<Option<Account>> {
         Ok(self.load(key)?.map(|(_, state)| Account {
-            key: state.key,
+            key: *key,
             balance: state.balance,
             sequence: state.sequence,
         }))
     }
 
-    fn load(&self, key: &Pubkey) -> Result<Option<(u64, SlotState)>> {
-        let Some(&slot) = self.index.get(key) else {
+    /// The slot and newest state of `key`; the first access since open reads (and checks) the slot.
+    fn load(&mut self, key: &Pubkey) -> Result<Option<(u64, Cached)>> {
+        let Some(entry) = self.index.get_mut(key) else {
             return Ok(None);
         };
-        if let Some(state) = self.overlay.get(&slot) {
-            return Ok(Some((slot, *state)));
+        if let Some(cached) = entry.cached {
+            return Ok(Some((entry.slot, cached)));
         }
-        match self.accounts.read_slot(slot) {
-            SlotRead::Valid(state) if state.key == *key => Ok(Some((slot, state))),
-            SlotRead::Valid(_) => {
-                Err(self.slot_corrupt(slot, "slot holds another key than the index says"))
+        let slot = entry.slot;
+        let reason = match self.accounts.read_slot(slot) {
+            SlotRead::Valid(state) if state.key == *key => {
+                let cached = Cached {
+                    balance: state.balance,
+                    sequence: state.sequence,
+                };
+                entry.cached = Some(cached);
+                return Ok(Some((slot, cached)));
             }
-            SlotRead::Empty => Err(self.slot_corrupt(slot, "index points at an empty slot")),
-            SlotRead::Corrupt(reason) => Err(self.slot_corrupt(slot, reason)),
-        }
+            SlotRead::Valid(_) => "slot holds another key than the index says",
+            SlotRead::Empty => "index points at an empty slot",
+            SlotRead::Corrupt(reason) => reason,
+        };
+        Err(self.slot_corrupt(slot, reason))
     }
 
-    fn load_or_create(&mut self, key: &Pubkey) -> Result<(u64, SlotState)> {
+    fn load_or_create(&mut self, key: &Pubkey) -> Result<(u64, Cached)> {
         if let Some(found) = self.load(key)? {
             return Ok(found);
         }
@@ -172,14 +177,18 @@ impl ShardState {
         // Grow before the record exists, so a full disk fails this operation and not a later flush.
         self.accounts.ensure_capacity(slot + 1)?;
         self.slot_count += 1;
-        self.index.insert(*key, slot);
-        let state = SlotState {
-            key: *key,
+        let cached = Cached {
             balance: 0,
             sequence: 0,
-            lsn: 0,
         };
-        Ok((slot, state))
+        self.index.insert(
+            *key,
+            IndexEntry {
+                slot,
+                cached: Some(cached),
+            },
+        );
+        Ok((slot, cached))
     }
 
     fn slot_corrupt(&self, slot: u64, reason: &str) -> LedgerError {
@@ -198,7 +207,7 @@ impl ShardState {
             .balance
             .checked_add(amount)
             .ok_or(LedgerError::Overflow)?;
-        let to = self.image(slot, state, balance);
+        let to = Self::image(&to, slot, state, balance);
         Ok(self.log(RecordBody::Mint { to, amount }))
     }
 
@@ -226,7 +235,7 @@ impl ShardState {
             });
         }
         if target_shard != self.shard {
-            let from = self.image(from_slot, from_state, from_state.balance - amount);
+            let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
             let lsn = self.log(RecordBody::Debit {
                 from,
                 to: to.0,
@@ -241,8 +250,8 @@ impl ShardState {
             .balance
             .checked_add(amount)
             .ok_or(LedgerError::Overflow)?;
-        let from = self.image(from_slot, from_state, from_state.balance - amount);
-        let to = self.image(to_slot, to_state, to_balance);
+        let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
+        let to = Self::image(&to, to_slot, to_state, to_balance);
         let lsn = self.log(RecordBody::Transfer { from, to, amount });
         Ok(TransferOutcome::Local { lsn })
     }
@@ -268,7 +277,7 @@ impl ShardState {
             .balance
             .checked_add(amount)
             .ok_or(LedgerError::Overflow)?;
-        let to = self.image(slot, state, balance);
+        let to = Self::image(&to, slot, state, balance);
         Ok(Some(self.log(RecordBody::Credit {
             source_shard,
             source_lsn,
@@ -277,10 +286,10 @@ impl ShardState {
         })))
     }
 
-    fn image(&self, slot: u64, state: SlotState, balance: u64) -> AfterImage {
+    fn image(key: &Pubkey, slot: u64, state: Cached, balance: u64) -> AfterImage {
         AfterImage {
             slot,
-            key: state.key.0,
+            key: key.0,
             balance,
             sequence: state.sequence + 1,
         }
@@ -295,7 +304,12 @@ impl ShardState {
         }
         encode_into(&mut self.buffer, lsn, &body);
         for image in body.images() {
-            self.overlay.insert(image.slot, slot_state(image, lsn));
+            if let Some(entry) = self.index.get_mut(&Pubkey(image.key)) {
+                entry.cached = Some(Cached {
+                    balance: image.balance,
+                    sequence: image.sequence,
+                });
+            }
         }
         self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
         if let RecordBody::Credit {
@@ -330,15 +344,6 @@ impl ShardState {
                 break;
             };
             self.apply_to_file(record.lsn, &record.body)?;
-            for image in record.body.images() {
-                if self
-                    .overlay
-                    .get(&image.slot)
-                    .is_some_and(|state| state.lsn == record.lsn)
-                {
-                    self.overlay.remove(&image.slot);
-                }
-            }
         }
         Ok(())
     }
@@ -434,8 +439,17 @@ impl ShardState {
             self.accounts
                 .write_slot(image.slot, &slot_state(image, lsn))?;
         }
-        if let Some(previous) = self.index.insert(key, image.slot) {
-            if previous != image.slot {
+        // The file may hold a newer state than this record: read it on first use then.
+        let cached = (!newer_on_file).then_some(Cached {
+            balance: image.balance,
+            sequence: image.sequence,
+        });
+        let entry = IndexEntry {
+            slot: image.slot,
+            cached,
+        };
+        if let Some(previous) = self.index.insert(key, entry) {
+            if previous.slot != image.slot {
                 return Err(self.slot_corrupt(image.slot, "WAL puts a key in two slots"));
             }
         }
@@ -574,7 +588,14 @@ pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<SlotScan> 
             SlotRead::Valid(state) if slot >= slot_count => max_lsn = max_lsn.max(state.lsn),
             SlotRead::Valid(state) => {
                 max_lsn = max_lsn.max(state.lsn);
-                if index.insert(state.key, slot).is_some() {
+                let cached = Some(Cached {
+                    balance: state.balance,
+                    sequence: state.sequence,
+                });
+                if index
+                    .insert(state.key, IndexEntry { slot, cached })
+                    .is_some()
+                {
                     return Err(LedgerError::corrupt(
                         accounts.path(),
                         slot_offset(slot),

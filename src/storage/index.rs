@@ -26,8 +26,25 @@ pub const VERSION: u32 = 1;
 const PREFIX_BYTES: usize = 32;
 const ENTRY_BYTES: usize = 40;
 
+/// Where an account lives, and its current state once it has been read or written since open.
+///
+/// Keeping the state here makes the hot path one hash lookup: operations never read the mmap
+/// after the first touch, and the mmap only ever receives durable states (DESIGN.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub slot: u64,
+    pub cached: Option<Cached>,
+}
+
+/// The newest state of an account, counting records not yet durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cached {
+    pub balance: u64,
+    pub sequence: u64,
+}
+
 /// Public keys are chosen by users, so the map uses a fast hasher with a random per-process key.
-pub type Index = HashMap<Pubkey, u64, ahash::RandomState>;
+pub type Index = HashMap<Pubkey, IndexEntry, ahash::RandomState>;
 
 pub fn new_index(capacity: usize) -> Index {
     HashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new())
@@ -35,8 +52,9 @@ pub fn new_index(capacity: usize) -> Index {
 
 /// Serializes the index for `checkpoint_lsn`, entries in slot order.
 pub fn encode(index: &Index, shard: u32, checkpoint_lsn: u64) -> Vec<u8> {
-    let mut entries: Vec<(&Pubkey, &u64)> = index.iter().collect();
-    entries.sort_unstable_by_key(|(_, slot)| **slot);
+    let mut entries: Vec<(&Pubkey, u64)> =
+        index.iter().map(|(key, entry)| (key, entry.slot)).collect();
+    entries.sort_unstable_by_key(|(_, slot)| *slot);
     let mut bytes = vec![0u8; PREFIX_BYTES + ENTRY_BYTES * entries.len() + 4];
     bytes[0..8].copy_from_slice(MAGIC);
     write_u32(&mut bytes, 8, VERSION);
@@ -46,7 +64,7 @@ pub fn encode(index: &Index, shard: u32, checkpoint_lsn: u64) -> Vec<u8> {
     for (position, (key, slot)) in entries.iter().enumerate() {
         let start = PREFIX_BYTES + ENTRY_BYTES * position;
         bytes[start..start + 32].copy_from_slice(&key.0);
-        write_u64(&mut bytes, start + 32, **slot);
+        write_u64(&mut bytes, start + 32, *slot);
     }
     let crc_offset = bytes.len() - 4;
     let crc = crc32fast::hash(&bytes[..crc_offset]);
@@ -102,7 +120,10 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
                 format!("slot {slot} beyond the {slot_limit} slots in use"),
             ));
         }
-        if index.insert(Pubkey(key), slot).is_some() {
+        if index
+            .insert(Pubkey(key), IndexEntry { slot, cached: None })
+            .is_some()
+        {
             return Err(corrupt(start, "duplicate key".into()));
         }
     }
@@ -134,7 +155,13 @@ mod tests {
     fn sample() -> Index {
         let mut index = new_index(4);
         for n in 0..5u8 {
-            index.insert(Pubkey([n; 32]), n as u64);
+            index.insert(
+                Pubkey([n; 32]),
+                IndexEntry {
+                    slot: n as u64,
+                    cached: None,
+                },
+            );
         }
         index
     }
