@@ -304,3 +304,8 @@ fn record_op(op: &Op, result: &Result<Receipt, LedgerError>, started: Instant) {
     metrics::histogram!("tally_op_latency_seconds", "op" => name)
         .record(started.elapsed().as_secs_f64());
 }
+
+/// The README's embedding example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -576,7 +576,8 @@ pub struct SlotScan {
 /// Builds the index of an account file by scanning its slots: the `slot_count` in use at the
 /// checkpoint and any written after it (up to the first never-used slot).
 pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<SlotScan> {
-    let mut index = index::new_index(slot_count as usize);
+    // Sized for the whole file: growing a large map later briefly holds two copies of it.
+    let mut index = index::new_index(accounts.capacity().max(slot_count) as usize);
     let mut damaged = Vec::new();
     let mut max_lsn = 0;
     for slot in 0..accounts.capacity() {
