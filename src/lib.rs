@@ -64,7 +64,9 @@ use actors::shard::ShardActor;
 
 pub use config::{Config, Durability};
 pub use error::LedgerError;
-pub use types::{Account, Op, Pubkey, PubkeyParseError, Receipt, ShardStats, Stats};
+pub use types::{
+    Account, Health, Op, Pubkey, PubkeyParseError, Receipt, ShardHealth, ShardStats, Stats,
+};
 
 /// How long `shutdown` waits for calls in flight before it closes the shards anyway.
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
@@ -87,6 +89,10 @@ impl std::fmt::Debug for Ledger {
 struct Inner {
     router: Addr<Router>,
     routing: Routing,
+    wals: Vec<Arc<wal::writer::WalShared>>,
+    gauges: Vec<Arc<actors::shard::ShardGauges>>,
+    checkpoint_interval_ms: u64,
+    checkpoint_wal_bytes: u64,
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
     supply: Arc<std::sync::atomic::AtomicU64>,
@@ -126,6 +132,8 @@ impl Ledger {
     pub async fn open(config: Config) -> Result<Ledger, LedgerError> {
         config.validate()?;
         let max_batch_ops = config.max_batch_ops;
+        let (checkpoint_interval_ms, checkpoint_wal_bytes) =
+            (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
         let running = tokio::task::spawn_blocking(move || {
             let recovered = recovery::open(&config)?;
             actors::system::start(recovered, &config)
@@ -136,6 +144,10 @@ impl Ledger {
             inner: Arc::new(Inner {
                 router: running.router,
                 routing: running.routing,
+                wals: running.wals,
+                gauges: running.gauges,
+                checkpoint_interval_ms,
+                checkpoint_wal_bytes,
                 checkpointer: running.checkpointer,
                 shards: running.shards,
                 supply: running.supply,
@@ -221,8 +233,7 @@ impl Ledger {
             .await
             .map_err(|_| LedgerError::Closed)?;
         let results = receiver.await.map_err(|_| LedgerError::Closed)?;
-        metrics::histogram!("tally_op_latency_seconds", "op" => "submit")
-            .record(started.elapsed().as_secs_f64());
+        record_batch(&results, started);
         Ok(results)
     }
 
@@ -244,6 +255,68 @@ impl Ledger {
             total_supply: self.inner.supply.load(Ordering::Acquire) as u128,
             shards,
         })
+    }
+
+    /// The ledger's health, read from counters without messaging any shard, so a busy or stuck
+    /// shard cannot delay the answer.
+    ///
+    /// The ledger is **degraded** when any of these holds:
+    /// * a shard is not writable (a WAL write or sync failed; reopen to recover);
+    /// * a shard's last checkpoint is older than 3 x `checkpoint.interval_ms` + 10 s (checkpoints
+    ///   are failing or stalled, so WALs and recovery time grow without bound);
+    /// * a shard's live WAL exceeds 4 x `checkpoint.wal_bytes`;
+    /// * the ledger has been shut down.
+    pub fn health(&self) -> Health {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let inner = &self.inner;
+        let shards: Vec<ShardHealth> = inner
+            .wals
+            .iter()
+            .zip(&inner.gauges)
+            .enumerate()
+            .map(|(shard, (wal, gauges))| ShardHealth {
+                shard: shard as u32,
+                writable: !wal.failed.load(Ordering::Acquire),
+                wal_bytes: wal.live_bytes.load(Ordering::Relaxed),
+                checkpoint_age: Duration::from_millis(
+                    now_ms.saturating_sub(gauges.last_checkpoint_unix_ms.load(Ordering::Relaxed)),
+                ),
+                queued_ops: gauges.queued_ops.load(Ordering::Relaxed),
+            })
+            .collect();
+        let mut reasons = Vec::new();
+        if inner.closed.load(Ordering::Acquire) {
+            reasons.push("the ledger is shut down".to_string());
+        }
+        let age_limit = Duration::from_millis(inner.checkpoint_interval_ms.saturating_mul(3))
+            + Duration::from_secs(10);
+        for shard in &shards {
+            if !shard.writable {
+                reasons.push(format!(
+                    "shard {} refuses writes after a WAL failure",
+                    shard.shard
+                ));
+            }
+            if shard.checkpoint_age > age_limit {
+                reasons.push(format!(
+                    "shard {} has not checkpointed for {:?}",
+                    shard.shard, shard.checkpoint_age
+                ));
+            }
+            if shard.wal_bytes > inner.checkpoint_wal_bytes.saturating_mul(4) {
+                reasons.push(format!(
+                    "shard {} holds {} WAL bytes",
+                    shard.shard, shard.wal_bytes
+                ));
+            }
+        }
+        Health {
+            degraded: !reasons.is_empty(),
+            reasons,
+            shards,
+        }
     }
 
     /// Runs a checkpoint now: account files made durable, WAL segments no longer needed deleted.
@@ -292,6 +365,15 @@ impl Ledger {
         }
         result
     }
+}
+
+fn record_batch(results: &[Result<Receipt, LedgerError>], started: Instant) {
+    let failed = results.iter().filter(|result| result.is_err()).count() as u64;
+    metrics::counter!("tally_ops_total", "op" => "submit", "result" => "ok")
+        .increment(results.len() as u64 - failed);
+    metrics::counter!("tally_ops_total", "op" => "submit", "result" => "error").increment(failed);
+    metrics::histogram!("tally_op_latency_seconds", "op" => "submit")
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn record_op(op: &Op, result: &Result<Receipt, LedgerError>, started: Instant) {

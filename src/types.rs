@@ -135,3 +135,26 @@ pub struct ShardStats {
     /// False once a WAL sync failed: the shard refuses writes until the ledger is reopened.
     pub healthy: bool,
 }
+
+/// What an operator needs to know about a running ledger; see [`crate::Ledger::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// True when any rule in [`crate::Ledger::health`] fires; `reasons` says which.
+    pub degraded: bool,
+    pub reasons: Vec<String>,
+    pub shards: Vec<ShardHealth>,
+}
+
+/// One shard inside [`Health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardHealth {
+    pub shard: u32,
+    /// False once a WAL write or sync failed: the shard refuses writes until reopened.
+    pub writable: bool,
+    /// Bytes in the shard's live WAL segments.
+    pub wal_bytes: u64,
+    /// Time since the shard's last checkpoint (or since open).
+    pub checkpoint_age: std::time::Duration,
+    /// Operations waiting in the shard's mailbox.
+    pub queued_ops: u64,
+}

@@ -130,3 +130,43 @@ async fn batch_is_sequential() {
     assert_eq!(ledger.account(&key(3)).await.unwrap().unwrap().balance, 0);
     ledger.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_file_grows_past_its_initial_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path()).shards(1).initial_slots(4))
+        .await
+        .unwrap();
+    let path = dir.path().join("shard-000").join("accounts.dat");
+    let initial_len = std::fs::metadata(&path).unwrap().len();
+    let ops = (0..1000)
+        .map(|n| Op::Mint {
+            to: key(n),
+            amount: 1,
+        })
+        .collect();
+    assert!(ledger.submit(ops).await.unwrap().iter().all(|r| r.is_ok()));
+    ledger.shutdown().await.unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() >= initial_len + 996 * 128);
+    let ledger = Ledger::open(Config::new(dir.path())).await.unwrap();
+    assert_eq!(ledger.stats().await.unwrap().accounts, 1000);
+    assert_eq!(ledger.account(&key(999)).await.unwrap().unwrap().balance, 1);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_clean_while_open_and_degraded_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    ledger.mint(key(1), 5).await.unwrap();
+    let health = ledger.health();
+    assert!(!health.degraded, "{:?}", health.reasons);
+    assert_eq!(health.shards.len(), 4);
+    assert!(health
+        .shards
+        .iter()
+        .all(|s| s.writable && s.queued_ops == 0));
+    assert!(health.shards.iter().any(|s| s.wal_bytes > 0));
+    ledger.shutdown().await.unwrap();
+    assert!(ledger.health().degraded);
+}

@@ -65,6 +65,7 @@ impl Actor for Checkpointer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(Duration::from_millis(POLL_INTERVAL_MS), |actor, ctx| {
+            metrics::gauge!("tally_checkpoint_age_seconds").set(actor.last.elapsed().as_secs_f64());
             if actor.stopped || !actor.due() || actor.running.try_lock().is_err() {
                 return;
             }
@@ -132,7 +133,6 @@ pub async fn checkpoint_all(
     }
     let elapsed = started.elapsed();
     metrics::histogram!("tally_checkpoint_duration_seconds").record(elapsed.as_secs_f64());
-    metrics::gauge!("tally_checkpoint_age_seconds").set(0.0);
     tracing::debug!(
         millis = elapsed.as_millis() as u64,
         segments_removed = removed,

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use siphasher::sip::SipHasher13;
 
 use super::messages::*;
-use super::shard::ShardActor;
+use super::shard::{ShardActor, ShardGauges};
 use crate::error::{LedgerError, Result};
 use crate::types::{Account, Op, Pubkey, Receipt};
 
@@ -18,16 +18,30 @@ use crate::types::{Account, Op, Pubkey, Receipt};
 #[derive(Clone)]
 pub struct Routing {
     shards: Vec<Addr<ShardActor>>,
+    gauges: Vec<Arc<ShardGauges>>,
     seed: [u64; 2],
     supply: Arc<AtomicU64>,
 }
 
 impl Routing {
-    pub fn new(shards: Vec<Addr<ShardActor>>, seed: [u64; 2], supply: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        shards: Vec<Addr<ShardActor>>,
+        gauges: Vec<Arc<ShardGauges>>,
+        seed: [u64; 2],
+        supply: Arc<AtomicU64>,
+    ) -> Self {
         Routing {
             shards,
+            gauges,
             seed,
             supply,
+        }
+    }
+
+    /// Counts ops entering a shard's mailbox (the shard counts them out).
+    fn enqueue(&self, shard: usize, ops: u64) {
+        if let Some(gauges) = self.gauges.get(shard) {
+            gauges.queued_ops.fetch_add(ops, Ordering::Relaxed);
         }
     }
 
@@ -94,6 +108,7 @@ impl Routing {
     pub async fn send_one(&self, op: Op, completion: Completion) -> Result<()> {
         let (shard, shard_op) = self.route(op)?;
         let address = &self.shards[shard as usize];
+        self.enqueue(shard as usize, 1);
         let message = ShardOps {
             ops: vec![(shard_op, completion)],
         };
@@ -104,8 +119,13 @@ impl Routing {
             }
             Err(SendError::Closed(_)) => Err(LedgerError::Closed),
         };
-        if let (Err(_), Op::Mint { amount, .. }) = (&sent, op) {
-            self.supply.fetch_sub(amount, Ordering::AcqRel);
+        if sent.is_err() {
+            self.gauges[shard as usize]
+                .queued_ops
+                .fetch_sub(1, Ordering::Relaxed);
+            if let Op::Mint { amount, .. } = op {
+                self.supply.fetch_sub(amount, Ordering::AcqRel);
+            }
         }
         sent
     }
@@ -143,6 +163,7 @@ impl Routing {
             }
             for (shard, shard_ops) in per_shard.into_iter().enumerate() {
                 if !shard_ops.is_empty() {
+                    self.enqueue(shard, shard_ops.len() as u64);
                     self.shards[shard].do_send(ShardOps { ops: shard_ops });
                 }
             }

@@ -37,12 +37,31 @@ pub enum Ack {
 /// Addresses of every shard, known once all have started.
 pub type Peers = Arc<OnceLock<Vec<Addr<ShardActor>>>>;
 
+/// Figures `Ledger::health` reads without messaging the shard (so a busy shard cannot delay it).
+#[derive(Debug, Default)]
+pub struct ShardGauges {
+    /// Operations sent to the shard and not yet taken from its mailbox.
+    pub queued_ops: AtomicU64,
+    /// Milliseconds since the UNIX epoch of the last checkpoint (0: none since open).
+    pub last_checkpoint_unix_ms: AtomicU64,
+}
+
+impl ShardGauges {
+    pub fn mark_checkpoint(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        self.last_checkpoint_unix_ms.store(now, Ordering::Relaxed);
+    }
+}
+
 /// Shared with the router and `Ledger` for figures and supply accounting.
 #[derive(Clone)]
 pub struct ShardContext {
     pub peers: Peers,
     pub supply: Arc<AtomicU64>,
     pub wal: Arc<WalShared>,
+    pub gauges: Arc<ShardGauges>,
     pub mailbox_capacity: usize,
 }
 
@@ -73,14 +92,11 @@ impl ShardActor {
         };
         let wal_path = writer.path().to_path_buf();
         let round_context = context.clone();
-        let (sender, thread) = spawn_group_commit(
-            format!("tally-wal-{shard:03}"),
-            writer,
-            policy,
-            context.wal.clone(),
-            move |round| finish_round(shard, round, &round_context),
-        )
-        .map_err(|e| LedgerError::io(wal_path, e))?;
+        let (sender, thread) =
+            spawn_group_commit(shard, writer, policy, context.wal.clone(), move |round| {
+                finish_round(shard, round, &round_context)
+            })
+            .map_err(|e| LedgerError::io(wal_path, e))?;
         Ok(ShardActor {
             state,
             wal: Some(sender),
@@ -266,6 +282,11 @@ impl Handler<ShardOps> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, message: ShardOps, ctx: &mut Context<Self>) {
+        let count = message.ops.len() as u64;
+        self.context
+            .gauges
+            .queued_ops
+            .fetch_sub(count, Ordering::Relaxed);
         for (op, completion) in message.ops {
             self.apply(op, completion);
         }
@@ -319,7 +340,11 @@ impl Handler<CheckpointShard> for ShardActor {
         if self.failed() {
             return Err(self.refuse());
         }
-        self.state.checkpoint(self.durable_lsn(), false)
+        let info = self.state.checkpoint(self.durable_lsn(), false)?;
+        self.context.gauges.mark_checkpoint();
+        metrics::gauge!("tally_accounts", "shard" => self.state.shard().to_string())
+            .set(self.state.stats().accounts as f64);
+        Ok(info)
     }
 }
 

@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use super::checkpoint::Checkpointer;
 use super::router::{Router, Routing};
-use super::shard::{ShardActor, ShardContext};
+use super::shard::{ShardActor, ShardContext, ShardGauges};
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
 use crate::recovery::Recovered;
@@ -22,6 +22,7 @@ pub struct Running {
     pub checkpointer: Addr<Checkpointer>,
     pub shards: Vec<Addr<ShardActor>>,
     pub wals: Vec<Arc<WalShared>>,
+    pub gauges: Vec<Arc<ShardGauges>>,
     pub supply: Arc<AtomicU64>,
     pub system: actix::System,
     pub thread: JoinHandle<()>,
@@ -53,6 +54,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
             checkpointer: parts.checkpointer,
             shards: parts.shards,
             wals: parts.wals,
+            gauges: parts.gauges,
             supply,
             system: parts.system,
             thread,
@@ -74,6 +76,7 @@ struct Parts {
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
     wals: Vec<Arc<WalShared>>,
+    gauges: Vec<Arc<ShardGauges>>,
     system: actix::System,
 }
 
@@ -94,6 +97,7 @@ fn run_system(
     let mut arbiters = Vec::new();
     let mut addresses = Vec::new();
     let mut wals = Vec::new();
+    let mut all_gauges = Vec::new();
     let mut failure = None;
     for shard in shards {
         let wal = Arc::new(WalShared::default());
@@ -101,10 +105,13 @@ fn run_system(
             shard.state.next_lsn() - 1,
             std::sync::atomic::Ordering::Release,
         );
+        let gauges = Arc::new(ShardGauges::default());
+        gauges.mark_checkpoint();
         let context = ShardContext {
             peers: peers.clone(),
             supply: supply.clone(),
             wal: wal.clone(),
+            gauges: gauges.clone(),
             mailbox_capacity: config.mailbox_capacity,
         };
         match ShardActor::new(shard.state, shard.wal, config.durability, context) {
@@ -115,6 +122,7 @@ fn run_system(
                 }));
                 arbiters.push(arbiter);
                 wals.push(wal);
+                all_gauges.push(gauges);
             }
             Err(error) => {
                 failure = Some(error);
@@ -131,7 +139,12 @@ fn run_system(
     // invariant: set exactly once, here, before any message reaches a shard.
     let _ = peers.set(addresses.clone());
     let control = Arbiter::new();
-    let routing = Routing::new(addresses.clone(), manifest.hash_seed, supply);
+    let routing = Routing::new(
+        addresses.clone(),
+        all_gauges.clone(),
+        manifest.hash_seed,
+        supply,
+    );
     let mailbox_capacity = config.mailbox_capacity;
     let router_routing = routing.clone();
     let router = Router::start_in_arbiter(&control.handle(), move |_| {
@@ -149,6 +162,7 @@ fn run_system(
         checkpointer,
         shards: addresses,
         wals,
+        gauges: all_gauges,
         system: actix::System::current(),
     };
     if reply.send(Ok(parts)).is_ok() {

@@ -203,9 +203,10 @@ pub enum SyncPolicy {
     Periodic { interval: Duration },
 }
 
-/// Starts the group-commit thread of one shard. `on_round` runs on that thread.
+/// Starts the group-commit thread of one shard. `on_round` runs on that thread. The thread
+/// records `tally_wal_bytes{shard}` and `tally_wal_syncs_total{shard}`.
 pub fn spawn_group_commit<A, F>(
-    name: String,
+    shard: u32,
     mut writer: WalWriter,
     policy: SyncPolicy,
     shared: Arc<WalShared>,
@@ -219,8 +220,12 @@ where
     shared
         .live_bytes
         .store(writer.live_bytes(), Ordering::Relaxed);
+    let name = format!("tally-wal-{shard:03}");
     let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let label = shard.to_string();
         let mut committer = GroupCommit {
+            bytes_gauge: metrics::gauge!("tally_wal_bytes", "shard" => label.clone()),
+            syncs_counter: metrics::counter!("tally_wal_syncs_total", "shard" => label),
             writer: &mut writer,
             policy,
             shared: &shared,
@@ -233,6 +238,8 @@ where
 }
 
 struct GroupCommit<'a> {
+    bytes_gauge: metrics::Gauge,
+    syncs_counter: metrics::Counter,
     writer: &'a mut WalWriter,
     policy: SyncPolicy,
     shared: &'a WalShared,
@@ -411,6 +418,8 @@ impl GroupCommit<'_> {
                 self.last_sync = Instant::now();
                 self.shared.durable_lsn.store(lsn, Ordering::Release);
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                self.syncs_counter.increment(1);
+                self.bytes_gauge.set(self.writer.live_bytes() as f64);
                 tracing::trace!(
                     lsn,
                     micros = started.elapsed().as_micros() as u64,
@@ -510,7 +519,7 @@ mod tests {
         let shared = Arc::new(WalShared::default());
         let (report, reports) = mpsc::channel();
         let (sender, _thread) = spawn_group_commit(
-            "test-wal".into(),
+            0,
             writer,
             SyncPolicy::Always,
             shared.clone(),
