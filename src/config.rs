@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{LedgerError, Result};
+use crate::storage::io::SharedIo;
 use crate::storage::MAX_SHARDS;
 
 /// When a call's WAL records must be on disk before the call returns.
@@ -29,6 +30,7 @@ pub struct Config {
     pub(crate) initial_slots: u64,
     pub(crate) max_batch_ops: usize,
     pub(crate) mailbox_capacity: usize,
+    pub(crate) io: SharedIo,
 }
 
 impl Config {
@@ -45,6 +47,7 @@ impl Config {
             initial_slots: 16_384,
             max_batch_ops: 1 << 20,
             mailbox_capacity: 4_096,
+            io: crate::storage::io::real(),
         }
     }
 
@@ -129,6 +132,13 @@ impl Config {
 
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.mailbox_capacity = capacity;
+        self
+    }
+
+    /// The file operations the ledger's durable files go through. The default does the real
+    /// system calls; tests pass a [`crate::storage::io::FaultyIo`] to inject failures.
+    pub fn io(mut self, io: SharedIo) -> Self {
+        self.io = io;
         self
     }
 

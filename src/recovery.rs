@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::{LedgerError, Result};
 use crate::state::{scan_index, ReplayedDebit, ShardState, SlotScan};
 use crate::storage::accounts::{AccountsFile, Header};
+use crate::storage::io::FileIo;
 use crate::storage::lock::DirLock;
 use crate::storage::manifest::Manifest;
 use crate::storage::{create_private_dir, index, shard_dir, sync_dir};
@@ -61,12 +62,12 @@ pub fn open(config: &Config) -> Result<Recovered> {
     let resent_credits = resolve_credits(&mut shards, &debits)?;
     if created {
         // Written last: until it exists, an interrupted creation is simply started over.
-        manifest.write(&data_dir.join("MANIFEST"))?;
+        manifest.write(&*config.io, &data_dir.join("MANIFEST"))?;
     }
     for shard in &mut shards {
         shard.state.mark_open()?;
     }
-    sync_dir(data_dir)?;
+    sync_dir(&*config.io, data_dir)?;
     let replayed: u64 = shards.iter().map(|s| s.replayed_records).sum();
     let elapsed = started.elapsed();
     metrics::histogram!("tally_recovery_duration_seconds").record(elapsed.as_secs_f64());
@@ -129,13 +130,19 @@ fn recover_shard(
             // Left by a creation that crashed before its MANIFEST; holds no record (checked).
             std::fs::remove_file(&segment.path).map_err(|e| LedgerError::io(&segment.path, e))?;
         }
-        AccountsFile::create(&accounts_path, shard, shard_count, config.initial_slots)?
+        AccountsFile::create(
+            config.io.clone(),
+            &accounts_path,
+            shard,
+            shard_count,
+            config.initial_slots,
+        )?
     } else {
-        AccountsFile::open(&accounts_path, shard, shard_count)?
+        AccountsFile::open(config.io.clone(), &accounts_path, shard, shard_count)?
     };
     let slots = load_index(&dir, &accounts, &header)?;
     let floor = header.checkpoint_lsn + 1;
-    sync_segments(&dir)?;
+    sync_segments(&*config.io, &dir)?;
     let scan = reader::scan(&dir, floor)?;
     check_continuity(
         &dir,
@@ -168,7 +175,13 @@ fn recover_shard(
             ),
         ));
     }
-    let wal = WalWriter::open(&dir, &scan.segments, &scan.tail, config.wal_segment_bytes)?;
+    let wal = WalWriter::open(
+        config.io.clone(),
+        &dir,
+        &scan.segments,
+        &scan.tail,
+        config.wal_segment_bytes,
+    )?;
     if let Some(reason) = &scan.tail.torn {
         tracing::warn!(
             shard,
@@ -228,10 +241,10 @@ fn load_index(dir: &Path, accounts: &AccountsFile, header: &Header) -> Result<Sl
 
 /// fsync every WAL segment before reading it: what a crashed process left in the page cache
 /// must be on disk before recovery builds on it.
-fn sync_segments(dir: &Path) -> Result<()> {
+fn sync_segments(io: &dyn FileIo, dir: &Path) -> Result<()> {
     for segment in reader::list_segments(dir)? {
         std::fs::File::open(&segment.path)
-            .and_then(|file| file.sync_all())
+            .and_then(|file| io.sync_all(&file, &segment.path))
             .map_err(|e| LedgerError::io(&segment.path, e))?;
     }
     Ok(())

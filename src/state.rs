@@ -509,6 +509,7 @@ impl ShardState {
             return Ok(());
         }
         index::persist(
+            &**self.accounts.io(),
             &self.index_path,
             &self.index,
             self.shard,

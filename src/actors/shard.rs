@@ -340,7 +340,17 @@ impl Handler<CheckpointShard> for ShardActor {
         if self.failed() {
             return Err(self.refuse());
         }
-        let info = self.state.checkpoint(self.durable_lsn(), false)?;
+        let info = match self.state.checkpoint(self.durable_lsn(), false) {
+            Ok(info) => info,
+            Err(error) => {
+                // After a failed msync the kernel may have dropped dirty pages of the account
+                // file; a later "successful" checkpoint could then drop WAL segments those pages
+                // needed. Stop, exactly as after a failed WAL sync; reopening replays the WAL.
+                tracing::error!(shard = self.state.shard(), %error, "checkpoint failed; shard stops");
+                self.context.wal.failed.store(true, Ordering::Release);
+                return Err(error);
+            }
+        };
         self.context.gauges.mark_checkpoint();
         metrics::gauge!("tally_accounts", "shard" => self.state.shard().to_string())
             .set(self.state.stats().accounts as f64);

@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, MmapMut};
 
+use super::io::SharedIo;
 use super::{preallocate, read_u32, read_u64, write_u32, write_u64, MAX_SHARDS};
 use crate::error::{LedgerError, Result};
 use crate::types::Pubkey;
@@ -208,6 +209,7 @@ pub fn slot_offset(slot: u64) -> u64 {
 
 /// One shard's memory-mapped account file.
 pub struct AccountsFile {
+    io: SharedIo,
     path: PathBuf,
     file: File,
     map: MmapMut,
@@ -226,6 +228,7 @@ impl std::fmt::Debug for AccountsFile {
 impl AccountsFile {
     /// Creates a new account file with `initial_slots` slots and a first header, durably.
     pub fn create(
+        io: SharedIo,
         path: &Path,
         shard: u32,
         shard_count: u32,
@@ -235,23 +238,25 @@ impl AccountsFile {
         // A leftover of a creation that crashed before its MANIFEST holds nothing worth keeping.
         file.set_len(0).map_err(|e| LedgerError::io(path, e))?;
         let len = slot_offset(initial_slots.max(1));
-        preallocate(&file, path, len)?;
-        let mut accounts = Self::map(path, file)?;
+        preallocate(&*io, &file, path, len)?;
+        let mut accounts = Self::map(io, path, file)?;
         let mut header = Header::new(shard, shard_count);
         header.generation = 1;
         accounts.write_header(&header)?;
         accounts.sync()?;
         if let Some(parent) = path.parent() {
-            super::sync_dir(parent)?;
+            super::sync_dir(&*accounts.io, parent)?;
         }
         Ok((accounts, header))
     }
 
     /// Opens an existing account file and returns it with its newest valid header.
-    pub fn open(path: &Path, shard: u32, shard_count: u32) -> Result<(Self, Header)> {
+    pub fn open(io: SharedIo, path: &Path, shard: u32, shard_count: u32) -> Result<(Self, Header)> {
         let file = super::open_private_file(path, false)?;
-        file.sync_all().map_err(|e| LedgerError::io(path, e))?;
-        let accounts = Self::map(path, file)?;
+        // What a crashed process left in the page cache must be on disk before we build on it.
+        io.sync_all(&file, path)
+            .map_err(|e| LedgerError::io(path, e))?;
+        let accounts = Self::map(io, path, file)?;
         let header = accounts.newest_header()?;
         if header.shard != shard || header.shard_count != shard_count {
             return Err(LedgerError::corrupt(
@@ -276,7 +281,7 @@ impl AccountsFile {
         Ok((accounts, header))
     }
 
-    fn map(path: &Path, file: File) -> Result<Self> {
+    fn map(io: SharedIo, path: &Path, file: File) -> Result<Self> {
         let len = file.metadata().map_err(|e| LedgerError::io(path, e))?.len();
         if len < HEADER_BYTES || !(len - HEADER_BYTES).is_multiple_of(SLOT_BYTES as u64) {
             return Err(LedgerError::corrupt(
@@ -287,6 +292,7 @@ impl AccountsFile {
         }
         let map = Self::map_file(path, &file)?;
         Ok(AccountsFile {
+            io,
             path: path.to_path_buf(),
             file,
             capacity: (len - HEADER_BYTES) / SLOT_BYTES as u64,
@@ -360,7 +366,7 @@ impl AccountsFile {
         }
         let _span =
             tracing::debug_span!("grow_accounts", path = %self.path.display(), capacity).entered();
-        preallocate(&self.file, &self.path, slot_offset(capacity))?;
+        preallocate(&*self.io, &self.file, &self.path, slot_offset(capacity))?;
         self.map = Self::map_file(&self.path, &self.file)?;
         self.capacity = capacity;
         Ok(())
@@ -370,19 +376,24 @@ impl AccountsFile {
     pub fn write_header(&mut self, header: &Header) -> Result<()> {
         let start = (header.generation % 2) as usize * HEADER_SLOT_BYTES;
         self.map[start..start + HEADER_SLOT_BYTES].copy_from_slice(&header.encode());
-        self.map
-            .flush_range(start, HEADER_SLOT_BYTES)
+        self.io
+            .flush_map(&self.map, Some((start, HEADER_SLOT_BYTES)), &self.path)
             .map_err(|e| LedgerError::io(&self.path, e))
     }
 
     /// Makes every slot written so far durable: msync the map, then fdatasync (file length).
     pub fn sync(&mut self) -> Result<()> {
-        self.map
-            .flush()
+        self.io
+            .flush_map(&self.map, None, &self.path)
             .map_err(|e| LedgerError::io(&self.path, e))?;
-        self.file
-            .sync_data()
+        self.io
+            .sync_data(&self.file, &self.path)
             .map_err(|e| LedgerError::io(&self.path, e))
+    }
+
+    /// The file operations this file goes through (shared with the rest of its shard).
+    pub fn io(&self) -> &SharedIo {
+        &self.io
     }
 }
 
@@ -447,7 +458,8 @@ mod tests {
     fn create_write_reopen_and_grow() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("accounts.dat");
-        let (mut file, header) = AccountsFile::create(&path, 1, 4, 2).unwrap();
+        let (mut file, header) =
+            AccountsFile::create(crate::storage::io::real(), &path, 1, 4, 2).unwrap();
         assert_eq!(header.generation, 1);
         assert_eq!(file.capacity(), 2);
         for slot in 0..10u64 {
@@ -461,13 +473,13 @@ mod tests {
         file.write_header(&next).unwrap();
         drop(file);
 
-        let (file, reopened) = AccountsFile::open(&path, 1, 4).unwrap();
+        let (file, reopened) = AccountsFile::open(crate::storage::io::real(), &path, 1, 4).unwrap();
         assert_eq!(reopened, next);
         for slot in 0..10u64 {
             assert_eq!(file.read_slot(slot), SlotRead::Valid(state(slot as u8)));
         }
         assert!(
-            AccountsFile::open(&path, 2, 4).is_err(),
+            AccountsFile::open(crate::storage::io::real(), &path, 2, 4).is_err(),
             "wrong shard id is refused"
         );
     }
@@ -476,7 +488,8 @@ mod tests {
     fn torn_newest_header_falls_back_to_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("accounts.dat");
-        let (mut file, mut header) = AccountsFile::create(&path, 0, 1, 4).unwrap();
+        let (mut file, mut header) =
+            AccountsFile::create(crate::storage::io::real(), &path, 0, 1, 4).unwrap();
         header.generation = 2;
         header.checkpoint_lsn = 10;
         file.write_header(&header).unwrap();
@@ -485,12 +498,12 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[40] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
-        let (_, chosen) = AccountsFile::open(&path, 0, 1).unwrap();
+        let (_, chosen) = AccountsFile::open(crate::storage::io::real(), &path, 0, 1).unwrap();
         assert_eq!(chosen.generation, 1);
         // Both torn: a typed error naming the file.
         bytes[HEADER_SLOT_BYTES + 40] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
-        let err = AccountsFile::open(&path, 0, 1).unwrap_err();
+        let err = AccountsFile::open(crate::storage::io::real(), &path, 0, 1).unwrap_err();
         assert!(
             matches!(err, LedgerError::Corrupt { offset: 0, .. }),
             "{err}"
@@ -503,7 +516,7 @@ mod tests {
         let path = dir.path().join("accounts.dat");
         std::fs::write(&path, [0u8; 100]).unwrap();
         assert!(matches!(
-            AccountsFile::open(&path, 0, 1),
+            AccountsFile::open(crate::storage::io::real(), &path, 0, 1),
             Err(LedgerError::Corrupt { .. })
         ));
     }

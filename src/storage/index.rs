@@ -135,8 +135,14 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
 }
 
 /// Writes `index.bin` atomically.
-pub fn persist(path: &Path, index: &Index, shard: u32, checkpoint_lsn: u64) -> Result<()> {
-    super::write_atomic(path, &encode(index, shard, checkpoint_lsn))
+pub fn persist(
+    io: &dyn super::io::FileIo,
+    path: &Path,
+    index: &Index,
+    shard: u32,
+    checkpoint_lsn: u64,
+) -> Result<()> {
+    super::write_atomic(io, path, &encode(index, shard, checkpoint_lsn))
 }
 
 /// Reads `index.bin`; `Ok(None)` if there is none.

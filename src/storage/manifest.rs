@@ -86,8 +86,8 @@ impl Manifest {
     }
 
     /// Writes the MANIFEST durably (tmp + fsync + rename + fsync(dir)).
-    pub fn write(&self, path: &Path) -> Result<()> {
-        super::write_atomic(path, &self.encode())
+    pub fn write(&self, io: &dyn super::io::FileIo, path: &Path) -> Result<()> {
+        super::write_atomic(io, path, &self.encode())
     }
 }
 

@@ -3,15 +3,16 @@
 
 pub mod accounts;
 pub mod index;
+pub mod io;
 pub mod lock;
 pub mod manifest;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{LedgerError, Result};
+use io::FileIo;
 
 /// Most shards a ledger can have: the account-file header keeps one credit watermark per shard.
 pub const MAX_SHARDS: usize = 256;
@@ -42,51 +43,42 @@ pub fn open_private_file(path: &Path, create: bool) -> Result<File> {
 }
 
 /// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
-pub fn sync_dir(path: &Path) -> Result<()> {
+pub fn sync_dir(io: &dyn FileIo, path: &Path) -> Result<()> {
     File::open(path)
-        .and_then(|dir| dir.sync_all())
+        .and_then(|dir| io.sync_all(&dir, path))
         .map_err(|e| LedgerError::io(path, e))
 }
 
-/// Replaces `path` with `bytes` atomically: write a temporary file, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Replaces `path` with `bytes` atomically: write a temporary file, fsync, rename, fsync the
+/// directory.
+pub fn write_atomic(io: &dyn FileIo, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| LedgerError::io(&tmp, e))?;
-        file.write_all(bytes)
+        io.write_at(&file, &tmp, bytes, 0)
             .map_err(|e| LedgerError::io(&tmp, e))?;
-        file.sync_all().map_err(|e| LedgerError::io(&tmp, e))?;
+        io.sync_all(&file, &tmp)
+            .map_err(|e| LedgerError::io(&tmp, e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| LedgerError::io(path, e))?;
+    io.rename(&tmp, path)
+        .map_err(|e| LedgerError::io(path, e))?;
     match path.parent() {
-        Some(parent) => sync_dir(parent),
+        Some(parent) => sync_dir(io, parent),
         None => Ok(()),
     }
 }
 
 /// Reserves disk blocks for `[0, len)` so that later writes (through the mmap especially) cannot
-/// fail with ENOSPC or SIGBUS. Falls back to `set_len` where the filesystem cannot preallocate.
-pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let Ok(len_off) = libc::off_t::try_from(len) else {
-        return Err(LedgerError::Full { path: path.into() });
-    };
-    // SAFETY: posix_fallocate only reads the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
-    match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len).map_err(|e| LedgerError::io(path, e)),
-        code => Err(LedgerError::io(
-            path,
-            std::io::Error::from_raw_os_error(code),
-        )),
-    }
+/// fail with ENOSPC or SIGBUS.
+pub fn preallocate(io: &dyn FileIo, file: &File, path: &Path, len: u64) -> Result<()> {
+    io.allocate(file, path, len)
+        .map_err(|e| LedgerError::io(path, e))
 }
 
 /// Little-endian field readers for fixed layouts. Callers check lengths first.

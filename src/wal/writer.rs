@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::reader::{Segment, Tail};
 use super::segment_path;
 use crate::error::{LedgerError, Result};
+use crate::storage::io::SharedIo;
 use crate::storage::{open_private_file, preallocate, sync_dir};
 
 /// Most bytes the group-commit thread writes before it syncs, so one round stays bounded.
@@ -21,6 +21,7 @@ pub const GROUP_BYTES_MAX: usize = 32 << 20;
 /// The segment files of one shard's WAL and the position of the next record.
 #[derive(Debug)]
 pub struct WalWriter {
+    io: SharedIo,
     dir: PathBuf,
     segment_bytes: u64,
     file: File,
@@ -32,27 +33,34 @@ pub struct WalWriter {
 
 impl WalWriter {
     /// Resumes writing where [`super::reader::scan`] stopped, cutting a torn tail first.
-    pub fn open(dir: &Path, segments: &[Segment], tail: &Tail, segment_bytes: u64) -> Result<Self> {
+    pub fn open(
+        io: SharedIo,
+        dir: &Path,
+        segments: &[Segment],
+        tail: &Tail,
+        segment_bytes: u64,
+    ) -> Result<Self> {
         let mut live: VecDeque<(u64, PathBuf, u64)> = segments
             .iter()
             .map(|s| (s.first_lsn, s.path.clone(), s.len))
             .collect();
         let Some(last) = &tail.segment else {
-            return Self::create(dir, tail.next_lsn, segment_bytes, live);
+            return Self::create(io, dir, tail.next_lsn, segment_bytes, live);
         };
         let file = open_private_file(&last.path, false)?;
         if tail.torn.is_some() {
             // The torn bytes were never acknowledged: drop them so the next record lands on zeros.
             file.set_len(tail.offset)
                 .map_err(|e| LedgerError::io(&last.path, e))?;
-            preallocate(&file, &last.path, segment_bytes.max(tail.offset))?;
-            file.sync_all()
+            preallocate(&*io, &file, &last.path, segment_bytes.max(tail.offset))?;
+            io.sync_all(&file, &last.path)
                 .map_err(|e| LedgerError::io(&last.path, e))?;
         }
         if let Some(entry) = live.back_mut() {
             entry.2 = tail.offset;
         }
         Ok(WalWriter {
+            io,
             dir: dir.to_path_buf(),
             segment_bytes,
             file,
@@ -63,6 +71,7 @@ impl WalWriter {
     }
 
     fn create(
+        io: SharedIo,
         dir: &Path,
         first_lsn: u64,
         segment_bytes: u64,
@@ -70,11 +79,13 @@ impl WalWriter {
     ) -> Result<Self> {
         let path = segment_path(dir, first_lsn);
         let file = open_private_file(&path, true)?;
-        preallocate(&file, &path, segment_bytes)?;
-        file.sync_all().map_err(|e| LedgerError::io(&path, e))?;
-        sync_dir(dir)?;
+        preallocate(&*io, &file, &path, segment_bytes)?;
+        io.sync_all(&file, &path)
+            .map_err(|e| LedgerError::io(&path, e))?;
+        sync_dir(&*io, dir)?;
         live.push_back((first_lsn, path.clone(), 0));
         Ok(WalWriter {
+            io,
             dir: dir.to_path_buf(),
             segment_bytes,
             file,
@@ -90,8 +101,8 @@ impl WalWriter {
         if self.offset > 0 && self.offset + bytes.len() as u64 > self.segment_bytes {
             self.rotate(first_lsn)?;
         }
-        self.file
-            .write_all_at(bytes, self.offset)
+        self.io
+            .write_at(&self.file, &self.path, bytes, self.offset)
             .map_err(|e| LedgerError::io(&self.path, e))?;
         self.offset += bytes.len() as u64;
         if let Some(entry) = self.segments.back_mut() {
@@ -105,14 +116,20 @@ impl WalWriter {
     fn rotate(&mut self, first_lsn: u64) -> Result<()> {
         self.sync()?;
         let live = std::mem::take(&mut self.segments);
-        *self = Self::create(&self.dir, first_lsn, self.segment_bytes, live)?;
+        *self = Self::create(
+            self.io.clone(),
+            &self.dir,
+            first_lsn,
+            self.segment_bytes,
+            live,
+        )?;
         Ok(())
     }
 
     /// fdatasync of the current segment.
     pub fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
+        self.io
+            .sync_data(&self.file, &self.path)
             .map_err(|e| LedgerError::io(&self.path, e))
     }
 
@@ -126,12 +143,14 @@ impl WalWriter {
                 break;
             }
             if let Some((_, path, _)) = self.segments.pop_front() {
-                std::fs::remove_file(&path).map_err(|e| LedgerError::io(&path, e))?;
+                self.io
+                    .remove_file(&path)
+                    .map_err(|e| LedgerError::io(&path, e))?;
                 removed += 1;
             }
         }
         if removed > 0 {
-            sync_dir(&self.dir)?;
+            sync_dir(&*self.io, &self.dir)?;
         }
         Ok(removed)
     }
@@ -484,8 +503,14 @@ mod tests {
     fn appends_rotate_truncate_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let initial = scan(dir.path(), 1).unwrap();
-        let mut writer =
-            WalWriter::open(dir.path(), &initial.segments, &initial.tail, 64 << 10).unwrap();
+        let mut writer = WalWriter::open(
+            crate::storage::io::real(),
+            dir.path(),
+            &initial.segments,
+            &initial.tail,
+            64 << 10,
+        )
+        .unwrap();
         let mut lsn = 1;
         for _ in 0..40 {
             writer.append(&records(lsn, 50), lsn).unwrap();
@@ -514,8 +539,14 @@ mod tests {
     fn group_commit_thread_reports_rounds_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let initial = scan(dir.path(), 1).unwrap();
-        let writer =
-            WalWriter::open(dir.path(), &initial.segments, &initial.tail, 1 << 20).unwrap();
+        let writer = WalWriter::open(
+            crate::storage::io::real(),
+            dir.path(),
+            &initial.segments,
+            &initial.tail,
+            1 << 20,
+        )
+        .unwrap();
         let shared = Arc::new(WalShared::default());
         let (report, reports) = mpsc::channel();
         let (sender, _thread) = spawn_group_commit(

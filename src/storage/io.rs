@@ -1,0 +1,237 @@
+//! The seam every durable file operation goes through: the WAL, the account files, the MANIFEST
+//! and the index call a [`FileIo`]. [`RealIo`] (the default) does the real system calls;
+//! [`FaultyIo`] injects failures for tests: ENOSPC on the Nth write, EIO on the Nth sync, a torn
+//! (half-written) write, a failed rename, a failed preallocation.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use memmap2::MmapMut;
+
+/// File operations whose failure matters for durability.
+pub trait FileIo: Send + Sync + std::fmt::Debug {
+    /// Writes all of `bytes` at `offset`.
+    fn write_at(&self, file: &File, path: &Path, bytes: &[u8], offset: u64) -> io::Result<()>;
+    /// fdatasync.
+    fn sync_data(&self, file: &File, path: &Path) -> io::Result<()>;
+    /// fsync (files and directories).
+    fn sync_all(&self, file: &File, path: &Path) -> io::Result<()>;
+    /// Reserves disk blocks for `[0, len)` (never shrinks the file).
+    fn allocate(&self, file: &File, path: &Path, len: u64) -> io::Result<()>;
+    /// msync of the whole map, or of `(offset, len)`.
+    fn flush_map(
+        &self,
+        map: &MmapMut,
+        range: Option<(usize, usize)>,
+        path: &Path,
+    ) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+}
+
+/// A shared handle to the file operations a ledger uses.
+pub type SharedIo = Arc<dyn FileIo>;
+
+/// The real system calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealIo;
+
+pub fn real() -> SharedIo {
+    Arc::new(RealIo)
+}
+
+impl FileIo for RealIo {
+    fn write_at(&self, file: &File, _: &Path, bytes: &[u8], offset: u64) -> io::Result<()> {
+        file.write_all_at(bytes, offset)
+    }
+
+    fn sync_data(&self, file: &File, _: &Path) -> io::Result<()> {
+        file.sync_data()
+    }
+
+    fn sync_all(&self, file: &File, _: &Path) -> io::Result<()> {
+        file.sync_all()
+    }
+
+    fn allocate(&self, file: &File, _: &Path, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len_off =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: posix_fallocate only reads the descriptor, which `file` keeps open for the call.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
+        match rc {
+            0 => Ok(()),
+            // Filesystems without fallocate (tmpfs on old kernels, some FUSE): a sparse length.
+            libc::EOPNOTSUPP | libc::EINVAL => {
+                if file.metadata()?.len() < len {
+                    file.set_len(len)?;
+                }
+                Ok(())
+            }
+            code => Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+
+    fn flush_map(&self, map: &MmapMut, range: Option<(usize, usize)>, _: &Path) -> io::Result<()> {
+        match range {
+            Some((offset, len)) => map.flush_range(offset, len),
+            None => map.flush(),
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Which operation a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    Write,
+    SyncData,
+    SyncAll,
+    Allocate,
+    FlushMap,
+    Rename,
+    RemoveFile,
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultEffect {
+    /// Fail with this errno, doing nothing.
+    Errno(i32),
+    /// Write the first half of the bytes, then fail with EIO (writes only).
+    Torn,
+}
+
+#[derive(Debug)]
+struct Rule {
+    op: FaultOp,
+    path_contains: String,
+    /// Matching calls to let through before the fault fires.
+    skip: u64,
+    seen: u64,
+    effect: FaultEffect,
+    fired: bool,
+}
+
+/// Real I/O plus injected faults; each rule fires once, on the first matching call after
+/// `skip` matching calls.
+#[derive(Debug, Default)]
+pub struct FaultyIo {
+    rules: Mutex<Vec<Rule>>,
+    fired: AtomicU64,
+}
+
+impl FaultyIo {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultyIo::default())
+    }
+
+    /// Arms a fault: the `skip + 1`-th call of `op` on a path containing `path_contains` fails.
+    pub fn inject(&self, op: FaultOp, path_contains: &str, skip: u64, effect: FaultEffect) {
+        let rule = Rule {
+            op,
+            path_contains: path_contains.to_string(),
+            skip,
+            seen: 0,
+            effect,
+            fired: false,
+        };
+        self.lock().push(rule);
+    }
+
+    /// How many faults have fired.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
+        match self.rules.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn check(&self, op: FaultOp, path: &Path) -> Option<FaultEffect> {
+        let text = path.to_string_lossy();
+        let mut rules = self.lock();
+        for rule in rules.iter_mut() {
+            if rule.fired || rule.op != op || !text.contains(rule.path_contains.as_str()) {
+                continue;
+            }
+            rule.seen += 1;
+            if rule.seen > rule.skip {
+                rule.fired = true;
+                self.fired.fetch_add(1, Ordering::AcqRel);
+                return Some(rule.effect);
+            }
+        }
+        None
+    }
+
+    fn fail(&self, op: FaultOp, path: &Path) -> io::Result<()> {
+        match self.check(op, path) {
+            Some(FaultEffect::Errno(code)) => Err(io::Error::from_raw_os_error(code)),
+            Some(FaultEffect::Torn) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FileIo for FaultyIo {
+    fn write_at(&self, file: &File, path: &Path, bytes: &[u8], offset: u64) -> io::Result<()> {
+        match self.check(FaultOp::Write, path) {
+            Some(FaultEffect::Errno(code)) => Err(io::Error::from_raw_os_error(code)),
+            Some(FaultEffect::Torn) => {
+                RealIo.write_at(file, path, &bytes[..bytes.len() / 2], offset)?;
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            None => RealIo.write_at(file, path, bytes, offset),
+        }
+    }
+
+    fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
+        self.fail(FaultOp::SyncData, path)?;
+        RealIo.sync_data(file, path)
+    }
+
+    fn sync_all(&self, file: &File, path: &Path) -> io::Result<()> {
+        self.fail(FaultOp::SyncAll, path)?;
+        RealIo.sync_all(file, path)
+    }
+
+    fn allocate(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+        self.fail(FaultOp::Allocate, path)?;
+        RealIo.allocate(file, path, len)
+    }
+
+    fn flush_map(
+        &self,
+        map: &MmapMut,
+        range: Option<(usize, usize)>,
+        path: &Path,
+    ) -> io::Result<()> {
+        self.fail(FaultOp::FlushMap, path)?;
+        RealIo.flush_map(map, range, path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.fail(FaultOp::Rename, to)?;
+        RealIo.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.fail(FaultOp::RemoveFile, path)?;
+        RealIo.remove_file(path)
+    }
+}
