@@ -1,0 +1,133 @@
+//! Real-disk faults on a small tmpfs mounted by the test (skipped, with a message, where this
+//! process cannot mount): a filesystem that fills up, and one that turns read-only. Each gives a
+//! clear typed error and loses nothing that was acknowledged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tally::{Config, Ledger, LedgerError, Pubkey};
+
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).ok()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        if !status.success() {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
+            return None;
+        }
+        Some(Tmpfs { path, _dir: dir })
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+fn key(n: u32) -> Pubkey {
+    let mut bytes = [0x3Eu8; 32];
+    bytes[..4].copy_from_slice(&n.to_le_bytes());
+    Pubkey(bytes)
+}
+
+fn config(dir: &Path) -> Config {
+    Config::new(dir)
+        .shards(1)
+        .initial_slots(16)
+        .wal_segment_bytes(256 << 10)
+        .checkpoint_wal_bytes(1 << 40)
+}
+
+async fn reopen(dir: &Path) -> Result<Ledger, LedgerError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Ledger::open(config(dir)).await {
+            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn check(ledger: &Ledger, acked: u32) {
+    for n in 0..acked {
+        assert_eq!(
+            ledger.account(&key(n)).await.unwrap().map(|a| a.balance),
+            Some(n as u64 + 1),
+            "mint {n} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_gives_full_and_loses_nothing() {
+    let Some(fs) = Tmpfs::mount("2m") else { return };
+    let dir = fs.path.join("data");
+    let ledger = Ledger::open(config(&dir)).await.unwrap();
+    let mut acked = 0;
+    let error = loop {
+        match ledger.mint(key(acked), acked as u64 + 1).await {
+            Ok(_) => acked += 1,
+            Err(error) => break error,
+        }
+        assert!(acked < 1_000_000, "the filesystem never filled up");
+    };
+    assert!(matches!(error, LedgerError::Full { .. }), "{error:?}");
+    assert!(acked > 100);
+    let _ = ledger.shutdown().await;
+    drop(ledger);
+    // More room, and everything acknowledged is there.
+    fs.remount("size=64m");
+    let ledger = reopen(&dir).await.unwrap();
+    check(&ledger, acked).await;
+    assert_eq!(ledger.stats().await.unwrap().accounts, acked as u64);
+    ledger.mint(key(acked), 1).await.unwrap();
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_filesystem_is_a_clear_error_and_loses_nothing() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let dir = fs.path.join("data");
+    let ledger = Ledger::open(config(&dir)).await.unwrap();
+    for n in 0..50 {
+        ledger.mint(key(n), n as u64 + 1).await.unwrap();
+    }
+    ledger.shutdown().await.unwrap();
+    fs.remount("ro");
+    let error = reopen(&dir).await.unwrap_err();
+    assert!(
+        matches!(&error, LedgerError::Io { path, .. } if path.starts_with(&dir)),
+        "{error:?}"
+    );
+    fs.remount("rw");
+    let ledger = reopen(&dir).await.unwrap();
+    check(&ledger, 50).await;
+    ledger.shutdown().await.unwrap();
+}
