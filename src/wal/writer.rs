@@ -341,8 +341,8 @@ impl GroupCommit<'_> {
     ) -> Option<Command<A>> {
         let mut acks = Vec::new();
         let mut urgent = false;
+        let mut bytes = first.bytes.len();
         let mut result = self.write(first, &mut acks, &mut urgent);
-        let mut bytes = 0usize;
         let mut deferred = None;
         while bytes < GROUP_BYTES_MAX {
             match receiver.try_recv() {
@@ -364,12 +364,21 @@ impl GroupCommit<'_> {
             SyncPolicy::Always => true,
             SyncPolicy::Periodic { interval } => urgent || self.last_sync.elapsed() >= interval,
         };
+        let span = tracing::debug_span!(
+            "group_commit",
+            ops = acks.len(),
+            bytes,
+            sync_us = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let mut durable_lsn = None;
         if result.is_ok() && must_sync {
+            let started = Instant::now();
             match self.sync_now() {
                 Ok(lsn) => durable_lsn = lsn,
                 Err(e) => result = Err(e),
             }
+            span.record("sync_us", started.elapsed().as_micros() as u64);
         }
         on_round(Round {
             acks,
