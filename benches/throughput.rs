@@ -218,6 +218,11 @@ fn main() {
             accounts as f64 / started.elapsed().as_secs_f64()
         );
 
+        if std::env::var("TALLY_BENCH_ONLY").is_ok_and(|v| v == "memory") {
+            memory_run(&ledger, accounts, transfers).await;
+            ledger.shutdown().await.unwrap();
+            return;
+        }
         let only_batches = std::env::var("TALLY_BENCH_ONLY").is_ok_and(|v| v == "batch");
         if !only_batches {
             single_calls(&ledger, accounts).await;
@@ -243,6 +248,33 @@ fn main() {
         ledger.shutdown().await.unwrap();
     });
     println!("peak RSS: {:.0} MB", peak_rss_mb());
+}
+
+/// Peak and current RSS after every million transfers at a fixed account count: flat after
+/// warm-up means nothing grows with the number of operations.
+async fn memory_run(ledger: &Ledger, accounts: u64, transfers: u64) {
+    let step = 1_000_000;
+    let mut done = 0;
+    while done < transfers {
+        let (tput, _) = batches(ledger, accounts, 8192, step, 4).await;
+        done += step;
+        println!(
+            "{:>3}M transfers: current RSS {:>5.0} MB, peak RSS {:>5.0} MB, {tput:.0}/s",
+            done / step,
+            current_rss_mb(),
+            peak_rss_mb()
+        );
+    }
+}
+
+fn current_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 async fn single_calls(ledger: &Ledger, accounts: u64) {
