@@ -378,7 +378,9 @@ impl GroupCommit<'_> {
             Ok(()) => {
                 self.unsynced_lsn = Some(last_lsn);
                 self.shared.written_lsn.store(last_lsn, Ordering::Release);
-                self.shared.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.shared
+                    .bytes_written
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 self.shared
                     .live_bytes
                     .store(self.writer.live_bytes(), Ordering::Relaxed);
