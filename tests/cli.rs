@@ -723,6 +723,28 @@ fn the_config_file_sets_the_data_directory() {
     assert!(dir.join("MANIFEST").exists());
 }
 
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let data = Data::new();
+    assert_eq!(data.run("mint", &[&key(1), "10"]).code, 0);
+    for command in ["inspect", "verify", "account"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args([command, "--data-dir", data.dir.to_str().unwrap()])
+            .args(["--config", data.config.to_str().unwrap()])
+            .args((command == "account").then(|| key(1)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the command writes (as `tally inspect | head -0` would).
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{command}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // crashtest and help
 

@@ -3,7 +3,7 @@
 //! Exit codes: 0 success; 1 a failed operation, a failed check (`verify`, the conservation check
 //! of `load`) or any error; 2 a command line clap cannot parse. Errors are one line on stderr.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -148,7 +148,8 @@ struct LoadArgs {
 enum Skew {
     /// Every account equally likely.
     Uniform,
-    /// Zipf (s = 1): a few hot accounts take most transfers.
+    /// Zipf (s = 1): a few hot accounts take most transfers; ops of one batch that share a hot
+    /// account run one after another, so expect a far lower rate than uniform.
     Zipf,
 }
 
@@ -196,10 +197,10 @@ fn run(command: Command) -> Result<i32, CliError> {
             runtime()?.block_on(with_ledger(&dir, |ledger| async move {
                 let receipt = ledger.mint(to, amount).await?;
                 let balance = balance_of(&ledger, &to).await?;
-                println!(
-                    "minted {amount} to {to}: balance {balance} (shard {}, lsn {})",
+                emit(&format!(
+                    "minted {amount} to {to}: balance {balance} (shard {}, lsn {})\n",
                     receipt.shard, receipt.lsn
-                );
+                ));
                 Ok(0)
             }))
         }
@@ -215,10 +216,10 @@ fn run(command: Command) -> Result<i32, CliError> {
                 let receipt = ledger.transfer(from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
-                println!(
-                    "transferred {amount} from {from} (balance {from_balance}) to {to} (balance {to_balance}) (shard {}, lsn {})",
+                emit(&format!(
+                    "transferred {amount} from {from} (balance {from_balance}) to {to} (balance {to_balance}) (shard {}, lsn {})\n",
                     receipt.shard, receipt.lsn
-                );
+                ));
                 Ok(0)
             }))
         }
@@ -230,13 +231,30 @@ fn run(command: Command) -> Result<i32, CliError> {
                     .account(&key)
                     .await?
                     .ok_or(LedgerError::AccountNotFound(key))?;
-                println!("account {}", account.key);
-                println!("balance {}", account.balance);
-                println!("sequence {}", account.sequence);
+                emit(&format!(
+                    "account {}\nbalance {}\nsequence {}\n",
+                    account.key, account.balance, account.sequence
+                ));
                 Ok(0)
             }))
         }
         Command::Crashtest(_) | Command::CrashWorker(_) => Ok(2),
+    }
+}
+
+/// Writes to stdout. A reader that went away (`tally inspect | head`) ends the process quietly
+/// instead of panicking the way `println!` does.
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {error}");
+        std::process::exit(1);
     }
 }
 
@@ -287,13 +305,13 @@ async fn balance_of(ledger: &Ledger, key: &Pubkey) -> Result<u64, LedgerError> {
 
 fn verify(dir: &DirArgs) -> Result<i32, CliError> {
     let report = tally::verify::verify(&dir.data_dir()?)?;
-    print!("{report}");
+    emit(&report.to_string());
     Ok(if report.is_sound() { 0 } else { 1 })
 }
 
 fn inspect(dir: &DirArgs) -> Result<i32, CliError> {
     let inspection = tally::verify::inspect(&dir.data_dir()?)?;
-    print!("{inspection}");
+    emit(&inspection.to_string());
     Ok(0)
 }
 
@@ -355,9 +373,9 @@ async fn load(args: LoadArgs) -> Result<i32, CliError> {
     summary.shutdown_seconds = shutdown_seconds;
     summary.peak_rss_bytes = peak_rss_bytes();
     if args.json {
-        println!("{}", summary_json(&summary));
+        emit(&format!("{}\n", summary_json(&summary)));
     } else {
-        print_summary(&summary);
+        emit(&summary_text(&summary));
     }
     if !summary.conservation.ok() {
         eprintln!("error: conservation check failed");
@@ -705,7 +723,8 @@ fn transfers_per_sec(summary: &LoadSummary) -> f64 {
     (summary.applied + summary.rejected) as f64 / summary.seconds.max(1e-9)
 }
 
-fn print_summary(summary: &LoadSummary) {
+fn summary_text(summary: &LoadSummary) -> String {
+    let mut lines = Vec::new();
     let totals = totals(&summary.stats);
     let latency = &summary.latency;
     let ms = |micros: u64| micros as f64 / 1_000.0;
@@ -715,71 +734,81 @@ fn print_summary(summary: &LoadSummary) {
         format!("per submit of {}", group_digits(summary.batch as u128))
     };
     let conservation = &summary.conservation;
-    println!("tally load: {}", summary.data_dir.display());
-    println!(
+    lines.push(format!("tally load: {}", summary.data_dir.display()));
+    lines.push(format!(
         "  setup          {} shards, durability {}, {} clients, batches of {}, {} keys",
         summary.shards,
         durability_name(summary.durability),
         summary.clients,
         group_digits(summary.batch as u128),
         skew_name(summary.skew)
-    );
-    println!(
-        "  accounts       {} minted in {:.2} s",
+    ));
+    let existing = if conservation.supply_before > 0 {
+        format!(
+            " (the ledger already held {} units)",
+            group_digits(conservation.supply_before)
+        )
+    } else {
+        String::new()
+    };
+    lines.push(format!(
+        "  accounts       {} minted in {:.2} s{existing}",
         group_digits(summary.accounts as u128),
         summary.mint_seconds
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  transfers      {} in {:.2} s ({} applied, {} refused for insufficient funds)",
         group_digits(summary.transfers as u128),
         summary.seconds,
         group_digits(summary.applied as u128),
         group_digits(summary.rejected as u128)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  throughput     {} transfers/s",
         group_digits(transfers_per_sec(summary).round() as u128)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  latency        {call}: p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
         ms(latency.value_at_quantile(0.50)),
         ms(latency.value_at_quantile(0.99)),
         ms(latency.value_at_quantile(0.999)),
         ms(latency.max())
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  fsyncs         {} ({:.0} transfers per fsync)",
         group_digits(totals.fsyncs as u128),
         summary.applied as f64 / totals.fsyncs.max(1) as f64
-    );
-    println!(
-        "  WAL bytes      {} written ({:.0} bytes per transfer)",
+    ));
+    lines.push(format!(
+        "  WAL bytes      {} written ({:.0} bytes per operation)",
         human_bytes(totals.wal_bytes),
         totals.wal_bytes as f64 / (summary.accounts + summary.transfers).max(1) as f64
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  checkpoints    {} during the run; shutdown (final checkpoint) took {:.2} s",
         totals.checkpoints, summary.shutdown_seconds
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  peak RSS       {}",
         summary
             .peak_rss_bytes
             .map_or_else(|| "unknown".into(), human_bytes)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "  conservation   {}: total supply {} = sum of shard balances {}",
         if conservation.ok() { "ok" } else { "FAILED" },
         group_digits(conservation.total_supply),
         group_digits(conservation.shard_balance_sum),
-    );
-    println!(
+    ));
+    lines.push(format!(
         "                 the {} accounts, read back one by one in {:.2} s, hold {} = the {} minted",
         group_digits(summary.accounts as u128),
         summary.read_back_seconds,
         group_digits(conservation.read_back_sum),
         group_digits(conservation.minted)
-    );
+    ));
+    lines.push(String::new());
+    lines.join("\n")
 }
 
 fn summary_json(summary: &LoadSummary) -> serde_json::Value {
