@@ -252,6 +252,7 @@ impl fmt::Display for VerifyReport {
                 group_digits(self.owed_amount),
                 group_digits(supply)
             )?,
+            None if self.shards == 0 => writeln!(f, "  total supply not computed: no shards")?,
             None => writeln!(
                 f,
                 "  total supply not computed: shard {} could not be read fully",

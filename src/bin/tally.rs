@@ -197,11 +197,10 @@ fn run(command: Command) -> Result<i32, CliError> {
             runtime()?.block_on(with_ledger(&dir, |ledger| async move {
                 let receipt = ledger.mint(to, amount).await?;
                 let balance = balance_of(&ledger, &to).await?;
-                emit(&format!(
+                Ok(format!(
                     "minted {amount} to {to}: balance {balance} (shard {}, lsn {})\n",
                     receipt.shard, receipt.lsn
-                ));
-                Ok(0)
+                ))
             }))
         }
         Command::Transfer {
@@ -216,11 +215,10 @@ fn run(command: Command) -> Result<i32, CliError> {
                 let receipt = ledger.transfer(from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
-                emit(&format!(
+                Ok(format!(
                     "transferred {amount} from {from} (balance {from_balance}) to {to} (balance {to_balance}) (shard {}, lsn {})\n",
                     receipt.shard, receipt.lsn
-                ));
-                Ok(0)
+                ))
             }))
         }
         Command::Account { dir, key } => {
@@ -231,13 +229,13 @@ fn run(command: Command) -> Result<i32, CliError> {
                     .account(&key)
                     .await?
                     .ok_or(LedgerError::AccountNotFound(key))?;
-                emit(&format!(
+                Ok(format!(
                     "account {}\nbalance {}\nsequence {}\n",
                     account.key, account.balance, account.sequence
-                ));
-                Ok(0)
+                ))
             }))
         }
+        // Dispatched in `main`: they build their own runtimes and report their own errors.
         Command::Crashtest(_) | Command::CrashWorker(_) => Ok(2),
     }
 }
@@ -282,18 +280,20 @@ fn require_existing(dir: &DirArgs) -> Result<(), CliError> {
     )))
 }
 
-/// Opens the ledger, runs `body`, and shuts the ledger down whatever `body` returned.
+/// Opens the ledger, runs `body`, shuts the ledger down whatever `body` returned, and only then
+/// prints what `body` produced.
 async fn with_ledger<F, Fut>(dir: &DirArgs, body: F) -> Result<i32, CliError>
 where
     F: FnOnce(Ledger) -> Fut,
-    Fut: std::future::Future<Output = Result<i32, CliError>>,
+    Fut: std::future::Future<Output = Result<String, CliError>>,
 {
     let ledger = Ledger::open(dir.config()?).await?;
     let result = body(ledger.clone()).await;
     let closed = ledger.shutdown().await;
-    let code = result?;
+    let output = result?;
     closed?;
-    Ok(code)
+    emit(&output);
+    Ok(0)
 }
 
 async fn balance_of(ledger: &Ledger, key: &Pubkey) -> Result<u64, LedgerError> {
@@ -362,14 +362,12 @@ async fn load(args: LoadArgs) -> Result<i32, CliError> {
     let durability = config.get_durability();
     let data_dir = config.get_data_dir().to_path_buf();
     let ledger = Ledger::open(config).await?;
-    let outcome = run_load(&ledger, &args).await;
+    let outcome = run_load(&ledger, &args, data_dir, durability).await;
     let shutdown_started = Instant::now();
     let closed = ledger.shutdown().await;
     let shutdown_seconds = shutdown_started.elapsed().as_secs_f64();
     let mut summary = outcome?;
     closed?;
-    summary.data_dir = data_dir;
-    summary.durability = durability;
     summary.shutdown_seconds = shutdown_seconds;
     summary.peak_rss_bytes = peak_rss_bytes();
     if args.json {
@@ -402,7 +400,13 @@ fn load_config(args: &LoadArgs) -> Result<Config, CliError> {
     Ok(config)
 }
 
-async fn run_load(ledger: &Ledger, args: &LoadArgs) -> Result<LoadSummary, CliError> {
+/// Mints, runs the transfers and checks conservation; the caller shuts the ledger down.
+async fn run_load(
+    ledger: &Ledger,
+    args: &LoadArgs,
+    data_dir: PathBuf,
+    durability: Durability,
+) -> Result<LoadSummary, CliError> {
     let progress = progress_bar(args.accounts);
     let supply_before = ledger.stats().await?.total_supply;
     let mut rng = rand::thread_rng();
@@ -463,9 +467,9 @@ async fn run_load(ledger: &Ledger, args: &LoadArgs) -> Result<LoadSummary, CliEr
         read_back_sum,
     };
     Ok(LoadSummary {
-        data_dir: PathBuf::new(),
+        data_dir,
         shards: stats.shards.len(),
-        durability: Durability::Sync,
+        durability,
         accounts: args.accounts,
         clients: args.clients,
         batch: args.batch,
@@ -477,6 +481,7 @@ async fn run_load(ledger: &Ledger, args: &LoadArgs) -> Result<LoadSummary, CliEr
         seconds,
         latency,
         stats,
+        // Filled in after the shutdown.
         shutdown_seconds: 0.0,
         peak_rss_bytes: None,
         conservation,
