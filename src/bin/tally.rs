@@ -1,12 +1,43 @@
 //! The `tally` command: thin; it parses, calls the library, prints.
+//!
+//! Exit codes: 0 success; 1 a failed operation, a failed check (`verify`, the conservation check
+//! of `load`) or any error; 2 a command line clap cannot parse. Errors are one line on stderr.
 
-use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use tally::verify::{group_digits, human_bytes};
+use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Stats};
+
+/// Where a data directory lives when neither `--data-dir` nor the config file says.
+const DEFAULT_DATA_DIR: &str = "./tally-data";
+/// Sync interval of `--durability periodic` when the config file does not give one, in ms.
+const PERIODIC_INTERVAL_MS: u64 = 10;
+/// Units minted into every account by `load`: far above the largest transfer, so that even the
+/// hottest accounts of a zipf load rarely run dry.
+const LOAD_INITIAL_BALANCE: u64 = 1_000_000;
+/// Largest amount of one `load` transfer (amounts are uniform in 1..=this).
+const LOAD_TRANSFER_AMOUNT_MAX: u64 = 1_000;
+/// Mints per `submit` while `load` creates its accounts.
+const LOAD_MINT_BATCH: usize = 1_000;
+/// Exponent `s` of the zipf skew: rank r is picked with weight 1 / (r + 1)^s.
+const ZIPF_EXPONENT: f64 = 1.0;
+/// Concurrent readers of the conservation check's read-back.
+const READ_BACK_TASKS: usize = 64;
+/// Highest latency the histograms record, in µs (longer calls are clamped to it).
+const LATENCY_MAX_US: u64 = 600_000_000;
 
 #[derive(Parser)]
 #[command(
     name = "tally",
     version,
-    about = "An embeddable, crash-safe account ledger"
+    about = "An embeddable, crash-safe account ledger",
+    after_help = "Start with `tally load`: it creates ./tally-data, runs a durable random transfer load and checks conservation."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -15,6 +46,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Mint accounts, run random transfers from concurrent clients, print throughput, latency,
+    /// fsyncs, WAL bytes, peak memory and a conservation check (exit 1 if it fails).
+    Load(LoadArgs),
+    /// Check a closed data directory offline without writing to it: MANIFEST, headers, slot
+    /// CRCs, index, WAL framing and replay, cross-shard credits, conservation. Exit 1 on problems.
+    Verify(DirArgs),
+    /// Show what a data directory holds: format, shards, accounts, file sizes, WAL, checkpoints.
+    Inspect(DirArgs),
+    /// Mint AMOUNT new units into KEY (the account is created if it does not exist).
+    Mint {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Account public key, 64 hex characters.
+        key: String,
+        amount: u64,
+    },
+    /// Move AMOUNT from FROM (must exist) to TO (created if it does not exist).
+    Transfer {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Source public key, 64 hex characters.
+        from: String,
+        /// Target public key, 64 hex characters.
+        to: String,
+        amount: u64,
+    },
+    /// Print one account's balance and sequence (exit 1 if it does not exist).
+    Account {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Account public key, 64 hex characters.
+        key: String,
+    },
     /// Run the kill -9 campaign against a child `tally` process.
     Crashtest(tally::crashtest::CampaignArgs),
     /// (internal) The child process of `crashtest`.
@@ -22,11 +86,772 @@ enum Command {
     CrashWorker(tally::crashtest::WorkerArgs),
 }
 
+/// Where the data is and how the ledger is configured; taken by every data subcommand.
+#[derive(Args, Clone)]
+struct DirArgs {
+    /// Data directory [default: the config file's ledger.data_dir, else ./tally-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file laid out like config/default.toml [default: built-in defaults]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl DirArgs {
+    fn config(&self) -> Result<Config, CliError> {
+        let config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::new(DEFAULT_DATA_DIR),
+        };
+        Ok(match &self.data_dir {
+            Some(dir) => config.data_dir(dir),
+            None => config,
+        })
+    }
+
+    fn data_dir(&self) -> Result<PathBuf, CliError> {
+        Ok(self.config()?.get_data_dir().to_path_buf())
+    }
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Accounts to mint before the transfers (each gets 1,000,000 units).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(2..=100_000_000))]
+    accounts: u64,
+    /// Random transfers to run (amounts 1..=1000 between two distinct accounts).
+    #[arg(long, default_value_t = 3_000_000)]
+    transfers: u64,
+    /// Concurrent client tasks.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    clients: u64,
+    /// Transfers per `submit` call; 1 means single `transfer` calls.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    batch: u64,
+    /// How accounts are picked.
+    #[arg(long, value_enum, default_value_t = Skew::Uniform)]
+    skew: Skew,
+    /// When a call returns [default: the config file's mode, else sync].
+    #[arg(long, value_enum)]
+    durability: Option<DurabilityArg>,
+    /// Shards of a new data directory [default: the config file's, else one per core, 2..=16].
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Skew {
+    /// Every account equally likely.
+    Uniform,
+    /// Zipf (s = 1): a few hot accounts take most transfers; ops of one batch that share a hot
+    /// account run one after another, so expect a far lower rate than uniform.
+    Zipf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DurabilityArg {
+    /// A call returns after its WAL records are fdatasync'ed (group commit).
+    Sync,
+    /// A call returns once written; the WAL is synced every interval (10 ms unless configured).
+    Periodic,
+}
+
+/// A failure to report on one line. Deliberately not `Display`, so that any displayable error
+/// converts into it with `?`.
+struct CliError(String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(error: E) -> Self {
+        CliError(error.to_string())
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Crashtest(args) => tally::crashtest::run_campaign_main(args),
         Command::CrashWorker(args) => tally::crashtest::run_worker_main(args),
+        command => match run(command) {
+            Ok(code) => code,
+            Err(CliError(message)) => {
+                eprintln!("error: {message}");
+                1
+            }
+        },
     };
     std::process::exit(code);
+}
+
+fn run(command: Command) -> Result<i32, CliError> {
+    match command {
+        Command::Verify(dir) => verify(&dir),
+        Command::Inspect(dir) => inspect(&dir),
+        Command::Load(args) => runtime()?.block_on(load(args)),
+        Command::Mint { dir, key, amount } => {
+            let to = parse_key(&key)?;
+            runtime()?.block_on(with_ledger(&dir, |ledger| async move {
+                let receipt = ledger.mint(to, amount).await?;
+                let balance = balance_of(&ledger, &to).await?;
+                Ok(format!(
+                    "minted {amount} to {to}: balance {balance} (shard {}, lsn {})\n",
+                    receipt.shard, receipt.lsn
+                ))
+            }))
+        }
+        Command::Transfer {
+            dir,
+            from,
+            to,
+            amount,
+        } => {
+            let (from, to) = (parse_key(&from)?, parse_key(&to)?);
+            require_existing(&dir)?;
+            runtime()?.block_on(with_ledger(&dir, |ledger| async move {
+                let receipt = ledger.transfer(from, to, amount).await?;
+                let from_balance = balance_of(&ledger, &from).await?;
+                let to_balance = balance_of(&ledger, &to).await?;
+                Ok(format!(
+                    "transferred {amount} from {from} (balance {from_balance}) to {to} (balance {to_balance}) (shard {}, lsn {})\n",
+                    receipt.shard, receipt.lsn
+                ))
+            }))
+        }
+        Command::Account { dir, key } => {
+            let key = parse_key(&key)?;
+            require_existing(&dir)?;
+            runtime()?.block_on(with_ledger(&dir, |ledger| async move {
+                let account = ledger
+                    .account(&key)
+                    .await?
+                    .ok_or(LedgerError::AccountNotFound(key))?;
+                Ok(format!(
+                    "account {}\nbalance {}\nsequence {}\n",
+                    account.key, account.balance, account.sequence
+                ))
+            }))
+        }
+        // Dispatched in `main`: they build their own runtimes and report their own errors.
+        Command::Crashtest(_) | Command::CrashWorker(_) => Ok(2),
+    }
+}
+
+/// Writes to stdout. A reader that went away (`tally inspect | head`) ends the process quietly
+/// instead of panicking the way `println!` does.
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
+}
+
+fn parse_key(text: &str) -> Result<Pubkey, CliError> {
+    text.parse()
+        .map_err(|e| CliError(format!("bad key {text:?}: {e}")))
+}
+
+/// `transfer` and `account` need a ledger: they must not create an empty directory.
+fn require_existing(dir: &DirArgs) -> Result<(), CliError> {
+    let data_dir = dir.data_dir()?;
+    if data_dir.exists() {
+        return Ok(());
+    }
+    Err(CliError(format!(
+        "no data directory at {} (tally mint or tally load creates one)",
+        data_dir.display()
+    )))
+}
+
+/// Opens the ledger, runs `body`, shuts the ledger down whatever `body` returned, and only then
+/// prints what `body` produced.
+async fn with_ledger<F, Fut>(dir: &DirArgs, body: F) -> Result<i32, CliError>
+where
+    F: FnOnce(Ledger) -> Fut,
+    Fut: std::future::Future<Output = Result<String, CliError>>,
+{
+    let ledger = Ledger::open(dir.config()?).await?;
+    let result = body(ledger.clone()).await;
+    let closed = ledger.shutdown().await;
+    let output = result?;
+    closed?;
+    emit(&output);
+    Ok(0)
+}
+
+async fn balance_of(ledger: &Ledger, key: &Pubkey) -> Result<u64, LedgerError> {
+    Ok(ledger.account(key).await?.map_or(0, |a| a.balance))
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify and inspect: the work is in `tally::verify`
+
+fn verify(dir: &DirArgs) -> Result<i32, CliError> {
+    let report = tally::verify::verify(&dir.data_dir()?)?;
+    emit(&report.to_string());
+    Ok(if report.is_sound() { 0 } else { 1 })
+}
+
+fn inspect(dir: &DirArgs) -> Result<i32, CliError> {
+    let inspection = tally::verify::inspect(&dir.data_dir()?)?;
+    emit(&inspection.to_string());
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// load
+
+/// Everything `load` measured.
+struct LoadSummary {
+    data_dir: PathBuf,
+    shards: usize,
+    durability: Durability,
+    accounts: u64,
+    clients: u64,
+    batch: u64,
+    skew: Skew,
+    mint_seconds: f64,
+    transfers: u64,
+    applied: u64,
+    rejected: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+    stats: Stats,
+    shutdown_seconds: f64,
+    peak_rss_bytes: Option<u64>,
+    conservation: Conservation,
+    read_back_seconds: f64,
+}
+
+/// The conservation check: what the run minted, what the ledger says, what was read back.
+struct Conservation {
+    minted: u128,
+    supply_before: u128,
+    total_supply: u128,
+    shard_balance_sum: u128,
+    read_back_sum: u128,
+}
+
+impl Conservation {
+    fn ok(&self) -> bool {
+        self.read_back_sum == self.minted
+            && self.total_supply == self.supply_before + self.minted
+            && self.shard_balance_sum == self.total_supply
+    }
+}
+
+async fn load(args: LoadArgs) -> Result<i32, CliError> {
+    let config = load_config(&args)?;
+    let durability = config.get_durability();
+    let data_dir = config.get_data_dir().to_path_buf();
+    let ledger = Ledger::open(config).await?;
+    let outcome = run_load(&ledger, &args, data_dir, durability).await;
+    let shutdown_started = Instant::now();
+    let closed = ledger.shutdown().await;
+    let shutdown_seconds = shutdown_started.elapsed().as_secs_f64();
+    let mut summary = outcome?;
+    closed?;
+    summary.shutdown_seconds = shutdown_seconds;
+    summary.peak_rss_bytes = peak_rss_bytes();
+    if args.json {
+        emit(&format!("{}\n", summary_json(&summary)));
+    } else {
+        emit(&summary_text(&summary));
+    }
+    if !summary.conservation.ok() {
+        eprintln!("error: conservation check failed");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn load_config(args: &LoadArgs) -> Result<Config, CliError> {
+    let mut config = args.dir.config()?;
+    config = match (args.durability, config.get_durability()) {
+        (None, _) => config,
+        (Some(DurabilityArg::Sync), _) => config.durability(Durability::Sync),
+        (Some(DurabilityArg::Periodic), Durability::Periodic { .. }) => config,
+        (Some(DurabilityArg::Periodic), Durability::Sync) => {
+            config.durability(Durability::Periodic {
+                interval_ms: PERIODIC_INTERVAL_MS,
+            })
+        }
+    };
+    if let Some(shards) = args.shards {
+        config = config.shards(shards);
+    }
+    Ok(config)
+}
+
+/// Mints, runs the transfers and checks conservation; the caller shuts the ledger down.
+async fn run_load(
+    ledger: &Ledger,
+    args: &LoadArgs,
+    data_dir: PathBuf,
+    durability: Durability,
+) -> Result<LoadSummary, CliError> {
+    let progress = progress_bar(args.accounts);
+    let supply_before = ledger.stats().await?.total_supply;
+    let mut rng = rand::thread_rng();
+    let keys: std::sync::Arc<Vec<Pubkey>> = std::sync::Arc::new(
+        (0..args.accounts)
+            .map(|_| Pubkey(rng.gen::<[u8; 32]>()))
+            .collect(),
+    );
+    progress.set_message("minting");
+    let mint_started = Instant::now();
+    mint_accounts(ledger, &keys, args.clients, &progress).await?;
+    let mint_seconds = mint_started.elapsed().as_secs_f64();
+
+    progress.reset();
+    progress.set_length(args.transfers);
+    progress.set_message("transfers");
+    let picker = std::sync::Arc::new(Picker::new(args.skew, keys.len()));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..args.clients {
+        let share =
+            args.transfers / args.clients + u64::from(client < args.transfers % args.clients);
+        let work = ClientWork {
+            ledger: ledger.clone(),
+            keys: keys.clone(),
+            picker: picker.clone(),
+            transfers: share,
+            batch: args.batch as usize,
+            seed: rng.gen(),
+            progress: progress.clone(),
+        };
+        clients.push(tokio::spawn(run_client(work)));
+    }
+    let mut latency = new_histogram()?;
+    let (mut applied, mut rejected) = (0, 0);
+    for client in clients {
+        let outcome = client
+            .await
+            .map_err(|e| CliError(format!("a client task failed: {e}")))??;
+        applied += outcome.applied;
+        rejected += outcome.rejected;
+        latency
+            .add(&outcome.latency)
+            .map_err(|e| CliError(format!("merging latencies: {e}")))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+
+    let stats = ledger.stats().await?;
+    let read_back_started = Instant::now();
+    let read_back_sum = read_back(ledger, &keys).await?;
+    let read_back_seconds = read_back_started.elapsed().as_secs_f64();
+    let conservation = Conservation {
+        minted: args.accounts as u128 * LOAD_INITIAL_BALANCE as u128,
+        supply_before,
+        total_supply: stats.total_supply,
+        shard_balance_sum: stats.shards.iter().map(|s| s.balance_sum).sum(),
+        read_back_sum,
+    };
+    Ok(LoadSummary {
+        data_dir,
+        shards: stats.shards.len(),
+        durability,
+        accounts: args.accounts,
+        clients: args.clients,
+        batch: args.batch,
+        skew: args.skew,
+        mint_seconds,
+        transfers: args.transfers,
+        applied,
+        rejected,
+        seconds,
+        latency,
+        stats,
+        // Filled in after the shutdown.
+        shutdown_seconds: 0.0,
+        peak_rss_bytes: None,
+        conservation,
+        read_back_seconds,
+    })
+}
+
+/// A progress bar on stderr when it is a terminal, else one that draws nothing.
+fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} eta {eta}",
+    ) {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{}/s", group_digits(state.per_sec() as u128));
+            },
+        ));
+    }
+    bar
+}
+
+fn new_histogram() -> Result<Histogram<u64>, CliError> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+        .map_err(|e| CliError(format!("cannot create a latency histogram: {e}")))
+}
+
+/// Mints `LOAD_INITIAL_BALANCE` into every key, in batches, from `clients` tasks.
+async fn mint_accounts(
+    ledger: &Ledger,
+    keys: &std::sync::Arc<Vec<Pubkey>>,
+    clients: u64,
+    progress: &ProgressBar,
+) -> Result<(), CliError> {
+    let chunk = keys.len().div_ceil(clients as usize).max(1);
+    let mut tasks = Vec::new();
+    for start in (0..keys.len()).step_by(chunk) {
+        let (ledger, keys, progress) = (ledger.clone(), keys.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let end = (start + chunk).min(keys.len());
+            for batch in keys[start..end].chunks(LOAD_MINT_BATCH) {
+                let ops = batch
+                    .iter()
+                    .map(|&to| Op::Mint {
+                        to,
+                        amount: LOAD_INITIAL_BALANCE,
+                    })
+                    .collect();
+                for result in ledger.submit(ops).await? {
+                    result?;
+                }
+                progress.inc(batch.len() as u64);
+            }
+            Ok::<(), LedgerError>(())
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| CliError(format!("a mint task failed: {e}")))??;
+    }
+    Ok(())
+}
+
+/// One client's share of the transfers.
+struct ClientWork {
+    ledger: Ledger,
+    keys: std::sync::Arc<Vec<Pubkey>>,
+    picker: std::sync::Arc<Picker>,
+    transfers: u64,
+    batch: usize,
+    seed: u64,
+    progress: ProgressBar,
+}
+
+struct ClientOutcome {
+    applied: u64,
+    rejected: u64,
+    /// Latency of each call (one `submit` of `batch` transfers, or one `transfer`), in µs.
+    latency: Histogram<u64>,
+}
+
+async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(work.seed);
+    let mut outcome = ClientOutcome {
+        applied: 0,
+        rejected: 0,
+        latency: new_histogram()?,
+    };
+    let mut left = work.transfers;
+    while left > 0 {
+        let size = left.min(work.batch as u64) as usize;
+        let ops: Vec<Op> = (0..size)
+            .map(|_| random_transfer(&mut rng, &work.keys, &work.picker))
+            .collect();
+        let started = Instant::now();
+        let results = if work.batch == 1 {
+            match ops[0] {
+                Op::Transfer { from, to, amount } => {
+                    vec![work.ledger.transfer(from, to, amount).await]
+                }
+                Op::Mint { to, amount } => vec![work.ledger.mint(to, amount).await],
+            }
+        } else {
+            work.ledger.submit(ops).await?
+        };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        outcome
+            .latency
+            .saturating_record(micros.clamp(1, LATENCY_MAX_US));
+        for result in results {
+            match result {
+                Ok(_) => outcome.applied += 1,
+                Err(LedgerError::InsufficientFunds { .. }) => outcome.rejected += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        work.progress.inc(size as u64);
+        left -= size as u64;
+    }
+    Ok(outcome)
+}
+
+fn random_transfer(rng: &mut impl Rng, keys: &[Pubkey], picker: &Picker) -> Op {
+    let from = picker.pick(rng);
+    let mut to = picker.pick(rng);
+    while to == from {
+        to = picker.pick(rng);
+    }
+    Op::Transfer {
+        from: keys[from],
+        to: keys[to],
+        amount: rng.gen_range(1..=LOAD_TRANSFER_AMOUNT_MAX),
+    }
+}
+
+/// Picks account indexes, uniformly or by a zipf law over ranks (index = rank).
+enum Picker {
+    Uniform(usize),
+    /// Cumulative weights of ranks 0..n.
+    Zipf(Vec<f64>),
+}
+
+impl Picker {
+    fn new(skew: Skew, accounts: usize) -> Self {
+        match skew {
+            Skew::Uniform => Picker::Uniform(accounts),
+            Skew::Zipf => {
+                let mut total = 0.0;
+                let cumulative = (0..accounts)
+                    .map(|rank| {
+                        total += 1.0 / ((rank + 1) as f64).powf(ZIPF_EXPONENT);
+                        total
+                    })
+                    .collect();
+                Picker::Zipf(cumulative)
+            }
+        }
+    }
+
+    fn pick(&self, rng: &mut impl Rng) -> usize {
+        match self {
+            Picker::Uniform(accounts) => rng.gen_range(0..*accounts),
+            Picker::Zipf(cumulative) => {
+                let total = cumulative.last().copied().unwrap_or(0.0);
+                let target = rng.gen::<f64>() * total;
+                cumulative
+                    .partition_point(|&weight| weight <= target)
+                    .min(cumulative.len().saturating_sub(1))
+            }
+        }
+    }
+}
+
+/// Reads every account back and sums the balances.
+async fn read_back(ledger: &Ledger, keys: &std::sync::Arc<Vec<Pubkey>>) -> Result<u128, CliError> {
+    let chunk = keys.len().div_ceil(READ_BACK_TASKS).max(1);
+    let mut tasks = Vec::new();
+    for start in (0..keys.len()).step_by(chunk) {
+        let (ledger, keys) = (ledger.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sum = 0u128;
+            for key in &keys[start..(start + chunk).min(keys.len())] {
+                sum += ledger.account(key).await?.map_or(0, |a| a.balance) as u128;
+            }
+            Ok::<u128, LedgerError>(sum)
+        }));
+    }
+    let mut sum = 0;
+    for task in tasks {
+        sum += task
+            .await
+            .map_err(|e| CliError(format!("a read-back task failed: {e}")))??;
+    }
+    Ok(sum)
+}
+
+/// The process's peak resident set (VmHWM), where /proc provides it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn durability_name(durability: Durability) -> String {
+    match durability {
+        Durability::Sync => "sync".into(),
+        Durability::Periodic { interval_ms } => format!("periodic ({interval_ms} ms)"),
+    }
+}
+
+fn skew_name(skew: Skew) -> &'static str {
+    match skew {
+        Skew::Uniform => "uniform",
+        Skew::Zipf => "zipf",
+    }
+}
+
+struct Totals {
+    fsyncs: u64,
+    wal_bytes: u64,
+    checkpoints: u64,
+}
+
+fn totals(stats: &Stats) -> Totals {
+    Totals {
+        fsyncs: stats.shards.iter().map(|s| s.wal_syncs).sum(),
+        wal_bytes: stats.shards.iter().map(|s| s.wal_bytes_written).sum(),
+        // Every checkpoint covers every shard.
+        checkpoints: stats
+            .shards
+            .iter()
+            .map(|s| s.checkpoints)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+fn transfers_per_sec(summary: &LoadSummary) -> f64 {
+    (summary.applied + summary.rejected) as f64 / summary.seconds.max(1e-9)
+}
+
+fn summary_text(summary: &LoadSummary) -> String {
+    let mut lines = Vec::new();
+    let totals = totals(&summary.stats);
+    let latency = &summary.latency;
+    let ms = |micros: u64| micros as f64 / 1_000.0;
+    let call = if summary.batch == 1 {
+        "per transfer call".to_string()
+    } else {
+        format!("per submit of {}", group_digits(summary.batch as u128))
+    };
+    let conservation = &summary.conservation;
+    lines.push(format!("tally load: {}", summary.data_dir.display()));
+    lines.push(format!(
+        "  setup          {} shards, durability {}, {} clients, batches of {}, {} keys",
+        summary.shards,
+        durability_name(summary.durability),
+        summary.clients,
+        group_digits(summary.batch as u128),
+        skew_name(summary.skew)
+    ));
+    let existing = if conservation.supply_before > 0 {
+        format!(
+            " (the ledger already held {} units)",
+            group_digits(conservation.supply_before)
+        )
+    } else {
+        String::new()
+    };
+    lines.push(format!(
+        "  accounts       {} minted in {:.2} s{existing}",
+        group_digits(summary.accounts as u128),
+        summary.mint_seconds
+    ));
+    lines.push(format!(
+        "  transfers      {} in {:.2} s ({} applied, {} refused for insufficient funds)",
+        group_digits(summary.transfers as u128),
+        summary.seconds,
+        group_digits(summary.applied as u128),
+        group_digits(summary.rejected as u128)
+    ));
+    lines.push(format!(
+        "  throughput     {} transfers/s",
+        group_digits(transfers_per_sec(summary).round() as u128)
+    ));
+    lines.push(format!(
+        "  latency        {call}: p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        ms(latency.value_at_quantile(0.50)),
+        ms(latency.value_at_quantile(0.99)),
+        ms(latency.value_at_quantile(0.999)),
+        ms(latency.max())
+    ));
+    lines.push(format!(
+        "  fsyncs         {} ({:.0} transfers per fsync)",
+        group_digits(totals.fsyncs as u128),
+        summary.applied as f64 / totals.fsyncs.max(1) as f64
+    ));
+    lines.push(format!(
+        "  WAL bytes      {} written ({:.0} bytes per operation)",
+        human_bytes(totals.wal_bytes),
+        totals.wal_bytes as f64 / (summary.accounts + summary.transfers).max(1) as f64
+    ));
+    lines.push(format!(
+        "  checkpoints    {} during the run; shutdown (final checkpoint) took {:.2} s",
+        totals.checkpoints, summary.shutdown_seconds
+    ));
+    lines.push(format!(
+        "  peak RSS       {}",
+        summary
+            .peak_rss_bytes
+            .map_or_else(|| "unknown".into(), human_bytes)
+    ));
+    lines.push(format!(
+        "  conservation   {}: total supply {} = sum of shard balances {}",
+        if conservation.ok() { "ok" } else { "FAILED" },
+        group_digits(conservation.total_supply),
+        group_digits(conservation.shard_balance_sum),
+    ));
+    lines.push(format!(
+        "                 the {} accounts, read back one by one in {:.2} s, hold {} = the {} minted",
+        group_digits(summary.accounts as u128),
+        summary.read_back_seconds,
+        group_digits(conservation.read_back_sum),
+        group_digits(conservation.minted)
+    ));
+    lines.push(String::new());
+    lines.join("\n")
+}
+
+fn summary_json(summary: &LoadSummary) -> serde_json::Value {
+    let totals = totals(&summary.stats);
+    let latency = &summary.latency;
+    let conservation = &summary.conservation;
+    let durability = match summary.durability {
+        Durability::Sync => "sync",
+        Durability::Periodic { .. } => "periodic",
+    };
+    serde_json::json!({
+        "data_dir": summary.data_dir.display().to_string(),
+        "shards": summary.shards,
+        "durability": durability,
+        "clients": summary.clients,
+        "batch": summary.batch,
+        "skew": skew_name(summary.skew),
+        "accounts": summary.accounts,
+        "mint_seconds": summary.mint_seconds,
+        "transfers": summary.transfers,
+        "applied": summary.applied,
+        "rejected": summary.rejected,
+        "seconds": summary.seconds,
+        "transfers_per_sec": transfers_per_sec(summary),
+        "p50_us": latency.value_at_quantile(0.50),
+        "p99_us": latency.value_at_quantile(0.99),
+        "p999_us": latency.value_at_quantile(0.999),
+        "max_us": latency.max(),
+        "fsyncs": totals.fsyncs,
+        "wal_bytes": totals.wal_bytes,
+        "checkpoints": totals.checkpoints,
+        "shutdown_seconds": summary.shutdown_seconds,
+        "peak_rss_bytes": summary.peak_rss_bytes,
+        // u128 sums as strings would be awkward; supply is bounded by u64::MAX by design.
+        "total_supply": u64::try_from(conservation.total_supply).unwrap_or(u64::MAX),
+        "balance_sum": u64::try_from(conservation.shard_balance_sum).unwrap_or(u64::MAX),
+        "read_back_sum": u64::try_from(conservation.read_back_sum).unwrap_or(u64::MAX),
+        "read_back_seconds": summary.read_back_seconds,
+        "conservation_ok": conservation.ok(),
+    })
 }
