@@ -1166,10 +1166,10 @@ fn check_index_file(
     let mut wrong: Vec<(u64, Pubkey)> = persisted
         .index
         .iter()
-        .filter(|(key, &slot)| {
-            !matches!(slots.get(slot as usize), Some(SlotRead::Valid(state)) if state.key == **key)
+        .filter(|(key, entry)| {
+            !matches!(slots.get(entry.slot as usize), Some(SlotRead::Valid(state)) if state.key == **key)
         })
-        .map(|(key, &slot)| (slot, *key))
+        .map(|(key, entry)| (entry.slot, *key))
         .collect();
     wrong.sort_unstable();
     for (slot, key) in wrong {
