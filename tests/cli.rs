@@ -782,3 +782,74 @@ fn help_lists_every_subcommand() {
         assert!(help.stdout.contains("--config <FILE>"), "{command}");
     }
 }
+
+/// `load --metrics-addr` serves Prometheus text with tally's metric names while it runs, and
+/// `RUST_LOG` turns on the library's logs on stderr.
+#[test]
+fn load_serves_metrics_on_loopback_and_logs_with_rust_log() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let data_dir = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "load",
+            "--accounts",
+            "2000",
+            "--transfers",
+            "2000000",
+            "--batch",
+            "1",
+            "--clients",
+            "64",
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--metrics-addr", &address])
+        .env("RUST_LOG", "tally=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut scraped = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+            let _ = write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            );
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            if response.contains("tally_ops_total") && response.contains("tally_wal_syncs_total") {
+                scraped = response;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        scraped.starts_with("HTTP/1.1 200"),
+        "no metrics scraped: {scraped:?}"
+    );
+    for name in [
+        "tally_ops_total",
+        "tally_op_latency_seconds",
+        "tally_wal_syncs_total",
+        "tally_recovery_duration_seconds",
+    ] {
+        assert!(scraped.contains(name), "{name} missing from {scraped}");
+    }
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.contains("recovered"),
+        "RUST_LOG=tally=info shows the open: {logs}"
+    );
+}

@@ -142,6 +142,10 @@ struct LoadArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics (tally_* names) over HTTP at this address while the load runs,
+    /// e.g. 127.0.0.1:9000.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -173,6 +177,7 @@ impl<E: std::fmt::Display> From<E> for CliError {
 
 fn main() {
     let cli = Cli::parse();
+    init_logging();
     let code = match cli.command {
         Command::Crashtest(args) => tally::crashtest::run_campaign_main(args),
         Command::CrashWorker(args) => tally::crashtest::run_worker_main(args),
@@ -357,7 +362,23 @@ impl Conservation {
     }
 }
 
+/// Logs go to stderr, filtered by RUST_LOG (default: warnings and errors).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 async fn load(args: LoadArgs) -> Result<i32, CliError> {
+    if let Some(address) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .map_err(|e| CliError(format!("cannot serve metrics at {address}: {e}")))?;
+    }
     let config = load_config(&args)?;
     let durability = config.get_durability();
     let data_dir = config.get_data_dir().to_path_buf();
