@@ -94,9 +94,9 @@ fn bincode_config() -> impl bincode::config::Config {
 pub fn encode_into(buffer: &mut Vec<u8>, lsn: u64, body: &RecordBody) {
     let start = buffer.len();
     buffer.resize(start + HEADER_BYTES, 0);
-    // invariant: writing into a Vec cannot fail and every body is a few fixed-size fields.
-    let written = bincode::encode_into_std_write(body, buffer, bincode_config())
-        .expect("invariant: encoding into a Vec<u8> cannot fail");
+    // Writing into a Vec cannot fail and every body is a few fixed-size fields.
+    let encoded = bincode::encode_into_std_write(body, buffer, bincode_config());
+    let written = encoded.expect("encoding into a Vec<u8> cannot fail"); // invariant: see above
     debug_assert!(written > 0 && written <= MAX_PAYLOAD_BYTES);
     let header = &mut buffer[start..start + HEADER_BYTES];
     write_u32(header, 0, written as u32);
