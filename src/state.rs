@@ -202,12 +202,7 @@ impl ShardState {
         if amount == 0 {
             return Err(LedgerError::ZeroAmount);
         }
-        let (slot, state) = self.load_or_create(&to)?;
-        let balance = state
-            .balance
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow)?;
-        let to = Self::image(&to, slot, state, balance);
+        let to = self.credited(&to, amount)?;
         Ok(self.log(RecordBody::Mint { to, amount }))
     }
 
@@ -244,14 +239,8 @@ impl ShardState {
             });
             return Ok(TransferOutcome::Debited { lsn });
         }
-        let (to_slot, to_state) = self.load_or_create(&to)?;
-        // Cannot fail: total supply <= u64::MAX bounds every balance.
-        let to_balance = to_state
-            .balance
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow)?;
+        let to = self.credited(&to, amount)?;
         let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
-        let to = Self::image(&to, to_slot, to_state, to_balance);
         let lsn = self.log(RecordBody::Transfer { from, to, amount });
         Ok(TransferOutcome::Local { lsn })
     }
@@ -272,18 +261,24 @@ impl ShardState {
         if source_lsn <= watermark {
             return Ok(None);
         }
-        let (slot, state) = self.load_or_create(&to)?;
-        let balance = state
-            .balance
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow)?;
-        let to = Self::image(&to, slot, state, balance);
+        let to = self.credited(&to, amount)?;
         Ok(Some(self.log(RecordBody::Credit {
             source_shard,
             source_lsn,
             to,
             amount,
         })))
+    }
+
+    /// The after-image of `to` (created if needed) receiving `amount`. Cannot overflow while the
+    /// total supply stays at or below `u64::MAX`; `Overflow` guards a corrupt state.
+    fn credited(&mut self, to: &Pubkey, amount: u64) -> Result<AfterImage> {
+        let (slot, state) = self.load_or_create(to)?;
+        let balance = state
+            .balance
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow)?;
+        Ok(Self::image(to, slot, state, balance))
     }
 
     fn image(key: &Pubkey, slot: u64, state: Cached, balance: u64) -> AfterImage {
