@@ -72,6 +72,12 @@ pub use types::{
 const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 
 /// A handle to an open ledger. Cheap to clone; every clone talks to the same actors.
+///
+/// Call [`Ledger::shutdown`] to close it: it drains calls in flight, checkpoints, persists the
+/// indexes, marks the directory clean, and returns once the directory lock is released. Dropping
+/// the last clone without shutdown stops the actors in the background instead; nothing
+/// acknowledged is lost (the next open replays the WAL), but the lock is released a moment later,
+/// so an immediate reopen in the same process may see [`LedgerError::Locked`].
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Inner>,
