@@ -1,0 +1,168 @@
+//! Recovery time and memory, each measured in a child process of this bench:
+//!
+//! * reopen after kill -9 with N WAL records to replay (the child mints N accounts with
+//!   checkpoints held off, then is killed with SIGKILL),
+//! * reopen after a clean shutdown with N accounts (persisted index),
+//! * peak RSS of a process holding N accounts, for each N in TALLY_BENCH_MEMORY_ACCOUNTS.
+//!
+//! `cargo bench --bench recovery` (TALLY_BENCH_ACCOUNTS=1000000, TALLY_BENCH_MEMORY_ACCOUNTS=1000000,10000000).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use tally::{Config, Durability, Ledger, Op, Pubkey};
+
+fn key(n: u64) -> Pubkey {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&n.to_le_bytes());
+    bytes[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+    Pubkey(bytes)
+}
+
+fn config(dir: &Path) -> Config {
+    Config::new(dir)
+        .durability(Durability::Sync)
+        .checkpoint_interval_ms(3_600_000)
+        .checkpoint_wal_bytes(1 << 40)
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn mint(ledger: &Ledger, accounts: u64) {
+    let mut next = 0;
+    while next < accounts {
+        let end = (next + 8192).min(accounts);
+        let ops = (next..end)
+            .map(|n| Op::Mint {
+                to: key(n),
+                amount: 1_000,
+            })
+            .collect();
+        for result in ledger.submit(ops).await.unwrap() {
+            result.unwrap();
+        }
+        next = end;
+    }
+}
+
+/// The child: mint `accounts` into `dir`, report, then wait to be killed (or shut down cleanly).
+fn child(mode: &str, dir: &Path, accounts: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let ledger = Ledger::open(config(dir).initial_slots(accounts / 2 + 1024))
+            .await
+            .unwrap();
+        mint(&ledger, accounts).await;
+        match mode {
+            "crash" => {
+                println!("filled");
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                }
+            }
+            _ => {
+                ledger.shutdown().await.unwrap();
+                println!("peak_rss_mb {:.0}", peak_rss_mb());
+            }
+        }
+    });
+}
+
+fn spawn_child(mode: &str, dir: &Path, accounts: u64) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env("TALLY_RECOVERY_CHILD", mode)
+        .env("TALLY_RECOVERY_DIR", dir)
+        .env("TALLY_RECOVERY_ACCOUNTS", accounts.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Ok(mode) = std::env::var("TALLY_RECOVERY_CHILD") {
+        let dir = std::env::var("TALLY_RECOVERY_DIR").unwrap();
+        let accounts = std::env::var("TALLY_RECOVERY_ACCOUNTS")
+            .unwrap()
+            .parse()
+            .unwrap();
+        child(&mode, Path::new(&dir), accounts);
+        return;
+    }
+    let accounts: u64 = std::env::var("TALLY_BENCH_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let root = tempfile::Builder::new()
+        .prefix("tally-recovery-")
+        .tempdir_in(".")
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let dir = root.path().join("crash");
+    let mut filler = spawn_child("crash", &dir, accounts);
+    assert_eq!(first_line(&mut filler), "filled");
+    filler.kill().unwrap(); // SIGKILL
+    filler.wait().unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let ledger = Ledger::open(config(&dir)).await.unwrap();
+        let replay = started.elapsed();
+        assert_eq!(ledger.stats().await.unwrap().accounts, accounts);
+        println!(
+            "reopen after kill -9, {accounts} WAL records to replay: {:.0} ms",
+            replay.as_secs_f64() * 1e3
+        );
+        ledger.shutdown().await.unwrap();
+        let started = Instant::now();
+        let ledger = Ledger::open(config(&dir)).await.unwrap();
+        let clean = started.elapsed();
+        println!(
+            "reopen after clean shutdown, {accounts} accounts: {:.0} ms",
+            clean.as_secs_f64() * 1e3
+        );
+        ledger.shutdown().await.unwrap();
+    });
+
+    let sizes =
+        std::env::var("TALLY_BENCH_MEMORY_ACCOUNTS").unwrap_or_else(|_| "1000000,10000000".into());
+    for size in sizes
+        .split(',')
+        .filter_map(|s| s.trim().parse::<u64>().ok())
+    {
+        let dir = root.path().join(format!("memory-{size}"));
+        let mut child = spawn_child("memory", &dir, size);
+        let line = first_line(&mut child);
+        child.wait().unwrap();
+        println!("{size} accounts: {line}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
