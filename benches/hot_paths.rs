@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tally::actors::router::{plan_wave, shard_of};
+use tally::actors::router::{plan_waves, shard_of};
 use tally::storage::accounts::{AccountsFile, SlotState};
 use tally::wal::reader::scan;
 use tally::wal::record::{encode_into, AfterImage, RecordBody};
@@ -156,10 +156,9 @@ fn routing(c: &mut Criterion) {
             amount: 1,
         })
         .collect();
-    let remaining: Vec<usize> = (0..ops.len()).collect();
     group.throughput(Throughput::Elements(8192));
-    group.bench_function("plan_wave_8192", |b| {
-        b.iter(|| plan_wave(&ops, &remaining, |i| i % 2 == 0))
+    group.bench_function("plan_waves_8192", |b| {
+        b.iter(|| plan_waves(&ops, |i| i % 2 == 0))
     });
     group.finish();
 }

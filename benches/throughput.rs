@@ -176,13 +176,7 @@ async fn batches(
 }
 
 fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mb("VmHWM:")
 }
 
 fn main() {
@@ -247,7 +241,22 @@ fn main() {
         );
         ledger.shutdown().await.unwrap();
     });
-    println!("peak RSS: {:.0} MB", peak_rss_mb());
+    println!(
+        "peak RSS: {:.0} MB (at exit: anonymous {:.0} MB, file-backed {:.0} MB)",
+        peak_rss_mb(),
+        status_mb("RssAnon:"),
+        status_mb("RssFile:")
+    );
+}
+
+fn status_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Peak and current RSS after every million transfers at a fixed account count: flat after
@@ -268,13 +277,7 @@ async fn memory_run(ledger: &Ledger, accounts: u64, transfers: u64) {
 }
 
 fn current_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mb("VmRSS:")
 }
 
 async fn single_calls(ledger: &Ledger, accounts: u64) {

@@ -1,7 +1,7 @@
 //! The router actor: hashes public keys to shards, reserves supply for mints, and splits batches
 //! into per-shard messages while keeping the batch's sequential meaning.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -138,27 +138,38 @@ impl Routing {
             .map_err(|_| LedgerError::Closed)?
     }
 
-    /// Runs a batch in waves: each wave holds the longest run of ops that can go out together
-    /// without any op missing the effect of an earlier one (see [`plan_wave`]).
+    /// Runs a batch in waves (see [`plan_waves`]): each wave goes out to every shard at once
+    /// and the next one leaves when it has completed.
     async fn run_batch(self, ops: Vec<Op>) -> Vec<Result<Receipt>> {
         let mut results: Vec<Result<Receipt>> = vec![Err(LedgerError::Closed); ops.len()];
         let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
-        let mut remaining: Vec<usize> = (0..ops.len()).collect();
-        while !remaining.is_empty() {
-            let (wave, deferred) = plan_wave(&ops, &remaining, |index| {
-                placements[index].0 != placements[index].1
-            });
+        // Routing in batch order reserves the supply of mints in batch order, so the mint that
+        // would overflow it is the one a sequential run would refuse.
+        let mut routed: Vec<Option<(u32, ShardOp)>> = Vec::with_capacity(ops.len());
+        for (index, (op, placement)) in ops.iter().zip(&placements).enumerate() {
+            match self.route_placed(*op, *placement) {
+                Ok(routed_op) => routed.push(Some(routed_op)),
+                Err(error) => {
+                    results[index] = Err(error);
+                    routed.push(None);
+                }
+            }
+        }
+        let waves = plan_waves(&ops, |index| {
+            routed[index].is_some() && placements[index].0 != placements[index].1
+        });
+        for wave in waves {
+            let wave: Vec<usize> = wave.into_iter().filter(|&i| routed[i].is_some()).collect();
             let (wave_results, all_done) = BatchResults::new(wave.len());
             let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
                 (0..self.shards.len()).map(|_| Vec::new()).collect();
             for (position, &index) in wave.iter().enumerate() {
-                let completion = Completion::Batch {
-                    results: wave_results.clone(),
-                    index: position,
-                };
-                match self.route_placed(ops[index], placements[index]) {
-                    Ok((shard, shard_op)) => per_shard[shard as usize].push((shard_op, completion)),
-                    Err(error) => completion.complete(Err(error)),
+                if let Some((shard, shard_op)) = routed[index].take() {
+                    let completion = Completion::Batch {
+                        results: wave_results.clone(),
+                        index: position,
+                    };
+                    per_shard[shard as usize].push((shard_op, completion));
                 }
             }
             for (shard, shard_ops) in per_shard.into_iter().enumerate() {
@@ -167,13 +178,19 @@ impl Routing {
                     self.shards[shard].do_send(ShardOps { ops: shard_ops });
                 }
             }
-            if all_done.await.is_err() {
-                break;
-            }
+            let closed = all_done.await.is_err();
             for (position, result) in wave_results.take().into_iter().enumerate() {
                 results[wave[position]] = result;
             }
-            remaining = deferred;
+            if closed {
+                break;
+            }
+        }
+        // Ops never sent (the ledger closed under the batch) give back what they reserved.
+        for (_, shard_op) in routed.into_iter().flatten() {
+            if let ShardOp::Mint { amount, .. } = shard_op {
+                self.supply.fetch_sub(amount, Ordering::AcqRel);
+            }
         }
         results
     }
@@ -187,44 +204,65 @@ pub fn shard_of(key: &Pubkey, seed: [u64; 2], shard_count: u32) -> u32 {
     (hasher.finish() % shard_count as u64) as u32
 }
 
-/// Splits `remaining` (indices into `ops`, in batch order) into the ops that may run now and
-/// those that must wait for them.
+/// Assigns every op of a batch to a wave, in one pass: waves run one after another, the ops of
+/// a wave all at once, each shard taking its ops of the wave in batch order.
 ///
 /// Ops of one shard run in message order, so only cross-shard credits can reorder effects: a
-/// credit lands on its target shard at some later moment. An op therefore waits when it touches
-/// an account that an earlier cross-shard transfer of this wave credits, and a cross-shard
-/// transfer waits when an earlier op of the wave touches the account it credits. Whatever
-/// waits blocks its own accounts for the rest of the wave, so batch order is kept.
+/// credit lands on its target shard at some later moment, after the source has logged the
+/// debit. Credits commute (they never fail and only add), so what must not be reordered is a
+/// debit and a credit of the same account. An op therefore goes in the earliest wave that is
+/// - no earlier than the wave of any earlier op touching one of its accounts (batch order);
+/// - after the wave of an earlier cross-shard transfer crediting the account it debits (it must
+///   see that credit);
+/// - after the wave of an earlier op debiting the account it credits, when it is itself a
+///   cross-shard transfer (that debit must not see this credit).
+///
 /// `crosses(i)` tells whether op `i` is a transfer between two shards.
-pub fn plan_wave(
-    ops: &[Op],
-    remaining: &[usize],
-    crosses: impl Fn(usize) -> bool,
-) -> (Vec<usize>, Vec<usize>) {
-    let mut wave = Vec::with_capacity(remaining.len());
-    let mut deferred = Vec::new();
-    let mut touched: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
-    let mut blocked: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
-    for &index in remaining {
-        let (keys, credited): ([Option<Pubkey>; 2], Option<Pubkey>) = match ops[index] {
-            Op::Mint { to, .. } => ([Some(to), None], None),
-            Op::Transfer { from, to, .. } => ([Some(from), Some(to)], crosses(index).then_some(to)),
-        };
-        let keys = keys.into_iter().flatten();
-        let waits = keys.clone().any(|key| blocked.contains(&key))
-            || credited.is_some_and(|to| touched.contains(&to));
-        if waits {
-            blocked.extend(keys);
-            deferred.push(index);
-            continue;
-        }
-        touched.extend(keys);
-        if let Some(to) = credited {
-            blocked.insert(to);
-        }
-        wave.push(index);
+pub fn plan_waves(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+    /// The latest waves (counted from 1; 0 means never) in which an account was touched,
+    /// debited, and credited across shards.
+    #[derive(Default, Clone, Copy)]
+    struct Seen {
+        touched: usize,
+        debited: usize,
+        credited_across: usize,
     }
-    (wave, deferred)
+    let mut seen: HashMap<Pubkey, Seen, ahash::RandomState> =
+        HashMap::with_capacity_and_hasher(ops.len() * 2, ahash::RandomState::default());
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (index, op) in ops.iter().enumerate() {
+        let (from, to) = match *op {
+            Op::Mint { to, .. } => (None, to),
+            Op::Transfer { from, to, .. } => (Some(from), to),
+        };
+        let across = crosses(index);
+        let seen_to = seen.get(&to).copied().unwrap_or_default();
+        let mut wave = seen_to.touched.max(1);
+        if across && seen_to.debited > 0 {
+            wave = wave.max(seen_to.debited + 1);
+        }
+        if let Some(seen_from) = from.and_then(|from| seen.get(&from).copied()) {
+            wave = wave.max(seen_from.touched);
+            if seen_from.credited_across > 0 {
+                wave = wave.max(seen_from.credited_across + 1);
+            }
+        }
+        if let Some(from) = from {
+            let entry = seen.entry(from).or_default();
+            entry.touched = entry.touched.max(wave);
+            entry.debited = entry.debited.max(wave);
+        }
+        let entry = seen.entry(to).or_default();
+        entry.touched = entry.touched.max(wave);
+        if across {
+            entry.credited_across = entry.credited_across.max(wave);
+        }
+        if waves.len() < wave {
+            waves.resize_with(wave, Vec::new);
+        }
+        waves[wave - 1].push(index);
+    }
+    waves
 }
 
 pub struct Router {
@@ -292,36 +330,114 @@ mod tests {
     #[test]
     fn independent_ops_form_one_wave() {
         let ops = vec![transfer(1, 11), transfer(2, 12), transfer(3, 4)];
-        let (wave, deferred) = plan_wave(&ops, &[0, 1, 2], crosses(&ops));
-        assert_eq!(wave, vec![0, 1, 2]);
-        assert!(deferred.is_empty());
+        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0, 1, 2]]);
     }
 
     #[test]
-    fn an_op_on_a_credited_account_waits_and_blocks_its_accounts() {
-        // 0 credits 11 across shards; 1 spends from 11 and must wait; 2 touches 5, which 1 (waiting)
-        // also touches, so it waits too; 3 is independent.
+    fn a_debit_of_a_credited_account_waits_and_keeps_batch_order_behind_it() {
+        // 0 credits 11 across shards; 1 spends from 11 and must wait; 2 touches 5, which 1 also
+        // touches, so it cannot run before 1; 3 is independent. 1 credits 5 across shards, so
+        // 2 (which spends from 5) waits once more.
         let ops = vec![
             transfer(1, 11),
             transfer(11, 5),
             transfer(5, 6),
             transfer(7, 8),
         ];
-        let (wave, deferred) = plan_wave(&ops, &[0, 1, 2, 3], crosses(&ops));
-        assert_eq!(wave, vec![0, 3]);
-        assert_eq!(deferred, vec![1, 2]);
-        // 1 credits 5 across shards, so 2 (which spends from 5) waits once more.
-        let (wave, deferred) = plan_wave(&ops, &deferred, crosses(&ops));
-        assert_eq!(wave, vec![1]);
-        assert_eq!(deferred, vec![2]);
+        assert_eq!(
+            plan_waves(&ops, crosses(&ops)),
+            vec![vec![0, 3], vec![1], vec![2]]
+        );
     }
 
     #[test]
-    fn a_credit_to_an_account_touched_earlier_waits() {
+    fn a_credit_across_shards_to_an_account_debited_earlier_waits() {
         let ops = vec![transfer(12, 13), transfer(1, 12)];
-        let (wave, deferred) = plan_wave(&ops, &[0, 1], crosses(&ops));
-        assert_eq!(wave, vec![0]);
-        assert_eq!(deferred, vec![1]);
+        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn credits_to_one_account_commute_and_share_a_wave() {
+        let mint = Op::Mint {
+            to: key(11),
+            amount: 1,
+        };
+        // Two cross-shard credits, a local credit and a mint, all into 11.
+        let ops = vec![transfer(1, 11), transfer(2, 11), transfer(12, 11), mint];
+        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0, 1, 2, 3]]);
+    }
+
+    #[test]
+    fn a_credit_behind_a_waiting_debit_goes_with_or_after_it() {
+        // 0 credits 11 across shards; 1 debits 11 and waits; 2 credits 11 on 11's own shard,
+        // so it may share 1's wave (the shard runs 1 first) but not run before it.
+        let ops = vec![transfer(1, 11), transfer(11, 12), transfer(13, 11)];
+        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0], vec![1, 2]]);
+    }
+
+    /// Checks the rules on random batches: batch order between ops sharing an account, and a
+    /// strictly later wave where a cross-shard credit and a debit of one account meet.
+    #[test]
+    fn plans_of_random_batches_keep_sequential_meaning() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..500 {
+            let len = rng.gen_range(0..40);
+            let ops: Vec<Op> = (0..len)
+                .map(|_| match rng.gen_range(0..5) {
+                    0 => Op::Mint {
+                        to: key(rng.gen_range(0..20)),
+                        amount: 1,
+                    },
+                    _ => transfer(rng.gen_range(0..20), rng.gen_range(0..20)),
+                })
+                .collect();
+            let across = crosses(&ops);
+            let waves = plan_waves(&ops, &across);
+            let mut wave_of = vec![usize::MAX; ops.len()];
+            for (wave, members) in waves.iter().enumerate() {
+                assert!(!members.is_empty(), "no empty wave");
+                assert!(
+                    members.windows(2).all(|w| w[0] < w[1]),
+                    "batch order in a wave"
+                );
+                for &index in members {
+                    wave_of[index] = wave;
+                }
+            }
+            assert!(wave_of.iter().all(|&w| w != usize::MAX), "every op planned");
+            for j in 0..ops.len() {
+                let (from_j, to_j) = sides(&ops[j]);
+                for i in 0..j {
+                    let (from_i, to_i) = sides(&ops[i]);
+                    let touched_i = [from_i, Some(to_i)];
+                    if touched_i.contains(&Some(to_j))
+                        || (from_j.is_some() && touched_i.contains(&from_j))
+                    {
+                        assert!(wave_of[i] <= wave_of[j], "{i} before {j} in {ops:?}");
+                    }
+                    if across(i) && from_j == Some(to_i) {
+                        assert!(
+                            wave_of[i] < wave_of[j],
+                            "{j} must see {i}'s credit: {ops:?}"
+                        );
+                    }
+                    if across(j) && from_i == Some(to_j) {
+                        assert!(
+                            wave_of[i] < wave_of[j],
+                            "{i} must not see {j}'s credit: {ops:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn sides(op: &Op) -> (Option<Pubkey>, Pubkey) {
+        match *op {
+            Op::Mint { to, .. } => (None, to),
+            Op::Transfer { from, to, .. } => (Some(from), to),
+        }
     }
 
     #[test]
