@@ -211,6 +211,7 @@ fn main() {
             "mint {accounts} accounts in batches of 8192: {:.0}/s",
             accounts as f64 / started.elapsed().as_secs_f64()
         );
+        println!("{}", rss_line());
 
         if std::env::var("TALLY_BENCH_ONLY").is_ok_and(|v| v == "memory") {
             memory_run(&ledger, accounts, transfers).await;
@@ -226,6 +227,7 @@ fn main() {
             "submit 8192, 4 submitters, sync:   {tput:>10.0}/s  per batch {}",
             lat.line()
         );
+        println!("{}", rss_line());
 
         let started = Instant::now();
         ledger.shutdown().await.unwrap();
@@ -247,6 +249,16 @@ fn main() {
         status_mb("RssAnon:"),
         status_mb("RssFile:")
     );
+}
+
+fn rss_line() -> String {
+    format!(
+        "  RSS now {:.0} MB (anonymous {:.0} MB, file-backed {:.0} MB), peak {:.0} MB",
+        current_rss_mb(),
+        status_mb("RssAnon:"),
+        status_mb("RssFile:"),
+        peak_rss_mb()
+    )
 }
 
 fn status_mb(field: &str) -> f64 {

@@ -88,8 +88,7 @@ pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
                 ),
             ));
         }
-        let bytes = std::fs::read(&segment.path).map_err(|e| LedgerError::io(&segment.path, e))?;
-        let stop = read_segment(&bytes, &mut expected, &mut records);
+        let (stop, later_in_segment) = scan_segment(segment, &mut expected, &mut records)?;
         let is_last = position + 1 == segments.len();
         tail = Tail {
             segment: Some(segment.clone()),
@@ -98,7 +97,7 @@ pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
             torn: None,
         };
         if let Some(reason) = stop.invalid {
-            let later_valid = valid_record_after(&bytes, stop.offset, expected)
+            let later_valid = later_in_segment
                 || (!is_last && segments[position + 1..].iter().any(|s| s.len > 0));
             if later_valid {
                 return Err(LedgerError::corrupt(
@@ -117,7 +116,7 @@ pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
                 ));
             }
             tail.torn = Some(reason);
-        } else if valid_record_after(&bytes, stop.offset, expected) {
+        } else if later_in_segment {
             return Err(LedgerError::corrupt(
                 &segment.path,
                 stop.offset as u64,
@@ -135,6 +134,82 @@ pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
 struct Stop {
     offset: usize,
     invalid: Option<String>,
+}
+
+/// How much of a segment recovery holds in memory at once. Segments are preallocated (64 MiB by
+/// default) and mostly zeros, so reading them whole would cost that much memory per shard.
+const WINDOW_BYTES: usize = 4 << 20;
+
+/// Reads the records of one segment window by window. Returns where they stopped (an offset in
+/// the segment) and whether a valid record of a later LSN starts anywhere after that point.
+fn scan_segment(
+    segment: &Segment,
+    expected: &mut u64,
+    records: &mut Vec<(u64, RecordBody)>,
+) -> Result<(Stop, bool)> {
+    let path = &segment.path;
+    let file = std::fs::File::open(path).map_err(|e| LedgerError::io(path, e))?;
+    let len = usize::try_from(segment.len)
+        .map_err(|_| LedgerError::corrupt(path, 0, format!("segment of {} bytes", segment.len)))?;
+    let mut window = Vec::new();
+    let mut start = 0usize;
+    loop {
+        let end = len.min(start.saturating_add(WINDOW_BYTES));
+        read_window(&file, path, &mut window, start, end)?;
+        let stop = read_segment(&window, expected, records);
+        let longest = record::HEADER_BYTES + record::MAX_PAYLOAD_BYTES;
+        if end < len && stop.offset + longest > window.len() {
+            // The window may have cut the next record in two: go on from where records stopped.
+            start += stop.offset;
+            continue;
+        }
+        let offset = start + stop.offset;
+        let later = later_valid_record(&file, path, len, offset, *expected)?;
+        return Ok((
+            Stop {
+                offset,
+                invalid: stop.invalid,
+            },
+            later,
+        ));
+    }
+}
+
+fn read_window(
+    file: &std::fs::File,
+    path: &Path,
+    window: &mut Vec<u8>,
+    start: usize,
+    end: usize,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    window.resize(end - start, 0);
+    file.read_exact_at(window, start as u64)
+        .map_err(|e| LedgerError::io(path, e))
+}
+
+/// Whether a valid record with an LSN at or after `expected` starts after `offset`. The common
+/// case, zeros up to the end, is checked window by window; anything else reads the segment whole.
+fn later_valid_record(
+    file: &std::fs::File,
+    path: &Path,
+    len: usize,
+    offset: usize,
+    expected: u64,
+) -> Result<bool> {
+    let mut window = Vec::new();
+    let mut start = offset;
+    while start < len {
+        let end = len.min(start.saturating_add(WINDOW_BYTES));
+        read_window(file, path, &mut window, start, end)?;
+        if window.iter().any(|&b| b != 0) {
+            let mut bytes = Vec::new();
+            read_window(file, path, &mut bytes, 0, len)?;
+            return Ok(valid_record_after(&bytes, offset, expected));
+        }
+        start = end;
+    }
+    Ok(false)
 }
 
 /// Decodes consecutive records from the start of a segment until the data stops.
@@ -236,6 +311,39 @@ mod tests {
         assert_eq!(scan.records[14], (15, body(15)));
         assert_eq!(scan.tail.next_lsn, 16);
         assert!(scan.tail.torn.is_none());
+    }
+
+    /// A segment larger than the read window: records cut by window edges are read whole, a
+    /// torn tail far from the start is cut, and a flipped record with valid ones behind it (in a
+    /// later window) is still corruption.
+    #[test]
+    fn segments_larger_than_the_read_window() {
+        let count = 3 * WINDOW_BYTES as u64 / 50 + 77;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, offsets) = write_segment(dir.path(), 1, count, WINDOW_BYTES + 123);
+        assert!(offsets[count as usize - 1] > 2 * WINDOW_BYTES, "spans three windows");
+        let whole = scan(dir.path(), 1).unwrap();
+        assert_eq!(whole.records.len() as u64, count);
+        assert_eq!(whole.tail.next_lsn, count + 1);
+        assert!(whole.tail.torn.is_none());
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = offsets[count as usize - 1];
+        bytes[last + 20] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let torn = scan(dir.path(), 1).unwrap();
+        assert_eq!(torn.records.len() as u64, count - 1);
+        assert_eq!(torn.tail.offset, last as u64);
+        assert!(torn.tail.torn.is_some());
+
+        bytes[last + 20] ^= 0x01;
+        let early = offsets[10];
+        bytes[early + 20] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        match scan(dir.path(), 1) {
+            Err(LedgerError::Corrupt { offset, .. }) => assert_eq!(offset, early as u64),
+            other => panic!("expected corruption, got {other:?}"),
+        }
     }
 
     #[test]
