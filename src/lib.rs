@@ -348,7 +348,8 @@ impl Ledger {
         }
         let _ = self.inner.checkpointer.send(StopCheckpoints).await;
         let mut result =
-            actors::checkpoint::checkpoint_all(self.inner.shards.clone(), Default::default()).await;
+            actors::checkpoint::final_checkpoint(self.inner.shards.clone(), Default::default())
+                .await;
         let closes: Vec<_> = self
             .inner
             .shards

@@ -170,3 +170,29 @@ async fn health_is_clean_while_open_and_degraded_after_shutdown() {
     ledger.shutdown().await.unwrap();
     assert!(ledger.health().degraded);
 }
+
+/// A clean shutdown leaves every shard a WAL with no record in it, so the next open reads none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdown_leaves_no_wal_records_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    ledger.mint(key(1), 1_000).await.unwrap();
+    for n in 2..40 {
+        ledger.transfer(key(1), key(n), 5).await.unwrap();
+    }
+    ledger.shutdown().await.unwrap();
+    for shard in 0..4 {
+        let wal = tally::storage::shard_dir(dir.path(), shard);
+        let scan = tally::wal::reader::scan(&wal, 1).unwrap();
+        assert!(scan.records.is_empty(), "shard {shard}: {:?}", scan.records);
+        assert_eq!(scan.segments.len(), 1, "shard {shard}");
+    }
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 810);
+    assert_eq!(ledger.stats().await.unwrap().total_supply, 1_000);
+    ledger.transfer(key(1), key(2), 10).await.unwrap();
+    ledger.shutdown().await.unwrap();
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 15);
+    ledger.shutdown().await.unwrap();
+}

@@ -69,7 +69,34 @@ impl Data {
         self.dir.join(format!("shard-{shard:03}"))
     }
 
-    /// A small load: every shard gets a WAL with thousands of records.
+    /// Runs the crash worker (3 shards) until it has acknowledged `acknowledged` operations, then
+    /// kills it with SIGKILL in the middle of its work: the WALs keep their records.
+    fn kill_worker_after(&self, acknowledged: usize) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["crash-worker", "--data-dir", self.dir.to_str().unwrap()])
+            .args([
+                "--shards",
+                "3",
+                "--seed",
+                "7",
+                "--checkpoint-interval-ms",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = 0;
+        while seen < acknowledged {
+            let line = lines.next().expect("the worker keeps printing").unwrap();
+            seen += usize::from(line.starts_with('A'));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A small load, ended by a clean shutdown (which leaves the WALs without records).
     fn load(&self) {
         let run = self.run(
             "load",
@@ -348,29 +375,7 @@ fn verify_and_inspect_a_directory_after_load() {
 #[test]
 fn verify_accepts_a_directory_left_by_kill_9_and_the_next_open_settles_it() {
     let data = Data::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["crash-worker", "--data-dir", data.dir.to_str().unwrap()])
-        .args([
-            "--shards",
-            "3",
-            "--seed",
-            "7",
-            "--checkpoint-interval-ms",
-            "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Let it acknowledge a good number of operations, then kill it in the middle of its work.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acknowledged = 0;
-    while acknowledged < 300 {
-        let line = lines.next().expect("the worker keeps printing").unwrap();
-        acknowledged += usize::from(line.starts_with('A'));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    data.kill_worker_after(300);
 
     let verify = data.run("verify", &[]);
     assert_eq!(verify.code, 0, "{}", verify.stdout);
@@ -409,10 +414,25 @@ fn verify_accepts_a_directory_left_by_kill_9_and_the_next_open_settles_it() {
 #[test]
 fn verify_finds_a_flipped_byte_in_the_middle_of_the_wal_records() {
     let data = Data::new();
-    data.load();
-    let segment = wal_segments(&data.shard(1)).pop().unwrap();
-    let bytes = std::fs::read(&segment).unwrap();
-    let written = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    data.kill_worker_after(2000);
+    // The segment holding the most records, of any shard.
+    let (segment, written) = (0..3)
+        .flat_map(|shard| wal_segments(&data.shard(shard)))
+        .map(|segment| {
+            let bytes = std::fs::read(&segment).unwrap();
+            let written = bytes
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |last| last + 1);
+            (segment, written)
+        })
+        .max_by_key(|(_, written)| *written)
+        .unwrap();
+    assert!(
+        written > 4096,
+        "{} holds {written} bytes",
+        segment.display()
+    );
     let flipped = written / 2;
     flip_byte(&segment, flipped);
 

@@ -106,6 +106,20 @@ impl Handler<StopCheckpoints> for Checkpointer {
     }
 }
 
+/// The last checkpoint before shutdown: every shard starts a new WAL segment, then a checkpoint
+/// deletes the old ones where every credit they owe is checkpointed at its target. A clean
+/// reopen then has no WAL records to read.
+pub async fn final_checkpoint(
+    shards: Vec<Addr<ShardActor>>,
+    running: Arc<tokio::sync::Mutex<()>>,
+) -> Result<()> {
+    let rotations: Vec<_> = shards.iter().map(|shard| shard.send(RotateWal)).collect();
+    for rotation in rotations {
+        rotation.await.map_err(|_| LedgerError::Closed)??;
+    }
+    checkpoint_all(shards, running).await
+}
+
 /// Checkpoints every shard, then deletes the WAL segments that are safe to drop.
 pub async fn checkpoint_all(
     shards: Vec<Addr<ShardActor>>,

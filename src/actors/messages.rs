@@ -175,6 +175,11 @@ pub struct TruncateWal {
     pub through_lsn: u64,
 }
 
+/// Start a new WAL segment at the next LSN, so that a checkpoint can delete all the others.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct RotateWal;
+
 /// Flush, stop the WAL thread, checkpoint, persist the index and mark the shard clean.
 #[derive(Message)]
 #[rtype(result = "Result<()>")]

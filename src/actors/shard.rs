@@ -380,6 +380,29 @@ impl Handler<TruncateWal> for ShardActor {
     }
 }
 
+impl Handler<RotateWal> for ShardActor {
+    type Result = ResponseFuture<Result<()>>;
+
+    fn handle(&mut self, _: RotateWal, _: &mut Context<Self>) -> Self::Result {
+        self.flush();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let command = Command::Rotate {
+            next_lsn: self.state.next_lsn(),
+            done,
+        };
+        let sent = self
+            .wal
+            .as_ref()
+            .is_some_and(|wal| wal.send(command).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(LedgerError::Closed);
+            }
+            result.await.unwrap_or(Err(LedgerError::Closed))
+        })
+    }
+}
+
 impl Handler<CloseShard> for ShardActor {
     type Result = ResponseActFuture<Self, Result<()>>;
 

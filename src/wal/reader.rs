@@ -188,6 +188,13 @@ fn read_window(
         .map_err(|e| LedgerError::io(path, e))
 }
 
+/// Whether every byte is zero; ORs whole blocks so that the compiler can vectorize it.
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
 /// Whether a valid record with an LSN at or after `expected` starts after `offset`. The common
 /// case, zeros up to the end, is checked window by window; anything else reads the segment whole.
 fn later_valid_record(
@@ -202,7 +209,7 @@ fn later_valid_record(
     while start < len {
         let end = len.min(start.saturating_add(WINDOW_BYTES));
         read_window(file, path, &mut window, start, end)?;
-        if window.iter().any(|&b| b != 0) {
+        if !all_zero(&window) {
             let mut bytes = Vec::new();
             read_window(file, path, &mut bytes, 0, len)?;
             return Ok(valid_record_after(&bytes, offset, expected));
@@ -321,7 +328,10 @@ mod tests {
         let count = 3 * WINDOW_BYTES as u64 / 50 + 77;
         let dir = tempfile::tempdir().unwrap();
         let (path, offsets) = write_segment(dir.path(), 1, count, WINDOW_BYTES + 123);
-        assert!(offsets[count as usize - 1] > 2 * WINDOW_BYTES, "spans three windows");
+        assert!(
+            offsets[count as usize - 1] > 2 * WINDOW_BYTES,
+            "spans three windows"
+        );
         let whole = scan(dir.path(), 1).unwrap();
         assert_eq!(whole.records.len() as u64, count);
         assert_eq!(whole.tail.next_lsn, count + 1);

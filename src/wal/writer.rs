@@ -116,7 +116,7 @@ impl WalWriter {
 
     /// Syncs the finished segment (so a later segment never exists beside a torn earlier one)
     /// and continues in a new preallocated one.
-    fn rotate(&mut self, first_lsn: u64) -> Result<()> {
+    pub fn rotate(&mut self, first_lsn: u64) -> Result<()> {
         self.sync()?;
         let live = std::mem::take(&mut self.segments);
         *self = Self::create(
@@ -158,6 +158,11 @@ impl WalWriter {
         Ok(removed)
     }
 
+    /// Whether the current segment holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
     /// Bytes written in the live segments.
     pub fn live_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.2).sum()
@@ -185,6 +190,12 @@ pub enum Command<A> {
     Truncate {
         through_lsn: u64,
         done: tokio::sync::oneshot::Sender<Result<usize>>,
+    },
+    /// Sync, then continue in a new segment whose first record will be `next_lsn`, so that
+    /// every record written so far can be deleted by a later truncation (used at shutdown).
+    Rotate {
+        next_lsn: u64,
+        done: tokio::sync::oneshot::Sender<Result<()>>,
     },
     /// Sync everything written so far, answer, and exit.
     Stop {
@@ -299,6 +310,9 @@ impl GroupCommit<'_> {
                         .live_bytes
                         .store(self.writer.live_bytes(), Ordering::Relaxed);
                     let _ = done.send(result);
+                }
+                Command::Rotate { next_lsn, done } => {
+                    let _ = done.send(self.rotate(next_lsn));
                 }
                 Command::Stop { done } => {
                     let result = if self.shared.failed.load(Ordering::Acquire) {
@@ -452,6 +466,27 @@ impl GroupCommit<'_> {
                 Err(e)
             }
         }
+    }
+
+    fn rotate(&mut self, next_lsn: u64) -> Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(LedgerError::io(
+                self.writer.path(),
+                std::io::Error::other("WAL failed earlier"),
+            ));
+        }
+        self.sync_now()?;
+        if self.writer.is_empty() {
+            return Ok(());
+        }
+        let rotated = self.writer.rotate(next_lsn);
+        if let Err(error) = &rotated {
+            self.fail(error);
+        }
+        self.shared
+            .live_bytes
+            .store(self.writer.live_bytes(), Ordering::Relaxed);
+        rotated
     }
 
     /// Syncs if anything is unsynced; returns the LSN made durable.
