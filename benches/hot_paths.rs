@@ -157,8 +157,9 @@ fn routing(c: &mut Criterion) {
         })
         .collect();
     group.throughput(Throughput::Elements(8192));
+    let members: Vec<usize> = (0..ops.len()).collect();
     group.bench_function("plan_waves_8192", |b| {
-        b.iter(|| plan_waves(&ops, |i| i % 2 == 0))
+        b.iter(|| plan_waves(&ops, &members, |i| i % 2 == 0))
     });
     group.finish();
 }

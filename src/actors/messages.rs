@@ -33,12 +33,25 @@ impl Completion {
             Completion::Batch { results, index } => results.set(index, result),
         }
     }
+
+    /// The shard did not run the op (see `Planned::speculative`): the router plans it again.
+    pub fn defer(self) {
+        match self {
+            // Only batch members run speculatively, and only they can be held up behind one.
+            Completion::Single(sender) => {
+                debug_assert!(false, "a single op was deferred");
+                let _ = sender.send(Err(LedgerError::Closed));
+            }
+            Completion::Batch { results, index } => results.set_deferred(index),
+        }
+    }
 }
 
-/// Results of one wave of a batch, filled in by whichever shard finishes each op.
+/// Results of one wave of a batch, filled in by whichever shard finishes each op. A deferred
+/// op has no result.
 #[derive(Debug)]
 pub struct BatchResults {
-    slots: Box<[OnceLock<Result<Receipt>>]>,
+    slots: Box<[OnceLock<Option<Result<Receipt>>>]>,
     remaining: AtomicUsize,
     done: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -59,6 +72,14 @@ impl BatchResults {
     }
 
     fn set(&self, index: usize, result: Result<Receipt>) {
+        self.fill(index, Some(result));
+    }
+
+    fn set_deferred(&self, index: usize) {
+        self.fill(index, None);
+    }
+
+    fn fill(&self, index: usize, result: Option<Result<Receipt>>) {
         let Some(slot) = self.slots.get(index) else {
             debug_assert!(false, "batch index {index} out of range");
             return;
@@ -74,11 +95,16 @@ impl BatchResults {
         }
     }
 
-    /// Takes the results once all are in; a member never answered reads as `Closed`.
-    pub fn take(&self) -> Vec<Result<Receipt>> {
+    /// Takes the results once all are in: `None` for a deferred member; a member never
+    /// answered reads as `Closed`.
+    pub fn take(&self) -> Vec<Option<Result<Receipt>>> {
         self.slots
             .iter()
-            .map(|slot| slot.get().cloned().unwrap_or(Err(LedgerError::Closed)))
+            .map(|slot| {
+                slot.get()
+                    .cloned()
+                    .unwrap_or(Some(Err(LedgerError::Closed)))
+            })
             .collect()
     }
 }
@@ -110,11 +136,14 @@ pub enum ShardOp {
         amount: u64,
     },
     /// `from` lives on the receiving shard; `to` on `target_shard` (maybe the same one).
+    /// `speculative`: defer instead of refusing for insufficient funds (see
+    /// `router::Planned::speculative`).
     Transfer {
         from: Pubkey,
         to: Pubkey,
         amount: u64,
         target_shard: u32,
+        speculative: bool,
     },
 }
 

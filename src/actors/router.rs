@@ -86,6 +86,7 @@ impl Routing {
                     to,
                     amount,
                     target_shard,
+                    speculative: false,
                 };
                 Ok((shard, op))
             }
@@ -139,9 +140,10 @@ impl Routing {
     }
 
     /// Runs a batch in waves (see [`plan_waves`]): each wave goes out to every shard at once
-    /// and the next one leaves when it has completed.
+    /// and the next one leaves when it has completed. Ops a shard defers are planned again,
+    /// with everything after them.
     async fn run_batch(self, ops: Vec<Op>) -> Vec<Result<Receipt>> {
-        let mut results: Vec<Result<Receipt>> = vec![Err(LedgerError::Closed); ops.len()];
+        let mut results: Vec<Option<Result<Receipt>>> = vec![None; ops.len()];
         let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
         // Routing in batch order reserves the supply of mints in batch order, so the mint that
         // would overflow it is the one a sequential run would refuse.
@@ -150,49 +152,65 @@ impl Routing {
             match self.route_placed(*op, *placement) {
                 Ok(routed_op) => routed.push(Some(routed_op)),
                 Err(error) => {
-                    results[index] = Err(error);
+                    results[index] = Some(Err(error));
                     routed.push(None);
                 }
             }
         }
-        let waves = plan_waves(&ops, |index| {
-            routed[index].is_some() && placements[index].0 != placements[index].1
-        });
-        for wave in waves {
-            let wave: Vec<usize> = wave.into_iter().filter(|&i| routed[i].is_some()).collect();
-            let (wave_results, all_done) = BatchResults::new(wave.len());
-            let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
-                (0..self.shards.len()).map(|_| Vec::new()).collect();
-            for (position, &index) in wave.iter().enumerate() {
-                if let Some((shard, shard_op)) = routed[index].take() {
+        let crosses = |index: usize| placements[index].0 != placements[index].1;
+        let mut members: Vec<usize> = (0..ops.len()).filter(|&i| routed[i].is_some()).collect();
+        let mut dispatched = vec![false; ops.len()];
+        let mut closed = false;
+        'plans: while !members.is_empty() && !closed {
+            for wave in plan_waves(&ops, &members, crosses) {
+                let (wave_results, all_done) = BatchResults::new(wave.len());
+                let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
+                    (0..self.shards.len()).map(|_| Vec::new()).collect();
+                for (position, planned) in wave.iter().enumerate() {
+                    let Some((shard, mut shard_op)) = routed[planned.index] else {
+                        continue;
+                    };
+                    if let ShardOp::Transfer { speculative, .. } = &mut shard_op {
+                        *speculative = planned.speculative;
+                    }
                     let completion = Completion::Batch {
                         results: wave_results.clone(),
                         index: position,
                     };
+                    dispatched[planned.index] = true;
                     per_shard[shard as usize].push((shard_op, completion));
                 }
-            }
-            for (shard, shard_ops) in per_shard.into_iter().enumerate() {
-                if !shard_ops.is_empty() {
-                    self.enqueue(shard, shard_ops.len() as u64);
-                    self.shards[shard].do_send(ShardOps { ops: shard_ops });
+                for (shard, shard_ops) in per_shard.into_iter().enumerate() {
+                    if !shard_ops.is_empty() {
+                        self.enqueue(shard, shard_ops.len() as u64);
+                        self.shards[shard].do_send(ShardOps { ops: shard_ops });
+                    }
+                }
+                closed = all_done.await.is_err();
+                let mut deferred = false;
+                for (planned, result) in wave.iter().zip(wave_results.take()) {
+                    match result {
+                        Some(result) => results[planned.index] = Some(result),
+                        None => deferred = true,
+                    }
+                }
+                if deferred || closed {
+                    members.retain(|&index| results[index].is_none());
+                    continue 'plans;
                 }
             }
-            let closed = all_done.await.is_err();
-            for (position, result) in wave_results.take().into_iter().enumerate() {
-                results[wave[position]] = result;
-            }
-            if closed {
-                break;
-            }
+            members.clear();
         }
-        // Ops never sent (the ledger closed under the batch) give back what they reserved.
-        for (_, shard_op) in routed.into_iter().flatten() {
-            if let ShardOp::Mint { amount, .. } = shard_op {
-                self.supply.fetch_sub(amount, Ordering::AcqRel);
+        // Mints never sent (the ledger closed under the batch) give back what they reserved.
+        for (routed, dispatched) in routed.iter().zip(dispatched) {
+            if let (Some((_, ShardOp::Mint { amount, .. })), false) = (routed, dispatched) {
+                self.supply.fetch_sub(*amount, Ordering::AcqRel);
             }
         }
         results
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
+            .collect()
     }
 }
 
@@ -204,21 +222,39 @@ pub fn shard_of(key: &Pubkey, seed: [u64; 2], shard_count: u32) -> u32 {
     (hasher.finish() % shard_count as u64) as u32
 }
 
-/// Assigns every op of a batch to a wave, in one pass: waves run one after another, the ops of
-/// a wave all at once, each shard taking its ops of the wave in batch order.
+/// One op placed in a wave: its index in the batch, and whether it runs speculatively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub index: usize,
+    /// The op debits an account that an earlier cross-shard transfer of the same wave credits,
+    /// and that credit may not have landed when the op runs. The op may then go ahead only if
+    /// the balance covers it without the credit (a sequential run, which has the credit, would
+    /// then succeed too); if the balance falls short, or the account does not exist yet (the
+    /// credit would create it), the shard defers the op to a later wave.
+    pub speculative: bool,
+}
+
+/// Assigns the ops `members` (indices into `ops`, in batch order) to waves, in one pass: waves
+/// run one after another, the ops of a wave all at once, each shard taking its ops of the wave
+/// in batch order.
 ///
 /// Ops of one shard run in message order, so only cross-shard credits can reorder effects: a
-/// credit lands on its target shard at some later moment, after the source has logged the
-/// debit. Credits commute (they never fail and only add), so what must not be reordered is a
-/// debit and a credit of the same account. An op therefore goes in the earliest wave that is
+/// credit lands on its target shard some time after the source has logged the debit. Credits
+/// commute (they never fail and only add), so what matters is a debit and a credit of the same
+/// account. An op goes in the earliest wave that is
 /// - no earlier than the wave of any earlier op touching one of its accounts (batch order);
-/// - after the wave of an earlier cross-shard transfer crediting the account it debits (it must
-///   see that credit);
 /// - after the wave of an earlier op debiting the account it credits, when it is itself a
-///   cross-shard transfer (that debit must not see this credit).
+///   cross-shard transfer (that debit must not see this credit);
+///
+/// and an op debiting an account that an earlier cross-shard transfer of its own wave credits is
+/// [`Planned::speculative`]. Where a shard defers an op, the router plans what is left again.
 ///
 /// `crosses(i)` tells whether op `i` is a transfer between two shards.
-pub fn plan_waves(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+pub fn plan_waves(
+    ops: &[Op],
+    members: &[usize],
+    crosses: impl Fn(usize) -> bool,
+) -> Vec<Vec<Planned>> {
     /// The latest waves (counted from 1; 0 means never) in which an account was touched,
     /// debited, and credited across shards.
     #[derive(Default, Clone, Copy)]
@@ -228,25 +264,24 @@ pub fn plan_waves(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<Vec<usize>
         credited_across: usize,
     }
     let mut seen: HashMap<Pubkey, Seen, ahash::RandomState> =
-        HashMap::with_capacity_and_hasher(ops.len() * 2, ahash::RandomState::default());
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    for (index, op) in ops.iter().enumerate() {
-        let (from, to) = match *op {
+        HashMap::with_capacity_and_hasher(members.len() * 2, ahash::RandomState::default());
+    let mut waves: Vec<Vec<Planned>> = Vec::new();
+    for &index in members {
+        let (from, to) = match ops[index] {
             Op::Mint { to, .. } => (None, to),
             Op::Transfer { from, to, .. } => (Some(from), to),
         };
         let across = crosses(index);
         let seen_to = seen.get(&to).copied().unwrap_or_default();
+        let seen_from = from.and_then(|from| seen.get(&from).copied());
         let mut wave = seen_to.touched.max(1);
         if across && seen_to.debited > 0 {
             wave = wave.max(seen_to.debited + 1);
         }
-        if let Some(seen_from) = from.and_then(|from| seen.get(&from).copied()) {
+        if let Some(seen_from) = seen_from {
             wave = wave.max(seen_from.touched);
-            if seen_from.credited_across > 0 {
-                wave = wave.max(seen_from.credited_across + 1);
-            }
         }
+        let speculative = seen_from.is_some_and(|seen| seen.credited_across == wave);
         if let Some(from) = from {
             let entry = seen.entry(from).or_default();
             entry.touched = entry.touched.max(wave);
@@ -260,7 +295,7 @@ pub fn plan_waves(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<Vec<usize>
         if waves.len() < wave {
             waves.resize_with(wave, Vec::new);
         }
-        waves[wave - 1].push(index);
+        waves[wave - 1].push(Planned { index, speculative });
     }
     waves
 }
@@ -327,17 +362,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn independent_ops_form_one_wave() {
-        let ops = vec![transfer(1, 11), transfer(2, 12), transfer(3, 4)];
-        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0, 1, 2]]);
+    /// The waves as (index, speculative) pairs.
+    fn plan(ops: &[Op]) -> Vec<Vec<(usize, bool)>> {
+        let members: Vec<usize> = (0..ops.len()).collect();
+        plan_waves(ops, &members, crosses(ops))
+            .into_iter()
+            .map(|wave| wave.into_iter().map(|p| (p.index, p.speculative)).collect())
+            .collect()
     }
 
     #[test]
-    fn a_debit_of_a_credited_account_waits_and_keeps_batch_order_behind_it() {
-        // 0 credits 11 across shards; 1 spends from 11 and must wait; 2 touches 5, which 1 also
-        // touches, so it cannot run before 1; 3 is independent. 1 credits 5 across shards, so
-        // 2 (which spends from 5) waits once more.
+    fn independent_ops_form_one_wave() {
+        let ops = vec![transfer(1, 11), transfer(2, 12), transfer(3, 4)];
+        assert_eq!(plan(&ops), vec![vec![(0, false), (1, false), (2, false)]]);
+    }
+
+    #[test]
+    fn a_debit_of_an_account_credited_in_its_wave_is_speculative() {
+        // 0 credits 11 across shards; 1 spends from 11 in the same wave, speculatively; 2 and 3
+        // follow on their accounts in batch order.
         let ops = vec![
             transfer(1, 11),
             transfer(11, 5),
@@ -345,15 +388,15 @@ mod tests {
             transfer(7, 8),
         ];
         assert_eq!(
-            plan_waves(&ops, crosses(&ops)),
-            vec![vec![0, 3], vec![1], vec![2]]
+            plan(&ops),
+            vec![vec![(0, false), (1, true), (2, true), (3, false)]]
         );
     }
 
     #[test]
     fn a_credit_across_shards_to_an_account_debited_earlier_waits() {
         let ops = vec![transfer(12, 13), transfer(1, 12)];
-        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0], vec![1]]);
+        assert_eq!(plan(&ops), vec![vec![(0, false)], vec![(1, false)]]);
     }
 
     #[test]
@@ -364,19 +407,35 @@ mod tests {
         };
         // Two cross-shard credits, a local credit and a mint, all into 11.
         let ops = vec![transfer(1, 11), transfer(2, 11), transfer(12, 11), mint];
-        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0, 1, 2, 3]]);
+        assert_eq!(
+            plan(&ops),
+            vec![vec![(0, false), (1, false), (2, false), (3, false)]]
+        );
     }
 
     #[test]
-    fn a_credit_behind_a_waiting_debit_goes_with_or_after_it() {
-        // 0 credits 11 across shards; 1 debits 11 and waits; 2 credits 11 on 11's own shard,
-        // so it may share 1's wave (the shard runs 1 first) but not run before it.
+    fn planning_a_subset_starts_over_from_its_first_member() {
+        // After 0 has run, 1 and 2 are planned again: 1 is no longer speculative.
         let ops = vec![transfer(1, 11), transfer(11, 12), transfer(13, 11)];
-        assert_eq!(plan_waves(&ops, crosses(&ops)), vec![vec![0], vec![1, 2]]);
+        let waves = plan_waves(&ops, &[1, 2], crosses(&ops));
+        assert_eq!(
+            waves,
+            vec![vec![
+                Planned {
+                    index: 1,
+                    speculative: false
+                },
+                Planned {
+                    index: 2,
+                    speculative: false
+                }
+            ]]
+        );
     }
 
-    /// Checks the rules on random batches: batch order between ops sharing an account, and a
-    /// strictly later wave where a cross-shard credit and a debit of one account meet.
+    /// Checks the rules on random batches: batch order between ops sharing an account, a
+    /// strictly later wave for a cross-shard credit behind a debit of its account, and the
+    /// speculative flag exactly where a debit meets a cross-shard credit of its own wave.
     #[test]
     fn plans_of_random_batches_keep_sequential_meaning() {
         use rand::{Rng, SeedableRng};
@@ -393,21 +452,20 @@ mod tests {
                 })
                 .collect();
             let across = crosses(&ops);
-            let waves = plan_waves(&ops, &across);
             let mut wave_of = vec![usize::MAX; ops.len()];
-            for (wave, members) in waves.iter().enumerate() {
+            let mut speculative = vec![false; ops.len()];
+            for (wave, members) in plan(&ops).iter().enumerate() {
                 assert!(!members.is_empty(), "no empty wave");
-                assert!(
-                    members.windows(2).all(|w| w[0] < w[1]),
-                    "batch order in a wave"
-                );
-                for &index in members {
+                assert!(members.windows(2).all(|w| w[0].0 < w[1].0), "batch order");
+                for &(index, flag) in members {
                     wave_of[index] = wave;
+                    speculative[index] = flag;
                 }
             }
             assert!(wave_of.iter().all(|&w| w != usize::MAX), "every op planned");
             for j in 0..ops.len() {
                 let (from_j, to_j) = sides(&ops[j]);
+                let mut meets_a_credit = false;
                 for i in 0..j {
                     let (from_i, to_i) = sides(&ops[i]);
                     let touched_i = [from_i, Some(to_i)];
@@ -416,19 +474,12 @@ mod tests {
                     {
                         assert!(wave_of[i] <= wave_of[j], "{i} before {j} in {ops:?}");
                     }
-                    if across(i) && from_j == Some(to_i) {
-                        assert!(
-                            wave_of[i] < wave_of[j],
-                            "{j} must see {i}'s credit: {ops:?}"
-                        );
-                    }
                     if across(j) && from_i == Some(to_j) {
-                        assert!(
-                            wave_of[i] < wave_of[j],
-                            "{i} must not see {j}'s credit: {ops:?}"
-                        );
+                        assert!(wave_of[i] < wave_of[j], "{i} must not see {j}: {ops:?}");
                     }
+                    meets_a_credit |= across(i) && from_j == Some(to_i) && wave_of[i] == wave_of[j];
                 }
+                assert_eq!(speculative[j], meets_a_credit, "op {j} of {ops:?}");
             }
         }
     }

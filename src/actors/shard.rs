@@ -3,6 +3,7 @@
 //! thread when its mailbox is drained; replies and outgoing credits leave from that thread once
 //! the records are durable.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
@@ -14,7 +15,7 @@ use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
 use crate::state::{CheckpointInfo, ShardState, TransferOutcome};
-use crate::types::{Account, Receipt};
+use crate::types::{Account, Pubkey, Receipt};
 use crate::wal::writer::{
     spawn_group_commit, Batch, Command, Round, SyncPolicy, WalShared, WalWriter,
 };
@@ -128,9 +129,29 @@ impl ShardActor {
         )
     }
 
-    fn apply(&mut self, op: ShardOp, completion: Completion) {
+    /// Applies one op of a message. `held` collects the accounts of ops deferred earlier in the
+    /// same message: a later op touching one of them is deferred too, so batch order holds.
+    fn apply(&mut self, op: ShardOp, completion: Completion, held: &mut HashSet<Pubkey>) {
         if self.failed() {
             completion.complete(Err(self.refuse()));
+            return;
+        }
+        let here = self.state.shard();
+        let touched = match op {
+            ShardOp::Mint { to, .. } => [Some(to), None],
+            ShardOp::Transfer {
+                from,
+                to,
+                target_shard,
+                ..
+            } => [Some(from), (target_shard == here).then_some(to)],
+        };
+        let defer = |held: &mut HashSet<Pubkey>, completion: Completion| {
+            held.extend(touched.into_iter().flatten());
+            completion.defer();
+        };
+        if !held.is_empty() && touched.iter().flatten().any(|key| held.contains(key)) {
+            defer(held, completion);
             return;
         }
         match op {
@@ -147,7 +168,15 @@ impl ShardActor {
                 to,
                 amount,
                 target_shard,
+                speculative,
             } => match self.state.transfer(from, to, amount, target_shard) {
+                // A credit of this wave (which may also create the account) may not have
+                // landed yet: try again in a later wave.
+                Err(LedgerError::InsufficientFunds { .. } | LedgerError::AccountNotFound(_))
+                    if speculative =>
+                {
+                    defer(held, completion);
+                }
                 Ok(TransferOutcome::Local { lsn }) => self.acks.push(Ack::Reply {
                     completion,
                     result: Ok(self.receipt(lsn)),
@@ -287,8 +316,9 @@ impl Handler<ShardOps> for ShardActor {
             .gauges
             .queued_ops
             .fetch_sub(count, Ordering::Relaxed);
+        let mut held = HashSet::new();
         for (op, completion) in message.ops {
-            self.apply(op, completion);
+            self.apply(op, completion, &mut held);
         }
         self.schedule_flush(ctx);
     }
