@@ -149,46 +149,8 @@ impl ShardState {
         let Some(entry) = self.index.get_mut(key) else {
             return Ok(None);
         };
-        if let Some(cached) = entry.cached {
-            return Ok(Some((entry.slot, cached)));
-        }
-        let slot = entry.slot;
-        let reason = match self.accounts.read_slot(slot) {
-            SlotRead::Valid(state) if state.key == *key => {
-                let cached = Cached {
-                    balance: state.balance,
-                    sequence: state.sequence,
-                };
-                entry.cached = Some(cached);
-                return Ok(Some((slot, cached)));
-            }
-            SlotRead::Valid(_) => "slot holds another key than the index says",
-            SlotRead::Empty => "index points at an empty slot",
-            SlotRead::Corrupt(reason) => reason,
-        };
-        Err(self.slot_corrupt(slot, reason))
-    }
-
-    fn load_or_create(&mut self, key: &Pubkey) -> Result<(u64, Cached)> {
-        if let Some(found) = self.load(key)? {
-            return Ok(found);
-        }
-        let slot = self.slot_count;
-        // Grow before the record exists, so a full disk fails this operation and not a later flush.
-        self.accounts.ensure_capacity(slot + 1)?;
-        self.slot_count += 1;
-        let cached = Cached {
-            balance: 0,
-            sequence: 0,
-        };
-        self.index.insert(
-            *key,
-            IndexEntry {
-                slot,
-                cached: Some(cached),
-            },
-        );
-        Ok((slot, cached))
+        let cached = cached_state(&self.accounts, entry, key)?;
+        Ok(Some((entry.slot, cached)))
     }
 
     fn slot_corrupt(&self, slot: u64, reason: &str) -> LedgerError {
@@ -202,11 +164,14 @@ impl ShardState {
         if amount == 0 {
             return Err(LedgerError::ZeroAmount);
         }
-        let to = self.credited(&to, amount)?;
+        let to = self.credit_in_place(&to, amount)?;
         Ok(self.log(RecordBody::Mint { to, amount }))
     }
 
     /// Checks and applies a transfer whose source account lives on this shard.
+    ///
+    /// Each account is looked up once and its cached state updated in place: index lookups in
+    /// a large map are the biggest cost of the write path.
     pub fn transfer(
         &mut self,
         from: Pubkey,
@@ -220,17 +185,8 @@ impl ShardState {
         if from == to {
             return Err(LedgerError::SameAccount);
         }
-        let (from_slot, from_state) = self
-            .load(&from)?
-            .ok_or(LedgerError::AccountNotFound(from))?;
-        if from_state.balance < amount {
-            return Err(LedgerError::InsufficientFunds {
-                needed: amount,
-                available: from_state.balance,
-            });
-        }
         if target_shard != self.shard {
-            let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
+            let from = self.debit_in_place(&from, amount)?;
             let lsn = self.log(RecordBody::Debit {
                 from,
                 to: to.0,
@@ -239,9 +195,40 @@ impl ShardState {
             });
             return Ok(TransferOutcome::Debited { lsn });
         }
-        let to = self.credited(&to, amount)?;
-        let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
-        let lsn = self.log(RecordBody::Transfer { from, to, amount });
+        // `from != to` was checked above (`get_disjoint_mut` requires distinct keys).
+        let [Some(from_entry), Some(to_entry)] = self.index.get_disjoint_mut([&from, &to]) else {
+            // One of them is missing: refuse an unknown source before creating the target.
+            let (from_slot, from_state) = self
+                .load(&from)?
+                .ok_or(LedgerError::AccountNotFound(from))?;
+            check_funds(from_state, amount)?;
+            let to = self.credit_in_place(&to, amount)?;
+            let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
+            self.set_cached(&from);
+            let lsn = self.log(RecordBody::Transfer { from, to, amount });
+            return Ok(TransferOutcome::Local { lsn });
+        };
+        let from_state = cached_state(&self.accounts, from_entry, &from)?;
+        let to_state = cached_state(&self.accounts, to_entry, &to)?;
+        check_funds(from_state, amount)?;
+        let to_balance = to_state
+            .balance
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow)?;
+        let from_image = Self::image(
+            &from,
+            from_entry.slot,
+            from_state,
+            from_state.balance - amount,
+        );
+        let to_image = Self::image(&to, to_entry.slot, to_state, to_balance);
+        from_entry.cached = Some(cached_of(&from_image));
+        to_entry.cached = Some(cached_of(&to_image));
+        let lsn = self.log(RecordBody::Transfer {
+            from: from_image,
+            to: to_image,
+            amount,
+        });
         Ok(TransferOutcome::Local { lsn })
     }
 
@@ -261,7 +248,7 @@ impl ShardState {
         if source_lsn <= watermark {
             return Ok(None);
         }
-        let to = self.credited(&to, amount)?;
+        let to = self.credit_in_place(&to, amount)?;
         Ok(Some(self.log(RecordBody::Credit {
             source_shard,
             source_lsn,
@@ -270,15 +257,57 @@ impl ShardState {
         })))
     }
 
-    /// The after-image of `to` (created if needed) receiving `amount`. Cannot overflow while the
-    /// total supply stays at or below `u64::MAX`; `Overflow` guards a corrupt state.
-    fn credited(&mut self, to: &Pubkey, amount: u64) -> Result<AfterImage> {
-        let (slot, state) = self.load_or_create(to)?;
-        let balance = state
-            .balance
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow)?;
-        Ok(Self::image(to, slot, state, balance))
+    /// Debits `key` in the cache and returns its after-image; changes nothing on error.
+    fn debit_in_place(&mut self, key: &Pubkey, amount: u64) -> Result<AfterImage> {
+        let entry = self
+            .index
+            .get_mut(key)
+            .ok_or(LedgerError::AccountNotFound(*key))?;
+        let state = cached_state(&self.accounts, entry, key)?;
+        check_funds(state, amount)?;
+        let image = Self::image(key, entry.slot, state, state.balance - amount);
+        entry.cached = Some(cached_of(&image));
+        Ok(image)
+    }
+
+    /// Credits `key` (created if needed) in the cache and returns its after-image. Cannot
+    /// overflow while the total supply stays at or below `u64::MAX`; `Overflow` guards a
+    /// corrupt state. Changes nothing on error.
+    fn credit_in_place(&mut self, key: &Pubkey, amount: u64) -> Result<AfterImage> {
+        if let Some(entry) = self.index.get_mut(key) {
+            let state = cached_state(&self.accounts, entry, key)?;
+            let balance = state
+                .balance
+                .checked_add(amount)
+                .ok_or(LedgerError::Overflow)?;
+            let image = Self::image(key, entry.slot, state, balance);
+            entry.cached = Some(cached_of(&image));
+            return Ok(image);
+        }
+        let slot = self.slot_count;
+        // Grow before the record exists, so a full disk fails this operation and not a later flush.
+        self.accounts.ensure_capacity(slot + 1)?;
+        self.slot_count += 1;
+        let new = Cached {
+            balance: 0,
+            sequence: 0,
+        };
+        let image = Self::image(key, slot, new, amount);
+        self.index.insert(
+            *key,
+            IndexEntry {
+                slot,
+                cached: Some(cached_of(&image)),
+            },
+        );
+        Ok(image)
+    }
+
+    /// Makes `image` the cached state of its account (which exists).
+    fn set_cached(&mut self, image: &AfterImage) {
+        if let Some(entry) = self.index.get_mut(&Pubkey(image.key)) {
+            entry.cached = Some(cached_of(image));
+        }
     }
 
     fn image(key: &Pubkey, slot: u64, state: Cached, balance: u64) -> AfterImage {
@@ -290,7 +319,7 @@ impl ShardState {
         }
     }
 
-    /// Assigns the next LSN, encodes the record, and makes its images visible to reads.
+    /// Assigns the next LSN and encodes the record; its images are already in the cache.
     fn log(&mut self, body: RecordBody) -> u64 {
         let lsn = self.next_lsn;
         self.next_lsn += 1;
@@ -298,14 +327,6 @@ impl ShardState {
             self.buffer_first_lsn = lsn;
         }
         encode_into(&mut self.buffer, lsn, &body);
-        for image in body.images() {
-            if let Some(entry) = self.index.get_mut(&Pubkey(image.key)) {
-                entry.cached = Some(Cached {
-                    balance: image.balance,
-                    sequence: image.sequence,
-                });
-            }
-        }
         self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
         if let RecordBody::Credit {
             source_shard,
@@ -571,6 +592,49 @@ pub struct SlotScan {
 
 /// Builds the index of an account file by scanning its slots: the `slot_count` in use at the
 /// checkpoint and any written after it (up to the first never-used slot).
+/// The newest state of the account `entry` indexes; the first access since open reads (and
+/// checks) its slot.
+fn cached_state(accounts: &AccountsFile, entry: &mut IndexEntry, key: &Pubkey) -> Result<Cached> {
+    if let Some(cached) = entry.cached {
+        return Ok(cached);
+    }
+    let reason = match accounts.read_slot(entry.slot) {
+        SlotRead::Valid(state) if state.key == *key => {
+            let cached = Cached {
+                balance: state.balance,
+                sequence: state.sequence,
+            };
+            entry.cached = Some(cached);
+            return Ok(cached);
+        }
+        SlotRead::Valid(_) => "slot holds another key than the index says",
+        SlotRead::Empty => "index points at an empty slot",
+        SlotRead::Corrupt(reason) => reason,
+    };
+    Err(LedgerError::corrupt(
+        accounts.path(),
+        slot_offset(entry.slot),
+        reason,
+    ))
+}
+
+fn check_funds(state: Cached, amount: u64) -> Result<()> {
+    if state.balance < amount {
+        return Err(LedgerError::InsufficientFunds {
+            needed: amount,
+            available: state.balance,
+        });
+    }
+    Ok(())
+}
+
+fn cached_of(image: &AfterImage) -> Cached {
+    Cached {
+        balance: image.balance,
+        sequence: image.sequence,
+    }
+}
+
 pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<SlotScan> {
     // Sized for the whole file: growing a large map later briefly holds two copies of it.
     let mut index = index::new_index(accounts.capacity().max(slot_count) as usize);

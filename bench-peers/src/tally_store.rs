@@ -82,20 +82,7 @@ pub async fn concurrent_single(
             anyhow::Ok((latencies, rejected))
         }));
     }
-    let mut all = Latencies(Vec::with_capacity(transfers.len()));
-    let mut rejected = 0;
-    for handle in handles {
-        let (latencies, task_rejected) = handle.await.context("transfer task panicked")??;
-        all.0.extend(latencies);
-        rejected += task_rejected;
-    }
-    Ok(Measured {
-        transfers: transfers.len() as u64,
-        rejected,
-        commits: all.0.len() as u64,
-        seconds: started.elapsed().as_secs_f64(),
-        latencies: all,
-    })
+    gather(handles, transfers.len(), started).await
 }
 
 /// One caller awaiting one `transfer` at a time.
@@ -161,20 +148,7 @@ pub async fn batched(
             anyhow::Ok((latencies, rejected))
         }));
     }
-    let mut all = Latencies::default();
-    let mut rejected = 0;
-    for handle in handles {
-        let (latencies, task_rejected) = handle.await.context("submit task panicked")??;
-        all.0.extend(latencies);
-        rejected += task_rejected;
-    }
-    Ok(Measured {
-        transfers: transfers.len() as u64,
-        rejected,
-        commits: all.0.len() as u64,
-        seconds: started.elapsed().as_secs_f64(),
-        latencies: all,
-    })
+    gather(handles, transfers.len(), started).await
 }
 
 /// Reads every account back through `Ledger::account` (16 concurrent readers), and checks
@@ -217,4 +191,29 @@ pub async fn balances(
         bail!("tally: {} accounts, {} created", stats.accounts, keys.len());
     }
     Ok(out)
+}
+
+/// A client task of one run: its latencies and how many of its transfers were refused.
+type Client = tokio::task::JoinHandle<anyhow::Result<(Vec<std::time::Duration>, u64)>>;
+
+/// Joins the client tasks of one run.
+async fn gather(
+    handles: Vec<Client>,
+    transfers: usize,
+    started: Instant,
+) -> anyhow::Result<Measured> {
+    let mut all = Latencies(Vec::with_capacity(transfers));
+    let mut rejected = 0;
+    for handle in handles {
+        let (latencies, task_rejected) = handle.await.context("client task panicked")??;
+        all.0.extend(latencies);
+        rejected += task_rejected;
+    }
+    Ok(Measured {
+        transfers: transfers as u64,
+        rejected,
+        commits: all.0.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        latencies: all,
+    })
 }
