@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,6 @@ use crate::storage::{open_private_file, preallocate, sync_dir};
 
 /// Most bytes the group-commit thread writes before it syncs, so one round stays bounded.
 pub const GROUP_BYTES_MAX: usize = 32 << 20;
-
-/// How long the group-commit thread polls for the next batch after a round before it sleeps.
-const SPIN_AFTER_ROUND: Duration = Duration::from_micros(60);
 
 /// The segment files of one shard's WAL and the position of the next record.
 #[derive(Debug)]
@@ -264,7 +261,6 @@ where
             shared: &shared,
             unsynced_lsn: None,
             last_sync: Instant::now(),
-            last_round: Instant::now(),
         };
         committer.run(&receiver, &mut on_round);
     })?;
@@ -280,8 +276,6 @@ struct GroupCommit<'a> {
     /// Highest LSN written but not yet synced.
     unsynced_lsn: Option<u64>,
     last_sync: Instant,
-    /// When the last round reported.
-    last_round: Instant,
 }
 
 impl GroupCommit<'_> {
@@ -347,26 +341,7 @@ impl GroupCommit<'_> {
                 let wait = interval.saturating_sub(self.last_sync.elapsed());
                 receiver.recv_timeout(wait)
             }
-            _ => {
-                // A caller that waits on each op sends the next one a few tens of microseconds
-                // after the last round answered it. Polling for a short while right after a
-                // round saves the wake-up of a sleeping thread on that path; an idle WAL
-                // thread still sleeps.
-                let spin_until = self.last_round + SPIN_AFTER_ROUND;
-                loop {
-                    match receiver.try_recv() {
-                        Ok(command) => return Ok(command),
-                        Err(TryRecvError::Disconnected) => {
-                            return Err(RecvTimeoutError::Disconnected)
-                        }
-                        Err(TryRecvError::Empty) if Instant::now() < spin_until => {
-                            std::hint::spin_loop();
-                        }
-                        Err(TryRecvError::Empty) => break,
-                    }
-                }
-                receiver.recv().map_err(|_| RecvTimeoutError::Disconnected)
-            }
+            _ => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
         }
     }
 
@@ -424,7 +399,6 @@ impl GroupCommit<'_> {
             result,
             durable_lsn,
         });
-        self.last_round = Instant::now();
         deferred
     }
 
