@@ -13,12 +13,15 @@
 //!   changes. When its mailbox is drained it hands the records to its **WAL thread**, which
 //!   writes every queued batch and syncs once for all of them (group commit); only then are
 //!   callers answered and the new states copied into the account file.
-//! * The **router actor** hashes keys to shards and splits `submit` batches per shard.
+//! * The **router actor** hashes keys to shards and splits `submit` batches per shard, in waves
+//!   that keep the batch's sequential meaning: an op that must see (or must not see) a credit
+//!   still travelling between shards goes in a later wave.
 //! * A transfer between shards is decided by the source shard: a durable `Debit` record commits
 //!   it, and only then is the `Credit` sent to the target shard, which applies it exactly once
 //!   (per-source watermarks). Recovery re-sends every durable debit whose credit is missing.
 //! * The **checkpoint actor** periodically msyncs the account files, writes their headers and
-//!   deletes the WAL segments no longer needed.
+//!   deletes the WAL segments no longer needed. Shutdown starts fresh WAL segments before its last
+//!   checkpoint, so a cleanly closed directory reopens without replaying anything.
 //! * Opening a directory takes its `LOCK`, replays each WAL above its checkpoint, settles owed
 //!   credits, and starts the actors on their own threads (actix runs inside; the host never sees it).
 //!
