@@ -1,8 +1,9 @@
 //! The kill -9 campaign: a child `tally crash-worker` process applies a random load under
 //! `Durability::Sync` and prints every operation before it starts and after it is acknowledged;
 //! the parent kills it with SIGKILL at a random moment, reopens the directory and checks that
-//! every acknowledged operation is there, that the one operation per task that was in flight is
-//! wholly there or wholly absent, and that the total supply equals the sum of all balances.
+//! every acknowledged operation is there, that each operation in flight (one single call or the
+//! members of one `submit` per task) is wholly there or wholly absent, and that the total supply
+//! equals the sum of all balances.
 //!
 //! Each worker task owns its own accounts and awaits each call before the next, so its history
 //! is sequential and the parent can replay it exactly against a model. The keys hash across all
@@ -157,54 +158,88 @@ async fn worker_task(ledger: Ledger, task: u32, accounts: u32, seed: u64, run_fo
     let started = Instant::now();
     let mut sequence = 0u64;
     while started.elapsed() < run_for {
-        sequence += 1;
-        let op = if rng.gen_bool(0.2) {
-            let to = rng.gen_range(0..accounts);
-            ModelOp::Mint {
-                to,
-                amount: rng.gen_range(1..1_000),
-            }
+        // One op in four goes out in a `submit` of 2..=6 ops (its own accounts, most of them on
+        // different shards), the rest as single calls.
+        let count = if rng.gen_bool(0.25) {
+            rng.gen_range(2..=6)
         } else {
-            let from = rng.gen_range(0..accounts);
-            let mut to = rng.gen_range(0..accounts - 1);
-            if to >= from {
-                to += 1;
-            }
-            let ceiling = view[from as usize]
-                .saturating_add(view[from as usize] / 5)
-                .max(1);
-            ModelOp::Transfer {
-                from,
-                to,
-                amount: rng.gen_range(1..=ceiling),
-            }
+            1
         };
-        emit(&format!("B {task} {sequence} {}\n", op.encode()));
-        let result = match op {
-            ModelOp::Mint { to, amount } => ledger.mint(task_key(task, to), amount).await,
-            ModelOp::Transfer { from, to, amount } => {
-                ledger
-                    .transfer(task_key(task, from), task_key(task, to), amount)
-                    .await
+        let ops: Vec<ModelOp> = (0..count)
+            .map(|_| random_op(&mut rng, &view, accounts))
+            .collect();
+        let first = sequence + 1;
+        for op in &ops {
+            sequence += 1;
+            emit(&format!("B {task} {sequence} {}\n", op.encode()));
+        }
+        let results = if count == 1 {
+            vec![single(&ledger, task, ops[0]).await]
+        } else {
+            let batch = ops.iter().map(|op| op.to_op(task)).collect();
+            match ledger.submit(batch).await {
+                Ok(results) => results.into_iter().map(|r| r.map(|_| ())).collect(),
+                Err(_) => return,
             }
         };
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(LedgerError::Closed) => return,
-            Err(LedgerError::Io { .. }) | Err(LedgerError::Full { .. }) => return,
-            Err(error) => error_kind(error).to_string(),
-        };
-        if result.is_ok() {
-            match op {
-                ModelOp::Mint { to, amount } => view[to as usize] += amount,
-                ModelOp::Transfer { from, to, amount } => {
-                    view[from as usize] -= amount;
-                    view[to as usize] += amount;
+        let mut lines = String::new();
+        for ((op, result), seq) in ops.iter().zip(&results).zip(first..) {
+            let outcome = match result {
+                Ok(()) => "ok",
+                Err(LedgerError::Closed | LedgerError::Io { .. } | LedgerError::Full { .. }) => {
+                    return
+                }
+                Err(error) => error_kind(error),
+            };
+            if result.is_ok() {
+                match *op {
+                    ModelOp::Mint { to, amount } => view[to as usize] += amount,
+                    ModelOp::Transfer { from, to, amount } => {
+                        view[from as usize] -= amount;
+                        view[to as usize] += amount;
+                    }
                 }
             }
+            lines.push_str(&format!("A {task} {seq} {outcome}\n"));
         }
-        emit(&format!("A {task} {sequence} {outcome}\n"));
+        emit(&lines);
     }
+}
+
+/// A mint (one in five) or a transfer between two of the task's accounts, sometimes of more
+/// than the source holds.
+fn random_op(rng: &mut rand::rngs::StdRng, view: &[u64], accounts: u32) -> ModelOp {
+    if rng.gen_bool(0.2) {
+        return ModelOp::Mint {
+            to: rng.gen_range(0..accounts),
+            amount: rng.gen_range(1..1_000),
+        };
+    }
+    let from = rng.gen_range(0..accounts);
+    let mut to = rng.gen_range(0..accounts - 1);
+    if to >= from {
+        to += 1;
+    }
+    let ceiling = view[from as usize]
+        .saturating_add(view[from as usize] / 5)
+        .max(1);
+    ModelOp::Transfer {
+        from,
+        to,
+        amount: rng.gen_range(1..=ceiling),
+    }
+}
+
+async fn single(ledger: &Ledger, task: u32, op: ModelOp) -> Result<(), LedgerError> {
+    match op {
+        ModelOp::Mint { to, amount } => ledger.mint(task_key(task, to), amount).await,
+        ModelOp::Transfer { from, to, amount } => {
+            ledger
+                .transfer(task_key(task, from), task_key(task, to), amount)
+                .await
+        }
+    }
+    .map(|_| ())
 }
 
 fn error_kind(error: &LedgerError) -> &'static str {
@@ -228,6 +263,20 @@ enum ModelOp {
 }
 
 impl ModelOp {
+    fn to_op(self, task: u32) -> crate::Op {
+        match self {
+            ModelOp::Mint { to, amount } => crate::Op::Mint {
+                to: task_key(task, to),
+                amount,
+            },
+            ModelOp::Transfer { from, to, amount } => crate::Op::Transfer {
+                from: task_key(task, from),
+                to: task_key(task, to),
+                amount,
+            },
+        }
+    }
+
     fn encode(&self) -> String {
         match self {
             ModelOp::Mint { to, amount } => format!("M {to} {amount}"),
@@ -278,6 +327,45 @@ fn model_apply(model: &mut TaskModel, op: ModelOp) -> &'static str {
             "ok"
         }
     }
+}
+
+/// Whether `actual` is `model` with some of the in-flight ops applied, each wholly or not at
+/// all, and how many. The ops were decided in order as one run (a batch's members see each
+/// other), so each op's effect is what it had in that run; a crash may keep any subset of them
+/// (members of one wave of a batch become durable independently). Batches are at most 6 ops.
+fn in_flight_outcome(model: &TaskModel, pending: &[ModelOp], actual: &TaskModel) -> Option<u64> {
+    let mut decided = model.clone();
+    let effects: Vec<TaskModel> = pending
+        .iter()
+        .map(|op| {
+            let before = decided.clone();
+            model_apply(&mut decided, *op);
+            before
+                .iter()
+                .zip(&decided)
+                .map(|(old, new)| match (old, new) {
+                    (_, None) => None,
+                    (old, Some(new)) => Some(new.wrapping_sub(old.unwrap_or(0))),
+                })
+                .collect()
+        })
+        .collect();
+    (0u32..1 << pending.len()).find_map(|subset| {
+        let mut candidate = model.clone();
+        for (position, effect) in effects.iter().enumerate() {
+            if subset & (1 << position) == 0 {
+                continue;
+            }
+            for (balance, delta) in candidate.iter_mut().zip(effect) {
+                if let Some(delta) = delta {
+                    if *delta != 0 || balance.is_none() {
+                        *balance = Some(balance.unwrap_or(0).wrapping_add(*delta));
+                    }
+                }
+            }
+        }
+        (&candidate == actual).then_some(subset.count_ones() as u64)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,11 +583,13 @@ fn check_cycle(
         }
     }
     for (task, model) in models.iter_mut() {
-        let mut pending = None;
+        // The ops begun but never acknowledged: one single call, or the members of one batch.
+        let mut pending: Vec<ModelOp> = Vec::new();
         for ((session, seq), op) in begun.get(task).map(Vec::as_slice).unwrap_or(&[]) {
             match acked.get(&(*session, *task, *seq)) {
                 Some(outcome) => {
-                    if pending.take().is_some() {
+                    if !pending.is_empty() {
+                        pending.clear();
                         report.violations.push(format!("cycle {cycle} task {task}: op {seq} acknowledged after an unacknowledged one"));
                     }
                     let expected = model_apply(model, *op);
@@ -510,27 +600,17 @@ fn check_cycle(
                         ));
                     }
                 }
-                None => pending = Some(*op),
+                None => pending.push(*op),
             }
         }
         let actual = &recovered.balances[task];
-        if actual == model {
-            if pending.is_some() {
-                report.in_flight_absent += 1;
+        match in_flight_outcome(model, &pending, actual) {
+            Some(applied) => {
+                report.in_flight_applied += applied;
+                report.in_flight_absent += (pending.len() - applied as usize) as u64;
+                *model = actual.clone();
             }
-            continue;
-        }
-        let with_pending = pending.map(|op| {
-            let mut next = model.clone();
-            model_apply(&mut next, op);
-            next
-        });
-        match with_pending {
-            Some(next) if &next == actual => {
-                report.in_flight_applied += 1;
-                *model = next;
-            }
-            _ => {
+            None => {
                 report.violations.push(format!(
                     "cycle {cycle} task {task}: recovered {actual:?}, expected {model:?} (in flight: {pending:?})"
                 ));
@@ -563,5 +643,38 @@ fn check_cycle(
             "cycle {cycle}: stats count {} accounts, {existing} exist",
             recovered.accounts
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_ops_count_only_when_wholly_applied_or_absent() {
+        let model = vec![Some(10), Some(0), None];
+        let pending = [
+            ModelOp::Transfer {
+                from: 0,
+                to: 1,
+                amount: 4,
+            },
+            ModelOp::Mint { to: 2, amount: 3 },
+            // Decided after the first: 6 left, so this one succeeded too.
+            ModelOp::Transfer {
+                from: 0,
+                to: 2,
+                amount: 6,
+            },
+        ];
+        let check = |actual: TaskModel| in_flight_outcome(&model, &pending, &actual);
+        assert_eq!(check(vec![Some(10), Some(0), None]), Some(0));
+        assert_eq!(check(vec![Some(6), Some(4), None]), Some(1));
+        assert_eq!(check(vec![Some(10), Some(0), Some(3)]), Some(1));
+        assert_eq!(check(vec![Some(0), Some(4), Some(9)]), Some(3));
+        // Half a transfer, money from nowhere, a lost account: violations.
+        assert_eq!(check(vec![Some(6), Some(0), None]), None);
+        assert_eq!(check(vec![Some(10), Some(4), None]), None);
+        assert_eq!(check(vec![Some(10), Some(0), Some(4)]), None);
     }
 }
