@@ -207,6 +207,36 @@ async fn failed_rename_of_the_index_at_shutdown() {
     check_recovered(dir.path(), &history, 30).await;
 }
 
+/// Shutdown starts a fresh WAL segment before its last checkpoint; on a full disk it keeps the
+/// current one instead: the shutdown succeeds, no half-made segment is left, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_shutdown_keeps_the_current_wal_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultyIo::new();
+    // Allocation 0 of a WAL segment is the first segment, made at creation; 1 is at shutdown.
+    faults.inject(
+        FaultOp::Allocate,
+        "wal-",
+        1,
+        FaultEffect::Errno(libc::ENOSPC),
+    );
+    let ledger = Ledger::open(config(dir.path()).io(faults.clone()))
+        .await
+        .unwrap();
+    let history = mint_all(&ledger, 30).await;
+    assert!(history.errors.is_empty());
+    ledger.shutdown().await.unwrap();
+    assert_eq!(faults.fired(), 1, "the shutdown tried a new segment");
+    let segments: Vec<_> = std::fs::read_dir(dir.path().join("shard-000"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("wal-"))
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    drop(ledger);
+    check_recovered(dir.path(), &history, 30).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_growth_of_the_account_file_fails_only_that_op() {
     let dir = tempfile::tempdir().unwrap();

@@ -113,7 +113,7 @@ impl WalWriter {
 
     /// Syncs the finished segment (so a later segment never exists beside a torn earlier one)
     /// and continues in a new preallocated one.
-    pub fn rotate(&mut self, first_lsn: u64) -> Result<()> {
+    fn rotate(&mut self, first_lsn: u64) -> Result<()> {
         self.sync()?;
         let live = std::mem::take(&mut self.segments);
         *self = Self::create(
@@ -153,6 +153,34 @@ impl WalWriter {
             sync_dir(&*self.io, &self.dir)?;
         }
         Ok(removed)
+    }
+
+    /// Starts a new segment at `first_lsn` if the disk lets it: `Ok(None)` when it did;
+    /// `Ok(Some(error))` when it could not, with the writer and the directory left as they were
+    /// (a half-made segment file is removed); `Err` only when that cleanup failed.
+    pub fn try_rotate(&mut self, first_lsn: u64) -> Result<Option<LedgerError>> {
+        self.sync()?;
+        let live = self.segments.clone();
+        let error = match Self::create(
+            self.io.clone(),
+            &self.dir,
+            first_lsn,
+            self.segment_bytes,
+            live,
+        ) {
+            Ok(next) => {
+                *self = next;
+                return Ok(None);
+            }
+            Err(error) => error,
+        };
+        let path = segment_path(&self.dir, first_lsn);
+        match self.io.remove_file(&path) {
+            Ok(()) => sync_dir(&*self.io, &self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LedgerError::io(&path, e)),
+        }
+        Ok(Some(error))
     }
 
     /// Whether the current segment holds no record.
@@ -453,14 +481,21 @@ impl GroupCommit<'_> {
         if self.writer.is_empty() {
             return Ok(());
         }
-        let rotated = self.writer.rotate(next_lsn);
-        if let Err(error) = &rotated {
-            self.fail(error);
+        match self.writer.try_rotate(next_lsn) {
+            Ok(None) => {}
+            // Nothing lost: the next open replays the old segment instead of an empty one.
+            Ok(Some(error)) => {
+                tracing::warn!(%error, "could not start a new WAL segment; keeping the current one")
+            }
+            Err(error) => {
+                self.fail(&error);
+                return Err(error);
+            }
         }
         self.shared
             .live_bytes
             .store(self.writer.live_bytes(), Ordering::Relaxed);
-        rotated
+        Ok(())
     }
 
     /// Syncs if anything is unsynced; returns the LSN made durable.
