@@ -276,9 +276,7 @@ impl Ledger {
     /// * a shard's live WAL exceeds 4 x `checkpoint.wal_bytes`;
     /// * the ledger has been shut down.
     pub fn health(&self) -> Health {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let now_ms = actors::shard::unix_ms_now();
         let inner = &self.inner;
         let shards: Vec<ShardHealth> = inner
             .wals

@@ -159,7 +159,6 @@ impl Routing {
         }
         let crosses = |index: usize| placements[index].0 != placements[index].1;
         let mut members: Vec<usize> = (0..ops.len()).filter(|&i| routed[i].is_some()).collect();
-        let mut dispatched = vec![false; ops.len()];
         let mut closed = false;
         'plans: while !members.is_empty() && !closed {
             for wave in plan_waves(&ops, &members, crosses) {
@@ -177,7 +176,6 @@ impl Routing {
                         results: wave_results.clone(),
                         index: position,
                     };
-                    dispatched[planned.index] = true;
                     per_shard[shard as usize].push((shard_op, completion));
                 }
                 for (shard, shard_ops) in per_shard.into_iter().enumerate() {
@@ -201,9 +199,10 @@ impl Routing {
             }
             members.clear();
         }
-        // Mints never sent (the ledger closed under the batch) give back what they reserved.
-        for (routed, dispatched) in routed.iter().zip(dispatched) {
-            if let (Some((_, ShardOp::Mint { amount, .. })), false) = (routed, dispatched) {
+        // A mint left without a result (the ledger closed under the batch) was never sent, or
+        // was deferred and not run: it gives back what it reserved.
+        for (routed, result) in routed.iter().zip(&results) {
+            if let (Some((_, ShardOp::Mint { amount, .. })), None) = (routed, result) {
                 self.supply.fetch_sub(*amount, Ordering::AcqRel);
             }
         }

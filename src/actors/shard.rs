@@ -49,11 +49,16 @@ pub struct ShardGauges {
 
 impl ShardGauges {
     pub fn mark_checkpoint(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        self.last_checkpoint_unix_ms.store(now, Ordering::Relaxed);
+        self.last_checkpoint_unix_ms
+            .store(unix_ms_now(), Ordering::Relaxed);
     }
+}
+
+/// Milliseconds since the UNIX epoch (0 if the clock is before it).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Shared with the router and `Ledger` for figures and supply accounting.

@@ -99,7 +99,9 @@ impl WalWriter {
     /// would not fit in the current one. Does not sync.
     pub fn append(&mut self, bytes: &[u8], first_lsn: u64) -> Result<()> {
         if self.offset > 0 && self.offset + bytes.len() as u64 > self.segment_bytes {
-            self.rotate(first_lsn)?;
+            if let Some(error) = self.try_rotate(first_lsn)? {
+                return Err(error);
+            }
         }
         self.io
             .write_at(&self.file, &self.path, bytes, self.offset)
@@ -108,21 +110,6 @@ impl WalWriter {
         if let Some(entry) = self.segments.back_mut() {
             entry.2 = self.offset;
         }
-        Ok(())
-    }
-
-    /// Syncs the finished segment (so a later segment never exists beside a torn earlier one)
-    /// and continues in a new preallocated one.
-    fn rotate(&mut self, first_lsn: u64) -> Result<()> {
-        self.sync()?;
-        let live = std::mem::take(&mut self.segments);
-        *self = Self::create(
-            self.io.clone(),
-            &self.dir,
-            first_lsn,
-            self.segment_bytes,
-            live,
-        )?;
         Ok(())
     }
 
@@ -155,9 +142,10 @@ impl WalWriter {
         Ok(removed)
     }
 
-    /// Starts a new segment at `first_lsn` if the disk lets it: `Ok(None)` when it did;
-    /// `Ok(Some(error))` when it could not, with the writer and the directory left as they were
-    /// (a half-made segment file is removed); `Err` only when that cleanup failed.
+    /// Syncs the current segment (so a later segment never exists beside a torn earlier one)
+    /// and continues in a new preallocated one at `first_lsn` if the disk lets it. `Ok(None)`:
+    /// it did. `Ok(Some(error))`: it could not, and the writer and the directory are as they were
+    /// (a half-made segment file is removed). `Err`: the sync or that cleanup failed.
     pub fn try_rotate(&mut self, first_lsn: u64) -> Result<Option<LedgerError>> {
         self.sync()?;
         let live = self.segments.clone();
