@@ -10,14 +10,10 @@ use tally::storage::accounts::{AccountsFile, SlotState};
 use tally::wal::reader::scan;
 use tally::wal::record::{encode_into, AfterImage, RecordBody};
 use tally::wal::writer::{spawn_group_commit, Batch, Command, SyncPolicy, WalShared, WalWriter};
-use tally::{Config, Ledger, Op, Pubkey};
+use tally::{Config, Ledger, Op};
 
-fn key(n: u64) -> Pubkey {
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&n.to_le_bytes());
-    bytes[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    Pubkey(bytes)
-}
+mod common;
+use common::{key, mint_accounts};
 
 fn records(first_lsn: u64, count: u64) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -176,16 +172,7 @@ fn end_to_end(c: &mut Criterion) {
         let ledger = Ledger::open(Config::new(dir.path()).initial_slots(accounts))
             .await
             .unwrap();
-        for chunk in (0..accounts).collect::<Vec<_>>().chunks(8192) {
-            let ops = chunk
-                .iter()
-                .map(|&n| Op::Mint {
-                    to: key(n),
-                    amount: 1 << 40,
-                })
-                .collect();
-            ledger.submit(ops).await.unwrap();
-        }
+        mint_accounts(&ledger, accounts, 1 << 40).await;
         ledger
     });
     let counter = AtomicU64::new(0);

@@ -12,47 +12,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use tally::{Config, Durability, Ledger, Op, Pubkey};
+use tally::{Config, Durability, Ledger};
 
-fn key(n: u64) -> Pubkey {
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&n.to_le_bytes());
-    bytes[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    Pubkey(bytes)
-}
+mod common;
+use common::{env_or, mint_accounts, peak_rss_mb};
 
 fn config(dir: &Path) -> Config {
     Config::new(dir)
         .durability(Durability::Sync)
         .checkpoint_interval_ms(3_600_000)
         .checkpoint_wal_bytes(1 << 40)
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-async fn mint(ledger: &Ledger, accounts: u64) {
-    let mut next = 0;
-    while next < accounts {
-        let end = (next + 8192).min(accounts);
-        let ops = (next..end)
-            .map(|n| Op::Mint {
-                to: key(n),
-                amount: 1_000,
-            })
-            .collect();
-        for result in ledger.submit(ops).await.unwrap() {
-            result.unwrap();
-        }
-        next = end;
-    }
 }
 
 /// The child: mint `accounts` into `dir`, report, then wait to be killed (or shut down cleanly).
@@ -66,7 +35,7 @@ fn child(mode: &str, dir: &Path, accounts: u64) {
         let ledger = Ledger::open(config(dir).initial_slots(accounts / 2 + 1024))
             .await
             .unwrap();
-        mint(&ledger, accounts).await;
+        mint_accounts(&ledger, accounts, 1_000).await;
         match mode {
             "crash" => {
                 println!("filled");
@@ -113,10 +82,7 @@ fn main() {
         child(&mode, Path::new(&dir), accounts);
         return;
     }
-    let accounts: u64 = std::env::var("TALLY_BENCH_ACCOUNTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let accounts = env_or("TALLY_BENCH_ACCOUNTS", 1_000_000);
     let root = tempfile::Builder::new()
         .prefix("tally-recovery-")
         .tempdir_in(".")

@@ -6,21 +6,10 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use tally::{Config, Durability, Ledger, Op, Pubkey};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn key(n: u64) -> Pubkey {
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&n.to_le_bytes());
-    bytes[8..16].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    Pubkey(bytes)
-}
+mod common;
+use common::{env_or, key, mint_accounts, peak_rss_mb, status_mb};
+use tally::{Config, Durability, Ledger, Op};
 
 struct Latencies(Vec<Duration>);
 
@@ -62,23 +51,6 @@ fn fsync_floor(dir: &std::path::Path, count: usize) -> Latencies {
         latencies.push(started.elapsed());
     }
     Latencies(latencies)
-}
-
-async fn mint_accounts(ledger: &Ledger, accounts: u64) {
-    let mut next = 0;
-    while next < accounts {
-        let end = (next + 8192).min(accounts);
-        let ops = (next..end)
-            .map(|n| Op::Mint {
-                to: key(n),
-                amount: 1_000_000,
-            })
-            .collect();
-        for result in ledger.submit(ops).await.unwrap() {
-            result.unwrap();
-        }
-        next = end;
-    }
 }
 
 async fn sequential(ledger: &Ledger, accounts: u64, count: usize) -> Latencies {
@@ -175,10 +147,6 @@ async fn batches(
     )
 }
 
-fn peak_rss_mb() -> f64 {
-    status_mb("VmHWM:")
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -206,7 +174,7 @@ fn main() {
             .initial_slots(accounts / 2 + 1024);
         let ledger = Ledger::open(config.clone()).await.unwrap();
         let started = Instant::now();
-        mint_accounts(&ledger, accounts).await;
+        mint_accounts(&ledger, accounts, 1_000_000).await;
         println!(
             "mint {accounts} accounts in batches of 8192: {:.0}/s",
             accounts as f64 / started.elapsed().as_secs_f64()
@@ -259,16 +227,6 @@ fn rss_line() -> String {
         status_mb("RssFile:"),
         peak_rss_mb()
     )
-}
-
-fn status_mb(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Peak and current RSS after every million transfers at a fixed account count: flat after

@@ -178,16 +178,12 @@ impl<E: std::fmt::Display> From<E> for CliError {
 fn main() {
     let cli = Cli::parse();
     init_logging();
-    let code = match cli.command {
-        Command::Crashtest(args) => tally::crashtest::run_campaign_main(args),
-        Command::CrashWorker(args) => tally::crashtest::run_worker_main(args),
-        command => match run(command) {
-            Ok(code) => code,
-            Err(CliError(message)) => {
-                eprintln!("error: {message}");
-                1
-            }
-        },
+    let code = match run(cli.command) {
+        Ok(code) => code,
+        Err(CliError(message)) => {
+            eprintln!("error: {message}");
+            1
+        }
     };
     std::process::exit(code);
 }
@@ -199,7 +195,7 @@ fn run(command: Command) -> Result<i32, CliError> {
         Command::Load(args) => runtime()?.block_on(load(args)),
         Command::Mint { dir, key, amount } => {
             let to = parse_key(&key)?;
-            runtime()?.block_on(with_ledger(&dir, |ledger| async move {
+            runtime()?.block_on(with_ledger(dir.config()?, |ledger| async move {
                 let receipt = ledger.mint(to, amount).await?;
                 let balance = balance_of(&ledger, &to).await?;
                 Ok(format!(
@@ -215,8 +211,8 @@ fn run(command: Command) -> Result<i32, CliError> {
             amount,
         } => {
             let (from, to) = (parse_key(&from)?, parse_key(&to)?);
-            require_existing(&dir)?;
-            runtime()?.block_on(with_ledger(&dir, |ledger| async move {
+            let config = existing(&dir)?;
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
                 let receipt = ledger.transfer(from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
@@ -228,8 +224,8 @@ fn run(command: Command) -> Result<i32, CliError> {
         }
         Command::Account { dir, key } => {
             let key = parse_key(&key)?;
-            require_existing(&dir)?;
-            runtime()?.block_on(with_ledger(&dir, |ledger| async move {
+            let config = existing(&dir)?;
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
                 let account = ledger
                     .account(&key)
                     .await?
@@ -240,8 +236,9 @@ fn run(command: Command) -> Result<i32, CliError> {
                 ))
             }))
         }
-        // Dispatched in `main`: they build their own runtimes and report their own errors.
-        Command::Crashtest(_) | Command::CrashWorker(_) => Ok(2),
+        // They build their own runtimes and report their own errors.
+        Command::Crashtest(args) => Ok(tally::crashtest::run_campaign_main(args)),
+        Command::CrashWorker(args) => Ok(tally::crashtest::run_worker_main(args)),
     }
 }
 
@@ -273,11 +270,13 @@ fn parse_key(text: &str) -> Result<Pubkey, CliError> {
         .map_err(|e| CliError(format!("bad key {text:?}: {e}")))
 }
 
-/// `transfer` and `account` need a ledger: they must not create an empty directory.
-fn require_existing(dir: &DirArgs) -> Result<(), CliError> {
-    let data_dir = dir.data_dir()?;
+/// The configuration of `transfer` and `account`, which need a ledger: they must not create an
+/// empty directory.
+fn existing(dir: &DirArgs) -> Result<Config, CliError> {
+    let config = dir.config()?;
+    let data_dir = config.get_data_dir();
     if data_dir.exists() {
-        return Ok(());
+        return Ok(config);
     }
     Err(CliError(format!(
         "no data directory at {} (tally mint or tally load creates one)",
@@ -287,12 +286,12 @@ fn require_existing(dir: &DirArgs) -> Result<(), CliError> {
 
 /// Opens the ledger, runs `body`, shuts the ledger down whatever `body` returned, and only then
 /// prints what `body` produced.
-async fn with_ledger<F, Fut>(dir: &DirArgs, body: F) -> Result<i32, CliError>
+async fn with_ledger<F, Fut>(config: Config, body: F) -> Result<i32, CliError>
 where
     F: FnOnce(Ledger) -> Fut,
     Fut: std::future::Future<Output = Result<String, CliError>>,
 {
-    let ledger = Ledger::open(dir.config()?).await?;
+    let ledger = Ledger::open(config).await?;
     let result = body(ledger.clone()).await;
     let closed = ledger.shutdown().await;
     let output = result?;
@@ -598,18 +597,17 @@ async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
     let mut left = work.transfers;
     while left > 0 {
         let size = left.min(work.batch as u64) as usize;
-        let ops: Vec<Op> = (0..size)
+        let transfers: Vec<(Pubkey, Pubkey, u64)> = (0..size)
             .map(|_| random_transfer(&mut rng, &work.keys, &work.picker))
             .collect();
         let started = Instant::now();
-        let results = if work.batch == 1 {
-            match ops[0] {
-                Op::Transfer { from, to, amount } => {
-                    vec![work.ledger.transfer(from, to, amount).await]
-                }
-                Op::Mint { to, amount } => vec![work.ledger.mint(to, amount).await],
-            }
+        let results = if let [(from, to, amount)] = transfers[..] {
+            vec![work.ledger.transfer(from, to, amount).await]
         } else {
+            let ops = transfers
+                .into_iter()
+                .map(|(from, to, amount)| Op::Transfer { from, to, amount })
+                .collect();
             work.ledger.submit(ops).await?
         };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -629,17 +627,18 @@ async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
     Ok(outcome)
 }
 
-fn random_transfer(rng: &mut impl Rng, keys: &[Pubkey], picker: &Picker) -> Op {
+/// (from, to, amount) between two distinct accounts.
+fn random_transfer(rng: &mut impl Rng, keys: &[Pubkey], picker: &Picker) -> (Pubkey, Pubkey, u64) {
     let from = picker.pick(rng);
     let mut to = picker.pick(rng);
     while to == from {
         to = picker.pick(rng);
     }
-    Op::Transfer {
-        from: keys[from],
-        to: keys[to],
-        amount: rng.gen_range(1..=LOAD_TRANSFER_AMOUNT_MAX),
-    }
+    (
+        keys[from],
+        keys[to],
+        rng.gen_range(1..=LOAD_TRANSFER_AMOUNT_MAX),
+    )
 }
 
 /// Picks account indexes, uniformly or by a zipf law over ranks (index = rank).
@@ -689,7 +688,7 @@ async fn read_back(ledger: &Ledger, keys: &std::sync::Arc<Vec<Pubkey>>) -> Resul
         tasks.push(tokio::spawn(async move {
             let mut sum = 0u128;
             for key in &keys[start..(start + chunk).min(keys.len())] {
-                sum += ledger.account(key).await?.map_or(0, |a| a.balance) as u128;
+                sum += balance_of(&ledger, key).await? as u128;
             }
             Ok::<u128, LedgerError>(sum)
         }));
