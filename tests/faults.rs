@@ -5,9 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally::storage::io::{FaultEffect, FaultOp, FaultyIo};
+use tally::storage::shard_dir;
+use tally::wal::reader::list_segments;
 use tally::{Config, Ledger, LedgerError, Pubkey};
 
 fn key(n: u32) -> Pubkey {
@@ -18,6 +21,21 @@ fn key(n: u32) -> Pubkey {
 
 fn config(dir: &Path) -> Config {
     Config::new(dir).shards(1).initial_slots(4)
+}
+
+/// A fresh directory and a configuration whose file operations fail once: on the `skip + 1`-th
+/// call of `op` on a path containing `path`.
+fn faulty(
+    op: FaultOp,
+    path: &str,
+    skip: u64,
+    effect: FaultEffect,
+) -> (tempfile::TempDir, Arc<FaultyIo>, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultyIo::new();
+    faults.inject(op, path, skip, effect);
+    let config = config(dir.path()).io(faults.clone());
+    (dir, faults, config)
 }
 
 async fn reopen(dir: &Path) -> Ledger {
@@ -94,12 +112,8 @@ async fn check_recovered(dir: &Path, history: &History, count: u32) {
 }
 
 async fn run_wal_fault(op: FaultOp, effect: FaultEffect, expect_full: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultyIo::new();
-    faults.inject(op, "wal-", 25, effect);
-    let ledger = Ledger::open(config(dir.path()).io(faults.clone()))
-        .await
-        .unwrap();
+    let (dir, faults, config) = faulty(op, "wal-", 25, effect);
+    let ledger = Ledger::open(config).await.unwrap();
     let history = mint_all(&ledger, 60).await;
     assert_eq!(faults.fired(), 1, "the fault fired");
     assert!(
@@ -154,18 +168,14 @@ async fn torn_wal_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_msync_in_a_checkpoint_stops_the_shard_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultyIo::new();
     // Creating the file flushes twice (header, then everything); the third flush is the checkpoint.
-    faults.inject(
+    let (dir, _, config) = faulty(
         FaultOp::FlushMap,
         "accounts.dat",
         2,
         FaultEffect::Errno(libc::EIO),
     );
-    let ledger = Ledger::open(config(dir.path()).io(faults.clone()))
-        .await
-        .unwrap();
+    let ledger = Ledger::open(config).await.unwrap();
     let history = mint_all(&ledger, 20).await;
     assert!(history.uncertain.is_empty());
     let error = ledger.checkpoint().await.unwrap_err();
@@ -185,17 +195,13 @@ async fn failed_msync_in_a_checkpoint_stops_the_shard_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_rename_of_the_index_at_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultyIo::new();
-    faults.inject(
+    let (dir, _, config) = faulty(
         FaultOp::Rename,
         "index.bin",
         0,
         FaultEffect::Errno(libc::EIO),
     );
-    let ledger = Ledger::open(config(dir.path()).io(faults.clone()))
-        .await
-        .unwrap();
+    let ledger = Ledger::open(config).await.unwrap();
     let history = mint_all(&ledger, 30).await;
     let error = ledger.shutdown().await.unwrap_err();
     assert!(
@@ -211,27 +217,19 @@ async fn failed_rename_of_the_index_at_shutdown() {
 /// current one instead: the shutdown succeeds, no half-made segment is left, nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_at_shutdown_keeps_the_current_wal_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultyIo::new();
     // Allocation 0 of a WAL segment is the first segment, made at creation; 1 is at shutdown.
-    faults.inject(
+    let (dir, faults, config) = faulty(
         FaultOp::Allocate,
         "wal-",
         1,
         FaultEffect::Errno(libc::ENOSPC),
     );
-    let ledger = Ledger::open(config(dir.path()).io(faults.clone()))
-        .await
-        .unwrap();
+    let ledger = Ledger::open(config).await.unwrap();
     let history = mint_all(&ledger, 30).await;
     assert!(history.errors.is_empty());
     ledger.shutdown().await.unwrap();
     assert_eq!(faults.fired(), 1, "the shutdown tried a new segment");
-    let segments: Vec<_> = std::fs::read_dir(dir.path().join("shard-000"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.starts_with("wal-"))
-        .collect();
+    let segments = list_segments(&shard_dir(dir.path(), 0)).unwrap();
     assert_eq!(segments.len(), 1, "{segments:?}");
     drop(ledger);
     check_recovered(dir.path(), &history, 30).await;
@@ -239,18 +237,14 @@ async fn a_full_disk_at_shutdown_keeps_the_current_wal_segment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_growth_of_the_account_file_fails_only_that_op() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultyIo::new();
     // Allocation 1 creates the file; allocation 2 is the first growth.
-    faults.inject(
+    let (dir, _, config) = faulty(
         FaultOp::Allocate,
         "accounts.dat",
         1,
         FaultEffect::Errno(libc::ENOSPC),
     );
-    let ledger = Ledger::open(config(dir.path()).io(faults.clone()))
-        .await
-        .unwrap();
+    let ledger = Ledger::open(config).await.unwrap();
     for n in 0..4 {
         ledger.mint(key(n), 10).await.unwrap();
     }
@@ -273,17 +267,13 @@ async fn failed_growth_of_the_account_file_fails_only_that_op() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_manifest_rename_at_creation_leaves_a_directory_that_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultyIo::new();
-    faults.inject(
+    let (dir, _, config) = faulty(
         FaultOp::Rename,
         "MANIFEST",
         0,
         FaultEffect::Errno(libc::EIO),
     );
-    let error = Ledger::open(config(dir.path()).io(faults))
-        .await
-        .unwrap_err();
+    let error = Ledger::open(config).await.unwrap_err();
     assert!(
         matches!(&error, LedgerError::Io { path, .. } if path.ends_with("MANIFEST")),
         "{error:?}"
