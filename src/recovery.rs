@@ -14,7 +14,7 @@ use crate::storage::io::FileIo;
 use crate::storage::lock::DirLock;
 use crate::storage::manifest::Manifest;
 use crate::storage::{create_private_dir, index, shard_dir, sync_dir};
-use crate::wal::reader::{self, Segment, Tail};
+use crate::wal::reader;
 use crate::wal::writer::WalWriter;
 
 /// A shard ready to run: its state and its WAL positioned after the last record.
@@ -144,13 +144,7 @@ fn recover_shard(
     let floor = header.checkpoint_lsn + 1;
     sync_segments(&*config.io, &dir)?;
     let scan = reader::scan(&dir, floor)?;
-    check_continuity(
-        &dir,
-        &header,
-        &scan.segments,
-        &scan.tail,
-        scan.records.first().map(|r| r.0),
-    )?;
+    reader::check_continuity(&dir, header.checkpoint_lsn, &scan)?;
     let mut state = ShardState::new(accounts, header, slots.index, &dir);
     let mut debits = Vec::new();
     for (lsn, body) in &scan.records {
@@ -246,44 +240,6 @@ fn sync_segments(io: &dyn FileIo, dir: &Path) -> Result<()> {
         std::fs::File::open(&segment.path)
             .and_then(|file| io.sync_all(&file, &segment.path))
             .map_err(|e| LedgerError::io(&segment.path, e))?;
-    }
-    Ok(())
-}
-
-/// The WAL must hold every record after the checkpoint.
-fn check_continuity(
-    dir: &Path,
-    header: &Header,
-    segments: &[Segment],
-    tail: &Tail,
-    first_lsn: Option<u64>,
-) -> Result<()> {
-    let checkpoint = header.checkpoint_lsn;
-    if let Some(first) = first_lsn.or_else(|| segments.first().map(|s| s.first_lsn)) {
-        if first > checkpoint + 1 {
-            let path = segments
-                .first()
-                .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
-            return Err(LedgerError::corrupt(
-                path,
-                0,
-                format!("WAL starts at LSN {first} but the checkpoint is at {checkpoint}: records are missing"),
-            ));
-        }
-    }
-    if tail.next_lsn <= checkpoint {
-        let path = tail
-            .segment
-            .as_ref()
-            .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
-        return Err(LedgerError::corrupt(
-            path,
-            tail.offset,
-            format!(
-                "WAL ends at LSN {} but the checkpoint is at {checkpoint}",
-                tail.next_lsn - 1
-            ),
-        ));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Offline integrity check and description of a data directory (`tally verify`, `tally inspect`).
 //!
-//! Both only read: files are read whole with `std::fs::read` and decoded with the storage and WAL
-//! decoders. Nothing here opens a file for writing, maps it, or calls recovery. The one side
+//! Both only read: files are read with `std::fs` (the WAL through `wal::reader::scan`, the rest
+//! whole) and decoded with the storage and WAL decoders. Nothing here opens a file for writing, maps it, or calls recovery. The one side
 //! effect is a shared `flock` on `LOCK`, held while `verify` reads so that no ledger can open the
 //! directory half-way through; a ledger that already holds it is reported, and the check runs
 //! anyway.
@@ -17,7 +17,8 @@
 //!    slots must be repaired by them, no key may move slot, and the balances must then sum to
 //!    the header's checkpoint sum plus the records' deltas.
 //! 5. `index.bin`, when recovery would trust it, maps every key to the slot that holds it.
-//! 6. Every credit matches the debit it claims to settle (or that debit is already truncated);
+//! 6. No credit watermark is above what its source shard logged, every credit matches the debit
+//!    it claims to settle (or that debit is already truncated);
 //!    debits not yet credited are owed and settled at the next open, so they count towards the
 //!    total supply: sum of balances + owed credits.
 //!
@@ -726,21 +727,8 @@ fn read_wal(dir: &Path, header: &Header, findings: &mut Findings) -> Option<WalS
             return None;
         }
     };
-    let first = scan
-        .records
-        .first()
-        .map(|r| r.0)
-        .or_else(|| scan.segments.first().map(|s| s.first_lsn));
-    if let Some(first) = first.filter(|&first| first > checkpoint.saturating_add(1)) {
-        let path = scan
-            .segments
-            .first()
-            .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
-        findings.problem(Finding::at(
-            &path,
-            0,
-            format!("WAL starts at LSN {first} but the checkpoint is at {checkpoint}: records are missing"),
-        ));
+    if let Err(error) = reader::check_continuity(dir, checkpoint, &scan) {
+        findings.problem(Finding::from_error(&error, dir));
         return None;
     }
     let tail_path = scan
@@ -748,17 +736,6 @@ fn read_wal(dir: &Path, header: &Header, findings: &mut Findings) -> Option<WalS
         .segment
         .as_ref()
         .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
-    if scan.tail.next_lsn <= checkpoint {
-        findings.problem(Finding::at(
-            &tail_path,
-            scan.tail.offset,
-            format!(
-                "WAL ends at LSN {} but the checkpoint is at {checkpoint}",
-                scan.tail.next_lsn.saturating_sub(1)
-            ),
-        ));
-        return None;
-    }
     if let Some(reason) = &scan.tail.torn {
         // Nothing is written after a clean shutdown marks the header, so a torn tail there is
         // damage; otherwise it is the unacknowledged write a crash interrupted.
@@ -816,7 +793,8 @@ fn walk_segment(bytes: &[u8]) -> SegmentWalk {
 }
 
 /// Segments are preallocated with zeros and only appended to, so after the last record there
-/// must be nothing but zeros; `scan` stops at the first zero header and does not look further.
+/// must be nothing but zeros. `scan` checks that too, but reports only whether a valid record
+/// follows; this names the offset of whatever else is there.
 fn check_segment_tails(segments: &[Segment], clean: bool, findings: &mut Findings) {
     for (position, segment) in segments.iter().enumerate() {
         let bytes = match std::fs::read(&segment.path) {
@@ -901,7 +879,8 @@ fn replay_shard<'a>(
         written: HashMap::new(),
         touched: HashSet::new(),
         index: HashMap::new(),
-        slot_count: header.slot_count,
+        // A header may claim more slots than the file holds (reported when it was read).
+        slot_count: header.slot_count.min(slots.len() as u64),
         applied: header.applied.clone(),
         book_sum: i128::try_from(header.balance_sum).unwrap_or(i128::MAX),
         debits: Vec::new(),
@@ -1252,6 +1231,7 @@ fn check_credits(shards: &[ShardCheck], findings: &mut Findings) -> Owed {
         }
     }
     for target in shards {
+        check_watermarks(shards, target, findings);
         for credit in &target.credits {
             if let Some(message) = credit_mismatch(shards, target.shard, credit) {
                 let (path, offset) = target
@@ -1268,11 +1248,44 @@ fn check_credits(shards: &[ShardCheck], findings: &mut Findings) -> Owed {
     owed
 }
 
+/// A target's credit watermark above its source's last LSN means the source lost durable
+/// records (recovery refuses such a directory). Credit records left in the target's WAL are
+/// checked one by one in [`credit_mismatch`]; this catches what a checkpoint folded into the
+/// header.
+fn check_watermarks(shards: &[ShardCheck], target: &ShardCheck, findings: &mut Findings) {
+    for (source_shard, &credited) in target.applied.iter().enumerate() {
+        let Some(source) = shards.get(source_shard) else {
+            continue;
+        };
+        let Some(wal) = &source.wal else {
+            continue;
+        };
+        let reported_by_record = target
+            .credits
+            .iter()
+            .any(|c| c.source_shard as usize == source_shard && c.source_lsn > source.last_lsn);
+        if credited <= source.last_lsn || reported_by_record {
+            continue;
+        }
+        let path = wal
+            .tail
+            .segment
+            .as_ref()
+            .map_or_else(PathBuf::new, |s| s.path.clone());
+        findings.problem(Finding::file(
+            &path,
+            format!(
+                "shard {} credited debit LSN {credited} of shard {source_shard}, whose WAL ends at LSN {}: durable records were lost",
+                target.shard, source.last_lsn
+            ),
+        ));
+    }
+}
+
 /// Why `credit`, logged by shard `target`, does not settle a debit of its source shard.
 fn credit_mismatch(shards: &[ShardCheck], target: u32, credit: &CreditRecord) -> Option<String> {
     let source = shards.get(credit.source_shard as usize)?;
     let wal = source.wal.as_ref()?;
-    let first = wal.records.first().map(|r| r.0)?;
     let lsn = credit.source_lsn;
     if lsn > source.last_lsn {
         return Some(format!(
@@ -1280,6 +1293,7 @@ fn credit_mismatch(shards: &[ShardCheck], target: u32, credit: &CreditRecord) ->
             credit.source_shard, source.last_lsn
         ));
     }
+    let first = wal.records.first().map(|r| r.0)?;
     // Below the first record left in the source's WAL: the debit was truncated after a checkpoint.
     let position = usize::try_from(lsn.checked_sub(first)?).ok()?;
     let (_, body) = wal.records.get(position)?;
@@ -1461,7 +1475,10 @@ impl fmt::Display for Inspection {
                 unclean.join(", ")
             )?;
         }
-        let accounts: u64 = headers.iter().map(|h| h.slot_count).sum();
+        // Headers pass their CRC but may still hold nonsense: sums saturate.
+        let accounts = headers
+            .iter()
+            .fold(0u64, |sum, h| sum.saturating_add(h.slot_count));
         let replay: u64 = self
             .shards
             .iter()
@@ -1473,7 +1490,9 @@ impl fmt::Display for Inspection {
             group_digits(accounts as u128),
             group_digits(replay as u128)
         )?;
-        let balance: u128 = headers.iter().map(|h| h.balance_sum).sum();
+        let balance = headers
+            .iter()
+            .fold(0u128, |sum, h| sum.saturating_add(h.balance_sum));
         writeln!(
             f,
             "balances         {} at the last checkpoint",
@@ -1528,8 +1547,10 @@ impl fmt::Display for Inspection {
                 ),
                 group_digits(shard.wal_records as u128),
                 header.map_or_else(dash, |h| group_digits(h.checkpoint_lsn as u128)),
+                // An empty WAL (as a clean shutdown leaves it) ends at the checkpoint.
                 shard
                     .last_lsn
+                    .or(header.map(|h| h.checkpoint_lsn))
                     .map_or_else(dash, |lsn| group_digits(lsn as u128)),
                 header.map_or_else(dash, |h| if h.clean { "yes" } else { "no" }.into()),
             )?;

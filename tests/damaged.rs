@@ -349,3 +349,33 @@ async fn a_creation_interrupted_before_its_manifest_starts_over() {
         Err(LedgerError::Corrupt { .. })
     ));
 }
+
+/// A credit watermark above everything its source ever logged means the source lost durable
+/// records: `verify` and `open` both refuse the directory, even after a clean shutdown left no
+/// WAL record to compare against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_past_the_source_wal_is_reported_by_verify_and_open() {
+    let dir = clean_dir().await;
+    let accounts_path = dir.path().join("shard-001").join("accounts.dat");
+    {
+        let io = tally::storage::io::real();
+        let (mut accounts, mut header) =
+            tally::storage::accounts::AccountsFile::open(io, &accounts_path, 1, 2).unwrap();
+        header.applied[0] = 1_000_000;
+        header.generation += 1;
+        accounts.write_header(&header).unwrap();
+    }
+    let report = tally::verify::verify(dir.path()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p
+            .to_string()
+            .contains("credited debit LSN 1000000 of shard 0")),
+        "{report}"
+    );
+    match open(dir.path()).await {
+        Err(LedgerError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("credited debit LSN 1000000"), "{reason}")
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}

@@ -131,6 +131,43 @@ pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
     })
 }
 
+/// Checks that a scanned WAL holds every record after checkpoint `checkpoint_lsn`: it must not
+/// start after the checkpoint nor end before it. Used by recovery and by `tally verify`.
+pub fn check_continuity(dir: &Path, checkpoint_lsn: u64, scan: &WalScan) -> Result<()> {
+    let first = scan
+        .records
+        .first()
+        .map(|record| record.0)
+        .or_else(|| scan.segments.first().map(|s| s.first_lsn));
+    if let Some(first) = first.filter(|&first| first > checkpoint_lsn.saturating_add(1)) {
+        let path = scan
+            .segments
+            .first()
+            .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
+        return Err(LedgerError::corrupt(
+            path,
+            0,
+            format!("WAL starts at LSN {first} but the checkpoint is at {checkpoint_lsn}: records are missing"),
+        ));
+    }
+    if scan.tail.next_lsn <= checkpoint_lsn {
+        let path = scan
+            .tail
+            .segment
+            .as_ref()
+            .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
+        return Err(LedgerError::corrupt(
+            path,
+            scan.tail.offset,
+            format!(
+                "WAL ends at LSN {} but the checkpoint is at {checkpoint_lsn}",
+                scan.tail.next_lsn.saturating_sub(1)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 struct Stop {
     offset: usize,
     invalid: Option<String>,
