@@ -64,6 +64,8 @@ proptest! {
             bytes[position] ^= mask;
         }
         decode_everything(&bytes);
+        // Two flips of the same byte can cancel out: only a record that really changed must fail.
+        prop_assume!(bytes != original);
         prop_assert!(!matches!(record::decode(&bytes), record::Decoded::Record { .. }), "a mutated record decoded");
         let cut = cut % original.len();
         decode_everything(&original[..cut]);
