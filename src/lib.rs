@@ -44,6 +44,7 @@ pub mod actors;
 mod config;
 pub mod crashtest;
 mod error;
+pub mod judge;
 pub mod recovery;
 pub mod state;
 pub mod storage;

@@ -1,5 +1,6 @@
-//! Opening a data directory: lock, MANIFEST, per-shard recovery (header, index, WAL replay), and
-//! the resolution of cross-shard credits that a crash left owed. Runs before any actor starts.
+//! Opening a data directory: lock, MANIFEST, then the whole directory judged by the rules in
+//! [`crate::judge`] before the first byte is written; only then are replayed slots written, torn
+//! WAL tails cut, owed credits applied and headers updated. Runs before any actor starts.
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,12 +9,15 @@ use rand::RngCore;
 
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
-use crate::state::{scan_index, ReplayedDebit, ShardState, SlotScan};
-use crate::storage::accounts::{AccountsFile, Header};
+use crate::judge::{self, JudgedShard, OwedCredit};
+use crate::state::ShardState;
+use crate::storage::accounts::AccountsFile;
 use crate::storage::io::FileIo;
 use crate::storage::lock::DirLock;
 use crate::storage::manifest::Manifest;
-use crate::storage::{create_private_dir, index, shard_dir, sync_dir};
+use crate::storage::{
+    create_private_dir, index, shard_dir, sync_dir, ACCOUNTS_FILE, MANIFEST_FILE,
+};
 use crate::wal::reader;
 use crate::wal::writer::WalWriter;
 
@@ -39,40 +43,22 @@ pub fn open(config: &Config) -> Result<Recovered> {
     let data_dir = config.data_dir.as_path();
     create_private_dir(data_dir)?;
     let lock = DirLock::acquire(data_dir)?;
-    let (manifest, created) = load_or_create_manifest(config)?;
-    let shard_count = manifest.shard_count;
-    let mut shards = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shard_count)
-            .map(|shard| scope.spawn(move || recover_shard(config, shard, shard_count, created)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    Err(LedgerError::Config("a recovery thread panicked".into()))
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    let debits: Vec<Vec<ReplayedDebit>> = shards
-        .iter_mut()
-        .map(|s| std::mem::take(&mut s.1))
-        .collect();
-    let mut shards: Vec<RecoveredShard> = shards.into_iter().map(|(shard, _)| shard).collect();
-    let resent_credits = resolve_credits(&mut shards, &debits)?;
-    if created {
-        // Written last: until it exists, an interrupted creation is simply started over.
-        manifest.write(&*config.io, &data_dir.join("MANIFEST"))?;
-    }
-    for shard in &mut shards {
-        shard.state.mark_open()?;
-    }
+    let manifest_path = data_dir.join(MANIFEST_FILE);
+    let (manifest, shards, resent_credits) = if manifest_path.exists() {
+        let manifest = read_manifest(config, &manifest_path)?;
+        let (shards, resent) = recover_shards(config, &manifest)?;
+        (manifest, shards, resent)
+    } else {
+        judge::judge_creation_leftovers(data_dir)?;
+        let (manifest, shards) = create(config)?;
+        (manifest, shards, 0)
+    };
     sync_dir(&*config.io, data_dir)?;
     let replayed: u64 = shards.iter().map(|s| s.replayed_records).sum();
     let elapsed = started.elapsed();
     metrics::histogram!("tally_recovery_duration_seconds").record(elapsed.as_secs_f64());
     tracing::info!(
-        shards = shard_count,
+        shards = manifest.shard_count,
         replayed_records = replayed,
         resent_credits,
         millis = elapsed.as_millis() as u64,
@@ -86,89 +72,153 @@ pub fn open(config: &Config) -> Result<Recovered> {
     })
 }
 
-fn load_or_create_manifest(config: &Config) -> Result<(Manifest, bool)> {
-    let path = config.data_dir.join("MANIFEST");
-    if path.exists() {
-        let manifest = Manifest::read(&path)?;
-        if let Some(wanted) = config.shards {
-            if wanted != manifest.shard_count {
-                return Err(LedgerError::Config(format!(
-                    "{} has {} shards; the configuration asks for {wanted}",
-                    config.data_dir.display(),
-                    manifest.shard_count
-                )));
-            }
+fn read_manifest(config: &Config, path: &Path) -> Result<Manifest> {
+    let manifest = Manifest::read(path)?;
+    if let Some(wanted) = config.shards {
+        if wanted != manifest.shard_count {
+            return Err(LedgerError::Config(format!(
+                "{} has {} shards; the configuration asks for {wanted}",
+                config.data_dir.display(),
+                manifest.shard_count
+            )));
         }
-        return Ok((manifest, false));
     }
-    if holds_records(&config.data_dir)? {
-        return Err(LedgerError::corrupt(
-            &path,
-            0,
-            "MANIFEST is missing but shard WALs hold records",
-        ));
+    Ok(manifest)
+}
+
+/// Judges every shard, then the shards together; writes only once all of it has passed.
+fn recover_shards(config: &Config, manifest: &Manifest) -> Result<(Vec<RecoveredShard>, u64)> {
+    let shard_count = manifest.shard_count;
+    let judged = in_parallel(&config.data_dir, shard_count, |shard| {
+        judge_one(config, shard, shard_count)
+    })?;
+    let (files, judged): (Vec<AccountsFile>, Vec<JudgedShard>) = judged.into_iter().unzip();
+    let owed = judge::judge_ledger(&judged)?;
+    // Judged: from here on the directory is written.
+    let mut shards = Vec::with_capacity(judged.len());
+    for (accounts, judged) in files.into_iter().zip(judged) {
+        shards.push(apply_shard(config, accounts, judged)?);
     }
-    // A new ledger, or a creation that crashed before its MANIFEST (the commit point) was written.
+    let resent = resolve_credits(&mut shards, &owed)?;
+    for shard in &mut shards {
+        shard.state.mark_open()?;
+    }
+    Ok((shards, resent))
+}
+
+/// Runs `work` for every shard on its own thread; the first error (in shard order) wins.
+fn in_parallel<T: Send>(
+    data_dir: &Path,
+    shard_count: u32,
+    work: impl Fn(u32) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shard_count)
+            .map(|shard| (shard, scope.spawn(move || work(shard))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(shard, handle)| {
+                handle.join().unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(LedgerError::corrupt(
+                        shard_dir(data_dir, shard),
+                        0,
+                        format!("judging this shard panicked (a bug in tally, please report it): {message}"),
+                    ))
+                })
+            })
+            .collect()
+    })
+}
+
+/// Opens a shard's account file (without writing to it) and judges the shard.
+fn judge_one(config: &Config, shard: u32, shard_count: u32) -> Result<(AccountsFile, JudgedShard)> {
+    let _span = tracing::info_span!("judge_shard", shard).entered();
+    let dir = shard_dir(&config.data_dir, shard);
+    let (accounts, _) = AccountsFile::open(
+        config.io.clone(),
+        &dir.join(ACCOUNTS_FILE),
+        shard,
+        shard_count,
+    )?;
+    sync_segments(&*config.io, &dir)?;
+    let judged = judge::judge_shard(&dir, accounts.view(), shard, shard_count)?;
+    Ok((accounts, judged))
+}
+
+/// Writes what the judgement of one shard requires: replayed slots, and the WAL's torn tail cut.
+fn apply_shard(
+    config: &Config,
+    accounts: AccountsFile,
+    judged: JudgedShard,
+) -> Result<RecoveredShard> {
+    let shard = judged.shard;
+    let replayed_records = judged.replayed();
+    let dir = judged.dir.clone();
+    let segments = judged.wal.segments.clone();
+    let tail = judged.wal.tail.clone();
+    if let Some(reason) = &tail.torn {
+        tracing::warn!(
+            shard,
+            offset = tail.offset,
+            reason,
+            "cutting a torn WAL tail"
+        );
+    }
+    let state = ShardState::recovered(accounts, judged)?;
+    let wal = WalWriter::open(
+        config.io.clone(),
+        &dir,
+        &segments,
+        &tail,
+        config.wal_segment_bytes,
+    )?;
+    Ok(RecoveredShard {
+        state,
+        wal,
+        replayed_records,
+    })
+}
+
+/// A new ledger: every shard's files, then the MANIFEST, the commit point of a creation.
+fn create(config: &Config) -> Result<(Manifest, Vec<RecoveredShard>)> {
     let shard_count = config.shards.unwrap_or_else(Config::default_shards);
     let mut rng = rand::rngs::OsRng;
     let manifest = Manifest::new(shard_count, [rng.next_u64(), rng.next_u64()]);
-    Ok((manifest, true))
+    let mut shards = Vec::with_capacity(shard_count as usize);
+    for shard in 0..shard_count {
+        shards.push(create_shard(config, shard, shard_count)?);
+    }
+    manifest.write(&*config.io, &config.data_dir.join(MANIFEST_FILE))?;
+    Ok((manifest, shards))
 }
 
-fn recover_shard(
-    config: &Config,
-    shard: u32,
-    shard_count: u32,
-    created: bool,
-) -> Result<(RecoveredShard, Vec<ReplayedDebit>)> {
-    let _span = tracing::info_span!("recover_shard", shard).entered();
+fn create_shard(config: &Config, shard: u32, shard_count: u32) -> Result<RecoveredShard> {
     let dir = shard_dir(&config.data_dir, shard);
-    let accounts_path = dir.join("accounts.dat");
-    let (accounts, header) = if created {
-        create_private_dir(&dir)?;
-        for segment in reader::list_segments(&dir)? {
-            // Left by a creation that crashed before its MANIFEST; holds no record (checked).
-            std::fs::remove_file(&segment.path).map_err(|e| LedgerError::io(&segment.path, e))?;
-        }
-        AccountsFile::create(
-            config.io.clone(),
-            &accounts_path,
-            shard,
-            shard_count,
-            config.initial_slots,
-        )?
-    } else {
-        AccountsFile::open(config.io.clone(), &accounts_path, shard, shard_count)?
-    };
-    let slots = load_index(&dir, &accounts, &header)?;
-    let floor = header.checkpoint_lsn + 1;
-    sync_segments(&*config.io, &dir)?;
-    let scan = reader::scan(&dir, floor)?;
-    reader::check_continuity(&dir, header.checkpoint_lsn, &scan)?;
-    let mut state = ShardState::new(accounts, header, slots.index, &dir);
-    let mut debits = Vec::new();
-    for (lsn, body) in &scan.records {
-        if let Some(debit) = state.replay(*lsn, body)? {
-            debits.push(debit);
-        }
+    create_private_dir(&dir)?;
+    for segment in reader::list_segments(&dir)? {
+        // Left by a creation that crashed before its MANIFEST; judged to hold zeros only.
+        config
+            .io
+            .remove_file(&segment.path)
+            .map_err(|e| LedgerError::io(&segment.path, e))?;
     }
-    state.check_slots(&slots.damaged)?;
-    if slots.max_lsn >= state.next_lsn() {
-        let path = scan
-            .tail
-            .segment
-            .as_ref()
-            .map_or_else(|| dir.clone(), |s| s.path.clone());
-        return Err(LedgerError::corrupt(
-            path,
-            scan.tail.offset,
-            format!(
-                "an account slot holds LSN {} but the WAL ends at LSN {}: durable records were lost",
-                slots.max_lsn,
-                state.next_lsn() - 1
-            ),
-        ));
-    }
+    let (accounts, header) = AccountsFile::create(
+        config.io.clone(),
+        &dir.join(ACCOUNTS_FILE),
+        shard,
+        shard_count,
+        config.initial_slots,
+    )?;
+    let index = index::new_index(config.initial_slots as usize);
+    let state = ShardState::new(accounts, header, index, &dir);
+    let scan = reader::scan(&dir, 1)?;
     let wal = WalWriter::open(
         config.io.clone(),
         &dir,
@@ -176,61 +226,11 @@ fn recover_shard(
         &scan.tail,
         config.wal_segment_bytes,
     )?;
-    if let Some(reason) = &scan.tail.torn {
-        tracing::warn!(
-            shard,
-            offset = scan.tail.offset,
-            reason,
-            "cut a torn WAL tail"
-        );
-    }
-    let replayed_records = scan.records.len() as u64;
-    Ok((
-        RecoveredShard {
-            state,
-            wal,
-            replayed_records,
-        },
-        debits,
-    ))
-}
-
-/// Whether any shard directory under `data_dir` has a WAL with at least one record (or one
-/// that cannot be read, which is treated the same way: never start over on top of it).
-fn holds_records(data_dir: &Path) -> Result<bool> {
-    for shard in 0..crate::storage::MAX_SHARDS as u32 {
-        let dir = shard_dir(data_dir, shard);
-        if !dir.exists() {
-            continue;
-        }
-        match reader::scan(&dir, 1) {
-            Ok(scan) if scan.records.is_empty() => {}
-            _ => return Ok(true),
-        }
-    }
-    Ok(false)
-}
-
-/// The persisted index when it provably matches the header, else a scan of the slots.
-fn load_index(dir: &Path, accounts: &AccountsFile, header: &Header) -> Result<SlotScan> {
-    let path = dir.join("index.bin");
-    if header.clean {
-        match index::load(&path, header.slot_count) {
-            Ok(Some(persisted))
-                if persisted.checkpoint_lsn == header.checkpoint_lsn
-                    && persisted.shard == header.shard
-                    && persisted.index.len() as u64 == header.slot_count =>
-            {
-                return Ok(SlotScan {
-                    index: persisted.index,
-                    ..SlotScan::default()
-                });
-            }
-            Ok(_) => tracing::warn!(path = %path.display(), "index.bin is stale; rebuilding"),
-            Err(error) => tracing::warn!(%error, "index.bin is unreadable; rebuilding"),
-        }
-    }
-    scan_index(accounts, header.slot_count)
+    Ok(RecoveredShard {
+        state,
+        wal,
+        replayed_records: 0,
+    })
 }
 
 /// fsync every WAL segment before reading it: what a crashed process left in the page cache
@@ -244,44 +244,21 @@ fn sync_segments(io: &dyn FileIo, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A target can only have credited debits that its source logged: a watermark above the source's
-/// last LSN means the source lost durable records.
-fn check_watermarks(shards: &[RecoveredShard]) -> Result<()> {
-    for target in shards {
-        for (source, &credited) in target.state.applied().iter().enumerate() {
-            let Some(source_shard) = shards.get(source) else {
-                continue;
-            };
-            let last_lsn = source_shard.state.next_lsn() - 1;
-            if credited > last_lsn {
-                return Err(LedgerError::corrupt(
-                    source_shard.wal.path(),
-                    0,
-                    format!(
-                        "shard {} credited debit LSN {credited} of shard {source}, whose WAL ends at LSN {last_lsn}",
-                        target.state.shard()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Applies, durably, every credit whose debit is in a WAL but whose credit is not (section 4 of
-/// DESIGN.md: the debit decided the transfer, so the credit is owed).
-fn resolve_credits(shards: &mut [RecoveredShard], debits: &[Vec<ReplayedDebit>]) -> Result<u64> {
-    check_watermarks(shards)?;
+/// Applies, durably, every credit whose debit is in a WAL but whose credit is not: the debit
+/// decided the transfer, so the credit is owed.
+fn resolve_credits(shards: &mut [RecoveredShard], owed: &[OwedCredit]) -> Result<u64> {
     let mut resent = 0;
-    for (source, source_debits) in debits.iter().enumerate() {
-        for debit in source_debits {
-            let target = &mut shards[debit.target_shard as usize].state;
-            if target
-                .credit(source as u32, debit.lsn, debit.to, debit.amount)?
-                .is_some()
-            {
-                resent += 1;
-            }
+    for credit in owed {
+        let debit = credit.debit;
+        let Some(target) = shards.get_mut(debit.target_shard as usize) else {
+            continue;
+        };
+        if target
+            .state
+            .credit(credit.source_shard, debit.lsn, debit.to, debit.amount)?
+            .is_some()
+        {
+            resent += 1;
         }
     }
     for shard in shards.iter_mut() {

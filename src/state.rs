@@ -8,8 +8,10 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use crate::error::{LedgerError, Result};
+use crate::judge::JudgedShard;
 use crate::storage::accounts::{slot_offset, AccountsFile, Header, SlotRead, SlotState};
 use crate::storage::index::{self, Cached, Index, IndexEntry};
+use crate::storage::INDEX_FILE;
 use crate::types::{Account, Pubkey, ShardStats};
 use crate::wal::record::{encode_into, AfterImage, RecordBody};
 
@@ -29,15 +31,6 @@ pub struct CheckpointInfo {
     pub applied: Vec<u64>,
     /// `debit_max[d]`: the highest debit LSN towards shard `d` at or below the checkpoint.
     pub debit_max: Vec<u64>,
-}
-
-/// A cross-shard debit found in the WAL at recovery, whose credit may still be owed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayedDebit {
-    pub lsn: u64,
-    pub target_shard: u32,
-    pub to: Pubkey,
-    pub amount: u64,
 }
 
 /// What a successful transfer produced on its source shard.
@@ -94,7 +87,7 @@ impl ShardState {
         ShardState {
             shard: header.shard,
             accounts,
-            index_path: shard_dir.join("index.bin"),
+            index_path: shard_dir.join(INDEX_FILE),
             index,
             slot_count: header.slot_count,
             pending: VecDeque::new(),
@@ -111,6 +104,42 @@ impl ShardState {
             buffer_first_lsn: 0,
             checkpoints: 0,
         }
+    }
+
+    /// Builds the state of a shard judged by [`crate::judge::judge_shard`]: writes the slot
+    /// states its WAL proved newer than the file (those records are durable) and takes over
+    /// the judged index, watermarks and sums.
+    pub fn recovered(mut accounts: AccountsFile, judged: JudgedShard) -> Result<Self> {
+        let _span = tracing::debug_span!("apply_replay", writes = judged.writes.len()).entered();
+        for (slot, state) in &judged.writes {
+            debug_assert!(
+                state.lsn <= judged.file_lsn,
+                "only durable states enter the file"
+            );
+            accounts.write_slot(*slot, state)?;
+        }
+        let shard_count = judged.header.shard_count as usize;
+        debug_assert_eq!(judged.applied.len(), shard_count);
+        Ok(ShardState {
+            shard: judged.shard,
+            accounts,
+            index_path: judged.dir.join(INDEX_FILE),
+            index: judged.index,
+            slot_count: judged.slot_count,
+            pending: VecDeque::new(),
+            next_lsn: judged.next_lsn,
+            applied: judged.applied.clone(),
+            balance_sum: judged.balance_sum,
+            file_lsn: judged.file_lsn,
+            file_slot_count: judged.slot_count,
+            file_applied: judged.applied,
+            file_balance_sum: judged.balance_sum,
+            file_debit_max: judged.debit_max,
+            header: judged.header,
+            buffer: Vec::with_capacity(1 << 16),
+            buffer_first_lsn: 0,
+            checkpoints: 0,
+        })
     }
 
     pub fn shard(&self) -> u32 {
@@ -151,10 +180,6 @@ impl ShardState {
         };
         let cached = cached_state(&self.accounts, entry, key)?;
         Ok(Some((entry.slot, cached)))
-    }
-
-    fn slot_corrupt(&self, slot: u64, reason: &str) -> LedgerError {
-        LedgerError::corrupt(self.accounts.path(), slot_offset(slot), reason)
     }
 
     // ---- writes ----
@@ -241,9 +266,12 @@ impl ShardState {
         amount: u64,
     ) -> Result<Option<u64>> {
         let Some(&watermark) = self.applied.get(source_shard as usize) else {
-            return Err(LedgerError::Config(format!(
-                "credit from unknown shard {source_shard}"
-            )));
+            // Credits come from this ledger's shards only; a stray one is refused, not applied.
+            return Err(LedgerError::corrupt(
+                self.accounts.path(),
+                0,
+                format!("credit from unknown shard {source_shard}"),
+            ));
         };
         if source_lsn <= watermark {
             return Ok(None);
@@ -390,102 +418,6 @@ impl ShardState {
         Ok(())
     }
 
-    // ---- recovery ----
-
-    /// Replays one durable record from the WAL. Records at or below the checkpoint only feed the
-    /// credit bookkeeping; newer ones set each slot whose stored LSN is older (idempotent).
-    pub fn replay(&mut self, lsn: u64, body: &RecordBody) -> Result<Option<ReplayedDebit>> {
-        let debit = match *body {
-            RecordBody::Debit {
-                to,
-                target_shard,
-                amount,
-                ..
-            } => {
-                if target_shard as usize >= self.file_debit_max.len() || target_shard == self.shard
-                {
-                    return Err(LedgerError::Config(format!(
-                        "shard {} WAL record {lsn} debits towards invalid shard {target_shard}",
-                        self.shard
-                    )));
-                }
-                self.file_debit_max[target_shard as usize] = lsn;
-                Some(ReplayedDebit {
-                    lsn,
-                    target_shard,
-                    to: Pubkey(to),
-                    amount,
-                })
-            }
-            RecordBody::Credit {
-                source_shard,
-                source_lsn,
-                ..
-            } => {
-                let Some(watermark) = self.applied.get_mut(source_shard as usize) else {
-                    return Err(LedgerError::Config(format!(
-                        "credit from unknown shard {source_shard}"
-                    )));
-                };
-                *watermark = (*watermark).max(source_lsn);
-                self.file_applied[source_shard as usize] = *watermark;
-                None
-            }
-            _ => None,
-        };
-        if lsn > self.file_lsn {
-            for image in body.images() {
-                self.replay_image(lsn, image)?;
-            }
-            self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
-            self.file_balance_sum = self.balance_sum;
-            self.file_lsn = lsn;
-        }
-        self.next_lsn = self.next_lsn.max(lsn + 1);
-        Ok(debit)
-    }
-
-    fn replay_image(&mut self, lsn: u64, image: &AfterImage) -> Result<()> {
-        let key = Pubkey(image.key);
-        let newer_on_file = matches!(
-            self.accounts.read_slot(image.slot),
-            SlotRead::Valid(state) if state.lsn >= lsn && state.key == key
-        );
-        if !newer_on_file {
-            self.accounts
-                .write_slot(image.slot, &slot_state(image, lsn))?;
-        }
-        // The file may hold a newer state than this record: read it on first use then.
-        let cached = (!newer_on_file).then_some(Cached {
-            balance: image.balance,
-            sequence: image.sequence,
-        });
-        let entry = IndexEntry {
-            slot: image.slot,
-            cached,
-        };
-        if let Some(previous) = self.index.insert(key, entry) {
-            if previous.slot != image.slot {
-                return Err(self.slot_corrupt(image.slot, "WAL puts a key in two slots"));
-            }
-        }
-        self.slot_count = self.slot_count.max(image.slot + 1);
-        self.file_slot_count = self.slot_count;
-        Ok(())
-    }
-
-    /// After replay: every slot in use must hold a valid account. Returns the first that does not.
-    pub fn check_slots(&self, slots: &[u64]) -> Result<()> {
-        for &slot in slots {
-            if !matches!(self.accounts.read_slot(slot), SlotRead::Valid(_)) {
-                return Err(
-                    self.slot_corrupt(slot, "slot failed its CRC and no WAL record repairs it")
-                );
-            }
-        }
-        Ok(())
-    }
-
     // ---- checkpoint and shutdown ----
 
     /// Applies everything durable, msyncs the account file and writes a new header.
@@ -580,18 +512,6 @@ fn apply_delta(sum: u128, delta: i128) -> u128 {
     }
 }
 
-/// What a scan of the account file found.
-#[derive(Debug, Default)]
-pub struct SlotScan {
-    pub index: Index,
-    /// Slots that failed their check (recovery decides whether the WAL repairs them).
-    pub damaged: Vec<u64>,
-    /// The highest LSN stored in any slot: the WAL must reach at least that far.
-    pub max_lsn: u64,
-}
-
-/// Builds the index of an account file by scanning its slots: the `slot_count` in use at the
-/// checkpoint and any written after it (up to the first never-used slot).
 /// The newest state of the account `entry` indexes; the first access since open reads (and
 /// checks) its slot.
 fn cached_state(accounts: &AccountsFile, entry: &mut IndexEntry, key: &Pubkey) -> Result<Cached> {
@@ -633,44 +553,4 @@ fn cached_of(image: &AfterImage) -> Cached {
         balance: image.balance,
         sequence: image.sequence,
     }
-}
-
-pub fn scan_index(accounts: &AccountsFile, slot_count: u64) -> Result<SlotScan> {
-    // Sized for the whole file: growing a large map later briefly holds two copies of it.
-    let mut index = index::new_index(accounts.capacity().max(slot_count) as usize);
-    let mut damaged = Vec::new();
-    let mut max_lsn = 0;
-    for slot in 0..accounts.capacity() {
-        let read = accounts.read_slot(slot);
-        if slot >= slot_count && read == SlotRead::Empty {
-            break;
-        }
-        match read {
-            SlotRead::Valid(state) if slot >= slot_count => max_lsn = max_lsn.max(state.lsn),
-            SlotRead::Valid(state) => {
-                max_lsn = max_lsn.max(state.lsn);
-                let cached = Some(Cached {
-                    balance: state.balance,
-                    sequence: state.sequence,
-                });
-                if index
-                    .insert(state.key, IndexEntry { slot, cached })
-                    .is_some()
-                {
-                    return Err(LedgerError::corrupt(
-                        accounts.path(),
-                        slot_offset(slot),
-                        "the same key is stored in two slots",
-                    ));
-                }
-            }
-            SlotRead::Empty | SlotRead::Corrupt(_) if slot < slot_count => damaged.push(slot),
-            SlotRead::Empty | SlotRead::Corrupt(_) => {}
-        }
-    }
-    Ok(SlotScan {
-        index,
-        damaged,
-        max_lsn,
-    })
 }

@@ -332,24 +332,6 @@ async fn missing_shard_files_are_reported_not_recreated() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_creation_interrupted_before_its_manifest_starts_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(config(dir.path())).await.unwrap();
-    ledger.shutdown().await.unwrap();
-    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
-    let ledger = open(dir.path()).await.unwrap();
-    ledger.mint(key(1), 5).await.unwrap();
-    ledger.shutdown().await.unwrap();
-    // With records in the WAL, a missing MANIFEST is corruption, not a fresh start.
-    let dir2 = crashed_dir().await;
-    std::fs::remove_file(dir2.path().join("MANIFEST")).unwrap();
-    assert!(matches!(
-        open(dir2.path()).await,
-        Err(LedgerError::Corrupt { .. })
-    ));
-}
-
 /// A credit watermark above everything its source ever logged means the source lost durable
 /// records: `verify` and `open` both refuse the directory, even after a clean shutdown left no
 /// WAL record to compare against.

@@ -34,7 +34,10 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
     let total: u128 = recovered.shards.iter().map(|s| s.state.balance_sum()).sum();
     let supply = u64::try_from(total).map_err(|_| {
         LedgerError::corrupt(
-            recovered.lock.path().with_file_name("MANIFEST"),
+            recovered
+                .lock
+                .path()
+                .with_file_name(crate::storage::MANIFEST_FILE),
             0,
             format!("recovered balances sum to {total}, above u64::MAX"),
         )

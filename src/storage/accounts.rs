@@ -113,15 +113,32 @@ impl Header {
 
     /// Decodes one header slot; the error is the reason it is not valid.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        match Self::read(bytes) {
+            HeaderRead::Valid(header) => Ok(header),
+            HeaderRead::Torn(reason) | HeaderRead::Impossible(reason) => Err(reason),
+        }
+    }
+
+    /// Decodes one header slot, telling a torn write (which the other slot survives) from a
+    /// CRC-valid header that holds impossible numbers (damage, never silently skipped).
+    pub fn read(bytes: &[u8]) -> HeaderRead {
         if bytes.len() < HEADER_SLOT_BYTES {
-            return Err("header slot is short".into());
+            return HeaderRead::Torn("header slot is short".into());
         }
         if &bytes[0..8] != MAGIC {
-            return Err("bad header magic".into());
+            return HeaderRead::Torn("bad header magic".into());
         }
         if crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]) != read_u32(bytes, HEADER_CRC_OFFSET) {
-            return Err("header CRC mismatch".into());
+            return HeaderRead::Torn("header CRC mismatch".into());
         }
+        match Self::decode_fields(bytes) {
+            Ok(header) => HeaderRead::Valid(header),
+            Err(reason) => HeaderRead::Impossible(reason),
+        }
+    }
+
+    /// The fields of a header slot whose magic and CRC are good, each bounded.
+    fn decode_fields(bytes: &[u8]) -> std::result::Result<Self, String> {
         let version = read_u32(bytes, 8);
         if version != VERSION {
             return Err(format!("unsupported account file version {version}"));
@@ -130,22 +147,50 @@ impl Header {
         if shard_count == 0 || shard_count as usize > MAX_SHARDS {
             return Err(format!("shard count {shard_count} out of range"));
         }
+        let shard = read_u32(bytes, 12);
+        if shard >= shard_count {
+            return Err(format!(
+                "shard id {shard} out of range for {shard_count} shards"
+            ));
+        }
+        let checkpoint_lsn = read_u64(bytes, 32);
+        if checkpoint_lsn > crate::wal::LSN_MAX {
+            return Err(format!("checkpoint LSN {checkpoint_lsn} out of range"));
+        }
         let mut sum = [0u8; 16];
         sum.copy_from_slice(&bytes[48..64]);
-        let applied = (0..shard_count as usize)
+        let balance_sum = u128::from_le_bytes(sum);
+        // No shard can hold more than the ledger's whole supply, which fits in a u64.
+        if balance_sum > u64::MAX as u128 {
+            return Err(format!("sum of balances {balance_sum} above u64::MAX"));
+        }
+        let applied: Vec<u64> = (0..shard_count as usize)
             .map(|index| read_u64(bytes, HEADER_WATERMARKS_OFFSET + 8 * index))
             .collect();
+        if let Some(watermark) = applied.iter().find(|&&w| w > crate::wal::LSN_MAX) {
+            return Err(format!("credit watermark {watermark} out of range"));
+        }
         Ok(Header {
-            shard: read_u32(bytes, 12),
+            shard,
             shard_count,
             clean: read_u32(bytes, 20) & FLAG_CLEAN != 0,
             generation: read_u64(bytes, 24),
-            checkpoint_lsn: read_u64(bytes, 32),
+            checkpoint_lsn,
             slot_count: read_u64(bytes, 40),
-            balance_sum: u128::from_le_bytes(sum),
+            balance_sum,
             applied,
         })
     }
+}
+
+/// What reading one header slot found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderRead {
+    Valid(Header),
+    /// Short, bad magic or CRC mismatch: a torn or never-written slot.
+    Torn(String),
+    /// Magic and CRC are good but a field is out of range.
+    Impossible(String),
 }
 
 /// The content of one account slot.
@@ -202,9 +247,125 @@ impl SlotState {
     }
 }
 
-/// Byte offset of slot `slot` in the file.
+/// Byte offset of slot `slot` in the file (saturating: a slot number read from disk may be
+/// anything, and an offset past the end is reported, never wrapped onto the header).
 pub fn slot_offset(slot: u64) -> u64 {
-    HEADER_BYTES + slot * SLOT_BYTES as u64
+    slot.saturating_mul(SLOT_BYTES as u64)
+        .saturating_add(HEADER_BYTES)
+}
+
+/// A read-only view of an account file's bytes: what recovery and `verify` judge before
+/// anything is written. Built over the writable map at open, or over a read-only map.
+#[derive(Clone, Copy)]
+pub struct AccountsView<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+}
+
+impl<'a> AccountsView<'a> {
+    /// Checks the file's geometry: a header plus whole slots.
+    pub fn new(path: &'a Path, bytes: &'a [u8]) -> Result<Self> {
+        let len = bytes.len() as u64;
+        if len < HEADER_BYTES || !(len - HEADER_BYTES).is_multiple_of(SLOT_BYTES as u64) {
+            return Err(LedgerError::corrupt(
+                path,
+                len,
+                format!("file length {len} is not a header plus whole 128-byte slots"),
+            ));
+        }
+        Ok(AccountsView { path, bytes })
+    }
+
+    pub fn path(&self) -> &'a Path {
+        self.path
+    }
+
+    /// Whole slots in the file.
+    pub fn capacity(&self) -> u64 {
+        (self.bytes.len() as u64 - HEADER_BYTES) / SLOT_BYTES as u64
+    }
+
+    /// Both header slots, decoded.
+    pub fn header_slots(&self) -> [HeaderRead; 2] {
+        [
+            Header::read(&self.bytes[..HEADER_SLOT_BYTES]),
+            Header::read(&self.bytes[HEADER_SLOT_BYTES..2 * HEADER_SLOT_BYTES]),
+        ]
+    }
+
+    /// The valid header with the highest generation, checked against the shard it must belong
+    /// to and the file's size. A torn slot leaves the other in force; a CRC-valid slot with
+    /// impossible numbers is corruption.
+    pub fn newest_header(&self, shard: u32, shard_count: u32) -> Result<Header> {
+        let [first, second] = self.header_slots();
+        for (position, read) in [&first, &second].into_iter().enumerate() {
+            if let HeaderRead::Impossible(reason) = read {
+                return Err(LedgerError::corrupt(
+                    self.path,
+                    (position * HEADER_SLOT_BYTES) as u64,
+                    format!("header slot {position} passes its CRC but {reason}"),
+                ));
+            }
+        }
+        let header = match (first, second) {
+            (HeaderRead::Valid(a), HeaderRead::Valid(b)) => {
+                if b.generation > a.generation {
+                    b
+                } else {
+                    a
+                }
+            }
+            (HeaderRead::Valid(a), _) => a,
+            (_, HeaderRead::Valid(b)) => b,
+            (HeaderRead::Torn(reason), _) | (_, HeaderRead::Torn(reason)) => {
+                return Err(LedgerError::corrupt(
+                    self.path,
+                    0,
+                    format!("no valid header: {reason}"),
+                ))
+            }
+            (HeaderRead::Impossible(reason), HeaderRead::Impossible(_)) => {
+                return Err(LedgerError::corrupt(self.path, 0, reason))
+            }
+        };
+        if header.shard != shard || header.shard_count != shard_count {
+            return Err(LedgerError::corrupt(
+                self.path,
+                0,
+                format!(
+                    "header names shard {} of {}, expected shard {shard} of {shard_count}",
+                    header.shard, header.shard_count
+                ),
+            ));
+        }
+        if header.slot_count > self.capacity() {
+            return Err(LedgerError::corrupt(
+                self.path,
+                40,
+                format!(
+                    "header claims {} slots, file holds {}",
+                    header.slot_count,
+                    self.capacity()
+                ),
+            ));
+        }
+        Ok(header)
+    }
+
+    pub fn read_slot(&self, slot: u64) -> SlotRead {
+        if slot >= self.capacity() {
+            return SlotRead::Empty;
+        }
+        let start = slot_offset(slot) as usize;
+        SlotState::decode(&self.bytes[start..start + SLOT_BYTES])
+    }
+
+    /// Whether every byte from `offset` on is zero.
+    pub fn zero_from(&self, offset: usize) -> bool {
+        self.bytes
+            .get(offset..)
+            .is_none_or(|rest| rest.chunks(4096).all(|block| block.iter().all(|&b| b == 0)))
+    }
 }
 
 /// One shard's memory-mapped account file.
@@ -257,27 +418,7 @@ impl AccountsFile {
         io.sync_all(&file, path)
             .map_err(|e| LedgerError::io(path, e))?;
         let accounts = Self::map(io, path, file)?;
-        let header = accounts.newest_header()?;
-        if header.shard != shard || header.shard_count != shard_count {
-            return Err(LedgerError::corrupt(
-                path,
-                0,
-                format!(
-                    "header names shard {} of {}, expected shard {shard} of {shard_count}",
-                    header.shard, header.shard_count
-                ),
-            ));
-        }
-        if header.slot_count > accounts.capacity {
-            return Err(LedgerError::corrupt(
-                path,
-                0,
-                format!(
-                    "header claims {} slots, file holds {}",
-                    header.slot_count, accounts.capacity
-                ),
-            ));
-        }
+        let header = accounts.view().newest_header(shard, shard_count)?;
         Ok((accounts, header))
     }
 
@@ -312,18 +453,11 @@ impl AccountsFile {
         Ok(map)
     }
 
-    fn newest_header(&self) -> Result<Header> {
-        let first = Header::decode(&self.map[..HEADER_SLOT_BYTES]);
-        let second = Header::decode(&self.map[HEADER_SLOT_BYTES..2 * HEADER_SLOT_BYTES]);
-        match (first, second) {
-            (Ok(a), Ok(b)) => Ok(if b.generation > a.generation { b } else { a }),
-            (Ok(a), Err(_)) => Ok(a),
-            (Err(_), Ok(b)) => Ok(b),
-            (Err(reason), Err(_)) => Err(LedgerError::corrupt(
-                &self.path,
-                0,
-                format!("no valid header: {reason}"),
-            )),
+    /// The file's bytes as they are now, to judge before writing.
+    pub fn view(&self) -> AccountsView<'_> {
+        AccountsView {
+            path: &self.path,
+            bytes: &self.map,
         }
     }
 
@@ -340,16 +474,15 @@ impl AccountsFile {
     }
 
     pub fn read_slot(&self, slot: u64) -> SlotRead {
-        if slot >= self.capacity {
-            return SlotRead::Empty;
-        }
-        let start = slot_offset(slot) as usize;
-        SlotState::decode(&self.map[start..start + SLOT_BYTES])
+        self.view().read_slot(slot)
     }
 
     /// Writes a slot, growing the file first if `slot` is past the end.
     pub fn write_slot(&mut self, slot: u64, state: &SlotState) -> Result<()> {
-        self.ensure_capacity(slot + 1)?;
+        let slots = slot.checked_add(1).ok_or_else(|| {
+            LedgerError::corrupt(&self.path, u64::MAX, format!("slot {slot} out of range"))
+        })?;
+        self.ensure_capacity(slots)?;
         let start = slot_offset(slot) as usize;
         self.map[start..start + SLOT_BYTES].copy_from_slice(&state.encode());
         Ok(())
@@ -441,7 +574,7 @@ mod tests {
         header.generation = 12;
         header.checkpoint_lsn = 99;
         header.slot_count = 5;
-        header.balance_sum = u64::MAX as u128 * 3;
+        header.balance_sum = u64::MAX as u128;
         header.applied[7] = 1234;
         header.clean = true;
         let bytes = header.encode();
@@ -452,6 +585,29 @@ mod tests {
             assert!(Header::decode(&damaged).is_err(), "byte {index}");
         }
         assert!(Header::decode(&bytes[..100]).is_err());
+    }
+
+    /// CRC-valid headers carrying impossible numbers are refused, not used.
+    #[test]
+    fn crc_valid_headers_with_impossible_numbers_are_refused() {
+        let valid = Header::new(1, 4);
+        let mut cases = Vec::new();
+        let mut lsn = valid.clone();
+        lsn.checkpoint_lsn = u64::MAX;
+        cases.push(lsn);
+        let mut sum = valid.clone();
+        sum.balance_sum = u128::MAX - 5;
+        cases.push(sum);
+        let mut watermark = valid.clone();
+        watermark.applied[2] = u64::MAX;
+        cases.push(watermark);
+        let mut shard = valid.clone();
+        shard.shard = 4;
+        cases.push(shard);
+        for header in cases {
+            assert!(Header::decode(&header.encode()).is_err(), "{header:?}");
+        }
+        assert!(Header::decode(&valid.encode()).is_ok());
     }
 
     #[test]

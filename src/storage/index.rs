@@ -109,6 +109,8 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
         return Err(corrupt(8, format!("unsupported index version {version}")));
     }
     let mut index = new_index(count as usize);
+    // Two keys in one slot would leave some other slot's account unreachable.
+    let mut slot_taken = vec![false; count as usize];
     for position in 0..count as usize {
         let start = PREFIX_BYTES + ENTRY_BYTES * position;
         let mut key = [0u8; 32];
@@ -125,6 +127,15 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
             .is_some()
         {
             return Err(corrupt(start, "duplicate key".into()));
+        }
+        match slot_taken.get_mut(slot as usize) {
+            Some(taken) if !*taken => *taken = true,
+            _ => {
+                return Err(corrupt(
+                    start + 32,
+                    format!("slot {slot} listed twice or beyond the entries"),
+                ))
+            }
         }
     }
     Ok(Persisted {

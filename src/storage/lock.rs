@@ -15,7 +15,7 @@ pub struct DirLock {
 impl DirLock {
     /// Takes the lock or fails with [`LedgerError::Locked`] if another ledger holds it.
     pub fn acquire(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join("LOCK");
+        let path = data_dir.join(super::LOCK_FILE);
         let file = super::open_private_file(&path, true)?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file, path }),

@@ -17,9 +17,30 @@ use io::FileIo;
 /// Most shards a ledger can have: the account-file header keeps one credit watermark per shard.
 pub const MAX_SHARDS: usize = 256;
 
+/// What a data directory is (format version, shards, hash seed); see [`manifest`].
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// The file `flock`ed while a ledger has the directory open; see [`lock`].
+pub const LOCK_FILE: &str = "LOCK";
+/// A shard's account slots; see [`accounts`].
+pub const ACCOUNTS_FILE: &str = "accounts.dat";
+/// A shard's persisted index, written at clean shutdown; see [`index`].
+pub const INDEX_FILE: &str = "index.bin";
+
 /// The directory of one shard inside the data directory.
 pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
     data_dir.join(format!("shard-{shard:03}"))
+}
+
+/// Parses a shard directory's name back to its shard number.
+pub fn parse_shard_dir(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("shard-")?;
+    if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse()
+        .ok()
+        .filter(|&shard: &u32| (shard as usize) < MAX_SHARDS)
 }
 
 /// Creates `path` (and missing parents) with mode 0700.

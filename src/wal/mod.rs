@@ -7,6 +7,11 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+/// The highest LSN a shard can reach. Any LSN, watermark or segment name above it read from
+/// disk is corruption (at ten million records a second it takes over 14,000 years to get there),
+/// and arithmetic on LSNs up to it cannot overflow.
+pub const LSN_MAX: u64 = 1 << 62;
+
 /// The path of the segment whose first record has LSN `first_lsn`.
 pub fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("wal-{first_lsn:020}.log"))

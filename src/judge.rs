@@ -1,0 +1,892 @@
+//! One set of rules for reading a data directory, written once: recovery applies what they
+//! return, `verify` and `inspect` only report it.
+//!
+//! Judging writes nothing. A shard is judged from a read-only view of its account file and from
+//! its WAL: the newest valid header, the index (persisted or rebuilt by a scan of the slots), the
+//! WAL records above the checkpoint replayed into an in-memory overlay, and every piece of
+//! evidence checked against the others. Then the shards are judged together: credit
+//! watermarks, credits against their debits, owed credits, the total supply. Only when the whole
+//! directory passes does `open` write its first byte, so a refused open changes nothing.
+//!
+//! The rules, each a `Corrupt { path, offset, reason }` when broken:
+//! * every number read from disk is bounded before use (LSNs, slots, shard ids, sums);
+//! * a record must be true, not only CRC-valid: each after-image follows from the state it
+//!   replaces whenever that state is known (balance = previous ± amount, sequence = previous + 1),
+//!   an account keeps its slot, and a new account takes exactly the next free slot (slots are
+//!   dense), which is also what bounds slot numbers;
+//! * a slot stamped with an LSN above the checkpoint must equal the after-image of that WAL
+//!   record: a slot reaches the file only after its record is durable, so a slot the WAL cannot
+//!   explain proves durable records were lost;
+//! * a slot in use that fails its CRC must be rewritten by a WAL record;
+//! * a credit watermark cannot pass its source's last LSN, and a credit whose debit is still in
+//!   the source's WAL must match it (target, account, amount);
+//! * the balances plus the credits owed fit in a `u64` (the total supply).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::{LedgerError, Result};
+use crate::storage::accounts::{
+    slot_offset, AccountsView, Header, HeaderRead, SlotRead, SlotState,
+};
+use crate::storage::index::{self, Cached, Index, IndexEntry};
+use crate::types::Pubkey;
+use crate::wal::reader::{self, Segment, WalScan};
+use crate::wal::record::{AfterImage, RecordBody};
+use crate::wal::LSN_MAX;
+
+/// A cross-shard debit found in a WAL: its credit is owed unless the target's watermark covers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayedDebit {
+    pub lsn: u64,
+    pub target_shard: u32,
+    pub to: Pubkey,
+    pub amount: u64,
+}
+
+/// A credit found in a WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayedCredit {
+    pub lsn: u64,
+    pub source_shard: u32,
+    pub source_lsn: u64,
+    pub to: Pubkey,
+    pub amount: u64,
+}
+
+/// A credit that recovery must apply: its debit is durable, its credit is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwedCredit {
+    pub source_shard: u32,
+    pub debit: ReplayedDebit,
+}
+
+/// Where the index came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexSource {
+    /// `index.bin`, written at a clean shutdown and matching the header.
+    Persisted,
+    /// Rebuilt by scanning the slots, for the reason given.
+    Rebuilt(String),
+}
+
+/// One shard as judged: what it holds once its WAL is replayed, without anything written yet.
+#[derive(Debug)]
+pub struct JudgedShard {
+    pub shard: u32,
+    pub dir: PathBuf,
+    pub header: Header,
+    pub index: Index,
+    pub index_source: IndexSource,
+    /// Slots in use after replay (the next new account gets this slot).
+    pub slot_count: u64,
+    /// Slot states the WAL proves newer than what the file holds, in slot order.
+    pub writes: Vec<(u64, SlotState)>,
+    /// The LSN the next record gets.
+    pub next_lsn: u64,
+    /// The highest LSN whose after-images the file holds once `writes` are applied.
+    pub file_lsn: u64,
+    /// `applied[s]`: the highest debit LSN of shard `s` credited here.
+    pub applied: Vec<u64>,
+    /// `debit_max[d]`: the highest debit LSN towards shard `d` in the WAL.
+    pub debit_max: Vec<u64>,
+    pub balance_sum: u128,
+    pub debits: Vec<ReplayedDebit>,
+    pub credits: Vec<ReplayedCredit>,
+    pub wal: WalScan,
+}
+
+impl JudgedShard {
+    /// The last LSN this shard has durably logged (its checkpoint when the WAL holds nothing newer).
+    pub fn last_lsn(&self) -> u64 {
+        self.next_lsn - 1
+    }
+
+    /// Accounts in the shard after replay.
+    pub fn accounts(&self) -> u64 {
+        self.index.len() as u64
+    }
+
+    /// Records above the checkpoint, replayed into the overlay.
+    pub fn replayed(&self) -> u64 {
+        self.next_lsn - 1 - self.header.checkpoint_lsn
+    }
+}
+
+/// Judges one shard from its directory and a view of its account file.
+pub fn judge_shard(
+    dir: &Path,
+    view: AccountsView<'_>,
+    shard: u32,
+    shard_count: u32,
+) -> Result<JudgedShard> {
+    let header = view.newest_header(shard, shard_count)?;
+    check_segment_names(dir)?;
+    let wal = reader::scan(dir, header.checkpoint_lsn + 1)?;
+    reader::check_continuity(dir, header.checkpoint_lsn, &wal)?;
+    let above_checkpoint = wal
+        .records
+        .last()
+        .is_some_and(|(lsn, _)| *lsn > header.checkpoint_lsn);
+    let (slots, index_source) = load_index(dir, view, &header, above_checkpoint)?;
+    let mut replay = Replay::new(view, &header, slots, &wal.segments);
+    for (lsn, body) in &wal.records {
+        replay.record(*lsn, body)?;
+    }
+    let finished = replay.finish(&wal)?;
+    Ok(JudgedShard {
+        shard,
+        dir: dir.to_path_buf(),
+        header,
+        index: finished.index,
+        index_source,
+        slot_count: finished.slot_count,
+        writes: finished.writes,
+        next_lsn: finished.next_lsn,
+        file_lsn: finished.file_lsn,
+        applied: finished.applied,
+        debit_max: finished.debit_max,
+        balance_sum: finished.balance_sum,
+        debits: finished.debits,
+        credits: finished.credits,
+        wal,
+    })
+}
+
+/// Judges the shards together and returns the credits owed, in source and LSN order.
+pub fn judge_ledger(shards: &[JudgedShard]) -> Result<Vec<OwedCredit>> {
+    for target in shards {
+        check_watermarks(shards, target)?;
+        check_credits(shards, target)?;
+    }
+    let owed = owed_credits(shards);
+    let balances: u128 = shards.iter().map(|s| s.balance_sum).sum();
+    let in_flight: u128 = owed.iter().map(|o| o.debit.amount as u128).sum();
+    if balances + in_flight > u64::MAX as u128 {
+        let path = shards
+            .first()
+            .and_then(|s| s.dir.parent())
+            .map_or_else(PathBuf::new, |dir| dir.join(crate::storage::MANIFEST_FILE));
+        return Err(LedgerError::corrupt(
+            path,
+            0,
+            format!(
+                "balances {balances} plus owed credits {in_flight} exceed the largest supply, u64::MAX"
+            ),
+        ));
+    }
+    Ok(owed)
+}
+
+/// Every credit whose debit is in its source's WAL above the target's watermark.
+fn owed_credits(shards: &[JudgedShard]) -> Vec<OwedCredit> {
+    let mut owed = Vec::new();
+    for source in shards {
+        for debit in &source.debits {
+            let credited = shards
+                .get(debit.target_shard as usize)
+                .and_then(|target| target.applied.get(source.shard as usize))
+                .copied()
+                .unwrap_or(0);
+            if debit.lsn > credited {
+                owed.push(OwedCredit {
+                    source_shard: source.shard,
+                    debit: *debit,
+                });
+            }
+        }
+    }
+    owed
+}
+
+/// A target can only have credited debits that its source logged.
+fn check_watermarks(shards: &[JudgedShard], target: &JudgedShard) -> Result<()> {
+    for (source, &credited) in target.applied.iter().enumerate() {
+        let Some(source_shard) = shards.get(source) else {
+            continue;
+        };
+        let last_lsn = source_shard.last_lsn();
+        if credited > last_lsn {
+            let (path, offset) = wal_end(source_shard);
+            return Err(LedgerError::corrupt(
+                path,
+                offset,
+                format!(
+                    "shard {} credited debit LSN {credited} of shard {source}, whose WAL ends at LSN {last_lsn}: durable records were lost",
+                    target.shard
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A credit whose debit is still in the source's WAL must be that debit's credit.
+fn check_credits(shards: &[JudgedShard], target: &JudgedShard) -> Result<()> {
+    for credit in &target.credits {
+        let Some(source) = shards.get(credit.source_shard as usize) else {
+            continue;
+        };
+        let Some(body) = record_at(&source.wal, credit.source_lsn) else {
+            continue;
+        };
+        let matches = matches!(
+            *body,
+            RecordBody::Debit { to, target_shard, amount, .. }
+                if target_shard == target.shard && to == credit.to.0 && amount == credit.amount
+        );
+        if !matches {
+            let (path, offset) = locate(&target.wal, credit.lsn);
+            return Err(LedgerError::corrupt(
+                path,
+                offset,
+                format!(
+                    "credit at LSN {} of {} to {} does not match record {} of shard {}: money without a debit",
+                    credit.lsn, credit.amount, credit.to, credit.source_lsn, source.shard
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The record with `lsn` in a scanned WAL, if the WAL still holds it.
+pub fn record_at(wal: &WalScan, lsn: u64) -> Option<&RecordBody> {
+    let first = wal.records.first()?.0;
+    let position = usize::try_from(lsn.checked_sub(first)?).ok()?;
+    wal.records
+        .get(position)
+        .filter(|(found, _)| *found == lsn)
+        .map(|(_, body)| body)
+}
+
+/// The file and offset of the record with `lsn`, for reports.
+pub fn locate(wal: &WalScan, lsn: u64) -> (PathBuf, u64) {
+    let segment = wal.segments.iter().rev().find(|s| s.first_lsn <= lsn);
+    let path = segment
+        .or(wal.segments.first())
+        .map_or_else(PathBuf::new, |s| s.path.clone());
+    (path, 0)
+}
+
+/// Where a shard's WAL ends, for reports.
+fn wal_end(shard: &JudgedShard) -> (PathBuf, u64) {
+    match &shard.wal.tail.segment {
+        Some(segment) => (segment.path.clone(), shard.wal.tail.offset),
+        None => (shard.dir.clone(), 0),
+    }
+}
+
+/// A segment named with an impossible LSN is corruption, not a file to skip.
+fn check_segment_names(dir: &Path) -> Result<()> {
+    for segment in reader::list_segments(dir)? {
+        if segment.first_lsn == 0 || segment.first_lsn > LSN_MAX {
+            return Err(LedgerError::corrupt(
+                &segment.path,
+                0,
+                format!("segment named with LSN {} out of range", segment.first_lsn),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a scan of the slots (or the persisted index) gives replay to start from.
+#[derive(Debug, Default)]
+struct Slots {
+    index: Index,
+    /// Slots in use at the checkpoint that failed their check: a WAL record must rewrite them.
+    damaged: Vec<u64>,
+    /// Valid slots stamped with an LSN above the checkpoint: the WAL must explain each one.
+    ahead: HashMap<u64, u64>,
+    /// Slots past those in use at the checkpoint that hold bytes but no valid account.
+    stray: Vec<u64>,
+}
+
+/// The persisted index when it provably matches the header, else a scan of the slots.
+fn load_index(
+    dir: &Path,
+    view: AccountsView<'_>,
+    header: &Header,
+    above_checkpoint: bool,
+) -> Result<(Slots, IndexSource)> {
+    let reason = if !header.clean {
+        "the last shutdown was not clean".to_string()
+    } else if above_checkpoint {
+        "the WAL holds records after the clean shutdown".to_string()
+    } else {
+        let path = dir.join(crate::storage::INDEX_FILE);
+        match index::load(&path, header.slot_count) {
+            Ok(Some(persisted))
+                if persisted.checkpoint_lsn == header.checkpoint_lsn
+                    && persisted.shard == header.shard
+                    && persisted.index.len() as u64 == header.slot_count =>
+            {
+                let slots = Slots {
+                    index: persisted.index,
+                    ..Slots::default()
+                };
+                return Ok((slots, IndexSource::Persisted));
+            }
+            Ok(Some(_)) => "index.bin does not match the header".to_string(),
+            Ok(None) => "index.bin is missing".to_string(),
+            Err(error) => format!("index.bin is unreadable: {error}"),
+        }
+    };
+    Ok((scan_slots(view, header)?, IndexSource::Rebuilt(reason)))
+}
+
+/// Builds the index by scanning every slot of the file.
+fn scan_slots(view: AccountsView<'_>, header: &Header) -> Result<Slots> {
+    // Sized for the whole file: growing a large map later briefly holds two copies of it.
+    let mut slots = Slots {
+        index: index::new_index(view.capacity() as usize),
+        ..Slots::default()
+    };
+    for slot in 0..view.capacity() {
+        let read = view.read_slot(slot);
+        let in_use = slot < header.slot_count;
+        match read {
+            SlotRead::Valid(state) if in_use => {
+                let entry = IndexEntry {
+                    slot,
+                    cached: Some(cached_of_slot(&state)),
+                };
+                if slots.index.insert(state.key, entry).is_some() {
+                    return Err(LedgerError::corrupt(
+                        view.path(),
+                        slot_offset(slot),
+                        "the same key is stored in two slots",
+                    ));
+                }
+                if state.lsn > header.checkpoint_lsn {
+                    slots.ahead.insert(slot, state.lsn);
+                }
+            }
+            SlotRead::Valid(state) if state.lsn > header.checkpoint_lsn => {
+                slots.ahead.insert(slot, state.lsn);
+            }
+            SlotRead::Empty if !in_use => {}
+            _ if in_use => slots.damaged.push(slot),
+            _ => slots.stray.push(slot),
+        }
+    }
+    Ok(slots)
+}
+
+fn cached_of_slot(state: &SlotState) -> Cached {
+    Cached {
+        balance: state.balance,
+        sequence: state.sequence,
+    }
+}
+
+/// How a record changes one account.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Credit(u64),
+    Debit(u64),
+}
+
+/// What is known of an account's state before a record changes it.
+#[derive(Debug, Clone, Copy)]
+enum Previous {
+    Known(Cached),
+    /// The slot holds a state newer than this record (written back after it became durable) or
+    /// was torn: the record's image is taken as it is, and checked against the slot where the
+    /// slot's LSN is this record's.
+    Unknown,
+}
+
+/// Replays a shard's WAL into an overlay of slot states, checking each record as it goes.
+struct Replay<'a> {
+    view: AccountsView<'a>,
+    segments: &'a [Segment],
+    shard: u32,
+    shard_count: u32,
+    checkpoint_lsn: u64,
+    header_applied: Vec<u64>,
+    slots: Slots,
+    /// Damaged slots in use that no record has rewritten yet.
+    damaged: HashSet<u64>,
+    slot_count: u64,
+    /// The newest replayed state of every slot a record above the checkpoint changed.
+    overlay: HashMap<u64, SlotState>,
+    next_lsn: u64,
+    file_lsn: u64,
+    applied: Vec<u64>,
+    debit_max: Vec<u64>,
+    balance_sum: u128,
+    debits: Vec<ReplayedDebit>,
+    credits: Vec<ReplayedCredit>,
+}
+
+/// What a finished replay hands over.
+struct Finished {
+    index: Index,
+    slot_count: u64,
+    writes: Vec<(u64, SlotState)>,
+    next_lsn: u64,
+    file_lsn: u64,
+    applied: Vec<u64>,
+    debit_max: Vec<u64>,
+    balance_sum: u128,
+    debits: Vec<ReplayedDebit>,
+    credits: Vec<ReplayedCredit>,
+}
+
+impl<'a> Replay<'a> {
+    fn new(view: AccountsView<'a>, header: &Header, slots: Slots, segments: &'a [Segment]) -> Self {
+        let damaged = slots.damaged.iter().copied().collect();
+        Replay {
+            view,
+            segments,
+            shard: header.shard,
+            shard_count: header.shard_count,
+            checkpoint_lsn: header.checkpoint_lsn,
+            header_applied: header.applied.clone(),
+            slots,
+            damaged,
+            slot_count: header.slot_count,
+            overlay: HashMap::new(),
+            next_lsn: header.checkpoint_lsn + 1,
+            file_lsn: header.checkpoint_lsn,
+            applied: header.applied.clone(),
+            debit_max: vec![0; header.shard_count as usize],
+            balance_sum: header.balance_sum,
+            debits: Vec::new(),
+            credits: Vec::new(),
+        }
+    }
+
+    /// An error about the record at `lsn`.
+    fn bad_record(&self, lsn: u64, reason: impl Into<String>) -> LedgerError {
+        let segment = self.segments.iter().rev().find(|s| s.first_lsn <= lsn);
+        let path = segment.map_or_else(|| self.view.path().to_path_buf(), |s| s.path.clone());
+        LedgerError::corrupt(path, 0, format!("WAL record {lsn}: {}", reason.into()))
+    }
+
+    fn bad_slot(&self, slot: u64, reason: impl Into<String>) -> LedgerError {
+        LedgerError::corrupt(self.view.path(), slot_offset(slot), reason)
+    }
+
+    /// Replays one record: bookkeeping for every record, after-images for those above the
+    /// checkpoint.
+    fn record(&mut self, lsn: u64, body: &RecordBody) -> Result<()> {
+        self.check_fields(lsn, body)?;
+        self.book(lsn, body)?;
+        if lsn > self.checkpoint_lsn {
+            match *body {
+                RecordBody::Mint { to, amount } => self.image(lsn, &to, Change::Credit(amount))?,
+                RecordBody::Transfer { from, to, amount } => {
+                    self.image(lsn, &from, Change::Debit(amount))?;
+                    self.image(lsn, &to, Change::Credit(amount))?;
+                }
+                RecordBody::Debit { from, amount, .. } => {
+                    self.image(lsn, &from, Change::Debit(amount))?
+                }
+                RecordBody::Credit { to, amount, .. } => {
+                    self.image(lsn, &to, Change::Credit(amount))?
+                }
+            }
+            self.balance_sum = self.sum_after(lsn, body)?;
+            self.file_lsn = lsn;
+        }
+        self.next_lsn = lsn + 1;
+        Ok(())
+    }
+
+    /// Fields that must hold whatever the state: amounts, shard ids, distinct accounts.
+    fn check_fields(&self, lsn: u64, body: &RecordBody) -> Result<()> {
+        let amount = match *body {
+            RecordBody::Mint { amount, .. } => amount,
+            RecordBody::Transfer { from, to, amount } => {
+                if from.key == to.key {
+                    return Err(self.bad_record(lsn, "a transfer from an account to itself"));
+                }
+                amount
+            }
+            RecordBody::Debit {
+                target_shard,
+                amount,
+                ..
+            } => {
+                self.check_peer(lsn, target_shard)?;
+                amount
+            }
+            RecordBody::Credit {
+                source_shard,
+                amount,
+                ..
+            } => {
+                self.check_peer(lsn, source_shard)?;
+                amount
+            }
+        };
+        if amount == 0 {
+            return Err(self.bad_record(lsn, "an amount of zero"));
+        }
+        Ok(())
+    }
+
+    fn check_peer(&self, lsn: u64, peer: u32) -> Result<()> {
+        if peer >= self.shard_count || peer == self.shard {
+            return Err(self.bad_record(
+                lsn,
+                format!(
+                    "names shard {peer}, not another shard of {} (this is shard {})",
+                    self.shard_count, self.shard
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Debits and credits: what the cross-shard rules need, and the credit watermarks.
+    fn book(&mut self, lsn: u64, body: &RecordBody) -> Result<()> {
+        match *body {
+            RecordBody::Debit {
+                to,
+                target_shard,
+                amount,
+                ..
+            } => {
+                self.debit_max[target_shard as usize] = lsn;
+                self.debits.push(ReplayedDebit {
+                    lsn,
+                    target_shard,
+                    to: Pubkey(to),
+                    amount,
+                });
+            }
+            RecordBody::Credit {
+                source_shard,
+                source_lsn,
+                to,
+                amount,
+            } => {
+                self.advance_watermark(lsn, source_shard, source_lsn)?;
+                self.credits.push(ReplayedCredit {
+                    lsn,
+                    source_shard,
+                    source_lsn,
+                    to: Pubkey(to.key),
+                    amount,
+                });
+            }
+            RecordBody::Mint { .. } | RecordBody::Transfer { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// A source's credits arrive in its LSN order, each once: above the checkpoint a credit must
+    /// pass the watermark, at or below it the header's watermark must already cover it.
+    fn advance_watermark(&mut self, lsn: u64, source: u32, source_lsn: u64) -> Result<()> {
+        let index = source as usize;
+        let watermark = self.applied[index];
+        if lsn <= self.checkpoint_lsn {
+            if source_lsn > self.header_applied[index] {
+                return Err(self.bad_record(
+                    lsn,
+                    format!(
+                        "credits debit {source_lsn} of shard {source}, past the checkpoint's watermark {}",
+                        self.header_applied[index]
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        if source_lsn <= watermark || source_lsn > LSN_MAX {
+            return Err(self.bad_record(
+                lsn,
+                format!(
+                    "credits debit {source_lsn} of shard {source}, not past its watermark {watermark}: a credit applied twice"
+                ),
+            ));
+        }
+        self.applied[index] = source_lsn;
+        Ok(())
+    }
+
+    /// The shard's sum of balances after a record above the checkpoint.
+    fn sum_after(&self, lsn: u64, body: &RecordBody) -> Result<u128> {
+        let delta = body.balance_delta();
+        let sum = if delta >= 0 {
+            self.balance_sum.checked_add(delta as u128)
+        } else {
+            self.balance_sum.checked_sub(delta.unsigned_abs())
+        };
+        sum.filter(|&sum| sum <= u64::MAX as u128)
+            .ok_or_else(|| self.bad_record(lsn, "the shard's sum of balances leaves 0..=u64::MAX"))
+    }
+
+    /// Checks one after-image against the state it replaces and puts it in the overlay.
+    fn image(&mut self, lsn: u64, image: &AfterImage, change: Change) -> Result<()> {
+        let key = Pubkey(image.key);
+        let previous = self.previous(lsn, image, &key)?;
+        if let Previous::Known(previous) = previous {
+            let balance = match change {
+                Change::Credit(amount) => previous.balance.checked_add(amount),
+                Change::Debit(amount) => previous.balance.checked_sub(amount),
+            };
+            if balance != Some(image.balance) || image.sequence != previous.sequence + 1 {
+                return Err(self.bad_record(
+                    lsn,
+                    format!(
+                        "after-image of {key} (balance {}, sequence {}) does not follow from balance {} and sequence {} by {change:?}",
+                        image.balance, image.sequence, previous.balance, previous.sequence
+                    ),
+                ));
+            }
+        } else if image.sequence == 0 {
+            return Err(self.bad_record(lsn, format!("after-image of {key} has sequence 0")));
+        }
+        let state = SlotState {
+            key,
+            balance: image.balance,
+            sequence: image.sequence,
+            lsn,
+        };
+        self.check_against_file(image.slot, &state)?;
+        self.overlay.insert(image.slot, state);
+        Ok(())
+    }
+
+    /// The state `image` replaces, after checking that the account keeps its slot or, when
+    /// new, takes the next free one (or rewrites a damaged slot in use).
+    fn previous(&mut self, lsn: u64, image: &AfterImage, key: &Pubkey) -> Result<Previous> {
+        if let Some(entry) = self.slots.index.get(key) {
+            if entry.slot != image.slot {
+                return Err(self.bad_record(
+                    lsn,
+                    format!(
+                        "puts {key} in slot {}, but it lives in slot {}",
+                        image.slot, entry.slot
+                    ),
+                ));
+            }
+            return self.previous_in_slot(lsn, image.slot, key);
+        }
+        let entry = IndexEntry {
+            slot: image.slot,
+            cached: None,
+        };
+        if image.slot == self.slot_count {
+            self.slot_count += 1;
+            self.slots.index.insert(*key, entry);
+            return Ok(Previous::Known(Cached {
+                balance: 0,
+                sequence: 0,
+            }));
+        }
+        if self.damaged.remove(&image.slot) {
+            self.slots.index.insert(*key, entry);
+            return Ok(Previous::Unknown);
+        }
+        Err(self.bad_record(
+            lsn,
+            format!(
+                "creates {key} in slot {}, but the next free slot is {}",
+                image.slot, self.slot_count
+            ),
+        ))
+    }
+
+    fn previous_in_slot(&self, lsn: u64, slot: u64, key: &Pubkey) -> Result<Previous> {
+        if let Some(state) = self.overlay.get(&slot) {
+            return Ok(Previous::Known(cached_of_slot(state)));
+        }
+        match self.view.read_slot(slot) {
+            SlotRead::Valid(state) if state.key == *key => {
+                if state.lsn <= self.checkpoint_lsn {
+                    Ok(Previous::Known(cached_of_slot(&state)))
+                } else if state.lsn >= lsn {
+                    Ok(Previous::Unknown)
+                } else {
+                    Err(self.bad_slot(
+                        slot,
+                        format!(
+                            "slot of {key} holds LSN {}, which no replayed record wrote before LSN {lsn}",
+                            state.lsn
+                        ),
+                    ))
+                }
+            }
+            // A slot created by an earlier record of this replay is in the overlay; any other
+            // slot the index names was checked by the scan or is read here for the first time.
+            SlotRead::Valid(_) => Err(self.bad_slot(slot, "slot holds another key than the index")),
+            SlotRead::Empty => Err(self.bad_slot(slot, "index points at an empty slot")),
+            SlotRead::Corrupt(reason) => Err(self.bad_slot(slot, reason)),
+        }
+    }
+
+    /// A slot stamped with this record's LSN must hold exactly this record's image.
+    fn check_against_file(&mut self, slot: u64, state: &SlotState) -> Result<()> {
+        if let SlotRead::Valid(on_file) = self.view.read_slot(slot) {
+            if on_file.lsn == state.lsn {
+                if on_file != *state {
+                    return Err(self.bad_slot(
+                        slot,
+                        format!(
+                            "slot stamped with LSN {} differs from that record's after-image",
+                            state.lsn
+                        ),
+                    ));
+                }
+                self.slots.ahead.remove(&slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what only the whole WAL can tell, and hands over the replayed state.
+    fn finish(mut self, wal: &WalScan) -> Result<Finished> {
+        if let Some(&slot) = self.damaged.iter().min() {
+            return Err(self.bad_slot(slot, "slot failed its check and no WAL record rewrites it"));
+        }
+        if let Some((&slot, &lsn)) = self.slots.ahead.iter().min() {
+            let end = self.next_lsn - 1;
+            let (path, offset) = match &wal.tail.segment {
+                Some(segment) => (segment.path.clone(), wal.tail.offset),
+                None => (self.view.path().to_path_buf(), slot_offset(slot)),
+            };
+            return Err(LedgerError::corrupt(
+                path,
+                offset,
+                format!(
+                    "slot {slot} of {} holds LSN {lsn}, which no WAL record (ending at LSN {end}) explains: durable records were lost",
+                    self.view.path().display()
+                ),
+            ));
+        }
+        if let Some(&slot) = self.slots.stray.iter().find(|&&s| s >= self.slot_count) {
+            return Err(self.bad_slot(slot, "slot past the accounts in use holds data"));
+        }
+        let mut writes: Vec<(u64, SlotState)> = Vec::with_capacity(self.overlay.len());
+        for (&slot, state) in &self.overlay {
+            if let Some(entry) = self.slots.index.get_mut(&state.key) {
+                entry.cached = Some(cached_of_slot(state));
+            }
+            let current = matches!(self.view.read_slot(slot), SlotRead::Valid(s) if s == *state);
+            if !current {
+                writes.push((slot, *state));
+            }
+        }
+        writes.sort_unstable_by_key(|(slot, _)| *slot);
+        Ok(Finished {
+            index: self.slots.index,
+            slot_count: self.slot_count,
+            writes,
+            next_lsn: self.next_lsn,
+            file_lsn: self.file_lsn,
+            applied: self.applied,
+            debit_max: self.debit_max,
+            balance_sum: self.balance_sum,
+            debits: self.debits,
+            credits: self.credits,
+        })
+    }
+}
+
+/// Judges a data directory whose MANIFEST is missing: a creation that crashed before writing
+/// it may be redone only where every file present is one that creation writes and none holds
+/// data. Anything else is refused, naming the file.
+pub fn judge_creation_leftovers(data_dir: &Path) -> Result<()> {
+    for entry in read_dir(data_dir)? {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = data_dir.join(name.as_ref());
+        match name.as_ref() {
+            crate::storage::LOCK_FILE | "MANIFEST.tmp" => {}
+            _ if crate::storage::parse_shard_dir(&name).is_some() && path.is_dir() => {
+                judge_shard_leftovers(&path)?
+            }
+            _ => {
+                return Err(refuse_creation(
+                    &path,
+                    "is not a file that creating a ledger writes",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn judge_shard_leftovers(dir: &Path) -> Result<()> {
+    for entry in read_dir(dir)? {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = dir.join(name.as_ref());
+        if name == crate::storage::ACCOUNTS_FILE {
+            judge_accounts_leftover(&path)?;
+        } else if crate::wal::parse_segment_name(&name).is_some() {
+            if !file_is_zeros(&path)? {
+                return Err(refuse_creation(&path, "holds WAL records"));
+            }
+        } else {
+            return Err(refuse_creation(
+                &path,
+                "is not a file that creating a ledger writes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An account file left by a creation is empty, all zeros, or holds only the first header.
+fn judge_accounts_leftover(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| LedgerError::io(path, e))?;
+    if bytes.iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    let view = AccountsView::new(path, &bytes)?;
+    let first_header_only = match view.header_slots() {
+        [HeaderRead::Torn(_), HeaderRead::Valid(header)] => {
+            header.generation == 1
+                && header.checkpoint_lsn == 0
+                && header.slot_count == 0
+                && header.balance_sum == 0
+                && !header.clean
+                && header.applied.iter().all(|&w| w == 0)
+                && bytes[..crate::storage::accounts::HEADER_SLOT_BYTES]
+                    .iter()
+                    .all(|&b| b == 0)
+        }
+        _ => false,
+    };
+    if first_header_only && view.zero_from(crate::storage::accounts::HEADER_BYTES as usize) {
+        return Ok(());
+    }
+    Err(refuse_creation(path, "holds data"))
+}
+
+fn refuse_creation(path: &Path, what: &str) -> LedgerError {
+    LedgerError::corrupt(
+        path,
+        0,
+        format!("MANIFEST is missing and this file {what}: refusing to create a ledger over it"),
+    )
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    std::fs::read_dir(dir)
+        .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
+        .map_err(|e| LedgerError::io(dir, e))
+}
+
+fn file_is_zeros(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| LedgerError::io(path, e))?;
+    let mut window = vec![0u8; 1 << 20];
+    loop {
+        let read = file
+            .read(&mut window)
+            .map_err(|e| LedgerError::io(path, e))?;
+        if read == 0 {
+            return Ok(true);
+        }
+        if window[..read].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+}

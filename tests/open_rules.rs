@@ -1,0 +1,252 @@
+//! The rules `open` applies before writing anything: a directory it refuses is left exactly as
+//! it was (every file hashed before and after), a missing MANIFEST only restarts a creation that
+//! provably holds nothing, and impossible numbers read from disk are `Corrupt`, never a panic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tally::storage::io::{FaultEffect, FaultOp, FaultyIo};
+use tally::{Config, Ledger, LedgerError, Pubkey};
+
+fn key(n: u8) -> Pubkey {
+    Pubkey([n.wrapping_mul(13).wrapping_add(3); 32])
+}
+
+fn config(dir: &Path) -> Config {
+    Config::new(dir)
+        .shards(2)
+        .initial_slots(8)
+        .checkpoint_interval_ms(3_600_000)
+        .checkpoint_wal_bytes(1 << 40)
+}
+
+/// Opens, retrying while a dropped ledger's threads still hold the lock.
+async fn open(config: Config) -> Result<Ledger, LedgerError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Ledger::open(config.clone()).await {
+            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Every file under `dir` (LOCK aside: a refused open may create it) with a hash of its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    use std::hash::{Hash, Hasher};
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.file_name().unwrap() != "LOCK" {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&path).unwrap().hash(&mut hasher);
+                files.insert(path, hasher.finish());
+            }
+        }
+    }
+    files
+}
+
+/// Opens a directory that must be refused; returns the error after checking no byte changed.
+async fn refused(dir: &Path) -> LedgerError {
+    let before = snapshot(dir);
+    let error = open(config(dir))
+        .await
+        .expect_err("the directory must be refused");
+    assert_eq!(
+        snapshot(dir),
+        before,
+        "a refused open changed the directory"
+    );
+    error
+}
+
+/// A ledger with balances on both shards, left as `shutdown` leaves it.
+async fn clean_ledger(dir: &Path) -> BTreeMap<Pubkey, u64> {
+    let ledger = open(config(dir)).await.unwrap();
+    let mut model = BTreeMap::new();
+    for n in 0..10 {
+        ledger.mint(key(n), 1_000 + n as u64).await.unwrap();
+        model.insert(key(n), 1_000 + n as u64);
+    }
+    ledger.shutdown().await.unwrap();
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_ledger_whose_manifest_is_lost_is_refused_not_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = clean_ledger(dir.path()).await;
+    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    match refused(dir.path()).await {
+        LedgerError::Corrupt { path, reason, .. } => {
+            assert!(path.starts_with(dir.path()), "{path:?}");
+            assert!(reason.contains("MANIFEST is missing"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Even an empty ledger, once created, is refused: its files are not a creation's leftovers.
+    let empty = tempfile::tempdir().unwrap();
+    open(config(empty.path()))
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    std::fs::remove_file(empty.path().join("MANIFEST")).unwrap();
+    assert!(matches!(
+        refused(empty.path()).await,
+        LedgerError::Corrupt { .. }
+    ));
+    assert!(model.len() == 10, "the model is what was minted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_ledger_whose_manifest_is_lost_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path())).await.unwrap();
+    ledger.mint(key(1), 5).await.unwrap();
+    drop(ledger);
+    // Wait for the dropped ledger to let go of the directory before removing its MANIFEST.
+    open(config(dir.path()))
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    assert!(matches!(
+        refused(dir.path()).await,
+        LedgerError::Corrupt { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_manifest_is_corrupt_and_never_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    clean_ledger(dir.path()).await;
+    let path = dir.path().join("MANIFEST");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[13] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    match refused(dir.path()).await {
+        LedgerError::Corrupt { path: found, .. } => assert_eq!(found, path),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(
+        refused(dir.path()).await,
+        LedgerError::Corrupt { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_file_beside_a_missing_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    match refused(dir.path()).await {
+        LedgerError::Corrupt { path, .. } => assert!(path.ends_with("notes.txt"), "{path:?}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // An index beside a missing MANIFEST is written only by a shutdown: refused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("shard-000")).unwrap();
+    std::fs::write(dir.path().join("shard-000").join("index.bin"), b"x").unwrap();
+    assert!(matches!(
+        refused(dir.path()).await,
+        LedgerError::Corrupt { .. }
+    ));
+}
+
+/// Every step of a real creation fails once through the fault seam; the next open finds only
+/// what that creation wrote, starts it over, and gives a working, empty ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_stopped_at_each_step_starts_over() {
+    let steps: &[(FaultOp, &str, u64)] = &[
+        (FaultOp::Allocate, "shard-000/accounts.dat", 0),
+        (FaultOp::FlushMap, "shard-000/accounts.dat", 0),
+        (FaultOp::SyncData, "shard-000/accounts.dat", 0),
+        (FaultOp::SyncAll, "shard-000", 0),
+        (FaultOp::Allocate, "shard-000/wal-", 0),
+        (FaultOp::SyncAll, "shard-000/wal-", 0),
+        (FaultOp::Allocate, "shard-001/accounts.dat", 0),
+        (FaultOp::FlushMap, "shard-001/accounts.dat", 0),
+        (FaultOp::SyncAll, "shard-001/wal-", 0),
+        (FaultOp::Write, "MANIFEST.tmp", 0),
+        (FaultOp::SyncAll, "MANIFEST.tmp", 0),
+        (FaultOp::Rename, "MANIFEST", 0),
+    ];
+    for &(op, path, skip) in steps {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultyIo::new();
+        faults.inject(op, path, skip, FaultEffect::Errno(libc::EIO));
+        let failed = open(config(dir.path()).io(faults.clone())).await;
+        assert_eq!(faults.fired(), 1, "{op:?} on {path} fired");
+        assert!(failed.is_err(), "{op:?} on {path}: the creation failed");
+        assert!(!dir.path().join("MANIFEST").exists());
+        let ledger = open(config(dir.path()))
+            .await
+            .unwrap_or_else(|e| panic!("{op:?} on {path}: {e}"));
+        assert_eq!(ledger.stats().await.unwrap().accounts, 0);
+        ledger.mint(key(7), 70).await.unwrap();
+        ledger.shutdown().await.unwrap();
+        let ledger = open(config(dir.path())).await.unwrap();
+        assert_eq!(
+            ledger.account(&key(7)).await.unwrap().map(|a| a.balance),
+            Some(70),
+            "{op:?} on {path}"
+        );
+        ledger.shutdown().await.unwrap();
+    }
+}
+
+/// Rewrites the newest header of a shard's account file with `change` applied, CRC and all.
+fn rewrite_header(dir: &Path, shard: u32, change: impl Fn(&mut [u8])) {
+    let path = dir.join(format!("shard-{shard:03}")).join("accounts.dat");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let generation =
+        |slot: usize| u64::from_le_bytes(bytes[slot * 4096 + 24..][..8].try_into().unwrap());
+    let newest = if generation(1) > generation(0) { 1 } else { 0 };
+    let header = &mut bytes[newest * 4096..(newest + 1) * 4096];
+    change(header);
+    let crc = crc32fast::hash(&header[..4092]);
+    header[4092..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc_valid_headers_with_impossible_numbers_are_corrupt_not_a_panic() {
+    type Change = fn(&mut [u8]);
+    let cases: [(&str, Change); 4] = [
+        ("checkpoint LSN u64::MAX", |h| {
+            h[32..40].copy_from_slice(&u64::MAX.to_le_bytes())
+        }),
+        ("sum of balances near u128::MAX", |h| {
+            h[48..64].copy_from_slice(&(u128::MAX - 7).to_le_bytes())
+        }),
+        ("slot count 2^60", |h| {
+            h[40..48].copy_from_slice(&(1u64 << 60).to_le_bytes())
+        }),
+        ("watermark u64::MAX", |h| {
+            h[64..72].copy_from_slice(&u64::MAX.to_le_bytes())
+        }),
+    ];
+    for (name, change) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        clean_ledger(dir.path()).await;
+        rewrite_header(dir.path(), 1, change);
+        match refused(dir.path()).await {
+            LedgerError::Corrupt { path, .. } => {
+                assert!(path.ends_with("shard-001/accounts.dat"), "{name}: {path:?}")
+            }
+            other => panic!("{name}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
