@@ -30,6 +30,7 @@ use crate::storage::accounts::{
     slot_offset, AccountsView, Header, HeaderRead, SlotRead, SlotState,
 };
 use crate::storage::index::{self, Cached, Index, IndexEntry};
+use crate::storage::manifest::Manifest;
 use crate::types::Pubkey;
 use crate::wal::reader::{self, Segment, WalScan};
 use crate::wal::record::{AfterImage, RecordBody};
@@ -113,6 +114,94 @@ impl JudgedShard {
     }
 }
 
+/// An account file to judge: anything that shows its bytes.
+pub trait AccountsSource: Send {
+    fn view(&self) -> AccountsView<'_>;
+}
+
+impl AccountsSource for crate::storage::accounts::AccountsFile {
+    fn view(&self) -> AccountsView<'_> {
+        crate::storage::accounts::AccountsFile::view(self)
+    }
+}
+
+/// What a data directory is, judged, before anything is written to it.
+pub enum Judgement<F> {
+    /// No MANIFEST, and nothing but what an interrupted creation leaves: open creates a ledger.
+    Create,
+    /// A ledger that opens: every shard judged, and the credits owed between them.
+    Existing {
+        manifest: Manifest,
+        shards: Vec<(F, JudgedShard)>,
+        owed: Vec<OwedCredit>,
+    },
+}
+
+/// Judges a whole data directory: the MANIFEST (or, without one, whether a creation may start
+/// over), every shard on its own thread, then the shards together. `open_accounts(shard,
+/// shard_count)` opens one shard's account file. Recovery and `verify` both call this, so
+/// "verify says it opens" and "open succeeds" cannot disagree.
+pub fn judge_directory<F: AccountsSource>(
+    data_dir: &Path,
+    open_accounts: impl Fn(u32, u32) -> Result<F> + Sync,
+) -> Result<Judgement<F>> {
+    let manifest_path = data_dir.join(crate::storage::MANIFEST_FILE);
+    if !manifest_path
+        .try_exists()
+        .map_err(|e| LedgerError::io(&manifest_path, e))?
+    {
+        judge_creation_leftovers(data_dir)?;
+        return Ok(Judgement::Create);
+    }
+    let manifest = Manifest::read(&manifest_path)?;
+    let shard_count = manifest.shard_count;
+    let shards = in_parallel(data_dir, shard_count, |shard| {
+        let _span = tracing::info_span!("judge_shard", shard).entered();
+        let file = open_accounts(shard, shard_count)?;
+        let dir = crate::storage::shard_dir(data_dir, shard);
+        let judged = judge_shard(&dir, file.view(), shard, shard_count)?;
+        Ok((file, judged))
+    })?;
+    let judged: Vec<&JudgedShard> = shards.iter().map(|(_, judged)| judged).collect();
+    let owed = judge_ledger(&judged)?;
+    Ok(Judgement::Existing {
+        manifest,
+        shards,
+        owed,
+    })
+}
+
+/// Runs `work` for every shard on its own thread; the first error (in shard order) wins.
+fn in_parallel<T: Send>(
+    data_dir: &Path,
+    shard_count: u32,
+    work: impl Fn(u32) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shard_count)
+            .map(|shard| (shard, scope.spawn(move || work(shard))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(shard, handle)| {
+                handle.join().unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(LedgerError::corrupt(
+                        crate::storage::shard_dir(data_dir, shard),
+                        0,
+                        format!("judging this shard panicked (a bug in tally, please report it): {message}"),
+                    ))
+                })
+            })
+            .collect()
+    })
+}
+
 /// Judges one shard from its directory and a view of its account file.
 pub fn judge_shard(
     dir: &Path,
@@ -154,7 +243,7 @@ pub fn judge_shard(
 }
 
 /// Judges the shards together and returns the credits owed, in source and LSN order.
-pub fn judge_ledger(shards: &[JudgedShard]) -> Result<Vec<OwedCredit>> {
+pub fn judge_ledger(shards: &[&JudgedShard]) -> Result<Vec<OwedCredit>> {
     for target in shards {
         check_watermarks(shards, target)?;
         check_credits(shards, target)?;
@@ -179,7 +268,7 @@ pub fn judge_ledger(shards: &[JudgedShard]) -> Result<Vec<OwedCredit>> {
 }
 
 /// Every credit whose debit is in its source's WAL above the target's watermark.
-fn owed_credits(shards: &[JudgedShard]) -> Vec<OwedCredit> {
+fn owed_credits(shards: &[&JudgedShard]) -> Vec<OwedCredit> {
     let mut owed = Vec::new();
     for source in shards {
         for debit in &source.debits {
@@ -200,7 +289,7 @@ fn owed_credits(shards: &[JudgedShard]) -> Vec<OwedCredit> {
 }
 
 /// A target can only have credited debits that its source logged.
-fn check_watermarks(shards: &[JudgedShard], target: &JudgedShard) -> Result<()> {
+fn check_watermarks(shards: &[&JudgedShard], target: &JudgedShard) -> Result<()> {
     for (source, &credited) in target.applied.iter().enumerate() {
         let Some(source_shard) = shards.get(source) else {
             continue;
@@ -222,7 +311,7 @@ fn check_watermarks(shards: &[JudgedShard], target: &JudgedShard) -> Result<()> 
 }
 
 /// A credit whose debit is still in the source's WAL must be that debit's credit.
-fn check_credits(shards: &[JudgedShard], target: &JudgedShard) -> Result<()> {
+fn check_credits(shards: &[&JudgedShard], target: &JudgedShard) -> Result<()> {
     for credit in &target.credits {
         let Some(source) = shards.get(credit.source_shard as usize) else {
             continue;
@@ -301,6 +390,8 @@ struct Slots {
     ahead: HashMap<u64, u64>,
     /// Slots past those in use at the checkpoint that hold bytes but no valid account.
     stray: Vec<u64>,
+    /// The sum of the balances in the valid slots in use, when the slots were scanned.
+    scanned_sum: Option<u128>,
 }
 
 /// The persisted index when it provably matches the header, else a scan of the slots.
@@ -341,8 +432,10 @@ fn scan_slots(view: AccountsView<'_>, header: &Header) -> Result<Slots> {
     // Sized for the whole file: growing a large map later briefly holds two copies of it.
     let mut slots = Slots {
         index: index::new_index(view.capacity() as usize),
+        scanned_sum: Some(0),
         ..Slots::default()
     };
+    let mut sum = 0u128;
     for slot in 0..view.capacity() {
         let read = view.read_slot(slot);
         let in_use = slot < header.slot_count;
@@ -362,6 +455,7 @@ fn scan_slots(view: AccountsView<'_>, header: &Header) -> Result<Slots> {
                 if state.lsn > header.checkpoint_lsn {
                     slots.ahead.insert(slot, state.lsn);
                 }
+                sum += state.balance as u128;
             }
             SlotRead::Valid(state) if state.lsn > header.checkpoint_lsn => {
                 slots.ahead.insert(slot, state.lsn);
@@ -371,6 +465,7 @@ fn scan_slots(view: AccountsView<'_>, header: &Header) -> Result<Slots> {
             _ => slots.stray.push(slot),
         }
     }
+    slots.scanned_sum = Some(sum);
     Ok(slots)
 }
 
@@ -406,6 +501,7 @@ struct Replay<'a> {
     shard_count: u32,
     checkpoint_lsn: u64,
     header_applied: Vec<u64>,
+    header_slot_count: u64,
     slots: Slots,
     /// Damaged slots in use that no record has rewritten yet.
     damaged: HashSet<u64>,
@@ -445,6 +541,7 @@ impl<'a> Replay<'a> {
             shard_count: header.shard_count,
             checkpoint_lsn: header.checkpoint_lsn,
             header_applied: header.applied.clone(),
+            header_slot_count: header.slot_count,
             slots,
             damaged,
             slot_count: header.slot_count,
@@ -739,6 +836,35 @@ impl<'a> Replay<'a> {
         Ok(())
     }
 
+    /// When the slots were scanned, the balances they hold once replay is applied must sum to
+    /// the header's sum plus the replayed records' deltas: a CRC-valid slot that was rewritten
+    /// would otherwise create or destroy money unnoticed.
+    fn check_sum(&self) -> Result<()> {
+        let Some(scanned) = self.slots.scanned_sum else {
+            return Ok(());
+        };
+        let mut slots_sum = scanned;
+        for (&slot, state) in &self.overlay {
+            if slot < self.header_slot_count {
+                if let SlotRead::Valid(on_file) = self.view.read_slot(slot) {
+                    slots_sum -= on_file.balance as u128;
+                }
+            }
+            slots_sum += state.balance as u128;
+        }
+        if slots_sum != self.balance_sum {
+            return Err(LedgerError::corrupt(
+                self.view.path(),
+                48,
+                format!(
+                    "the slots hold {slots_sum} units after replay, the header's sum and the WAL say {}",
+                    self.balance_sum
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks what only the whole WAL can tell, and hands over the replayed state.
     fn finish(mut self, wal: &WalScan) -> Result<Finished> {
         if let Some(&slot) = self.damaged.iter().min() {
@@ -762,6 +888,7 @@ impl<'a> Replay<'a> {
         if let Some(&slot) = self.slots.stray.iter().find(|&&s| s >= self.slot_count) {
             return Err(self.bad_slot(slot, "slot past the accounts in use holds data"));
         }
+        self.check_sum()?;
         let mut writes: Vec<(u64, SlotState)> = Vec::with_capacity(self.overlay.len());
         for (&slot, state) in &self.overlay {
             if let Some(entry) = self.slots.index.get_mut(&state.key) {

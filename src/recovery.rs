@@ -9,7 +9,7 @@ use rand::RngCore;
 
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
-use crate::judge::{self, JudgedShard, OwedCredit};
+use crate::judge::{self, JudgedShard, Judgement, OwedCredit};
 use crate::state::ShardState;
 use crate::storage::accounts::AccountsFile;
 use crate::storage::io::FileIo;
@@ -43,15 +43,24 @@ pub fn open(config: &Config) -> Result<Recovered> {
     let data_dir = config.data_dir.as_path();
     create_private_dir(data_dir)?;
     let lock = DirLock::acquire(data_dir)?;
-    let manifest_path = data_dir.join(MANIFEST_FILE);
-    let (manifest, shards, resent_credits) = if manifest_path.exists() {
-        let manifest = read_manifest(config, &manifest_path)?;
-        let (shards, resent) = recover_shards(config, &manifest)?;
-        (manifest, shards, resent)
-    } else {
-        judge::judge_creation_leftovers(data_dir)?;
-        let (manifest, shards) = create(config)?;
-        (manifest, shards, 0)
+    let judgement = judge::judge_directory(data_dir, |shard, shard_count| {
+        open_accounts(config, shard, shard_count)
+    })?;
+    // Judged: from here on the directory is written.
+    let (manifest, shards, resent_credits) = match judgement {
+        Judgement::Create => {
+            let (manifest, shards) = create(config)?;
+            (manifest, shards, 0)
+        }
+        Judgement::Existing {
+            manifest,
+            shards,
+            owed,
+        } => {
+            check_shard_count(config, &manifest)?;
+            let (shards, resent) = apply(config, shards, &owed)?;
+            (manifest, shards, resent)
+        }
     };
     sync_dir(&*config.io, data_dir)?;
     let replayed: u64 = shards.iter().map(|s| s.replayed_records).sum();
@@ -72,74 +81,38 @@ pub fn open(config: &Config) -> Result<Recovered> {
     })
 }
 
-fn read_manifest(config: &Config, path: &Path) -> Result<Manifest> {
-    let manifest = Manifest::read(path)?;
-    if let Some(wanted) = config.shards {
-        if wanted != manifest.shard_count {
-            return Err(LedgerError::Config(format!(
-                "{} has {} shards; the configuration asks for {wanted}",
-                config.data_dir.display(),
-                manifest.shard_count
-            )));
-        }
+fn check_shard_count(config: &Config, manifest: &Manifest) -> Result<()> {
+    match config.shards {
+        Some(wanted) if wanted != manifest.shard_count => Err(LedgerError::Config(format!(
+            "{} has {} shards; the configuration asks for {wanted}",
+            config.data_dir.display(),
+            manifest.shard_count
+        ))),
+        _ => Ok(()),
     }
-    Ok(manifest)
 }
 
-/// Judges every shard, then the shards together; writes only once all of it has passed.
-fn recover_shards(config: &Config, manifest: &Manifest) -> Result<(Vec<RecoveredShard>, u64)> {
-    let shard_count = manifest.shard_count;
-    let judged = in_parallel(&config.data_dir, shard_count, |shard| {
-        judge_one(config, shard, shard_count)
-    })?;
-    let (files, judged): (Vec<AccountsFile>, Vec<JudgedShard>) = judged.into_iter().unzip();
-    let owed = judge::judge_ledger(&judged)?;
-    // Judged: from here on the directory is written.
+/// Writes what the judgement requires: replayed slots, torn WAL tails cut, owed credits, and
+/// each header marked open.
+fn apply(
+    config: &Config,
+    judged: Vec<(AccountsFile, JudgedShard)>,
+    owed: &[OwedCredit],
+) -> Result<(Vec<RecoveredShard>, u64)> {
     let mut shards = Vec::with_capacity(judged.len());
-    for (accounts, judged) in files.into_iter().zip(judged) {
+    for (accounts, judged) in judged {
         shards.push(apply_shard(config, accounts, judged)?);
     }
-    let resent = resolve_credits(&mut shards, &owed)?;
+    let resent = resolve_credits(&mut shards, owed)?;
     for shard in &mut shards {
         shard.state.mark_open()?;
     }
     Ok((shards, resent))
 }
 
-/// Runs `work` for every shard on its own thread; the first error (in shard order) wins.
-fn in_parallel<T: Send>(
-    data_dir: &Path,
-    shard_count: u32,
-    work: impl Fn(u32) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shard_count)
-            .map(|shard| (shard, scope.spawn(move || work(shard))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|(shard, handle)| {
-                handle.join().unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(LedgerError::corrupt(
-                        shard_dir(data_dir, shard),
-                        0,
-                        format!("judging this shard panicked (a bug in tally, please report it): {message}"),
-                    ))
-                })
-            })
-            .collect()
-    })
-}
-
-/// Opens a shard's account file (without writing to it) and judges the shard.
-fn judge_one(config: &Config, shard: u32, shard_count: u32) -> Result<(AccountsFile, JudgedShard)> {
-    let _span = tracing::info_span!("judge_shard", shard).entered();
+/// Opens a shard's account file for the judge: synced first (what a crashed process left in
+/// the page cache must be on disk before recovery builds on it), never written.
+fn open_accounts(config: &Config, shard: u32, shard_count: u32) -> Result<AccountsFile> {
     let dir = shard_dir(&config.data_dir, shard);
     let (accounts, _) = AccountsFile::open(
         config.io.clone(),
@@ -148,8 +121,7 @@ fn judge_one(config: &Config, shard: u32, shard_count: u32) -> Result<(AccountsF
         shard_count,
     )?;
     sync_segments(&*config.io, &dir)?;
-    let judged = judge::judge_shard(&dir, accounts.view(), shard, shard_count)?;
-    Ok((accounts, judged))
+    Ok(accounts)
 }
 
 /// Writes what the judgement of one shard requires: replayed slots, and the WAL's torn tail cut.
