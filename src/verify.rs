@@ -1,32 +1,25 @@
 //! Offline integrity check and description of a data directory (`tally verify`, `tally inspect`).
 //!
-//! Both only read: files are read with `std::fs` (the WAL through `wal::reader::scan`, the rest
-//! whole) and decoded with the storage and WAL decoders. Nothing here opens a file for writing, maps it, or calls recovery. The one side
-//! effect is a shared `flock` on `LOCK`, held while `verify` reads so that no ledger can open the
-//! directory half-way through; a ledger that already holds it is reported, and the check runs
-//! anyway.
+//! `verify` judges the directory with exactly the rules `open` applies ([`crate::judge`]), on
+//! a copy of each account file read into memory, and reports what they return. It answers one
+//! of three ways:
 //!
-//! `verify` plays recovery's part on paper, shard by shard, and then across shards:
+//! * **sound**: `open` succeeds and loses nothing;
+//! * **opens after cutting**: `open` succeeds after cutting a torn WAL tail (records that were
+//!   never acknowledged as durable: what a crash or power cut leaves), each cut named by file
+//!   and offset;
+//! * **refused**: `open` fails with the reported error, naming the file and offset, and changes
+//!   nothing.
 //!
-//! 1. MANIFEST decodes (magic, CRC, version, shard count).
-//! 2. `accounts.dat` is a header plus whole slots; the header slot in force is valid and names
-//!    this shard; every slot passes its CRC; no key is stored twice.
-//! 3. The WAL reads as recovery reads it (`wal::reader::scan`): consecutive LSNs, no bad record
-//!    before a good one, no gap after the checkpoint, nothing but zeros after the end.
-//! 4. The records above the checkpoint are replayed onto a copy of the slots in memory: damaged
-//!    slots must be repaired by them, no key may move slot, and the balances must then sum to
-//!    the header's checkpoint sum plus the records' deltas.
-//! 5. `index.bin`, when recovery would trust it, maps every key to the slot that holds it.
-//! 6. No credit watermark is above what its source shard logged, every credit matches the debit
-//!    it claims to settle (or that debit is already truncated);
-//!    debits not yet credited are owed and settled at the next open, so they count towards the
-//!    total supply: sum of balances + owed credits.
+//! A directory that opens may still hold damage that `open` only meets later: an account slot
+//! behind a persisted index is read (and checked) on first use. `verify` checks every slot, so it
+//! reports such damage as a problem ("opens, but ..."), as it does for notes that need no action
+//! (an index that will be rebuilt, credits owed and settled at the next open).
 //!
-//! Whatever a crash can leave behind (a torn WAL tail, a torn header write, slots repaired by
-//! replay, owed credits, a stale index) is a *note*; anything recovery would refuse, or that
-//! breaks an invariant, is a *problem* naming its file and, where it has one, its offset.
+//! Nothing here writes. The one side effect is a shared `flock` on `LOCK`, held while `verify`
+//! reads so that no ledger can open the directory half-way through; a ledger that already holds
+//! it is reported, and the check runs anyway.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, TryLockError};
 use std::io::Read;
@@ -34,18 +27,15 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{LedgerError, Result};
+use crate::judge::{self, AccountsSource, IndexSource, JudgedShard, Judgement, OwedCredit};
 use crate::storage::accounts::{
-    slot_offset, Header, SlotRead, SlotState, HEADER_BYTES, HEADER_SLOT_BYTES, SLOT_BYTES,
+    slot_offset, AccountsView, Header, HeaderRead, SlotRead, HEADER_BYTES, HEADER_SLOT_BYTES,
+    SLOT_BYTES,
 };
-use crate::storage::index;
 use crate::storage::manifest::Manifest;
-use crate::storage::{shard_dir, MAX_SHARDS};
-use crate::types::Pubkey;
-use crate::wal::reader::{self, Segment, WalScan};
-use crate::wal::record::{self, Decoded, RecordBody};
-
-/// Slot numbers above this in a WAL record are nonsense (2^36 slots = 8 TiB of accounts).
-const SLOT_NUMBER_MAX: u64 = 1 << 36;
+use crate::storage::{parse_shard_dir, shard_dir, ACCOUNTS_FILE, LOCK_FILE, MANIFEST_FILE};
+use crate::wal::reader;
+use crate::wal::record::{self, Decoded};
 
 // ---------------------------------------------------------------------------------------------
 // Findings
@@ -105,31 +95,6 @@ impl fmt::Display for Finding {
     }
 }
 
-#[derive(Debug, Default)]
-struct Findings {
-    problems: Vec<Finding>,
-    notes: Vec<Finding>,
-}
-
-impl Findings {
-    fn problem(&mut self, finding: Finding) {
-        self.problems.push(finding);
-    }
-
-    fn note(&mut self, finding: Finding) {
-        self.notes.push(finding);
-    }
-
-    /// A problem when `serious`, else a note.
-    fn report(&mut self, serious: bool, finding: Finding) {
-        if serious {
-            self.problem(finding);
-        } else {
-            self.note(finding);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The directory lock
 
@@ -159,7 +124,7 @@ impl fmt::Display for LockState {
 
 /// Probes `LOCK` with a shared lock; returns the file holding it when it was free.
 fn probe_lock(data_dir: &Path) -> (LockState, Option<File>) {
-    let path = data_dir.join("LOCK");
+    let path = data_dir.join(LOCK_FILE);
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (LockState::Missing, None),
@@ -186,37 +151,72 @@ fn require_dir(data_dir: &Path) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // verify
 
+/// What `open` would do with the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Opens and loses nothing.
+    Sound,
+    /// Opens after cutting the torn WAL tails listed in [`VerifyReport::cuts`].
+    OpensAfterCutting,
+    /// No MANIFEST and nothing but an interrupted creation's files: open creates a new ledger.
+    New,
+    /// Open fails with this error and changes nothing.
+    Refused(Finding),
+}
+
 /// What `verify` found in a data directory.
 #[derive(Debug)]
 pub struct VerifyReport {
     pub data_dir: PathBuf,
     pub lock: LockState,
+    pub verdict: Verdict,
     /// The MANIFEST's format version, if it decodes.
     pub format_version: Option<u32>,
-    /// Shards checked (from the MANIFEST, else counted from the shard directories).
     pub shards: u32,
-    /// Accounts after replay, across the shards that could be read.
+    /// Accounts after replay.
     pub accounts: u64,
     /// WAL records read, and those above their shard's checkpoint (replayed at open).
     pub wal_records: u64,
     pub replayed_records: u64,
-    /// Sum of all balances after replay, across the shards that could be read.
+    /// Sum of all balances after replay.
     pub balance_sum: u128,
     /// Debits whose credit is not applied yet (settled at the next open), and their amount.
     pub owed_credits: u64,
     pub owed_amount: u128,
-    /// `balance_sum + owed_amount`, when every shard could be read.
+    /// `balance_sum + owed_amount`, when the directory opens.
     pub total_supply: Option<u128>,
-    /// Shards whose balances could not all be read (their accounts and balances are left out).
-    pub incomplete_shards: Vec<u32>,
+    /// Torn WAL tails that open cuts.
+    pub cuts: Vec<Finding>,
+    /// Damage: the refusal, or what an opened ledger would meet later.
     pub problems: Vec<Finding>,
     pub notes: Vec<Finding>,
 }
 
 impl VerifyReport {
-    /// True when nothing is wrong (notes are fine).
+    /// True when the directory opens without damage (a cut torn tail is no damage: those records
+    /// were never acknowledged as durable).
     pub fn is_sound(&self) -> bool {
-        self.problems.is_empty()
+        self.problems.is_empty() && !matches!(self.verdict, Verdict::Refused(_))
+    }
+
+    fn new(data_dir: &Path, lock: LockState) -> Self {
+        VerifyReport {
+            data_dir: data_dir.to_path_buf(),
+            lock,
+            verdict: Verdict::Sound,
+            format_version: None,
+            shards: 0,
+            accounts: 0,
+            wal_records: 0,
+            replayed_records: 0,
+            balance_sum: 0,
+            owed_credits: 0,
+            owed_amount: 0,
+            total_supply: None,
+            cuts: Vec::new(),
+            problems: Vec::new(),
+            notes: Vec::new(),
+        }
     }
 }
 
@@ -228,14 +228,9 @@ impl fmt::Display for VerifyReport {
             .map_or_else(|| "unknown".to_string(), |v| v.to_string());
         writeln!(
             f,
-            "  format version {version}, {} shards, {} accounts{}, lock {}",
+            "  format version {version}, {} shards, {} accounts, lock {}",
             self.shards,
             group_digits(self.accounts as u128),
-            if self.incomplete_shards.is_empty() {
-                ""
-            } else {
-                " in the readable shards"
-            },
             self.lock
         )?;
         writeln!(
@@ -244,41 +239,78 @@ impl fmt::Display for VerifyReport {
             group_digits(self.wal_records as u128),
             group_digits(self.replayed_records as u128)
         )?;
-        match self.total_supply {
-            Some(supply) => writeln!(
+        if let Some(supply) = self.total_supply {
+            writeln!(
                 f,
                 "  balances sum to {} + {} owed credits ({}) = total supply {}",
                 group_digits(self.balance_sum),
                 self.owed_credits,
                 group_digits(self.owed_amount),
                 group_digits(supply)
-            )?,
-            None if self.shards == 0 => writeln!(f, "  total supply not computed: no shards")?,
-            None => writeln!(
-                f,
-                "  total supply not computed: shard {} could not be read fully",
-                self.incomplete_shards
-                    .iter()
-                    .map(|shard| format!("{shard:03}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?,
+            )?;
         }
         for note in &self.notes {
             writeln!(f, "note: {note}")?;
         }
+        for cut in &self.cuts {
+            writeln!(f, "cut: {cut}")?;
+        }
         for problem in &self.problems {
             writeln!(f, "problem: {problem}")?;
         }
-        if self.is_sound() {
-            writeln!(
+        self.fmt_verdict(f)
+    }
+}
+
+impl VerifyReport {
+    fn fmt_verdict(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.verdict {
+            Verdict::Refused(_) => writeln!(
+                f,
+                "NOT SOUND: open refuses the directory (see the problem above)"
+            ),
+            _ if !self.problems.is_empty() => writeln!(
+                f,
+                "NOT SOUND: opens, but {}",
+                plural(self.problems.len(), "problem")
+            ),
+            Verdict::New => writeln!(
+                f,
+                "sound: no ledger yet; open creates a new one here, {}",
+                plural(self.notes.len(), "note")
+            ),
+            Verdict::OpensAfterCutting => writeln!(
+                f,
+                "opens after cutting {} (never acknowledged as durable), no problems",
+                plural(self.cuts.len(), "torn WAL tail")
+            ),
+            Verdict::Sound => writeln!(
                 f,
                 "sound: no problems, {}",
                 plural(self.notes.len(), "note")
-            )
-        } else {
-            writeln!(f, "NOT SOUND: {}", plural(self.problems.len(), "problem"))
+            ),
         }
+    }
+}
+
+/// An account file read into memory, for the judge.
+struct AccountsBytes {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl AccountsBytes {
+    fn read(data_dir: &Path, shard: u32) -> Result<Self> {
+        let path = shard_dir(data_dir, shard).join(ACCOUNTS_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| LedgerError::io(&path, e))?;
+        AccountsView::new(&path, &bytes)?;
+        Ok(AccountsBytes { path, bytes })
+    }
+}
+
+impl AccountsSource for AccountsBytes {
+    fn view(&self) -> AccountsView<'_> {
+        AccountsView::trusted(&self.path, &self.bytes)
     }
 }
 
@@ -287,1039 +319,149 @@ impl fmt::Display for VerifyReport {
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     require_dir(data_dir)?;
     let (lock, _shared_lock) = probe_lock(data_dir);
-    let mut findings = Findings::default();
+    let mut report = VerifyReport::new(data_dir, lock.clone());
     if lock == LockState::Held {
-        findings.note(Finding::file(
-            &data_dir.join("LOCK"),
+        report.notes.push(Finding::file(
+            &data_dir.join(LOCK_FILE),
             "held by another process: the directory is open and may change while it is read",
         ));
     }
-    let manifest = check_manifest(data_dir, &mut findings);
-    let shard_count = match manifest {
-        Some(manifest) => manifest.shard_count,
-        None => count_shard_dirs(data_dir),
-    };
-    if shard_count == 0 {
-        findings.problem(Finding::file(
-            data_dir,
-            "no shards: not a tally data directory",
-        ));
-    }
-    note_unexpected_dirs(data_dir, shard_count, &mut findings);
-    let shards: Vec<ShardCheck> = (0..shard_count)
-        .map(|shard| check_shard(data_dir, shard, shard_count, &mut findings))
-        .collect();
-    let owed = check_credits(&shards, &mut findings);
-    let balance_sum: u128 = shards.iter().filter_map(|s| s.balance_sum).sum();
-    let incomplete_shards: Vec<u32> = shards
-        .iter()
-        .filter(|s| s.balance_sum.is_none())
-        .map(|s| s.shard)
-        .collect();
-    let total_supply =
-        (shard_count > 0 && incomplete_shards.is_empty()).then_some(balance_sum + owed.amount);
-    if let Some(supply) = total_supply {
-        if supply > u64::MAX as u128 {
-            findings.problem(Finding::file(
-                data_dir,
-                format!("total supply {supply} exceeds u64::MAX"),
-            ));
-        }
-    }
-    Ok(VerifyReport {
-        data_dir: data_dir.to_path_buf(),
-        lock,
-        format_version: manifest.map(|m| m.version),
-        shards: shard_count,
-        accounts: shards.iter().map(|s| s.accounts).sum(),
-        wal_records: shards.iter().map(|s| s.wal_records).sum(),
-        replayed_records: shards.iter().map(|s| s.replayed).sum(),
-        balance_sum,
-        owed_credits: owed.count,
-        owed_amount: owed.amount,
-        total_supply,
-        incomplete_shards,
-        problems: findings.problems,
-        notes: findings.notes,
-    })
-}
-
-fn check_manifest(data_dir: &Path, findings: &mut Findings) -> Option<Manifest> {
-    let path = data_dir.join("MANIFEST");
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            findings.problem(Finding::file(&path, "missing"));
-            return None;
-        }
-        Err(e) => {
-            findings.problem(Finding::file(&path, format!("cannot read: {e}")));
-            return None;
-        }
-    };
-    match Manifest::decode(&bytes, &path) {
-        Ok(manifest) => Some(manifest),
+    note_unexpected_entries(data_dir, &mut report);
+    match judge::judge_directory(data_dir, |shard, _| AccountsBytes::read(data_dir, shard)) {
         Err(error) => {
-            findings.problem(Finding::from_error(&error, &path));
-            None
+            report.format_version = Manifest::read(&data_dir.join(MANIFEST_FILE))
+                .ok()
+                .map(|m| m.version);
+            let finding = Finding::from_error(&error, data_dir);
+            report.problems.push(finding.clone());
+            report.verdict = Verdict::Refused(finding);
         }
+        Ok(Judgement::Create) => report.verdict = Verdict::New,
+        Ok(Judgement::Existing {
+            manifest,
+            shards,
+            owed,
+        }) => describe(&mut report, &manifest, &shards, &owed),
     }
+    Ok(report)
 }
 
-/// Without a MANIFEST: the shard directories present from `shard-000` on.
-fn count_shard_dirs(data_dir: &Path) -> u32 {
-    (0..MAX_SHARDS as u32)
-        .take_while(|&shard| shard_dir(data_dir, shard).is_dir())
-        .count() as u32
-}
-
-fn note_unexpected_dirs(data_dir: &Path, shard_count: u32, findings: &mut Findings) {
-    for shard in shard_count..MAX_SHARDS as u32 {
-        let dir = shard_dir(data_dir, shard);
-        if dir.exists() {
-            findings.note(Finding::file(
-                &dir,
-                format!("not one of the {shard_count} shards: ignored by the ledger"),
-            ));
-        }
-    }
-}
-
-/// A debit found in a shard's WAL.
-#[derive(Debug, Clone, Copy)]
-struct DebitRecord {
-    lsn: u64,
-    target_shard: u32,
-    amount: u64,
-}
-
-/// A credit found in a shard's WAL.
-#[derive(Debug, Clone, Copy)]
-struct CreditRecord {
-    lsn: u64,
-    source_shard: u32,
-    source_lsn: u64,
-    to: [u8; 32],
-    amount: u64,
-}
-
-/// What one shard looks like after its checks and replay.
-#[derive(Debug, Default)]
-struct ShardCheck {
-    shard: u32,
-    /// The WAL, when it reads as recovery would read it.
-    wal: Option<WalScan>,
-    /// Highest LSN this shard has durably logged (its checkpoint if the WAL is empty).
-    last_lsn: u64,
-    /// Credit watermarks after replay; empty when the header could not be read.
-    applied: Vec<u64>,
-    debits: Vec<DebitRecord>,
-    credits: Vec<CreditRecord>,
-    /// Sum of balances after replay; `None` when the shard could not be read fully.
-    balance_sum: Option<u128>,
-    accounts: u64,
-    wal_records: u64,
-    replayed: u64,
-}
-
-impl ShardCheck {
-    /// The WAL segment holding `lsn` and the record's offset in it, for findings.
-    fn locate(&self, lsn: u64) -> Option<(PathBuf, Option<u64>)> {
-        let segments = &self.wal.as_ref()?.segments;
-        let segment = segments.iter().rev().find(|s| s.first_lsn <= lsn)?;
-        Some((segment.path.clone(), record_offset(&segment.path, lsn)))
-    }
-}
-
-/// The byte offset of the record with `lsn` in the segment at `path`.
-fn record_offset(path: &Path, lsn: u64) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut offset = 0;
-    while offset < bytes.len() {
-        match record::decode(bytes.get(offset..)?) {
-            Decoded::Record {
-                lsn: found, len, ..
-            } => {
-                if found == lsn {
-                    return Some(offset as u64);
-                }
-                offset += len;
-            }
-            Decoded::End | Decoded::Invalid(_) => return None,
-        }
-    }
-    None
-}
-
-fn check_shard(
-    data_dir: &Path,
-    shard: u32,
-    shard_count: u32,
-    findings: &mut Findings,
-) -> ShardCheck {
-    let mut check = ShardCheck {
-        shard,
-        ..ShardCheck::default()
-    };
-    let dir = shard_dir(data_dir, shard);
-    if !dir.is_dir() {
-        findings.problem(Finding::file(&dir, "shard directory is missing"));
-        return check;
-    }
-    let accounts_path = dir.join("accounts.dat");
-    let Some(accounts) = read_accounts(&accounts_path, &dir, findings) else {
-        return check;
-    };
-    let header = pick_header(&accounts, shard, shard_count, findings);
-    let slots = decode_slots(&accounts);
-    let Some(header) = header else {
-        report_corrupt_slots(&accounts, &slots, 0, findings);
-        return check;
-    };
-    check.applied = header.applied.clone();
-    check.last_lsn = header.checkpoint_lsn;
-    let wal = read_wal(&dir, &header, findings);
-    let Some(wal) = wal else {
-        report_corrupt_slots(&accounts, &slots, header.slot_count, findings);
-        return check;
-    };
-    check.last_lsn = header
-        .checkpoint_lsn
-        .max(wal.tail.next_lsn.saturating_sub(1));
-    check.wal_records = wal.records.len() as u64;
-    let replay = replay_shard(&accounts, &slots, &header, &wal, findings);
-    let unreadable_slots = check_replayed_slots(
-        &accounts,
-        &slots,
-        &header,
-        &replay,
-        check.last_lsn,
-        findings,
-    );
-    check_index_file(&dir, &accounts, &slots, &header, findings);
-    check_books(&accounts, &header, &replay, findings);
-    check.balance_sum = (unreadable_slots == 0).then(|| replay.balance_sum());
-    check.accounts = replay.accounts();
-    check.replayed = replay.replayed;
-    check.applied = replay.applied;
-    check.debits = replay.debits;
-    check.credits = replay.credits;
-    check.wal = Some(wal);
-    check
-}
-
-/// The bytes of an account file.
-struct AccountsImage {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    /// Whole slots in the file.
-    capacity: u64,
-}
-
-fn read_accounts(path: &Path, dir: &Path, findings: &mut Findings) -> Option<AccountsImage> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_wal = reader::list_segments(dir).is_ok_and(|s| !s.is_empty());
-            // Shard directories exist before the MANIFEST; account files are created at the
-            // first open, so a crash in between leaves none, and the next open creates it.
-            findings.report(
-                has_wal,
-                Finding::file(
-                    path,
-                    if has_wal {
-                        "missing, but the shard has a WAL: the ledger cannot open"
-                    } else {
-                        "not created yet: the next open creates it empty"
-                    },
-                ),
-            );
-            return None;
-        }
-        Err(e) => {
-            findings.problem(Finding::file(path, format!("cannot read: {e}")));
-            return None;
-        }
-    };
-    let len = bytes.len() as u64;
-    if len < HEADER_BYTES {
-        findings.problem(Finding::at(
-            path,
-            0,
-            format!("file is {len} bytes, shorter than its two header slots"),
-        ));
-        return None;
-    }
-    if !(len - HEADER_BYTES).is_multiple_of(SLOT_BYTES as u64) {
-        findings.problem(Finding::at(
-            path,
-            len,
-            format!("file length {len} is not a header plus whole 128-byte slots"),
-        ));
-    }
-    Some(AccountsImage {
-        path: path.to_path_buf(),
-        capacity: (len - HEADER_BYTES) / SLOT_BYTES as u64,
-        bytes,
-    })
-}
-
-/// What one of the two header slots holds.
-enum HeaderSlot {
-    /// All zeros: never written (a new file has written only one slot).
-    Unused,
-    Valid(Header),
-    Invalid(String),
-}
-
-fn decode_header_slot(bytes: &[u8]) -> HeaderSlot {
-    if bytes.iter().all(|&b| b == 0) {
-        return HeaderSlot::Unused;
-    }
-    match Header::decode(bytes) {
-        Ok(header) => HeaderSlot::Valid(header),
-        Err(reason) => HeaderSlot::Invalid(reason),
-    }
-}
-
-/// The two header slots of an account file whose first bytes are `bytes`.
-fn header_slots(bytes: &[u8]) -> [HeaderSlot; 2] {
-    let slot = |index: usize| {
-        bytes
-            .get(index * HEADER_SLOT_BYTES..(index + 1) * HEADER_SLOT_BYTES)
-            .map_or(
-                HeaderSlot::Invalid("file is short".into()),
-                decode_header_slot,
-            )
-    };
-    [slot(0), slot(1)]
-}
-
-/// The header in force: the valid slot with the higher generation, as recovery picks it.
-fn newest_header(slots: &[HeaderSlot; 2]) -> Option<(usize, &Header)> {
-    match slots {
-        [HeaderSlot::Valid(a), HeaderSlot::Valid(b)] => Some(if b.generation > a.generation {
-            (1, b)
-        } else {
-            (0, a)
-        }),
-        [HeaderSlot::Valid(a), _] => Some((0, a)),
-        [_, HeaderSlot::Valid(b)] => Some((1, b)),
-        _ => None,
-    }
-}
-
-fn pick_header(
-    accounts: &AccountsImage,
-    shard: u32,
-    shard_count: u32,
-    findings: &mut Findings,
-) -> Option<Header> {
-    let path = &accounts.path;
-    let slots = header_slots(&accounts.bytes);
-    let Some((chosen, header)) = newest_header(&slots) else {
-        let reason = |slot: &HeaderSlot| match slot {
-            HeaderSlot::Unused => "never written".to_string(),
-            HeaderSlot::Invalid(reason) => reason.clone(),
-            HeaderSlot::Valid(_) => "valid".to_string(),
-        };
-        findings.problem(Finding::at(
-            path,
-            0,
-            format!(
-                "no valid header: slot A: {}; slot B: {}",
-                reason(&slots[0]),
-                reason(&slots[1])
-            ),
-        ));
-        return None;
-    };
-    let other = 1 - chosen;
-    if let HeaderSlot::Invalid(reason) = &slots[other] {
-        // A torn header write leaves the previous header in force and is survivable; after a
-        // clean shutdown both slots were written whole, so a bad one is damage.
-        findings.report(
-            header.clean,
-            Finding::at(
-                path,
-                (other * HEADER_SLOT_BYTES) as u64,
-                format!(
-                    "header slot {} is invalid ({reason}); the other (generation {}) is in force",
-                    if other == 0 { "A" } else { "B" },
-                    header.generation
-                ),
-            ),
-        );
-    }
-    let offset = (chosen * HEADER_SLOT_BYTES) as u64;
-    if header.shard != shard || header.shard_count != shard_count {
-        findings.problem(Finding::at(
-            path,
-            offset,
-            format!(
-                "header names shard {} of {}, expected shard {shard} of {shard_count}",
-                header.shard, header.shard_count
-            ),
-        ));
-        return None;
-    }
-    if header.slot_count > accounts.capacity {
-        findings.problem(Finding::at(
-            path,
-            offset,
-            format!(
-                "header claims {} slots, the file holds {}",
-                header.slot_count, accounts.capacity
-            ),
-        ));
-    }
-    Some(header.clone())
-}
-
-fn decode_slots(accounts: &AccountsImage) -> Vec<SlotRead> {
-    (0..accounts.capacity)
-        .map(|slot| {
-            let start = slot_offset(slot) as usize;
-            accounts
-                .bytes
-                .get(start..start + SLOT_BYTES)
-                .map_or(SlotRead::Corrupt("slot is short"), SlotState::decode)
-        })
-        .collect()
-}
-
-/// Without a usable header or WAL: every slot that fails its CRC is a problem.
-fn report_corrupt_slots(
-    accounts: &AccountsImage,
-    slots: &[SlotRead],
-    slot_count: u64,
-    findings: &mut Findings,
+/// Fills the report from a judgement that opens.
+fn describe(
+    report: &mut VerifyReport,
+    manifest: &Manifest,
+    shards: &[(AccountsBytes, JudgedShard)],
+    owed: &[OwedCredit],
 ) {
-    for (slot, read) in slots.iter().enumerate() {
-        let slot = slot as u64;
-        match read {
-            SlotRead::Corrupt(reason) => findings.problem(slot_finding(accounts, slot, reason)),
-            SlotRead::Empty if slot < slot_count => findings.problem(slot_finding(
-                accounts,
-                slot,
-                "empty slot below the slot count",
-            )),
-            _ => {}
-        }
+    report.format_version = Some(manifest.version);
+    report.shards = manifest.shard_count;
+    for (file, shard) in shards {
+        report.accounts += shard.accounts();
+        report.wal_records += shard.wal.records.len() as u64;
+        report.replayed_records += shard.replayed();
+        report.balance_sum += shard.balance_sum;
+        describe_shard(report, file.view(), shard);
     }
-}
-
-fn slot_finding(accounts: &AccountsImage, slot: u64, message: &str) -> Finding {
-    Finding::at(
-        &accounts.path,
-        slot_offset(slot),
-        format!("slot {slot}: {message}"),
-    )
-}
-
-/// Reads the WAL as recovery does, then looks for damage that reading alone does not see.
-fn read_wal(dir: &Path, header: &Header, findings: &mut Findings) -> Option<WalScan> {
-    let checkpoint = header.checkpoint_lsn;
-    let scan = match reader::scan(dir, checkpoint.saturating_add(1)) {
-        Ok(scan) => scan,
-        Err(error) => {
-            findings.problem(Finding::from_error(&error, dir));
-            return None;
-        }
-    };
-    if let Err(error) = reader::check_continuity(dir, checkpoint, &scan) {
-        findings.problem(Finding::from_error(&error, dir));
-        return None;
-    }
-    let tail_path = scan
-        .tail
-        .segment
-        .as_ref()
-        .map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
-    if let Some(reason) = &scan.tail.torn {
-        // Nothing is written after a clean shutdown marks the header, so a torn tail there is
-        // damage; otherwise it is the unacknowledged write a crash interrupted.
-        findings.report(
-            header.clean,
-            Finding::at(
-                &tail_path,
-                scan.tail.offset,
-                format!("torn record at the end of the log ({reason}): never acknowledged, cut at the next open"),
-            ),
-        );
-    }
-    check_segment_tails(&scan.segments, header.clean, findings);
-    Some(scan)
-}
-
-/// How a segment's records end.
-struct SegmentWalk {
-    records: u64,
-    last_lsn: Option<u64>,
-    /// Offset just after the last whole record.
-    end: usize,
-    /// Why decoding stopped before the end of the file, if not at zeros.
-    invalid: Option<String>,
-    /// First non-zero byte after `end`, when decoding stopped at zeros.
-    garbage_at: Option<usize>,
-}
-
-fn walk_segment(bytes: &[u8]) -> SegmentWalk {
-    let mut walk = SegmentWalk {
-        records: 0,
-        last_lsn: None,
-        end: 0,
-        invalid: None,
-        garbage_at: None,
-    };
-    while let Some(rest) = bytes.get(walk.end..).filter(|rest| !rest.is_empty()) {
-        match record::decode(rest) {
-            Decoded::Record { lsn, len, .. } => {
-                walk.records += 1;
-                walk.last_lsn = Some(lsn);
-                walk.end += len;
-            }
-            Decoded::End => {
-                walk.garbage_at = rest.iter().position(|&b| b != 0).map(|p| walk.end + p);
-                break;
-            }
-            Decoded::Invalid(reason) => {
-                walk.invalid = Some(reason);
-                break;
-            }
-        }
-    }
-    walk
-}
-
-/// Segments are preallocated with zeros and only appended to, so after the last record there
-/// must be nothing but zeros. `scan` checks that too, but reports only whether a valid record
-/// follows; this names the offset of whatever else is there.
-fn check_segment_tails(segments: &[Segment], clean: bool, findings: &mut Findings) {
-    for (position, segment) in segments.iter().enumerate() {
-        let bytes = match std::fs::read(&segment.path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                findings.problem(Finding::file(&segment.path, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let walk = walk_segment(&bytes);
-        let Some(garbage_at) = walk.garbage_at else {
-            continue;
-        };
-        let is_last = position + 1 == segments.len();
-        // Only the last segment of a shard that crashed can hold a write torn this way.
-        findings.report(
-            clean || !is_last,
-            Finding::at(
-                &segment.path,
-                garbage_at as u64,
-                format!(
-                    "non-zero bytes after the end of the log (which ends at offset {}): damage, or a torn write",
-                    walk.end
-                ),
-            ),
-        );
-    }
-}
-
-/// The slots of one shard after replaying its WAL on paper.
-struct Replay<'a> {
-    slots: &'a [SlotRead],
-    /// New state of each slot replay writes.
-    written: HashMap<u64, SlotState>,
-    /// Every slot a replayed record names (written or already newer on file).
-    touched: HashSet<u64>,
-    index: HashMap<Pubkey, u64>,
-    slot_count: u64,
-    applied: Vec<u64>,
-    /// Header sum plus the deltas of the replayed records.
-    book_sum: i128,
-    debits: Vec<DebitRecord>,
-    credits: Vec<CreditRecord>,
-    replayed: u64,
-}
-
-impl Replay<'_> {
-    /// The state of `slot` after replay, if it holds a valid account.
-    fn state(&self, slot: u64) -> Option<SlotState> {
-        if let Some(state) = self.written.get(&slot) {
-            return Some(*state);
-        }
-        match self.slots.get(slot as usize) {
-            Some(SlotRead::Valid(state)) => Some(*state),
-            _ => None,
-        }
-    }
-
-    fn balance_sum(&self) -> u128 {
-        (0..self.slot_count)
-            .filter_map(|slot| self.state(slot))
-            .map(|state| state.balance as u128)
-            .sum()
-    }
-
-    fn accounts(&self) -> u64 {
-        (0..self.slot_count)
-            .filter(|&slot| self.state(slot).is_some())
-            .count() as u64
-    }
-}
-
-fn replay_shard<'a>(
-    accounts: &AccountsImage,
-    slots: &'a [SlotRead],
-    header: &Header,
-    wal: &WalScan,
-    findings: &mut Findings,
-) -> Replay<'a> {
-    let mut replay = Replay {
-        slots,
-        written: HashMap::new(),
-        touched: HashSet::new(),
-        index: HashMap::new(),
-        // A header may claim more slots than the file holds (reported when it was read).
-        slot_count: header.slot_count.min(slots.len() as u64),
-        applied: header.applied.clone(),
-        book_sum: i128::try_from(header.balance_sum).unwrap_or(i128::MAX),
-        debits: Vec::new(),
-        credits: Vec::new(),
-        replayed: 0,
-    };
-    for slot in 0..header.slot_count.min(slots.len() as u64) {
-        if let Some(SlotRead::Valid(state)) = slots.get(slot as usize) {
-            if replay.index.insert(state.key, slot).is_some() {
-                findings.problem(slot_finding(
-                    accounts,
-                    slot,
-                    "the same key is stored in two slots",
-                ));
-            }
-        }
-    }
-    let shard_count = header.shard_count;
-    let segment_of = |lsn: u64| {
-        wal.segments
-            .iter()
-            .rev()
-            .find(|s| s.first_lsn <= lsn)
-            .map_or_else(|| accounts.path.clone(), |s| s.path.clone())
-    };
-    let mut file_lsn = header.checkpoint_lsn;
-    for &(lsn, ref body) in &wal.records {
-        let record_finding = |message: String| {
-            let path = segment_of(lsn);
-            let offset = record_offset(&path, lsn);
-            Finding {
-                path,
-                offset,
-                message: format!("record LSN {lsn}: {message}"),
-            }
-        };
-        match *body {
-            RecordBody::Debit {
-                target_shard,
-                amount,
-                ..
-            } => {
-                if target_shard >= shard_count || target_shard == header.shard {
-                    findings.problem(record_finding(format!(
-                        "debit towards invalid shard {target_shard}"
-                    )));
-                } else {
-                    replay.debits.push(DebitRecord {
-                        lsn,
-                        target_shard,
-                        amount,
-                    });
-                }
-            }
-            RecordBody::Credit {
-                source_shard,
-                source_lsn,
-                to,
-                amount,
-            } => {
-                let Some(watermark) = replay.applied.get_mut(source_shard as usize) else {
-                    findings.problem(record_finding(format!(
-                        "credit from unknown shard {source_shard}"
-                    )));
-                    continue;
-                };
-                if lsn > header.checkpoint_lsn && source_lsn <= *watermark {
-                    findings.problem(record_finding(format!(
-                        "credits debit {source_lsn} of shard {source_shard} although credits up to {watermark} were already applied"
-                    )));
-                }
-                *watermark = (*watermark).max(source_lsn);
-                replay.credits.push(CreditRecord {
-                    lsn,
-                    source_shard,
-                    source_lsn,
-                    to: to.key,
-                    amount,
-                });
-            }
-            RecordBody::Mint { .. } | RecordBody::Transfer { .. } => {}
-        }
-        if lsn <= file_lsn {
-            continue;
-        }
-        for image in body.images() {
-            if image.slot >= SLOT_NUMBER_MAX {
-                findings.problem(record_finding(format!(
-                    "slot number {} out of range",
-                    image.slot
-                )));
-                continue;
-            }
-            let key = Pubkey(image.key);
-            let newer_on_file = replay
-                .state(image.slot)
-                .is_some_and(|state| state.lsn >= lsn && state.key == key);
-            if !newer_on_file {
-                let state = SlotState {
-                    key,
-                    balance: image.balance,
-                    sequence: image.sequence,
-                    lsn,
-                };
-                replay.written.insert(image.slot, state);
-            }
-            replay.touched.insert(image.slot);
-            if let Some(previous) = replay.index.insert(key, image.slot) {
-                if previous != image.slot {
-                    findings.problem(record_finding(format!(
-                        "puts key {key} in slot {} but it is in slot {previous}",
-                        image.slot
-                    )));
-                }
-            }
-            replay.slot_count = replay.slot_count.max(image.slot + 1);
-        }
-        replay.book_sum = replay.book_sum.saturating_add(body.balance_delta());
-        replay.replayed += 1;
-        file_lsn = lsn;
-    }
-    replay
-}
-
-/// After replay every slot in use holds a valid account, the one the index says, written by a
-/// durable record; slots past the checkpoint's count are all accounted for by the WAL. Returns
-/// how many slots hold a balance that cannot be read.
-fn check_replayed_slots(
-    accounts: &AccountsImage,
-    slots: &[SlotRead],
-    header: &Header,
-    replay: &Replay,
-    last_lsn: u64,
-    findings: &mut Findings,
-) -> u64 {
-    let mut unreadable = 0;
-    for (slot, read) in slots.iter().enumerate() {
-        let slot = slot as u64;
-        let repaired = replay.written.contains_key(&slot);
-        let lost = !repaired
-            && match read {
-                SlotRead::Corrupt(_) => true,
-                SlotRead::Empty => slot < header.slot_count,
-                SlotRead::Valid(_) => false,
-            };
-        unreadable += u64::from(lost);
-        match read {
-            SlotRead::Corrupt(reason) => findings.report(
-                !repaired,
-                slot_finding(
-                    accounts,
-                    slot,
-                    &if repaired {
-                        format!("{reason}; repaired from the WAL at the next open")
-                    } else {
-                        format!("{reason}, and no WAL record repairs it")
-                    },
-                ),
-            ),
-            SlotRead::Empty if slot < header.slot_count && !repaired => findings.problem(
-                slot_finding(accounts, slot, "empty, although the checkpoint counts it in use"),
-            ),
-            SlotRead::Valid(state) if state.lsn > last_lsn => findings.problem(slot_finding(
-                accounts,
-                slot,
-                &format!(
-                    "written by LSN {}, past the last durable WAL record {last_lsn}",
-                    state.lsn
-                ),
-            )),
-            SlotRead::Valid(state)
-                if slot >= header.slot_count && !replay.touched.contains(&slot) =>
-            {
-                findings.problem(slot_finding(
-                    accounts,
-                    slot,
-                    &format!(
-                        "holds account {} beyond the checkpoint's {} slots, and no WAL record writes it",
-                        state.key, header.slot_count
-                    ),
-                ))
-            }
-            _ => {}
-        }
-    }
-    for (key, &slot) in &replay.index {
-        if replay.state(slot).is_some_and(|state| state.key != *key) {
-            findings.problem(slot_finding(
-                accounts,
-                slot,
-                &format!("expected to hold account {key}, holds another"),
-            ));
-        }
-    }
-    unreadable
-}
-
-/// `index.bin`, when recovery would trust it, must map every key to the slot holding it.
-fn check_index_file(
-    dir: &Path,
-    accounts: &AccountsImage,
-    slots: &[SlotRead],
-    header: &Header,
-    findings: &mut Findings,
-) {
-    let path = dir.join("index.bin");
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if header.clean {
-                findings.note(Finding::file(
-                    &path,
-                    "missing: the index is rebuilt by scanning at the next open",
-                ));
-            }
-            return;
-        }
-        Err(e) => {
-            findings.problem(Finding::file(&path, format!("cannot read: {e}")));
-            return;
-        }
-    };
-    let persisted = match index::decode(&bytes, &path, header.slot_count) {
-        Ok(persisted) => persisted,
-        Err(error) => {
-            // Only trusted after a clean shutdown, which writes it whole before the header.
-            let mut finding = Finding::from_error(&error, &path);
-            if !header.clean {
-                finding
-                    .message
-                    .push_str(" (stale anyway: rebuilt at the next open)");
-            }
-            findings.report(header.clean, finding);
-            return;
-        }
-    };
-    let matches = persisted.checkpoint_lsn == header.checkpoint_lsn
-        && persisted.shard == header.shard
-        && persisted.index.len() as u64 == header.slot_count;
-    if !header.clean {
-        findings.note(Finding::file(
-            &path,
-            "stale (the shard was not shut down cleanly): rebuilt by scanning at the next open",
-        ));
-        return;
-    }
-    if !matches {
-        findings.problem(Finding::file(
-            &path,
+    report.owed_credits = owed.len() as u64;
+    report.owed_amount = owed.iter().map(|o| o.debit.amount as u128).sum();
+    report.total_supply = Some(report.balance_sum + report.owed_amount);
+    if !owed.is_empty() {
+        report.notes.push(Finding::file(
+            &report.data_dir,
             format!(
-                "does not match the clean checkpoint: shard {} LSN {} with {} entries, header says shard {} LSN {} with {} slots",
-                persisted.shard,
-                persisted.checkpoint_lsn,
-                persisted.index.len(),
-                header.shard,
-                header.checkpoint_lsn,
-                header.slot_count
-            ),
-        ));
-        return;
-    }
-    let mut wrong: Vec<(u64, Pubkey)> = persisted
-        .index
-        .iter()
-        .filter(|(key, entry)| {
-            !matches!(slots.get(entry.slot as usize), Some(SlotRead::Valid(state)) if state.key == **key)
-        })
-        .map(|(key, entry)| (entry.slot, *key))
-        .collect();
-    wrong.sort_unstable();
-    for (slot, key) in wrong {
-        findings.problem(Finding::file(
-            &path,
-            format!(
-                "maps account {key} to slot {slot} (offset {} of {}), which does not hold it",
-                slot_offset(slot),
-                accounts.path.display()
+                "{} owed (debited, not yet credited): the next open applies them",
+                plural(owed.len(), "cross-shard credit")
             ),
         ));
     }
+    report.verdict = if report.cuts.is_empty() {
+        Verdict::Sound
+    } else {
+        Verdict::OpensAfterCutting
+    };
 }
 
-/// Per shard: the balances after replay must add up to the checkpoint's sum plus the deltas of
-/// the records replayed on top of it.
-fn check_books(
-    accounts: &AccountsImage,
-    header: &Header,
-    replay: &Replay,
-    findings: &mut Findings,
-) {
-    let balances = replay.balance_sum();
-    let books = replay.book_sum;
-    if i128::try_from(balances).ok() != Some(books) {
-        findings.problem(Finding::file(
-            &accounts.path,
-            format!(
-                "balances sum to {balances}, but the checkpoint's {} plus {} replayed records say {books}",
-                header.balance_sum, replay.replayed
-            ),
+fn describe_shard(report: &mut VerifyReport, view: AccountsView<'_>, shard: &JudgedShard) {
+    let tail = &shard.wal.tail;
+    if let (Some(reason), Some(segment)) = (&tail.torn, &tail.segment) {
+        report.cuts.push(Finding::at(
+            &segment.path,
+            tail.offset,
+            format!("torn WAL tail ({reason}): open cuts the log here"),
         ));
     }
-}
-
-/// Credits owed across shards.
-#[derive(Debug, Default)]
-struct Owed {
-    count: u64,
-    amount: u128,
-}
-
-/// Every credit must settle a debit that says the same; every debit not yet credited is owed.
-fn check_credits(shards: &[ShardCheck], findings: &mut Findings) -> Owed {
-    let mut owed = Owed::default();
-    for source in shards {
-        let mut per_target: HashMap<u32, (u64, u128, u64, u64)> = HashMap::new();
-        for debit in &source.debits {
-            let Some(target) = shards.get(debit.target_shard as usize) else {
-                continue;
-            };
-            let Some(&watermark) = target.applied.get(source.shard as usize) else {
-                continue;
-            };
-            if debit.lsn > watermark {
-                let entry = per_target
-                    .entry(debit.target_shard)
-                    .or_insert((0, 0, debit.lsn, debit.lsn));
-                entry.0 += 1;
-                entry.1 += debit.amount as u128;
-                entry.3 = debit.lsn;
-                owed.count += 1;
-                owed.amount += debit.amount as u128;
-            }
-        }
-        let mut targets: Vec<_> = per_target.into_iter().collect();
-        targets.sort_unstable_by_key(|(target, _)| *target);
-        for (target, (count, amount, first, last)) in targets {
-            let path = source
-                .locate(first)
-                .map_or_else(PathBuf::new, |(path, _)| path);
-            findings.note(Finding::file(
-                &path,
-                format!(
-                    "shard {} owes shard {target} {} ({amount} units) for debits at LSN {first}..={last}: applied at the next open",
-                    source.shard,
-                    plural(count as usize, "credit")
-                ),
-            ));
-        }
-    }
-    for target in shards {
-        check_watermarks(shards, target, findings);
-        for credit in &target.credits {
-            if let Some(message) = credit_mismatch(shards, target.shard, credit) {
-                let (path, offset) = target
-                    .locate(credit.lsn)
-                    .unwrap_or_else(|| (PathBuf::new(), None));
-                findings.problem(Finding {
-                    path,
-                    offset,
-                    message: format!("record LSN {}: {message}", credit.lsn),
-                });
-            }
-        }
-    }
-    owed
-}
-
-/// A target's credit watermark above its source's last LSN means the source lost durable
-/// records (recovery refuses such a directory). Credit records left in the target's WAL are
-/// checked one by one in [`credit_mismatch`]; this catches what a checkpoint folded into the
-/// header.
-fn check_watermarks(shards: &[ShardCheck], target: &ShardCheck, findings: &mut Findings) {
-    for (source_shard, &credited) in target.applied.iter().enumerate() {
-        let Some(source) = shards.get(source_shard) else {
-            continue;
-        };
-        let Some(wal) = &source.wal else {
-            continue;
-        };
-        let reported_by_record = target
-            .credits
-            .iter()
-            .any(|c| c.source_shard as usize == source_shard && c.source_lsn > source.last_lsn);
-        if credited <= source.last_lsn || reported_by_record {
-            continue;
-        }
-        let path = wal
-            .tail
-            .segment
-            .as_ref()
-            .map_or_else(PathBuf::new, |s| s.path.clone());
-        findings.problem(Finding::file(
-            &path,
-            format!(
-                "shard {} credited debit LSN {credited} of shard {source_shard}, whose WAL ends at LSN {}: durable records were lost",
-                target.shard, source.last_lsn
-            ),
-        ));
-    }
-}
-
-/// Why `credit`, logged by shard `target`, does not settle a debit of its source shard.
-fn credit_mismatch(shards: &[ShardCheck], target: u32, credit: &CreditRecord) -> Option<String> {
-    let source = shards.get(credit.source_shard as usize)?;
-    let wal = source.wal.as_ref()?;
-    let lsn = credit.source_lsn;
-    if lsn > source.last_lsn {
-        return Some(format!(
-            "credits debit {lsn} of shard {}, whose log ends at LSN {}: money without a debit",
-            credit.source_shard, source.last_lsn
-        ));
-    }
-    let first = wal.records.first().map(|r| r.0)?;
-    // Below the first record left in the source's WAL: the debit was truncated after a checkpoint.
-    let position = usize::try_from(lsn.checked_sub(first)?).ok()?;
-    let (_, body) = wal.records.get(position)?;
-    match *body {
-        RecordBody::Debit {
-            to,
-            target_shard,
-            amount,
-            ..
-        } if target_shard == target && to == credit.to && amount == credit.amount => None,
-        RecordBody::Debit {
-            to,
-            target_shard,
-            amount,
-            ..
-        } => Some(format!(
-            "credits {} to {} for debit {lsn} of shard {}, which debits {amount} towards {} on shard {target_shard}",
-            credit.amount,
-            Pubkey(credit.to),
-            credit.source_shard,
-            Pubkey(to)
+    match &shard.index_source {
+        IndexSource::Rebuilt(reason) if shard.header.clean => report.notes.push(Finding::file(
+            &shard.dir.join(crate::storage::INDEX_FILE),
+            format!("{reason}: the next open rebuilds the index by scanning the slots"),
         )),
-        _ => Some(format!(
-            "credits debit {lsn} of shard {}, but that record is not a debit",
-            credit.source_shard
-        )),
+        IndexSource::Rebuilt(_) => {}
+        IndexSource::Persisted => check_slots_behind_the_index(report, view, shard),
+    }
+}
+
+/// With a persisted index, `open` reads each slot on first use; `verify` reads them all now.
+fn check_slots_behind_the_index(
+    report: &mut VerifyReport,
+    view: AccountsView<'_>,
+    shard: &JudgedShard,
+) {
+    let mut entries: Vec<_> = shard.index.iter().collect();
+    entries.sort_unstable_by_key(|(_, entry)| entry.slot);
+    let mut sum = 0u128;
+    for (key, entry) in entries {
+        let problem = match view.read_slot(entry.slot) {
+            SlotRead::Valid(state) if state.key == *key => {
+                sum += state.balance as u128;
+                continue;
+            }
+            SlotRead::Valid(_) => "slot holds another key than the index says",
+            SlotRead::Empty => "index points at an empty slot",
+            SlotRead::Corrupt(reason) => reason,
+        };
+        report.problems.push(Finding::at(
+            view.path(),
+            slot_offset(entry.slot),
+            format!("{problem}: reading account {key} fails"),
+        ));
+    }
+    if report.problems.is_empty() && sum != shard.balance_sum {
+        report.problems.push(Finding::at(
+            view.path(),
+            48,
+            format!(
+                "the slots hold {sum} units, the header says {}",
+                shard.balance_sum
+            ),
+        ));
+    }
+}
+
+/// Shard directories the MANIFEST does not count are ignored by the ledger: say so.
+fn note_unexpected_entries(data_dir: &Path, report: &mut VerifyReport) {
+    let Ok(manifest) = Manifest::read(&data_dir.join(MANIFEST_FILE)) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    let mut extra: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            parse_shard_dir(&entry.file_name().to_string_lossy())
+                .is_some_and(|shard| shard >= manifest.shard_count)
+        })
+        .map(|entry| entry.path())
+        .collect();
+    extra.sort();
+    for dir in extra {
+        report.notes.push(Finding::file(
+            &dir,
+            format!(
+                "not one of the {} shards: ignored by the ledger",
+                manifest.shard_count
+            ),
+        ));
     }
 }
 
@@ -1373,7 +515,7 @@ pub fn inspect(data_dir: &Path) -> Result<Inspection> {
     require_dir(data_dir)?;
     let (lock, shared_lock) = probe_lock(data_dir);
     drop(shared_lock);
-    let manifest = Manifest::read(&data_dir.join("MANIFEST"))?;
+    let manifest = Manifest::read(&data_dir.join(MANIFEST_FILE))?;
     let shards = (0..manifest.shard_count)
         .map(|shard| inspect_shard(&shard_dir(data_dir, shard), shard))
         .collect();
@@ -1386,7 +528,7 @@ pub fn inspect(data_dir: &Path) -> Result<Inspection> {
 }
 
 fn inspect_shard(dir: &Path, shard: u32) -> ShardInspection {
-    let accounts_path = dir.join("accounts.dat");
+    let accounts_path = dir.join(ACCOUNTS_FILE);
     let accounts_metadata = std::fs::metadata(&accounts_path).ok();
     let mut inspection = ShardInspection {
         shard,
@@ -1443,10 +585,52 @@ fn read_header(path: &Path) -> std::result::Result<Header, String> {
     File::open(path)
         .and_then(|file| file.take(HEADER_BYTES).read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let slots = header_slots(&bytes);
-    newest_header(&slots)
-        .map(|(_, header)| header.clone())
-        .ok_or_else(|| format!("{}: no valid header", path.display()))
+    if bytes.len() < HEADER_BYTES as usize {
+        return Err(format!("{}: shorter than its header", path.display()));
+    }
+    let first = Header::read(&bytes[..HEADER_SLOT_BYTES]);
+    let second = Header::read(&bytes[HEADER_SLOT_BYTES..]);
+    match (first, second) {
+        (HeaderRead::Valid(a), HeaderRead::Valid(b)) => {
+            Ok(if b.generation > a.generation { b } else { a })
+        }
+        (HeaderRead::Valid(a), _) | (_, HeaderRead::Valid(a)) => Ok(a),
+        _ => Err(format!("{}: no valid header", path.display())),
+    }
+}
+
+/// How a segment's records end.
+struct SegmentWalk {
+    records: u64,
+    last_lsn: Option<u64>,
+    /// Offset just after the last whole record.
+    end: usize,
+    /// Why decoding stopped before the end of the file, if not at zeros.
+    invalid: Option<String>,
+}
+
+fn walk_segment(bytes: &[u8]) -> SegmentWalk {
+    let mut walk = SegmentWalk {
+        records: 0,
+        last_lsn: None,
+        end: 0,
+        invalid: None,
+    };
+    while let Some(rest) = bytes.get(walk.end..).filter(|rest| !rest.is_empty()) {
+        match record::decode(rest) {
+            Decoded::Record { lsn, len, .. } => {
+                walk.records += 1;
+                walk.last_lsn = Some(lsn);
+                walk.end += len;
+            }
+            Decoded::End => break,
+            Decoded::Invalid(reason) => {
+                walk.invalid = Some(reason);
+                break;
+            }
+        }
+    }
+    walk
 }
 
 impl fmt::Display for Inspection {
@@ -1687,27 +871,5 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-    }
-
-    #[test]
-    fn segment_walk_finds_the_end_and_garbage_after_it() {
-        use crate::wal::record::{encode_into, AfterImage};
-        let mut bytes = Vec::new();
-        for lsn in 1..=3 {
-            let to = AfterImage {
-                slot: lsn,
-                key: [lsn as u8; 32],
-                balance: 5,
-                sequence: 1,
-            };
-            encode_into(&mut bytes, lsn, &RecordBody::Mint { to, amount: 5 });
-        }
-        let end = bytes.len();
-        bytes.resize(end + 1000, 0);
-        let walk = walk_segment(&bytes);
-        assert_eq!((walk.records, walk.end, walk.last_lsn), (3, end, Some(3)));
-        assert_eq!(walk.garbage_at, None);
-        bytes[end + 500] = 1;
-        assert_eq!(walk_segment(&bytes).garbage_at, Some(end + 500));
     }
 }
