@@ -41,8 +41,9 @@ use crate::storage::index;
 use crate::storage::manifest::Manifest;
 use crate::storage::{shard_dir, MAX_SHARDS};
 use crate::types::Pubkey;
+use crate::wal::frame::{self, Decoded};
 use crate::wal::reader::{self, Segment, WalScan};
-use crate::wal::record::{self, Decoded, RecordBody};
+use crate::wal::record::RecordBody;
 
 /// Slot numbers above this in a WAL record are nonsense (2^36 slots = 8 TiB of accounts).
 const SLOT_NUMBER_MAX: u64 = 1 << 36;
@@ -425,30 +426,16 @@ struct ShardCheck {
 impl ShardCheck {
     /// The WAL segment holding `lsn` and the record's offset in it, for findings.
     fn locate(&self, lsn: u64) -> Option<(PathBuf, Option<u64>)> {
-        let segments = &self.wal.as_ref()?.segments;
-        let segment = segments.iter().rev().find(|s| s.first_lsn <= lsn)?;
-        Some((segment.path.clone(), record_offset(&segment.path, lsn)))
+        let wal = self.wal.as_ref()?;
+        let segment = wal.segments.iter().rev().find(|s| s.first_lsn <= lsn)?;
+        let offset = wal
+            .records
+            .binary_search_by_key(&lsn, |record| record.0)
+            .ok()
+            .and_then(|index| wal.positions.get(index))
+            .map(|position| position.offset);
+        Some((segment.path.clone(), offset))
     }
-}
-
-/// The byte offset of the record with `lsn` in the segment at `path`.
-fn record_offset(path: &Path, lsn: u64) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut offset = 0;
-    while offset < bytes.len() {
-        match record::decode(bytes.get(offset..)?) {
-            Decoded::Record {
-                lsn: found, len, ..
-            } => {
-                if found == lsn {
-                    return Some(offset as u64);
-                }
-                offset += len;
-            }
-            Decoded::End | Decoded::Invalid(_) => return None,
-        }
-    }
-    None
 }
 
 fn check_shard(
@@ -756,7 +743,7 @@ fn read_wal(dir: &Path, header: &Header, findings: &mut Findings) -> Option<WalS
 struct SegmentWalk {
     records: u64,
     last_lsn: Option<u64>,
-    /// Offset just after the last whole record.
+    /// Offset just after the last whole frame.
     end: usize,
     /// Why decoding stopped before the end of the file, if not at zeros.
     invalid: Option<String>,
@@ -773,11 +760,11 @@ fn walk_segment(bytes: &[u8]) -> SegmentWalk {
         garbage_at: None,
     };
     while let Some(rest) = bytes.get(walk.end..).filter(|rest| !rest.is_empty()) {
-        match record::decode(rest) {
-            Decoded::Record { lsn, len, .. } => {
-                walk.records += 1;
-                walk.last_lsn = Some(lsn);
-                walk.end += len;
+        match frame::decode(rest) {
+            Decoded::Frame(found) => {
+                walk.records += found.header.count as u64;
+                walk.last_lsn = Some(found.header.last_lsn());
+                walk.end += found.header.total_len();
             }
             Decoded::End => {
                 walk.garbage_at = rest.iter().position(|&b| b != 0).map(|p| walk.end + p);
@@ -907,10 +894,10 @@ fn replay_shard<'a>(
             .map_or_else(|| accounts.path.clone(), |s| s.path.clone())
     };
     let mut file_lsn = header.checkpoint_lsn;
-    for &(lsn, ref body) in &wal.records {
+    for (index, &(lsn, ref body)) in wal.records.iter().enumerate() {
         let record_finding = |message: String| {
             let path = segment_of(lsn);
-            let offset = record_offset(&path, lsn);
+            let offset = wal.positions.get(index).map(|position| position.offset);
             Finding {
                 path,
                 offset,
@@ -1691,8 +1678,8 @@ mod tests {
 
     #[test]
     fn segment_walk_finds_the_end_and_garbage_after_it() {
-        use crate::wal::record::{encode_into, AfterImage};
-        let mut bytes = Vec::new();
+        use crate::wal::record::AfterImage;
+        let (mut bytes, mut frame_start) = (Vec::new(), 0);
         for lsn in 1..=3 {
             let to = AfterImage {
                 slot: lsn,
@@ -1700,8 +1687,10 @@ mod tests {
                 balance: 5,
                 sequence: 1,
             };
-            encode_into(&mut bytes, lsn, &RecordBody::Mint { to, amount: 5 });
+            let body = RecordBody::Mint { to, amount: 5 };
+            frame::push_record(&mut bytes, &mut frame_start, lsn, &body);
         }
+        frame::seal(&mut bytes, 1, 3, 0).unwrap();
         let end = bytes.len();
         bytes.resize(end + 1000, 0);
         let walk = walk_segment(&bytes);
