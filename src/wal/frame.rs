@@ -52,8 +52,9 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     pub fn last_lsn(&self) -> u64 {
-        // count >= 1 and first + count does not overflow: checked by `decode_header`.
-        self.first_lsn + (self.count as u64 - 1)
+        // Exact for a decoded header (count >= 1, no overflow); saturates for a hand-made one.
+        self.first_lsn
+            .saturating_add((self.count as u64).saturating_sub(1))
     }
 
     /// Header and records.
