@@ -7,6 +7,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tally::actors::router::{plan_waves, shard_of};
 use tally::storage::accounts::{AccountsFile, SlotState};
+use tally::wal::frame::push_record;
 use tally::wal::reader::scan;
 use tally::wal::record::{encode_into, AfterImage, RecordBody};
 use tally::wal::writer::{spawn_group_commit, Batch, Command, SyncPolicy, WalShared, WalWriter};
@@ -15,8 +16,9 @@ use tally::{Config, Ledger, Op};
 mod common;
 use common::{key, mint_accounts};
 
+/// WAL frames of `count` records from `first_lsn`, as a shard builds them.
 fn records(first_lsn: u64, count: u64) -> Vec<u8> {
-    let mut bytes = Vec::new();
+    let (mut bytes, mut frame_start) = (Vec::new(), 0);
     for lsn in first_lsn..first_lsn + count {
         let image = AfterImage {
             slot: lsn % 1000,
@@ -24,8 +26,9 @@ fn records(first_lsn: u64, count: u64) -> Vec<u8> {
             balance: lsn,
             sequence: 1,
         };
-        encode_into(
+        push_record(
             &mut bytes,
+            &mut frame_start,
             lsn,
             &RecordBody::Transfer {
                 from: image,

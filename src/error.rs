@@ -49,6 +49,18 @@ pub enum LedgerError {
         offset: u64,
         reason: String,
     },
+    /// The data directory was written in an older on-disk format that this build does not read
+    /// (its MANIFEST at `path` says `found`; this build reads `supported`). Nothing was changed:
+    /// open it with a tally build of its own format version.
+    #[error(
+        "{} was written by format version {found}; this build reads format version {supported} only",
+        path.display()
+    )]
+    UnsupportedFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     /// The file cannot grow (for example the disk is full).
     #[error("no space to grow {}", path.display())]
     Full { path: PathBuf },

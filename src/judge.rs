@@ -32,7 +32,7 @@ use crate::storage::accounts::{
 use crate::storage::index::{self, Cached, Index, IndexEntry};
 use crate::storage::manifest::Manifest;
 use crate::types::Pubkey;
-use crate::wal::reader::{self, Segment, WalScan};
+use crate::wal::reader::{self, WalScan};
 use crate::wal::record::{AfterImage, RecordBody};
 use crate::wal::LSN_MAX;
 
@@ -218,7 +218,7 @@ pub fn judge_shard(
         .last()
         .is_some_and(|(lsn, _)| *lsn > header.checkpoint_lsn);
     let (slots, index_source) = load_index(dir, view, &header, above_checkpoint)?;
-    let mut replay = Replay::new(view, &header, slots, &wal.segments);
+    let mut replay = Replay::new(view, &header, slots, &wal);
     for (lsn, body) in &wal.records {
         replay.record(*lsn, body)?;
     }
@@ -351,6 +351,15 @@ pub fn record_at(wal: &WalScan, lsn: u64) -> Option<&RecordBody> {
 
 /// The file and offset of the record with `lsn`, for reports.
 pub fn locate(wal: &WalScan, lsn: u64) -> (PathBuf, u64) {
+    let position = wal.records.first().and_then(|(first, _)| {
+        let index = usize::try_from(lsn.checked_sub(*first)?).ok()?;
+        wal.positions.get(index)
+    });
+    if let Some(position) = position {
+        if let Some(segment) = wal.segments.get(position.segment) {
+            return (segment.path.clone(), position.offset);
+        }
+    }
     let segment = wal.segments.iter().rev().find(|s| s.first_lsn <= lsn);
     let path = segment
         .or(wal.segments.first())
@@ -496,7 +505,7 @@ enum Previous {
 /// Replays a shard's WAL into an overlay of slot states, checking each record as it goes.
 struct Replay<'a> {
     view: AccountsView<'a>,
-    segments: &'a [Segment],
+    wal: &'a WalScan,
     shard: u32,
     shard_count: u32,
     checkpoint_lsn: u64,
@@ -532,11 +541,11 @@ struct Finished {
 }
 
 impl<'a> Replay<'a> {
-    fn new(view: AccountsView<'a>, header: &Header, slots: Slots, segments: &'a [Segment]) -> Self {
+    fn new(view: AccountsView<'a>, header: &Header, slots: Slots, wal: &'a WalScan) -> Self {
         let damaged = slots.damaged.iter().copied().collect();
         Replay {
             view,
-            segments,
+            wal,
             shard: header.shard,
             shard_count: header.shard_count,
             checkpoint_lsn: header.checkpoint_lsn,
@@ -558,9 +567,8 @@ impl<'a> Replay<'a> {
 
     /// An error about the record at `lsn`.
     fn bad_record(&self, lsn: u64, reason: impl Into<String>) -> LedgerError {
-        let segment = self.segments.iter().rev().find(|s| s.first_lsn <= lsn);
-        let path = segment.map_or_else(|| self.view.path().to_path_buf(), |s| s.path.clone());
-        LedgerError::corrupt(path, 0, format!("WAL record {lsn}: {}", reason.into()))
+        let (path, offset) = locate(self.wal, lsn);
+        LedgerError::corrupt(path, offset, format!("WAL record {lsn}: {}", reason.into()))
     }
 
     fn bad_slot(&self, slot: u64, reason: impl Into<String>) -> LedgerError {

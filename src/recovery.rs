@@ -234,8 +234,8 @@ fn resolve_credits(shards: &mut [RecoveredShard], owed: &[OwedCredit]) -> Result
         }
     }
     for shard in shards.iter_mut() {
-        if let Some((bytes, first_lsn, last_lsn)) = shard.state.take_records() {
-            shard.wal.append(&bytes, first_lsn)?;
+        if let Some((mut bytes, first_lsn, last_lsn)) = shard.state.take_records() {
+            shard.wal.append(&mut bytes, first_lsn, last_lsn)?;
             shard.wal.sync()?;
             shard.state.mark_durable(last_lsn)?;
         }

@@ -13,7 +13,8 @@ use crate::storage::accounts::{slot_offset, AccountsFile, Header, SlotRead, Slot
 use crate::storage::index::{self, Cached, Index, IndexEntry};
 use crate::storage::INDEX_FILE;
 use crate::types::{Account, Pubkey, ShardStats};
-use crate::wal::record::{encode_into, AfterImage, RecordBody};
+use crate::wal::frame;
+use crate::wal::record::{AfterImage, RecordBody};
 
 /// A record whose after-images are not in the account file yet (its WAL write is not durable).
 #[derive(Debug)]
@@ -62,9 +63,11 @@ pub struct ShardState {
     file_balance_sum: u128,
     file_debit_max: Vec<u64>,
     header: Header,
-    /// Encoded records not yet handed to the WAL, and the LSN of the first of them.
+    /// WAL frames of records not yet handed to the WAL, and the LSN of the first record.
     buffer: Vec<u8>,
     buffer_first_lsn: u64,
+    /// Where the frame that the next record joins starts in `buffer`.
+    frame_start: usize,
     checkpoints: u64,
 }
 
@@ -102,6 +105,7 @@ impl ShardState {
             header,
             buffer: Vec::with_capacity(1 << 16),
             buffer_first_lsn: 0,
+            frame_start: 0,
             checkpoints: 0,
         }
     }
@@ -138,6 +142,7 @@ impl ShardState {
             header: judged.header,
             buffer: Vec::with_capacity(1 << 16),
             buffer_first_lsn: 0,
+            frame_start: 0,
             checkpoints: 0,
         })
     }
@@ -354,7 +359,7 @@ impl ShardState {
         if self.buffer.is_empty() {
             self.buffer_first_lsn = lsn;
         }
-        encode_into(&mut self.buffer, lsn, &body);
+        frame::push_record(&mut self.buffer, &mut self.frame_start, lsn, &body);
         self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
         if let RecordBody::Credit {
             source_shard,
@@ -368,7 +373,8 @@ impl ShardState {
         lsn
     }
 
-    /// Hands over the records encoded since the last call: (bytes, first LSN, last LSN).
+    /// Hands over the records encoded since the last call, as WAL frames whose headers the writer
+    /// completes: (bytes, first LSN, last LSN).
     pub fn take_records(&mut self) -> Option<(Vec<u8>, u64, u64)> {
         if self.buffer.is_empty() {
             return None;

@@ -34,8 +34,8 @@ use crate::storage::accounts::{
 };
 use crate::storage::manifest::Manifest;
 use crate::storage::{parse_shard_dir, shard_dir, ACCOUNTS_FILE, LOCK_FILE, MANIFEST_FILE};
+use crate::wal::frame::{self, Decoded};
 use crate::wal::reader;
-use crate::wal::record::{self, Decoded};
 
 // ---------------------------------------------------------------------------------------------
 // Findings
@@ -384,10 +384,17 @@ fn describe(
 fn describe_shard(report: &mut VerifyReport, view: AccountsView<'_>, shard: &JudgedShard) {
     let tail = &shard.wal.tail;
     if let (Some(reason), Some(segment)) = (&tail.torn, &tail.segment) {
+        let dropped = shard.wal.cut.as_ref().map_or_else(String::new, |cut| {
+            format!(
+                "; {} bytes dropped, holding {} never proven synced",
+                group_digits(cut.bytes as u128),
+                plural(cut.records as usize, "record")
+            )
+        });
         report.cuts.push(Finding::at(
             &segment.path,
             tail.offset,
-            format!("torn WAL tail ({reason}): open cuts the log here"),
+            format!("torn WAL tail ({reason}): open cuts the log here{dropped}"),
         ));
     }
     match &shard.index_source {
@@ -617,11 +624,11 @@ fn walk_segment(bytes: &[u8]) -> SegmentWalk {
         invalid: None,
     };
     while let Some(rest) = bytes.get(walk.end..).filter(|rest| !rest.is_empty()) {
-        match record::decode(rest) {
-            Decoded::Record { lsn, len, .. } => {
-                walk.records += 1;
-                walk.last_lsn = Some(lsn);
-                walk.end += len;
+        match frame::decode(rest) {
+            Decoded::Frame(found) => {
+                walk.records += found.header.count as u64;
+                walk.last_lsn = Some(found.header.last_lsn());
+                walk.end += found.header.total_len();
             }
             Decoded::End => break,
             Decoded::Invalid(reason) => {

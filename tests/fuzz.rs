@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use tally::storage::accounts::{Header, SlotState};
 use tally::storage::{index, manifest::Manifest};
+use tally::wal::frame;
 use tally::wal::record::{self, AfterImage, RecordBody};
 use tally::{Config, Ledger, LedgerError, Op, Pubkey};
 
@@ -39,7 +40,28 @@ fn valid_record() -> Vec<u8> {
     bytes
 }
 
+/// A sealed WAL frame of three records.
+fn valid_frame() -> Vec<u8> {
+    let (mut bytes, mut start) = (Vec::new(), 0);
+    for lsn in 5..8 {
+        let image = AfterImage {
+            slot: lsn,
+            key: [7; 32],
+            balance: 99,
+            sequence: 2,
+        };
+        let body = RecordBody::Mint {
+            to: image,
+            amount: lsn,
+        };
+        frame::push_record(&mut bytes, &mut start, lsn, &body);
+    }
+    frame::seal(&mut bytes, 5, 7, 4).unwrap();
+    bytes
+}
+
 fn decode_everything(bytes: &[u8]) {
+    let _ = frame::decode(bytes);
     let _ = Header::decode(bytes);
     let _ = SlotState::decode(bytes);
     let _ = record::decode(bytes);
@@ -69,6 +91,21 @@ proptest! {
         prop_assert!(!matches!(record::decode(&bytes), record::Decoded::Record { .. }), "a mutated record decoded");
         let cut = cut % original.len();
         decode_everything(&original[..cut]);
+    }
+
+    #[test]
+    fn decoders_reject_mutated_frames(flips in prop::collection::vec((any::<usize>(), 1u8..=255), 1..4), cut in any::<usize>()) {
+        let original = valid_frame();
+        let mut bytes = original.clone();
+        for (position, mask) in flips {
+            let position = position % bytes.len();
+            bytes[position] ^= mask;
+        }
+        decode_everything(&bytes);
+        prop_assume!(bytes != original);
+        prop_assert!(!matches!(frame::decode(&bytes), frame::Decoded::Frame(_)), "a mutated frame decoded");
+        let cut = cut % original.len();
+        prop_assert!(!matches!(frame::decode(&original[..cut]), frame::Decoded::Frame(_)), "a cut frame decoded");
     }
 }
 

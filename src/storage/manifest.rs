@@ -14,7 +14,12 @@ use super::{read_u32, read_u64, write_u32, write_u64, MAX_SHARDS};
 use crate::error::{LedgerError, Result};
 
 pub const MAGIC: &[u8; 8] = b"TALLYMAN";
-pub const VERSION: u32 = 1;
+/// The format this build reads and writes. 2: WAL records are written in frames
+/// (`src/wal/frame.rs`); version 1 wrote bare records.
+pub const VERSION: u32 = 2;
+/// Versions older than [`VERSION`] that a tally build once wrote: refused as
+/// [`LedgerError::UnsupportedFormat`], not as corruption.
+pub const OLD_VERSIONS: std::ops::RangeInclusive<u32> = 1..=VERSION - 1;
 pub const LEN: usize = 36;
 const CRC_OFFSET: usize = 32;
 
@@ -63,8 +68,15 @@ impl Manifest {
             return Err(corrupt(CRC_OFFSET, "CRC mismatch"));
         }
         let version = read_u32(bytes, 8);
+        if OLD_VERSIONS.contains(&version) {
+            return Err(LedgerError::UnsupportedFormat {
+                path: path.to_path_buf(),
+                found: version,
+                supported: VERSION,
+            });
+        }
         if version != VERSION {
-            return Err(corrupt(8, &format!("unsupported format version {version}")));
+            return Err(corrupt(8, &format!("unknown format version {version}")));
         }
         let shard_count = read_u32(bytes, 12);
         if shard_count == 0 || shard_count as usize > MAX_SHARDS {
@@ -122,6 +134,39 @@ mod tests {
         assert!(Manifest::decode(&[0xAB; LEN], Path::new("M")).is_err());
         let bytes = Manifest::new(4, [1, 2]).encode();
         assert!(Manifest::decode(&bytes[..LEN - 1], Path::new("M")).is_err());
+    }
+
+    #[test]
+    fn an_older_version_is_unsupported_format_naming_both_versions() {
+        let mut manifest = Manifest::new(4, [1, 2]);
+        manifest.version = 1;
+        let err = Manifest::decode(&manifest.encode(), Path::new("M")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LedgerError::UnsupportedFormat { path, found: 1, supported: VERSION }
+                    if path == Path::new("M")
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("format version 1") && message.contains("format version 2"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_version_is_corrupt() {
+        for version in [0, VERSION + 1, u32::MAX] {
+            let mut manifest = Manifest::new(4, [1, 2]);
+            manifest.version = version;
+            let err = Manifest::decode(&manifest.encode(), Path::new("M")).unwrap_err();
+            assert!(
+                matches!(err, LedgerError::Corrupt { offset: 8, .. }),
+                "{version}: {err:?}"
+            );
+        }
     }
 
     #[test]

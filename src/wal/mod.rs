@@ -1,6 +1,7 @@
-//! The write-ahead log of one shard: record format, segment files, the group-commit writer
+//! The write-ahead log of one shard: frame and record formats, segment files, the group-commit writer
 //! thread, and the reader used by recovery. Nothing here knows about actors.
 
+pub mod frame;
 pub mod reader;
 pub mod record;
 pub mod writer;

@@ -1,4 +1,5 @@
-//! WAL record framing and payloads.
+//! WAL records and their payloads. Records are written inside frames ([`super::frame`]), which
+//! say how many follow and whether the WAL was synced before them; each record keeps its own CRC.
 //!
 //! | offset | size | field                                                   |
 //! |--------|------|---------------------------------------------------------|
@@ -8,7 +9,6 @@
 //! | 16     | 1    | kind: 1 mint, 2 transfer, 3 debit, 4 credit              |
 //! | 17     | n    | payload: the [`RecordBody`] in bincode (standard config) |
 //!
-//! Segments are preallocated with zeros, so an all-zero record header marks the end of the log.
 //! Every payload carries the after-image of each account it changes, with its slot number, so
 //! replay is a plain "write this slot if the record is newer" and needs no index.
 
@@ -90,7 +90,7 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
 
-/// Appends one framed record to `buffer`.
+/// Appends one record (header and payload) to `buffer`.
 pub fn encode_into(buffer: &mut Vec<u8>, lsn: u64, body: &RecordBody) {
     let start = buffer.len();
     buffer.resize(start + HEADER_BYTES, 0);
@@ -122,9 +122,9 @@ pub enum Decoded {
         body: RecordBody,
         len: usize,
     },
-    /// An all-zero header: the preallocated, never-written rest of the segment.
+    /// An all-zero header: never written (inside a frame, that makes the frame invalid).
     End,
-    /// Not a valid record: a torn write or corruption (the reader decides which).
+    /// Not a valid record.
     Invalid(String),
 }
 

@@ -1,5 +1,13 @@
 //! Appending to a shard's WAL: [`WalWriter`] owns the segment files; [`spawn_group_commit`] runs
 //! it on a dedicated thread that writes every queued batch and then syncs once for all of them.
+//!
+//! Each batch is written with one `write_at`, as one or more frames ([`super::frame`]) that the
+//! shard built with their headers reserved in place. Before the write the writer completes each
+//! header with the LSN that its last successful fdatasync covered (the synced-through LSN) and
+//! the header CRC. A round of the group commit is therefore a run of frames that all claim the
+//! same synced-through LSN, and the first frame of the next round claims this round: that claim
+//! is what lets the reader tell an unsynced, torn round from damage to a durable one. Frames
+//! never span segments: a batch that does not fit starts a new segment first.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -10,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::reader::{Segment, Tail};
-use super::segment_path;
+use super::{frame, segment_path};
 use crate::error::{LedgerError, Result};
 use crate::storage::io::SharedIo;
 use crate::storage::{open_private_file, preallocate, sync_dir};
@@ -29,10 +37,15 @@ pub struct WalWriter {
     offset: u64,
     /// Live segments, oldest first, as (first LSN, path, bytes written); the last one is `file`.
     segments: VecDeque<(u64, PathBuf, u64)>,
+    /// Last LSN written, and last LSN covered by a successful sync (what frames claim).
+    written_lsn: u64,
+    synced_lsn: u64,
 }
 
 impl WalWriter {
-    /// Resumes writing where [`super::reader::scan`] stopped, cutting a torn tail first.
+    /// Resumes writing where [`super::reader::scan`] stopped, cutting a torn tail first. The
+    /// records scanned must be on disk (recovery syncs every segment before scanning), since the
+    /// next frame claims the WAL synced through them.
     pub fn open(
         io: SharedIo,
         dir: &Path,
@@ -44,8 +57,9 @@ impl WalWriter {
             .iter()
             .map(|s| (s.first_lsn, s.path.clone(), s.len))
             .collect();
+        let synced_lsn = tail.next_lsn.saturating_sub(1);
         let Some(last) = &tail.segment else {
-            return Self::create(io, dir, tail.next_lsn, segment_bytes, live);
+            return Self::create(io, dir, tail.next_lsn, segment_bytes, live, synced_lsn);
         };
         let file = open_private_file(&last.path, false)?;
         if tail.torn.is_some() {
@@ -67,6 +81,8 @@ impl WalWriter {
             path: last.path.clone(),
             offset: tail.offset,
             segments: live,
+            written_lsn: synced_lsn,
+            synced_lsn,
         })
     }
 
@@ -76,6 +92,7 @@ impl WalWriter {
         first_lsn: u64,
         segment_bytes: u64,
         mut live: VecDeque<(u64, PathBuf, u64)>,
+        synced_lsn: u64,
     ) -> Result<Self> {
         let path = segment_path(dir, first_lsn);
         let file = open_private_file(&path, true)?;
@@ -92,21 +109,34 @@ impl WalWriter {
             path,
             offset: 0,
             segments: live,
+            written_lsn: synced_lsn,
+            synced_lsn,
         })
     }
 
-    /// Writes whole records whose first LSN is `first_lsn`; starts a new segment first if they
-    /// would not fit in the current one. Does not sync.
-    pub fn append(&mut self, bytes: &[u8], first_lsn: u64) -> Result<()> {
-        if self.offset > 0 && self.offset + bytes.len() as u64 > self.segment_bytes {
+    /// Writes the frames of records `first_lsn..=last_lsn`, built by
+    /// [`super::frame::push_record`], with one `write_at`; completes their headers first (see
+    /// the module docs). Starts a new segment first if they would not fit in the current one.
+    /// Writes nothing for an empty batch. Does not sync.
+    pub fn append(&mut self, frames: &mut [u8], first_lsn: u64, last_lsn: u64) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if self.offset > 0 && self.offset + frames.len() as u64 > self.segment_bytes {
             if let Some(error) = self.try_rotate(first_lsn)? {
                 return Err(error);
             }
         }
+        // After any rotation: it synced, so the frames can claim more.
+        frame::seal(frames, first_lsn, last_lsn, self.synced_lsn).map_err(|reason| {
+            let error = std::io::Error::new(std::io::ErrorKind::InvalidInput, reason);
+            LedgerError::io(&self.path, error)
+        })?;
         self.io
-            .write_at(&self.file, &self.path, bytes, self.offset)
+            .write_at(&self.file, &self.path, frames, self.offset)
             .map_err(|e| LedgerError::io(&self.path, e))?;
-        self.offset += bytes.len() as u64;
+        self.offset += frames.len() as u64;
+        self.written_lsn = last_lsn;
         if let Some(entry) = self.segments.back_mut() {
             entry.2 = self.offset;
         }
@@ -117,7 +147,14 @@ impl WalWriter {
     pub fn sync(&mut self) -> Result<()> {
         self.io
             .sync_data(&self.file, &self.path)
-            .map_err(|e| LedgerError::io(&self.path, e))
+            .map_err(|e| LedgerError::io(&self.path, e))?;
+        self.synced_lsn = self.written_lsn;
+        Ok(())
+    }
+
+    /// The LSN the last successful sync covered: what the next frame claims.
+    pub fn synced_lsn(&self) -> u64 {
+        self.synced_lsn
     }
 
     /// Deletes every segment all of whose records have an LSN <= `through_lsn`. The current
@@ -155,6 +192,7 @@ impl WalWriter {
             first_lsn,
             self.segment_bytes,
             live,
+            self.synced_lsn,
         ) {
             Ok(next) => {
                 *self = next;
@@ -188,6 +226,7 @@ impl WalWriter {
 
 /// A run of encoded records handed to the group-commit thread, with what to do once written.
 pub struct Batch<A> {
+    /// Frames of records `first_lsn..=last_lsn` (see [`WalWriter::append`]); empty for acks only.
     pub bytes: Vec<u8>,
     pub first_lsn: u64,
     pub last_lsn: u64,
@@ -420,7 +459,7 @@ impl GroupCommit<'_> {
 
     fn write<A>(&mut self, batch: Batch<A>, acks: &mut Vec<A>, urgent: &mut bool) -> Result<()> {
         let Batch {
-            bytes,
+            mut bytes,
             first_lsn,
             last_lsn,
             acks: batch_acks,
@@ -439,7 +478,7 @@ impl GroupCommit<'_> {
         }
         let _span =
             tracing::trace_span!("wal_write", bytes = bytes.len(), first_lsn, last_lsn).entered();
-        match self.writer.append(&bytes, first_lsn) {
+        match self.writer.append(&mut bytes, first_lsn, last_lsn) {
             Ok(()) => {
                 self.unsynced_lsn = Some(last_lsn);
                 self.shared.written_lsn.store(last_lsn, Ordering::Release);
@@ -546,11 +585,14 @@ impl GroupCommit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::frame::push_record;
     use crate::wal::reader::scan;
-    use crate::wal::record::{encode_into, AfterImage, RecordBody};
+    use crate::wal::record::{AfterImage, RecordBody};
 
+    /// Frames of `count` records from `first`, as a shard builds them.
     fn records(first: u64, count: u64) -> Vec<u8> {
         let mut bytes = Vec::new();
+        let mut frame_start = 0;
         for lsn in first..first + count {
             let body = RecordBody::Mint {
                 to: AfterImage {
@@ -561,7 +603,7 @@ mod tests {
                 },
                 amount: 1,
             };
-            encode_into(&mut bytes, lsn, &body);
+            push_record(&mut bytes, &mut frame_start, lsn, &body);
         }
         bytes
     }
@@ -580,7 +622,7 @@ mod tests {
         .unwrap();
         let mut lsn = 1;
         for _ in 0..40 {
-            writer.append(&records(lsn, 50), lsn).unwrap();
+            writer.append(&mut records(lsn, 50), lsn, lsn + 49).unwrap();
             lsn += 50;
         }
         writer.sync().unwrap();
