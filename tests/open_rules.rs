@@ -250,3 +250,201 @@ async fn crc_valid_headers_with_impossible_numbers_are_corrupt_not_a_panic() {
         }
     }
 }
+
+// ---- CRC-valid records that are not true ----
+
+use tally::wal::record::{AfterImage, RecordBody};
+
+/// A one-shard ledger dropped without shutdown after minting 100 into `key(0..4)` (slots 0..4,
+/// LSNs 1..=4), with the lock released.
+async fn crashed_single_shard() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    for n in 0..4 {
+        ledger.mint(key(n), 100).await.unwrap();
+    }
+    drop(ledger);
+    wait_unlocked(dir.path()).await;
+    dir
+}
+
+async fn wait_unlocked(dir: &Path) {
+    let lock = std::fs::File::open(dir.join("LOCK")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lock.try_lock().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped ledger keeps its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lock.unlock().unwrap();
+}
+
+/// Appends `body` as a CRC-valid record with LSN 5 to shard 0's WAL, through the WAL writer.
+fn append_record(dir: &Path, body: RecordBody) -> PathBuf {
+    let shard = dir.join("shard-000");
+    let scan = tally::wal::reader::scan(&shard, 1).unwrap();
+    assert_eq!(scan.tail.next_lsn, 5, "four mints before");
+    let mut writer = tally::wal::writer::WalWriter::open(
+        tally::storage::io::real(),
+        &shard,
+        &scan.segments,
+        &scan.tail,
+        64 << 20,
+    )
+    .unwrap();
+    let (mut bytes, mut frame_start) = (Vec::new(), 0);
+    tally::wal::frame::push_record(&mut bytes, &mut frame_start, 5, &body);
+    writer.append(&mut bytes, 5, 5).unwrap();
+    writer.sync().unwrap();
+    writer.path().to_path_buf()
+}
+
+fn image(slot: u64, n: u8, balance: u64, sequence: u64) -> AfterImage {
+    AfterImage {
+        slot,
+        key: key(n).0,
+        balance,
+        sequence,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
+    let mint = |to: AfterImage, amount: u64| RecordBody::Mint { to, amount };
+    let cases: Vec<(&str, RecordBody, &str)> = vec![
+        (
+            "a new account in slot u64::MAX",
+            mint(image(u64::MAX, 9, 5, 1), 5),
+            "next free slot is 4",
+        ),
+        (
+            "a new account past the next free slot",
+            mint(image(6, 9, 5, 1), 5),
+            "next free slot is 4",
+        ),
+        (
+            "an account moved to another slot",
+            mint(image(2, 1, 105, 2), 5),
+            "lives in slot 1",
+        ),
+        (
+            "a balance that does not follow",
+            mint(image(1, 1, 999, 2), 5),
+            "does not follow",
+        ),
+        (
+            "a sequence that jumps",
+            mint(image(1, 1, 105, 7), 5),
+            "does not follow",
+        ),
+        (
+            "an amount of zero",
+            mint(image(1, 1, 100, 2), 0),
+            "amount of zero",
+        ),
+        (
+            "a balance past the supply",
+            mint(image(4, 9, u64::MAX, 1), u64::MAX),
+            "sum of balances",
+        ),
+        (
+            "a transfer from an account to itself",
+            RecordBody::Transfer {
+                from: image(0, 0, 90, 2),
+                to: image(0, 0, 110, 2),
+                amount: 10,
+            },
+            "to itself",
+        ),
+        (
+            "a debit beyond the balance",
+            RecordBody::Transfer {
+                from: image(0, 0, 0, 2),
+                to: image(1, 1, 600, 2),
+                amount: 500,
+            },
+            "does not follow",
+        ),
+        (
+            "a debit towards this very shard",
+            RecordBody::Debit {
+                from: image(0, 0, 90, 2),
+                to: key(9).0,
+                target_shard: 0,
+                amount: 10,
+            },
+            "names shard 0",
+        ),
+        (
+            "a credit from a shard that does not exist",
+            RecordBody::Credit {
+                source_shard: 3,
+                source_lsn: 1,
+                to: image(1, 1, 110, 2),
+                amount: 10,
+            },
+            "names shard 3",
+        ),
+    ];
+    for (name, body, expected) in cases {
+        let dir = crashed_single_shard().await;
+        let segment = append_record(dir.path(), body);
+        let before = snapshot(dir.path());
+        let error = Ledger::open(config(dir.path()).shards(1))
+            .await
+            .expect_err(name);
+        assert_eq!(
+            snapshot(dir.path()),
+            before,
+            "{name}: the refused open changed a file"
+        );
+        match error {
+            LedgerError::Corrupt {
+                path,
+                offset,
+                reason,
+            } => {
+                assert!(reason.contains(expected), "{name}: {reason}");
+                assert_eq!(path, segment, "{name}");
+                assert!(offset > 0, "{name}: the record's own offset");
+            }
+            other => panic!("{name}: expected Corrupt, got {other:?}"),
+        }
+        let report = tally::verify::verify(dir.path()).unwrap();
+        assert!(!report.is_sound(), "{name}: verify agrees\n{report}");
+    }
+}
+
+/// The true version of the same record opens: the rules refuse lies, not records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_true_crafted_record_opens() {
+    let dir = crashed_single_shard().await;
+    append_record(
+        dir.path(),
+        RecordBody::Transfer {
+            from: image(0, 0, 90, 2),
+            to: image(4, 9, 10, 1),
+            amount: 10,
+        },
+    );
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    assert_eq!(
+        ledger
+            .account(&key(0))
+            .await
+            .unwrap()
+            .map(|a| (a.balance, a.sequence)),
+        Some((90, 2))
+    );
+    assert_eq!(
+        ledger
+            .account(&key(9))
+            .await
+            .unwrap()
+            .map(|a| (a.balance, a.sequence)),
+        Some((10, 1))
+    );
+    ledger.shutdown().await.unwrap();
+}
