@@ -34,6 +34,7 @@ use crate::storage::accounts::{
 };
 use crate::storage::manifest::Manifest;
 use crate::storage::{parse_shard_dir, shard_dir, ACCOUNTS_FILE, LOCK_FILE, MANIFEST_FILE};
+use crate::types::Pubkey;
 use crate::wal::frame::{self, Decoded};
 use crate::wal::reader;
 
@@ -344,6 +345,35 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
         }) => describe(&mut report, &manifest, &shards, &owed),
     }
     Ok(report)
+}
+
+/// Every account as `open` would find it, from the same judgement `verify` reports: `Ok` with
+/// (key, balance and sequence, or `None` where reading the account fails on its damaged slot)
+/// when the directory opens, else the error `open` returns.
+pub fn replayed_accounts(data_dir: &Path) -> Result<Vec<(Pubkey, Option<(u64, u64)>)>> {
+    let judgement =
+        judge::judge_directory(data_dir, |shard, _| AccountsBytes::read(data_dir, shard))?;
+    let Judgement::Existing { shards, .. } = judgement else {
+        return Ok(Vec::new());
+    };
+    let mut accounts = Vec::new();
+    for (file, shard) in &shards {
+        let view = file.view();
+        for (key, entry) in &shard.index {
+            let state = match entry.cached {
+                Some(cached) => Some((cached.balance, cached.sequence)),
+                None => match view.read_slot(entry.slot) {
+                    SlotRead::Valid(state) if state.key == *key => {
+                        Some((state.balance, state.sequence))
+                    }
+                    _ => None,
+                },
+            };
+            accounts.push((*key, state));
+        }
+    }
+    accounts.sort_unstable_by_key(|(key, _)| *key);
+    Ok(accounts)
 }
 
 /// Fills the report from a judgement that opens.
