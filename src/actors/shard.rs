@@ -499,9 +499,11 @@ impl Handler<CloseShard> for ShardActor {
     fn handle(&mut self, _: CloseShard, _: &mut Context<Self>) -> Self::Result {
         self.flush();
         let (done, stopped) = tokio::sync::oneshot::channel();
+        // Nothing is logged after this (`writable` sees no WAL): the thread stops once it has
+        // written and synced what it holds, and no append is left queued behind the stop.
         let sent = self
             .wal
-            .as_ref()
+            .take()
             .is_some_and(|wal| wal.send(Command::Stop { done }).is_ok());
         let wait = async move {
             if !sent {
