@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use actors::checkpoint::Checkpointer;
 use actors::messages::{
@@ -105,7 +106,7 @@ struct Inner {
     checkpoint_wal_bytes: u64,
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
-    supply: Arc<std::sync::atomic::AtomicU64>,
+    books: Arc<actors::books::Books>,
     system: actix::System,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     closed: AtomicBool,
@@ -160,7 +161,7 @@ impl Ledger {
                 checkpoint_wal_bytes,
                 checkpointer: running.checkpointer,
                 shards: running.shards,
-                supply: running.supply,
+                books: running.books,
                 system: running.system,
                 thread: Mutex::new(Some(running.thread)),
                 closed: AtomicBool::new(false),
@@ -200,7 +201,7 @@ impl Ledger {
         let result = match self
             .inner
             .routing
-            .send_one(op, Completion::Single(sender))
+            .send_one(op, Completion::single(sender))
             .await
         {
             Ok(()) => receiver.await.unwrap_or(Err(LedgerError::Closed)),
@@ -211,6 +212,10 @@ impl Ledger {
     }
 
     /// Reads an account, including the effect of every call that has returned (read-your-writes).
+    ///
+    /// A shard whose WAL failed answers [`LedgerError::Io`] instead: its memory may hold the
+    /// effects of operations that were refused, and nothing else there can be told apart from
+    /// them until the ledger is reopened.
     pub async fn account(&self, key: &Pubkey) -> Result<Option<Account>, LedgerError> {
         self.check_open()?;
         let _in_flight = InFlight::enter(&self.inner.in_flight);
@@ -260,9 +265,12 @@ impl Ledger {
         for request in requests {
             shards.push(request.await.map_err(|_| LedgerError::Closed)?);
         }
+        // Read after every shard has answered (each answers once its WAL thread has settled what
+        // it was handed), so with no call in flight the three figures agree.
         Ok(Stats {
             accounts: shards.iter().map(|s| s.accounts).sum(),
-            total_supply: self.inner.supply.load(Ordering::Acquire) as u128,
+            total_supply: self.inner.books.supply() as u128,
+            owed_credits: self.inner.books.owed() as u128,
             shards,
         })
     }
@@ -343,7 +351,13 @@ impl Ledger {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(LedgerError::Closed);
         }
-        let _span = tracing::info_span!("shutdown").entered();
+        // Instrumented rather than entered: an entered span guard would make the future !Send.
+        self.close()
+            .instrument(tracing::info_span!("shutdown"))
+            .await
+    }
+
+    async fn close(&self) -> Result<(), LedgerError> {
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
         while self.inner.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;

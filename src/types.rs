@@ -108,8 +108,13 @@ pub struct Receipt {
 pub struct Stats {
     /// Accounts across all shards.
     pub accounts: u64,
-    /// Units minted and not destroyed: the sum of all balances once in-flight transfers settle.
+    /// Units minted and not destroyed. With no call in flight it equals the sum of the shards'
+    /// `balance_sum` plus `owed_credits`.
     pub total_supply: u128,
+    /// Units debited on a source shard whose credit its target has not applied: in flight
+    /// between shards, or owed to a shard that stopped taking writes (the next open applies
+    /// them). Zero when no call is in flight and every shard is healthy.
+    pub owed_credits: u128,
     pub shards: Vec<ShardStats>,
 }
 
@@ -118,7 +123,8 @@ pub struct Stats {
 pub struct ShardStats {
     pub shard: u32,
     pub accounts: u64,
-    /// Sum of this shard's balances.
+    /// Sum of this shard's balances, counting only what the shard accepted: after a WAL failure,
+    /// the effects of refused records are not counted.
     pub balance_sum: u128,
     /// Bytes in this shard's live WAL segments.
     pub wal_bytes: u64,

@@ -1,22 +1,28 @@
 //! Every message that moves between the ledger handle, the router, the shards and the
 //! checkpoint actor, and the completion handles that carry results back to callers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use actix::Message;
 use tokio::sync::oneshot;
 
+use super::books::Reservation;
+use super::shard::ShardGauges;
 use crate::error::{LedgerError, Result};
 use crate::state::CheckpointInfo;
 use crate::types::{Account, Op, Pubkey, Receipt, ShardStats};
 
-/// Where the result of one operation goes. Completing consumes it, so each op answers once.
+/// Where the result of one operation goes. Completing consumes it, so each op answers once; a
+/// completion dropped unanswered (its message dropped with a stopped actor, a WAL thread that
+/// exited, a cancelled send) answers [`LedgerError::Closed`], so no caller waits forever.
 #[derive(Debug)]
-pub enum Completion {
+pub struct Completion(Option<Target>);
+
+#[derive(Debug)]
+enum Target {
     /// A single `mint`/`transfer` call waiting on a oneshot.
     Single(oneshot::Sender<Result<Receipt>>),
-    /// Member `index` of a submitted batch.
+    /// Member `index` of a wave of a submitted batch.
     Batch {
         results: Arc<BatchResults>,
         index: usize,
@@ -24,95 +30,109 @@ pub enum Completion {
 }
 
 impl Completion {
-    pub fn complete(self, result: Result<Receipt>) {
-        match self {
-            // The caller may have stopped waiting (its future was dropped): nothing to do then.
-            Completion::Single(sender) => {
-                let _ = sender.send(result);
-            }
-            Completion::Batch { results, index } => results.set(index, result),
+    pub fn single(sender: oneshot::Sender<Result<Receipt>>) -> Self {
+        Completion(Some(Target::Single(sender)))
+    }
+
+    pub fn batch(results: Arc<BatchResults>, index: usize) -> Self {
+        Completion(Some(Target::Batch { results, index }))
+    }
+
+    pub fn complete(mut self, result: Result<Receipt>) {
+        if let Some(target) = self.0.take() {
+            target.fill(Slot::Done(result));
         }
     }
 
-    /// The shard did not run the op (see `Planned::speculative`): the router plans it again.
-    pub fn defer(self) {
-        match self {
+    /// The shard did not run the op (see `Planned::speculative`): it goes back to the router,
+    /// which plans it again.
+    pub fn defer(mut self, op: ShardOp) {
+        match self.0.take() {
+            Some(Target::Batch { results, index }) => results.fill(index, Slot::Deferred(op)),
             // Only batch members run speculatively, and only they can be held up behind one.
-            Completion::Single(sender) => {
+            Some(target @ Target::Single(_)) => {
                 debug_assert!(false, "a single op was deferred");
-                let _ = sender.send(Err(LedgerError::Closed));
+                drop(op);
+                target.fill(Slot::Done(Err(LedgerError::Closed)));
             }
-            Completion::Batch { results, index } => results.set_deferred(index),
+            None => {}
         }
     }
 }
 
-/// Results of one wave of a batch, filled in by whichever shard finishes each op. A deferred
-/// op has no result.
+impl Target {
+    fn fill(self, slot: Slot) {
+        match (self, slot) {
+            // The caller may have stopped waiting (its future was dropped): nothing to do then.
+            (Target::Single(sender), Slot::Done(result)) => {
+                let _ = sender.send(result);
+            }
+            (Target::Single(sender), Slot::Deferred(op)) => {
+                drop(op);
+                let _ = sender.send(Err(LedgerError::Closed));
+            }
+            (Target::Batch { results, index }, slot) => results.fill(index, slot),
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(target) = self.0.take() {
+            target.fill(Slot::Done(Err(LedgerError::Closed)));
+        }
+    }
+}
+
+/// The outcome of one member of a wave.
+#[derive(Debug)]
+pub enum Slot {
+    Done(Result<Receipt>),
+    /// Not run: the op comes back (with the supply a mint reserved) to be planned again.
+    Deferred(ShardOp),
+}
+
+/// Results of one wave of a batch, filled in by whichever shard finishes each op. The router
+/// keeps no handle on it while the wave runs: when the last completion is consumed or dropped,
+/// wherever that happens, the results go to the router, so a wave always ends.
 #[derive(Debug)]
 pub struct BatchResults {
-    slots: Box<[OnceLock<Option<Result<Receipt>>>]>,
-    remaining: AtomicUsize,
-    done: Mutex<Option<oneshot::Sender<()>>>,
+    slots: Box<[OnceLock<Slot>]>,
+    done: Option<oneshot::Sender<Vec<Slot>>>,
 }
 
 impl BatchResults {
-    /// A result set for `len` ops and the receiver that fires when all are in.
-    pub fn new(len: usize) -> (Arc<Self>, oneshot::Receiver<()>) {
+    /// A result set for `len` ops and the receiver that gets them once every completion is gone.
+    pub fn new(len: usize) -> (Arc<Self>, oneshot::Receiver<Vec<Slot>>) {
         let (sender, receiver) = oneshot::channel();
         let results = BatchResults {
             slots: (0..len).map(|_| OnceLock::new()).collect(),
-            remaining: AtomicUsize::new(len),
-            done: Mutex::new(Some(sender)),
+            done: Some(sender),
         };
-        if len == 0 {
-            let _ = sender_take(&results.done).map(|s| s.send(()));
-        }
         (Arc::new(results), receiver)
     }
 
-    fn set(&self, index: usize, result: Result<Receipt>) {
-        self.fill(index, Some(result));
-    }
-
-    fn set_deferred(&self, index: usize) {
-        self.fill(index, None);
-    }
-
-    fn fill(&self, index: usize, result: Option<Result<Receipt>>) {
-        let Some(slot) = self.slots.get(index) else {
+    fn fill(&self, index: usize, slot: Slot) {
+        let Some(cell) = self.slots.get(index) else {
             debug_assert!(false, "batch index {index} out of range");
             return;
         };
-        if slot.set(result).is_err() {
+        if cell.set(slot).is_err() {
             debug_assert!(false, "batch member {index} completed twice");
-            return;
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(sender) = sender_take(&self.done) {
-                let _ = sender.send(());
-            }
-        }
-    }
-
-    /// Takes the results once all are in: `None` for a deferred member; a member never
-    /// answered reads as `Closed`.
-    pub fn take(&self) -> Vec<Option<Result<Receipt>>> {
-        self.slots
-            .iter()
-            .map(|slot| {
-                slot.get()
-                    .cloned()
-                    .unwrap_or(Some(Err(LedgerError::Closed)))
-            })
-            .collect()
     }
 }
 
-fn sender_take(done: &Mutex<Option<oneshot::Sender<()>>>) -> Option<oneshot::Sender<()>> {
-    match done.lock() {
-        Ok(mut guard) => guard.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
+impl Drop for BatchResults {
+    fn drop(&mut self) {
+        let slots = self
+            .slots
+            .iter_mut()
+            .map(|cell| cell.take().unwrap_or(Slot::Done(Err(LedgerError::Closed))))
+            .collect();
+        if let Some(done) = self.done.take() {
+            let _ = done.send(slots);
+        }
     }
 }
 
@@ -129,11 +149,13 @@ pub struct RouteBatch {
 // ---- router -> shard ----
 
 /// An operation as the shard that decides it sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ShardOp {
+    /// The supply for the mint is reserved; the shard that logs it keeps the reservation, and
+    /// dropping the op (refused, never delivered) gives it back.
     Mint {
         to: Pubkey,
-        amount: u64,
+        reservation: Reservation,
     },
     /// `from` lives on the receiving shard; `to` on `target_shard` (maybe the same one).
     /// `speculative`: defer instead of refusing for insufficient funds (see
@@ -147,11 +169,41 @@ pub enum ShardOp {
     },
 }
 
-/// Operations for one shard, applied in order.
+/// Operations for one shard, applied in order. Each op drops (releasing a mint's reservation)
+/// before its completion answers, so a caller never sees its answer before the books agree.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ShardOps {
     pub ops: Vec<(ShardOp, Completion)>,
+    /// Counts the ops in the shard's `queued_ops` gauge until this message is handled or dropped.
+    pub queued: Queued,
+}
+
+/// Ops counted in a shard's `queued_ops` gauge for as long as this lives.
+pub struct Queued {
+    gauges: Option<Arc<ShardGauges>>,
+    count: u64,
+}
+
+impl Queued {
+    pub fn new(gauges: Option<Arc<ShardGauges>>, count: u64) -> Self {
+        if let Some(gauges) = &gauges {
+            gauges
+                .queued_ops
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        }
+        Queued { gauges, count }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(gauges) = &self.gauges {
+            gauges
+                .queued_ops
+                .fetch_sub(self.count, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Message)]
@@ -162,15 +214,52 @@ pub struct ReadAccount {
 
 // ---- shard -> shard ----
 
-/// The credit half of a cross-shard transfer whose debit is durable.
+/// The credit half of a cross-shard transfer whose debit is durable. The transfer is committed,
+/// so its caller is answered `Ok` whatever happens to the credit: applied on the target, refused
+/// by it, or dropped anywhere on the way (the next open re-sends a credit that is still owed).
 #[derive(Debug)]
 pub struct CreditItem {
     pub source_lsn: u64,
     pub to: Pubkey,
     pub amount: u64,
-    /// The receipt of the debit, handed to the caller once the credit is applied.
+    /// The receipt of the debit, handed to the caller.
     pub receipt: Receipt,
-    pub completion: Completion,
+    completion: Option<Completion>,
+}
+
+impl CreditItem {
+    pub fn new(
+        source_lsn: u64,
+        to: Pubkey,
+        amount: u64,
+        receipt: Receipt,
+        completion: Completion,
+    ) -> Self {
+        CreditItem {
+            source_lsn,
+            to,
+            amount,
+            receipt,
+            completion: Some(completion),
+        }
+    }
+
+    /// Answers the caller: the transfer is committed.
+    pub fn settle(mut self) {
+        self.answer();
+    }
+
+    fn answer(&mut self) {
+        if let Some(completion) = self.completion.take() {
+            completion.complete(Ok(self.receipt));
+        }
+    }
+}
+
+impl Drop for CreditItem {
+    fn drop(&mut self) {
+        self.answer();
+    }
 }
 
 /// Credits from one source shard, in its LSN order.

@@ -13,6 +13,7 @@
 //! actix runs on its own thread (an actix `System`) with one arbiter per shard, so the host's
 //! tokio runtime never sees it; see [`system`].
 
+pub mod books;
 pub mod checkpoint;
 pub mod messages;
 pub mod router;

@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use siphasher::sip::SipHasher13;
 
+use super::books::Books;
 use super::messages::*;
 use super::shard::{ShardActor, ShardGauges};
 use crate::error::{LedgerError, Result};
@@ -20,7 +20,14 @@ pub struct Routing {
     shards: Vec<Addr<ShardActor>>,
     gauges: Vec<Arc<ShardGauges>>,
     seed: [u64; 2],
-    supply: Arc<AtomicU64>,
+    books: Arc<Books>,
+}
+
+/// Where each op of a batch stands while its waves run.
+struct BatchRun {
+    /// (deciding shard, op) of each op not yet sent, or sent and deferred.
+    routed: Vec<Option<(u32, ShardOp)>>,
+    results: Vec<Option<Result<Receipt>>>,
 }
 
 impl Routing {
@@ -28,21 +35,20 @@ impl Routing {
         shards: Vec<Addr<ShardActor>>,
         gauges: Vec<Arc<ShardGauges>>,
         seed: [u64; 2],
-        supply: Arc<AtomicU64>,
+        books: Arc<Books>,
     ) -> Self {
         Routing {
             shards,
             gauges,
             seed,
-            supply,
+            books,
         }
     }
 
-    /// Counts ops entering a shard's mailbox (the shard counts them out).
-    fn enqueue(&self, shard: usize, ops: u64) {
-        if let Some(gauges) = self.gauges.get(shard) {
-            gauges.queued_ops.fetch_add(ops, Ordering::Relaxed);
-        }
+    /// A message of ops for `shard`, counted in its `queued_ops` gauge until handled or dropped.
+    fn message(&self, shard: usize, ops: Vec<(ShardOp, Completion)>) -> ShardOps {
+        let queued = Queued::new(self.gauges.get(shard).cloned(), ops.len() as u64);
+        ShardOps { ops, queued }
     }
 
     pub fn shard_of(&self, key: &Pubkey) -> u32 {
@@ -65,14 +71,16 @@ impl Routing {
         self.route_placed(op, self.placement(&op))
     }
 
+    /// A mint reserves its supply here; the reservation travels with the op, and whoever drops
+    /// the op without logging it gives the amount back.
     fn route_placed(&self, op: Op, (shard, target_shard): (u32, u32)) -> Result<(u32, ShardOp)> {
         match op {
             Op::Mint { to, amount } => {
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
                 }
-                self.reserve_supply(amount)?;
-                Ok((shard, ShardOp::Mint { to, amount }))
+                let reservation = self.books.reserve(amount)?;
+                Ok((shard, ShardOp::Mint { to, reservation }))
             }
             Op::Transfer { from, to, amount } => {
                 if amount == 0 {
@@ -93,42 +101,20 @@ impl Routing {
         }
     }
 
-    /// Credits can never fail because no balance can exceed the total supply, which is kept
-    /// at or below `u64::MAX` here. A failed mint gives its reservation back.
-    fn reserve_supply(&self, amount: u64) -> Result<()> {
-        self.supply
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |supply| {
-                supply.checked_add(amount)
-            })
-            .map(|_| ())
-            .map_err(|_| LedgerError::Overflow)
-    }
-
     /// Sends one op straight to its deciding shard from the caller's task (no router hop),
-    /// waiting for mailbox space when the shard is busy.
+    /// waiting for mailbox space when the shard is busy. If the caller gives up while waiting,
+    /// the message drops with the op: a mint's reservation goes back.
     pub async fn send_one(&self, op: Op, completion: Completion) -> Result<()> {
         let (shard, shard_op) = self.route(op)?;
         let address = &self.shards[shard as usize];
-        self.enqueue(shard as usize, 1);
-        let message = ShardOps {
-            ops: vec![(shard_op, completion)],
-        };
-        let sent = match address.try_send(message) {
+        let message = self.message(shard as usize, vec![(shard_op, completion)]);
+        match address.try_send(message) {
             Ok(()) => Ok(()),
             Err(SendError::Full(message)) => {
                 address.send(message).await.map_err(|_| LedgerError::Closed)
             }
             Err(SendError::Closed(_)) => Err(LedgerError::Closed),
-        };
-        if sent.is_err() {
-            self.gauges[shard as usize]
-                .queued_ops
-                .fetch_sub(1, Ordering::Relaxed);
-            if let Op::Mint { amount, .. } = op {
-                self.supply.fetch_sub(amount, Ordering::AcqRel);
-            }
         }
-        sent
     }
 
     /// Reads an account from its shard.
@@ -141,75 +127,88 @@ impl Routing {
 
     /// Runs a batch in waves (see [`plan_waves`]): each wave goes out to every shard at once
     /// and the next one leaves when it has completed. Ops a shard defers are planned again,
-    /// with everything after them.
+    /// with everything after them. Every wave ends (see [`BatchResults`]), and each plan gives
+    /// at least its first op a result, so the batch always ends.
     async fn run_batch(self, ops: Vec<Op>) -> Vec<Result<Receipt>> {
-        let mut results: Vec<Option<Result<Receipt>>> = vec![None; ops.len()];
         let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
+        let mut run = BatchRun {
+            routed: Vec::with_capacity(ops.len()),
+            results: Vec::with_capacity(ops.len()),
+        };
         // Routing in batch order reserves the supply of mints in batch order, so the mint that
         // would overflow it is the one a sequential run would refuse.
-        let mut routed: Vec<Option<(u32, ShardOp)>> = Vec::with_capacity(ops.len());
-        for (index, (op, placement)) in ops.iter().zip(&placements).enumerate() {
-            match self.route_placed(*op, *placement) {
-                Ok(routed_op) => routed.push(Some(routed_op)),
-                Err(error) => {
-                    results[index] = Some(Err(error));
-                    routed.push(None);
-                }
-            }
+        for (op, placement) in ops.iter().zip(&placements) {
+            let (routed, result) = match self.route_placed(*op, *placement) {
+                Ok(routed) => (Some(routed), None),
+                Err(error) => (None, Some(Err(error))),
+            };
+            run.routed.push(routed);
+            run.results.push(result);
         }
         let crosses = |index: usize| placements[index].0 != placements[index].1;
-        let mut members: Vec<usize> = (0..ops.len()).filter(|&i| routed[i].is_some()).collect();
-        let mut closed = false;
-        'plans: while !members.is_empty() && !closed {
+        let mut members: Vec<usize> = (0..ops.len())
+            .filter(|&i| run.routed[i].is_some())
+            .collect();
+        while !members.is_empty() {
             for wave in plan_waves(&ops, &members, crosses) {
-                let (wave_results, all_done) = BatchResults::new(wave.len());
-                let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
-                    (0..self.shards.len()).map(|_| Vec::new()).collect();
-                for (position, planned) in wave.iter().enumerate() {
-                    let Some((shard, mut shard_op)) = routed[planned.index] else {
-                        continue;
-                    };
-                    if let ShardOp::Transfer { speculative, .. } = &mut shard_op {
-                        *speculative = planned.speculative;
-                    }
-                    let completion = Completion::Batch {
-                        results: wave_results.clone(),
-                        index: position,
-                    };
-                    per_shard[shard as usize].push((shard_op, completion));
-                }
-                for (shard, shard_ops) in per_shard.into_iter().enumerate() {
-                    if !shard_ops.is_empty() {
-                        self.enqueue(shard, shard_ops.len() as u64);
-                        self.shards[shard].do_send(ShardOps { ops: shard_ops });
-                    }
-                }
-                closed = all_done.await.is_err();
-                let mut deferred = false;
-                for (planned, result) in wave.iter().zip(wave_results.take()) {
-                    match result {
-                        Some(result) => results[planned.index] = Some(result),
-                        None => deferred = true,
-                    }
-                }
-                if deferred || closed {
-                    members.retain(|&index| results[index].is_none());
-                    continue 'plans;
+                if self.run_wave(&wave, &mut run).await {
+                    break;
                 }
             }
-            members.clear();
+            members.retain(|&index| run.results[index].is_none());
         }
-        // A mint left without a result (the ledger closed under the batch) was never sent, or
-        // was deferred and not run: it gives back what it reserved.
-        for (routed, result) in routed.iter().zip(&results) {
-            if let (Some((_, ShardOp::Mint { amount, .. })), None) = (routed, result) {
-                self.supply.fetch_sub(*amount, Ordering::AcqRel);
-            }
-        }
-        results
+        run.results
             .into_iter()
             .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
             .collect()
+    }
+
+    /// Sends one wave and waits for it; returns whether a shard deferred any of its ops.
+    async fn run_wave(&self, wave: &[Planned], run: &mut BatchRun) -> bool {
+        let (wave_results, all_done) = BatchResults::new(wave.len());
+        let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
+            (0..self.shards.len()).map(|_| Vec::new()).collect();
+        let mut sent_to = Vec::with_capacity(wave.len());
+        for (position, planned) in wave.iter().enumerate() {
+            let completion = Completion::batch(wave_results.clone(), position);
+            let routed = run.routed.get_mut(planned.index).and_then(Option::take);
+            sent_to.push(routed.as_ref().map(|(shard, _)| *shard));
+            // A member always has its op (members are routed ops without a result); if one
+            // did not, its completion would drop here and answer `Closed`.
+            let Some((shard, mut shard_op)) = routed else {
+                continue;
+            };
+            if let ShardOp::Transfer { speculative, .. } = &mut shard_op {
+                *speculative = planned.speculative;
+            }
+            if let Some(ops) = per_shard.get_mut(shard as usize) {
+                ops.push((shard_op, completion));
+            }
+        }
+        // The completions now hold the only handles: the results arrive once every one of them
+        // has answered or been dropped, wherever that happens.
+        drop(wave_results);
+        for (shard, shard_ops) in per_shard.into_iter().enumerate() {
+            if !shard_ops.is_empty() {
+                // A closed mailbox drops the message, and its completions answer `Closed`.
+                self.shards[shard].do_send(self.message(shard, shard_ops));
+            }
+        }
+        let mut slots = all_done.await.unwrap_or_default().into_iter();
+        let mut deferred = false;
+        for (planned, shard) in wave.iter().zip(sent_to) {
+            match (slots.next(), shard) {
+                (Some(Slot::Done(result)), _) => run.results[planned.index] = Some(result),
+                (Some(Slot::Deferred(op)), Some(shard)) => {
+                    deferred = true;
+                    run.routed[planned.index] = Some((shard, op));
+                }
+                (Some(Slot::Deferred(_)) | None, _) => {
+                    run.results[planned.index] = Some(Err(LedgerError::Closed))
+                }
+            }
+        }
+        deferred
     }
 }
 

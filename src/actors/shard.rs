@@ -10,29 +10,43 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
+use super::books::{Logged, ShardBooks};
 use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
 use crate::state::{CheckpointInfo, ShardState, TransferOutcome};
-use crate::types::{Account, Pubkey, Receipt};
+use crate::types::{Account, Pubkey, Receipt, ShardStats};
 use crate::wal::writer::{
     spawn_group_commit, Batch, Command, Round, SyncPolicy, WalShared, WalWriter,
 };
 
+/// Everything one flush hands to the WAL thread besides the bytes. Field order matters: if the
+/// round fails or is dropped, `logged` is undone before any of `items` answers its caller.
+pub struct Acks {
+    logged: Logged,
+    items: Vec<Ack>,
+}
+
 /// What to do with an operation once its records are written (and synced, where required).
 pub enum Ack {
-    /// Answer the caller. `minted` units are returned to the supply if the write fails.
+    /// Answer the caller.
     Reply {
         completion: Completion,
         result: Result<Receipt>,
-        minted: u64,
     },
-    /// A debit: send its credit to `target_shard`, which answers the caller.
+    /// A debit: once durable, send its credit to `target_shard`, which answers the caller.
     SendCredit {
         target_shard: u32,
-        credit: CreditItem,
+        source_lsn: u64,
+        to: Pubkey,
+        amount: u64,
+        receipt: Receipt,
+        completion: Completion,
     },
+    /// Answered when the WAL thread reaches it: every round handed over before has settled.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// Addresses of every shard, known once all have started.
@@ -65,7 +79,7 @@ pub fn unix_ms_now() -> u64 {
 #[derive(Clone)]
 pub struct ShardContext {
     pub peers: Peers,
-    pub supply: Arc<AtomicU64>,
+    pub books: Arc<ShardBooks>,
     pub wal: Arc<WalShared>,
     pub gauges: Arc<ShardGauges>,
     pub mailbox_capacity: usize,
@@ -73,9 +87,11 @@ pub struct ShardContext {
 
 pub struct ShardActor {
     state: ShardState,
-    wal: Option<Sender<Command<Ack>>>,
+    wal: Option<Sender<Command<Acks>>>,
     wal_thread: Option<std::thread::JoinHandle<()>>,
     context: ShardContext,
+    /// The books of the records logged since the last flush, and what to do with each op.
+    logged: Logged,
     acks: Vec<Ack>,
     urgent: bool,
     flush_scheduled: bool,
@@ -107,6 +123,7 @@ impl ShardActor {
             state,
             wal: Some(sender),
             wal_thread: Some(thread),
+            logged: Logged::new(context.books.clone()),
             context,
             acks: Vec::new(),
             urgent: false,
@@ -134,104 +151,133 @@ impl ShardActor {
         )
     }
 
+    /// Whether the shard may log records: not once its WAL failed (nothing written since the
+    /// last good sync can be trusted) nor once its WAL thread is stopped (closed).
+    fn writable(&self) -> Result<()> {
+        if self.failed() {
+            return Err(self.refuse());
+        }
+        if self.wal.is_none() {
+            return Err(LedgerError::Closed);
+        }
+        Ok(())
+    }
+
     /// Applies one op of a message. `held` collects the accounts of ops deferred earlier in the
     /// same message: a later op touching one of them is deferred too, so batch order holds.
     fn apply(&mut self, op: ShardOp, completion: Completion, held: &mut HashSet<Pubkey>) {
-        if self.failed() {
-            completion.complete(Err(self.refuse()));
+        if let Err(error) = self.writable() {
+            // A mint's reservation goes back before its caller hears of the refusal.
+            drop(op);
+            completion.complete(Err(error));
             return;
         }
-        let here = self.state.shard();
-        let touched = match op {
+        let touched = self.touched(&op);
+        if !held.is_empty() && touched.iter().flatten().any(|key| held.contains(key)) {
+            held.extend(touched.into_iter().flatten());
+            completion.defer(op);
+            return;
+        }
+        match op {
+            ShardOp::Mint { to, reservation } => {
+                let result = match self.state.mint(to, reservation.amount()) {
+                    Ok(lsn) => {
+                        self.logged.add_mint(reservation);
+                        Ok(self.receipt(lsn))
+                    }
+                    Err(error) => {
+                        drop(reservation);
+                        Err(error)
+                    }
+                };
+                self.acks.push(Ack::Reply { completion, result });
+            }
+            ShardOp::Transfer { .. } => self.apply_transfer(op, completion, touched, held),
+        }
+    }
+
+    /// The accounts of this shard an op touches.
+    fn touched(&self, op: &ShardOp) -> [Option<Pubkey>; 2] {
+        match *op {
             ShardOp::Mint { to, .. } => [Some(to), None],
             ShardOp::Transfer {
                 from,
                 to,
                 target_shard,
                 ..
-            } => [Some(from), (target_shard == here).then_some(to)],
-        };
-        let defer = |held: &mut HashSet<Pubkey>, completion: Completion| {
-            held.extend(touched.into_iter().flatten());
-            completion.defer();
-        };
-        if !held.is_empty() && touched.iter().flatten().any(|key| held.contains(key)) {
-            defer(held, completion);
-            return;
-        }
-        match op {
-            ShardOp::Mint { to, amount } => {
-                let result = self.state.mint(to, amount).map(|lsn| self.receipt(lsn));
-                self.acks.push(Ack::Reply {
-                    completion,
-                    result,
-                    minted: amount,
-                });
-            }
-            ShardOp::Transfer {
-                from,
-                to,
-                amount,
-                target_shard,
-                speculative,
-            } => match self.state.transfer(from, to, amount, target_shard) {
-                // A credit of this wave (which may also create the account) may not have
-                // landed yet: try again in a later wave.
-                Err(LedgerError::InsufficientFunds { .. } | LedgerError::AccountNotFound(_))
-                    if speculative =>
-                {
-                    defer(held, completion);
-                }
-                Ok(TransferOutcome::Local { lsn }) => self.acks.push(Ack::Reply {
-                    completion,
-                    result: Ok(self.receipt(lsn)),
-                    minted: 0,
-                }),
-                Ok(TransferOutcome::Debited { lsn }) => {
-                    self.urgent = true;
-                    let credit = CreditItem {
-                        source_lsn: lsn,
-                        to,
-                        amount,
-                        receipt: self.receipt(lsn),
-                        completion,
-                    };
-                    self.acks.push(Ack::SendCredit {
-                        target_shard,
-                        credit,
-                    });
-                }
-                Err(error) => self.acks.push(Ack::Reply {
-                    completion,
-                    result: Err(error),
-                    minted: 0,
-                }),
-            },
+            } => [
+                Some(from),
+                (target_shard == self.state.shard()).then_some(to),
+            ],
         }
     }
 
-    fn apply_credit(&mut self, source_shard: u32, item: CreditItem) {
-        let CreditItem {
-            source_lsn,
+    fn apply_transfer(
+        &mut self,
+        op: ShardOp,
+        completion: Completion,
+        touched: [Option<Pubkey>; 2],
+        held: &mut HashSet<Pubkey>,
+    ) {
+        let ShardOp::Transfer {
+            from,
             to,
             amount,
-            receipt,
-            completion,
-        } = item;
-        match self.state.credit(source_shard, source_lsn, to, amount) {
-            // The durable debit already committed the transfer (recovery re-sends a credit that
-            // a crash takes from this shard), so the caller is answered as soon as the credit is
-            // visible here, without waiting for this shard's own sync. `Ok(None)`: already
-            // applied (a resend after recovery); the answer is the same.
-            Ok(_) => completion.complete(Ok(receipt)),
+            target_shard,
+            speculative,
+        } = op
+        else {
+            debug_assert!(false, "apply_transfer takes transfers");
+            return;
+        };
+        let result = match self.state.transfer(from, to, amount, target_shard) {
+            // A credit of this wave (which may also create the account) may not have
+            // landed yet: try again in a later wave.
+            Err(LedgerError::InsufficientFunds { .. } | LedgerError::AccountNotFound(_))
+                if speculative =>
+            {
+                held.extend(touched.into_iter().flatten());
+                completion.defer(op);
+                return;
+            }
+            Ok(TransferOutcome::Local { lsn }) => Ok(self.receipt(lsn)),
+            Ok(TransferOutcome::Debited { lsn }) => {
+                self.urgent = true;
+                self.logged.add_debit(amount);
+                self.acks.push(Ack::SendCredit {
+                    target_shard,
+                    source_lsn: lsn,
+                    to,
+                    amount,
+                    receipt: self.receipt(lsn),
+                    completion,
+                });
+                return;
+            }
+            Err(error) => Err(error),
+        };
+        self.acks.push(Ack::Reply { completion, result });
+    }
+
+    /// Applies the credit of a committed transfer. Its caller is answered as soon as the credit
+    /// is visible here, without waiting for this shard's own sync: the durable debit already
+    /// committed the transfer, and recovery re-sends a credit a crash takes from this shard.
+    fn apply_credit(&mut self, source_shard: u32, item: CreditItem) {
+        match self
+            .state
+            .credit(source_shard, item.source_lsn, item.to, item.amount)
+        {
+            Ok(Some(_)) => self.logged.add_credit(item.amount),
+            // Already applied (a resend after recovery): the answer is the same.
+            Ok(None) => {}
             Err(error) => {
-                // The debit is durable, so the credit is owed. Stop taking writes: reopening
-                // resends it from the source shard's WAL (DESIGN.md section 4).
+                // The credit stays owed. Stop taking writes: reopening resends it from the
+                // source shard's WAL.
                 tracing::error!(shard = self.state.shard(), %error, "credit could not be applied; shard stops");
                 self.context.wal.failed.store(true, Ordering::Release);
-                completion.complete(Err(error));
             }
         }
+        item.settle();
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -245,15 +291,19 @@ impl ShardActor {
     fn flush(&mut self) {
         self.flush_scheduled = false;
         let records = self.state.take_records();
-        if records.is_none() && self.acks.is_empty() {
+        if records.is_none() && self.acks.is_empty() && self.logged.is_empty() {
             return;
         }
         let (bytes, first_lsn, last_lsn) = records.unwrap_or((Vec::new(), 0, 0));
+        let acks = Acks {
+            logged: std::mem::replace(&mut self.logged, Logged::new(self.context.books.clone())),
+            items: std::mem::take(&mut self.acks),
+        };
         let batch = Batch {
             bytes,
             first_lsn,
             last_lsn,
-            acks: std::mem::take(&mut self.acks),
+            acks: vec![acks],
             urgent: std::mem::take(&mut self.urgent),
         };
         let unsent = match &self.wal {
@@ -261,9 +311,14 @@ impl ShardActor {
             None => Some(Command::Append(batch)),
         };
         if let Some(Command::Append(batch)) = unsent {
-            self.context.wal.failed.store(true, Ordering::Release);
-            let error = self.refuse();
-            fail_acks(batch.acks, &error, &self.context);
+            let error = if self.wal.is_some() {
+                // The WAL thread is gone while the shard still runs.
+                self.context.wal.failed.store(true, Ordering::Release);
+                self.refuse()
+            } else {
+                LedgerError::Closed
+            };
+            fail_acks(batch.acks, &error);
         }
     }
 
@@ -316,13 +371,10 @@ impl Handler<ShardOps> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, message: ShardOps, ctx: &mut Context<Self>) {
-        let count = message.ops.len() as u64;
-        self.context
-            .gauges
-            .queued_ops
-            .fetch_sub(count, Ordering::Relaxed);
+        let ShardOps { ops, queued } = message;
+        drop(queued);
         let mut held = HashSet::new();
-        for (op, completion) in message.ops {
+        for (op, completion) in ops {
             self.apply(op, completion, &mut held);
         }
         self.schedule_flush(ctx);
@@ -333,11 +385,10 @@ impl Handler<Credits> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, message: Credits, ctx: &mut Context<Self>) {
-        if self.failed() {
-            let error = self.refuse();
-            for item in message.items {
-                item.completion.complete(Err(error.clone()));
-            }
+        if self.writable().is_err() {
+            // The credits stay owed (the next open re-sends them); their transfers are
+            // committed all the same.
+            message.items.into_iter().for_each(CreditItem::settle);
             return;
         }
         for item in message.items {
@@ -362,6 +413,10 @@ impl Handler<ReadAccount> for ShardActor {
     type Result = Result<Option<Account>>;
 
     fn handle(&mut self, message: ReadAccount, _: &mut Context<Self>) -> Self::Result {
+        // After a WAL failure the state holds records that were refused: answer nothing from it.
+        if self.failed() {
+            return Err(self.refuse());
+        }
         self.state.account(&message.key)
     }
 }
@@ -444,9 +499,11 @@ impl Handler<CloseShard> for ShardActor {
     fn handle(&mut self, _: CloseShard, _: &mut Context<Self>) -> Self::Result {
         self.flush();
         let (done, stopped) = tokio::sync::oneshot::channel();
+        // Nothing is logged after this (`writable` sees no WAL): the thread stops once it has
+        // written and synced what it holds, and no append is left queued behind the stop.
         let sent = self
             .wal
-            .as_ref()
+            .take()
             .is_some_and(|wal| wal.send(Command::Stop { done }).is_ok());
         let wait = async move {
             if !sent {
@@ -464,56 +521,75 @@ impl Handler<CloseShard> for ShardActor {
 }
 
 impl Handler<GetShardStats> for ShardActor {
-    type Result = MessageResult<GetShardStats>;
+    type Result = ResponseActFuture<Self, ShardStats>;
 
     fn handle(&mut self, _: GetShardStats, _: &mut Context<Self>) -> Self::Result {
+        // Figures wait until the WAL thread has settled every round handed over so far: a round
+        // that fails undoes its records in the books, and a sum read before that would count
+        // them while `owed` or the supply no longer does.
+        let (sender, settled) = oneshot::channel();
+        self.acks.push(Ack::Barrier(sender));
+        self.flush();
+        let settled = async move {
+            let _ = settled.await;
+        };
+        Box::pin(settled.into_actor(self).map(|(), actor, _| actor.stats()))
+    }
+}
+
+impl ShardActor {
+    fn stats(&mut self) -> ShardStats {
         let mut stats = self.state.stats();
+        stats.balance_sum = self.context.books.accepted_sum(stats.balance_sum);
         stats.wal_bytes = self.context.wal.live_bytes.load(Ordering::Relaxed);
         stats.wal_syncs = self.context.wal.syncs.load(Ordering::Relaxed);
         stats.wal_bytes_written = self.context.wal.bytes_written.load(Ordering::Relaxed);
         stats.healthy = !self.failed();
-        MessageResult(stats)
+        stats
     }
 }
 
 /// Runs on the WAL thread after each group commit: answer callers, send credits onward, and
 /// tell the shard which records may now enter the account file.
-fn finish_round(shard: u32, round: Round<Ack>, context: &ShardContext) {
+fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
     let Round {
         acks,
         result,
         durable_lsn,
     } = round;
     if let Err(error) = result {
-        fail_acks(acks, &error, context);
+        fail_acks(acks, &error);
         return;
     }
     let mut credits: Vec<Vec<CreditItem>> = Vec::new();
-    for ack in acks {
-        match ack {
-            Ack::Reply {
-                completion,
-                result,
-                minted,
-            } => {
-                if result.is_err() && minted > 0 {
-                    context.supply.fetch_sub(minted, Ordering::AcqRel);
+    for Acks { logged, items } in acks {
+        logged.keep();
+        for ack in items {
+            match ack {
+                Ack::Reply { completion, result } => completion.complete(result),
+                Ack::SendCredit {
+                    target_shard,
+                    source_lsn,
+                    to,
+                    amount,
+                    receipt,
+                    completion,
+                } => {
+                    let target = target_shard as usize;
+                    if credits.len() <= target {
+                        credits.resize_with(target + 1, Vec::new);
+                    }
+                    credits[target]
+                        .push(CreditItem::new(source_lsn, to, amount, receipt, completion));
                 }
-                completion.complete(result);
-            }
-            Ack::SendCredit {
-                target_shard,
-                credit,
-            } => {
-                let target = target_shard as usize;
-                if credits.len() <= target {
-                    credits.resize_with(target + 1, Vec::new);
+                Ack::Barrier(settled) => {
+                    let _ = settled.send(());
                 }
-                credits[target].push(credit);
             }
         }
     }
-    // Peers are set before the first operation is accepted.
+    // Peers are set before the first operation is accepted. Credits that go nowhere (no such
+    // peer, a closed mailbox) answer their callers `Ok` as they drop: the debits are durable.
     let Some(peers) = context.peers.get() else {
         return;
     };
@@ -521,34 +597,30 @@ fn finish_round(shard: u32, round: Round<Ack>, context: &ShardContext) {
         me.do_send(Durable { lsn });
     }
     for (target, items) in credits.into_iter().enumerate() {
-        if items.is_empty() {
-            continue;
-        }
-        match peers.get(target) {
+        if let (false, Some(peer)) = (items.is_empty(), peers.get(target)) {
             // do_send keeps this thread from blocking; one source's credits stay in LSN order.
-            Some(peer) => peer.do_send(Credits {
+            peer.do_send(Credits {
                 source_shard: shard,
                 items,
-            }),
-            None => items
-                .into_iter()
-                .for_each(|item| item.completion.complete(Err(LedgerError::Closed))),
+            });
         }
     }
 }
 
-fn fail_acks(acks: Vec<Ack>, error: &LedgerError, context: &ShardContext) {
-    for ack in acks {
-        match ack {
-            Ack::Reply {
-                completion, minted, ..
-            } => {
-                if minted > 0 {
-                    context.supply.fetch_sub(minted, Ordering::AcqRel);
+/// Answers every op of a failed round with `error`, after undoing what its records changed in
+/// the books.
+fn fail_acks(acks: Vec<Acks>, error: &LedgerError) {
+    for Acks { logged, items } in acks {
+        drop(logged);
+        for ack in items {
+            match ack {
+                Ack::Reply { completion, .. } | Ack::SendCredit { completion, .. } => {
+                    completion.complete(Err(error.clone()))
                 }
-                completion.complete(Err(error.clone()));
+                Ack::Barrier(settled) => {
+                    let _ = settled.send(());
+                }
             }
-            Ack::SendCredit { credit, .. } => credit.completion.complete(Err(error.clone())),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Runs the actors on their own threads: an actix `System` on a dedicated thread, one arbiter per
 //! shard and one for the router and checkpoint actor. The host's runtime only holds addresses.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use actix::prelude::*;
 
+use super::books::{Books, ShardBooks};
 use super::checkpoint::Checkpointer;
 use super::router::{Router, Routing};
 use super::shard::{ShardActor, ShardContext, ShardGauges};
@@ -23,7 +23,7 @@ pub struct Running {
     pub shards: Vec<Addr<ShardActor>>,
     pub wals: Vec<Arc<WalShared>>,
     pub gauges: Vec<Arc<ShardGauges>>,
-    pub supply: Arc<AtomicU64>,
+    pub books: Arc<Books>,
     pub system: actix::System,
     pub thread: JoinHandle<()>,
 }
@@ -42,13 +42,13 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
             format!("recovered balances sum to {total}, above u64::MAX"),
         )
     })?;
-    let supply = Arc::new(AtomicU64::new(supply));
+    let books = Books::new(supply);
     let config = config.clone();
     let (sender, receiver) = std::sync::mpsc::channel();
-    let thread_supply = supply.clone();
+    let thread_books = books.clone();
     let thread = std::thread::Builder::new()
         .name("tally-actix".into())
-        .spawn(move || run_system(recovered, config, thread_supply, sender))
+        .spawn(move || run_system(recovered, config, thread_books, sender))
         .map_err(|e| LedgerError::io("tally-actix thread", e))?;
     match receiver.recv() {
         Ok(Ok(parts)) => Ok(Running {
@@ -58,7 +58,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
             shards: parts.shards,
             wals: parts.wals,
             gauges: parts.gauges,
-            supply,
+            books,
             system: parts.system,
             thread,
         }),
@@ -86,7 +86,7 @@ struct Parts {
 fn run_system(
     recovered: Recovered,
     config: Config,
-    supply: Arc<AtomicU64>,
+    books: Arc<Books>,
     reply: std::sync::mpsc::Sender<Result<Parts>>,
 ) {
     let system = actix::System::new();
@@ -112,7 +112,7 @@ fn run_system(
         gauges.mark_checkpoint();
         let context = ShardContext {
             peers: peers.clone(),
-            supply: supply.clone(),
+            books: ShardBooks::new(books.clone()),
             wal: wal.clone(),
             gauges: gauges.clone(),
             mailbox_capacity: config.mailbox_capacity,
@@ -146,7 +146,7 @@ fn run_system(
         addresses.clone(),
         all_gauges.clone(),
         manifest.hash_seed,
-        supply,
+        books,
     );
     let mailbox_capacity = config.mailbox_capacity;
     let router_routing = routing.clone();

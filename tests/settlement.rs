@@ -1,0 +1,478 @@
+//! What callers are told when shards stop: a transfer whose debit is durable is answered `Ok`
+//! whatever happens to its credit (and the credit lands at the next open); reads never show a
+//! refused write; and every call ends promptly when a shard fails, a WAL thread stops, or the
+//! ledger shuts down.
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{balance_sum, faulty_config, key, keys_on, reopen};
+use tally::actors::messages::{CloseShard, Completion, GetShardStats, RouteBatch};
+use tally::storage::io::{FaultEffect, FaultOp};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+
+/// Runs `call`, failing the test if it takes 2 s or more (and never hanging: 10 s at most).
+async fn prompt<T>(what: &str, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{what} took {:?}",
+        started.elapsed()
+    );
+    result
+}
+
+fn is_io(result: &Result<impl std::fmt::Debug, LedgerError>) -> bool {
+    matches!(result, Err(LedgerError::Io { .. }))
+}
+
+async fn balance(ledger: &Ledger, key: &Pubkey) -> Option<u64> {
+    ledger.account(key).await.unwrap().map(|a| a.balance)
+}
+
+/// Fails shard 1's WAL with a mint to `victim` (answered `Io`), after which it takes no write.
+async fn fail_shard_1(ledger: &Ledger, faults: &tally::storage::io::FaultyIo, victim: Pubkey) {
+    faults.inject(
+        FaultOp::SyncData,
+        "shard-001/wal-",
+        0,
+        FaultEffect::Errno(libc::EIO),
+    );
+    assert!(is_io(&ledger.mint(victim, 5).await));
+    assert!(!ledger.health().shards[1].writable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_into_a_failed_shard_is_ok_and_its_credit_lands_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 2);
+    let ledger = Ledger::open(config).await.unwrap();
+    let [a] = keys_on(dir.path(), 0, 1, 0)[..] else {
+        unreachable!()
+    };
+    let [b, c, victim] = keys_on(dir.path(), 1, 3, 0)[..] else {
+        unreachable!()
+    };
+    ledger.mint(a, 100).await.unwrap();
+    ledger.mint(b, 10).await.unwrap();
+    fail_shard_1(&ledger, &faults, victim).await;
+
+    let receipt = ledger.transfer(a, b, 30).await.unwrap();
+    assert_eq!(receipt.shard, 0, "the source shard decided it");
+    let results = ledger
+        .submit(vec![
+            Op::Transfer {
+                from: a,
+                to: b,
+                amount: 5,
+            },
+            Op::Transfer {
+                from: a,
+                to: c,
+                amount: 7,
+            },
+            Op::Mint { to: c, amount: 1 },
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(is_io(&results[2]), "{results:?}");
+    assert!(is_io(&ledger.account(&b).await), "reads of a failed shard");
+
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!(stats.owed_credits, 42);
+    assert_eq!(stats.shards[0].balance_sum, 58);
+    assert_eq!(stats.shards[1].balance_sum, 10);
+    assert_eq!(stats.total_supply, 110);
+    assert!(
+        ledger.shutdown().await.is_err(),
+        "shard 1 cannot close cleanly"
+    );
+    drop(ledger);
+
+    let ledger = reopen(dir.path(), 2).await;
+    assert_eq!(balance(&ledger, &a).await, Some(58));
+    assert_eq!(balance(&ledger, &b).await, Some(45));
+    assert_eq!(balance(&ledger, &c).await, Some(7));
+    // The refused mint was written before its sync failed: it may or may not be there.
+    let victim_balance = balance(&ledger, &victim).await;
+    assert!(
+        matches!(victim_balance, None | Some(5)),
+        "{victim_balance:?}"
+    );
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!(stats.owed_credits, 0);
+    assert_eq!(
+        stats.total_supply,
+        110 + victim_balance.unwrap_or(0) as u128
+    );
+    ledger.shutdown().await.unwrap();
+}
+
+/// The target applied the credit (so the caller was answered) but its own WAL round then
+/// failed: the credit is owed again, and the next open applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_whose_round_fails_on_the_target_is_owed_and_lands_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 2);
+    let ledger = Ledger::open(config).await.unwrap();
+    let a = keys_on(dir.path(), 0, 1, 0)[0];
+    let b = keys_on(dir.path(), 1, 1, 0)[0];
+    ledger.mint(a, 100).await.unwrap();
+    ledger.mint(b, 1).await.unwrap();
+    faults.inject(
+        FaultOp::SyncData,
+        "shard-001/wal-",
+        0,
+        FaultEffect::Errno(libc::EIO),
+    );
+    let receipt = ledger.transfer(a, b, 30).await.unwrap();
+    assert_eq!(receipt.shard, 0);
+    let stats = ledger.stats().await.unwrap();
+    assert!(!stats.shards[1].healthy);
+    assert_eq!(stats.owed_credits, 30);
+    assert_eq!(stats.shards[0].balance_sum, 70);
+    assert_eq!(stats.shards[1].balance_sum, 1);
+    assert_eq!(stats.total_supply, 101);
+    let _ = ledger.shutdown().await;
+    drop(ledger);
+
+    let ledger = reopen(dir.path(), 2).await;
+    assert_eq!(balance(&ledger, &a).await, Some(70));
+    assert_eq!(balance(&ledger, &b).await, Some(31));
+    ledger.shutdown().await.unwrap();
+}
+
+/// A credit that creates an account on a full disk cannot be applied: the target stops, the
+/// caller is still answered `Ok`, and the next open (with space) applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_refused_for_a_full_disk_is_ok_and_lands_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 2);
+    let ledger = Ledger::open(config).await.unwrap();
+    let a = keys_on(dir.path(), 0, 1, 0)[0];
+    let targets = keys_on(dir.path(), 1, 6, 0);
+    ledger.mint(a, 1_000).await.unwrap();
+    // Shard 1 has 4 slots; the 5th new account needs the file to grow.
+    faults.inject(
+        FaultOp::Allocate,
+        "shard-001/accounts.dat",
+        0,
+        FaultEffect::Errno(libc::ENOSPC),
+    );
+    for (n, to) in targets.iter().enumerate() {
+        let receipt = ledger.transfer(a, *to, n as u64 + 1).await.unwrap();
+        assert_eq!(receipt.shard, 0);
+    }
+    assert_eq!(faults.fired(), 1);
+    let stats = ledger.stats().await.unwrap();
+    assert!(!stats.shards[1].healthy);
+    assert_eq!(
+        stats.owed_credits,
+        5 + 6,
+        "the 5th and 6th credits are owed"
+    );
+    assert_eq!(stats.shards[1].balance_sum, 1 + 2 + 3 + 4);
+    assert_eq!(stats.total_supply, 1_000);
+    let _ = ledger.shutdown().await;
+    drop(ledger);
+
+    let ledger = reopen(dir.path(), 2).await;
+    assert_eq!(balance(&ledger, &a).await, Some(1_000 - 21));
+    for (n, to) in targets.iter().enumerate() {
+        assert_eq!(balance(&ledger, to).await, Some(n as u64 + 1), "target {n}");
+    }
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_a_failed_shard_never_show_a_refused_mint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 1);
+    let ledger = Ledger::open(config).await.unwrap();
+    ledger.mint(key(1), 10).await.unwrap();
+    faults.inject(FaultOp::SyncData, "wal-", 0, FaultEffect::Errno(libc::EIO));
+    assert!(is_io(&ledger.mint(key(1), 5).await));
+    assert!(is_io(&ledger.mint(key(2), 7).await), "refused outright");
+    assert!(is_io(&ledger.account(&key(1)).await), "not Some(15)");
+    assert!(is_io(&ledger.account(&key(2)).await));
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!(stats.shards[0].balance_sum, 10);
+    assert_eq!(stats.total_supply, 10);
+    assert_eq!(stats.owed_credits, 0);
+    let _ = ledger.shutdown().await;
+}
+
+/// Every kind of call against a ledger whose shard 1 stopped taking writes ends within 2 s with
+/// the right answer: refused on shard 1, `Ok` for transfers into it, normal elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_when_a_shard_stops_taking_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 2);
+    let ledger = Ledger::open(config).await.unwrap();
+    let on_0 = keys_on(dir.path(), 0, 4, 0);
+    let on_1 = keys_on(dir.path(), 1, 4, 0);
+    ledger.mint(on_0[0], 1_000).await.unwrap();
+    ledger.mint(on_1[0], 1_000).await.unwrap();
+    fail_shard_1(&ledger, &faults, on_1[3]).await;
+    let transfer = |from: Pubkey, to: Pubkey| Op::Transfer {
+        from,
+        to,
+        amount: 10,
+    };
+    let mut tasks = Vec::new();
+    for round in 0..8u64 {
+        let ledger = ledger.clone();
+        let (on_0, on_1) = (on_0.clone(), on_1.clone());
+        tasks.push(tokio::spawn(async move {
+            let batch = vec![
+                transfer(on_0[0], on_1[1]), // into the failed shard: Ok
+                transfer(on_1[1], on_0[1]), // out of it (speculative on the credit): refused
+                Op::Mint {
+                    to: on_0[2],
+                    amount: 1,
+                },
+                Op::Mint {
+                    to: on_1[2],
+                    amount: 1,
+                },
+                transfer(on_0[0], on_0[1]),
+            ];
+            let results = prompt("submit", ledger.submit(batch)).await.unwrap();
+            assert!(results[0].is_ok(), "{round}: {results:?}");
+            assert!(is_io(&results[1]), "{round}: {results:?}");
+            assert!(results[2].is_ok() && results[4].is_ok(), "{results:?}");
+            assert!(is_io(&results[3]), "{results:?}");
+            let receipt = prompt("transfer", ledger.transfer(on_0[0], on_1[0], 1)).await;
+            assert_eq!(receipt.unwrap().shard, 0);
+            assert!(is_io(&prompt("mint", ledger.mint(on_1[0], 1)).await));
+            assert!(is_io(
+                &prompt("transfer", ledger.transfer(on_1[0], on_0[0], 1)).await
+            ));
+            assert!(is_io(&prompt("account", ledger.account(&on_1[0])).await));
+            assert!(prompt("account", ledger.account(&on_0[0])).await.is_ok());
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!(stats.owed_credits, 8 * (10 + 1));
+    assert_eq!(stats.shards[1].balance_sum, 1_000);
+    assert_eq!(stats.shards[0].balance_sum, 1_000 + 8 - 8 * 11);
+    assert_eq!(stats.total_supply, 2_008);
+    assert_eq!(
+        balance(&ledger, &on_0[0]).await,
+        Some(1_000 - 8 * (10 + 10 + 1))
+    );
+    assert_eq!(balance(&ledger, &on_0[1]).await, Some(80));
+    assert_eq!(balance(&ledger, &on_0[2]).await, Some(8));
+    let _ = prompt("shutdown", ledger.shutdown()).await;
+}
+
+/// Raw actors (no `Ledger` handle): the WAL thread of shard 1 is stopped while calls race it,
+/// and every call still ends within 2 s; the books add up exactly afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_when_the_wal_thread_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(dir.path()).shards(2).mailbox_capacity(4);
+    let running =
+        tally::actors::system::start(tally::recovery::open(&config).unwrap(), &config).unwrap();
+    let on_0 = keys_on(dir.path(), 0, 2, 0);
+    let on_1 = keys_on(dir.path(), 1, 2, 0);
+    let routing = running.routing.clone();
+    let one = |op: Op| {
+        let routing = routing.clone();
+        async move {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            routing.send_one(op, Completion::single(sender)).await?;
+            receiver.await.unwrap_or(Err(LedgerError::Closed))
+        }
+    };
+    one(Op::Mint {
+        to: on_0[0],
+        amount: 1_000,
+    })
+    .await
+    .unwrap();
+    let mut calls = Vec::new();
+    let mut close = None;
+    for n in 0..60u64 {
+        let op = match n % 3 {
+            0 => Op::Mint {
+                to: on_1[0],
+                amount: 1,
+            },
+            1 => Op::Transfer {
+                from: on_0[0],
+                to: on_1[1],
+                amount: 1,
+            },
+            _ => Op::Mint {
+                to: on_0[1],
+                amount: 1,
+            },
+        };
+        calls.push((op, tokio::spawn(prompt("single op", one(op)))));
+        if n == 20 {
+            // Stop shard 1's WAL thread while ops are in flight.
+            close = Some(tokio::spawn(prompt(
+                "close",
+                running.shards[1].send(CloseShard),
+            )));
+        }
+    }
+    close.unwrap().await.unwrap().unwrap().unwrap();
+    let (reply, results) = tokio::sync::oneshot::channel();
+    running.router.do_send(RouteBatch {
+        ops: vec![
+            Op::Mint {
+                to: on_1[0],
+                amount: 1,
+            },
+            Op::Transfer {
+                from: on_0[0],
+                to: on_1[0],
+                amount: 2,
+            },
+            Op::Transfer {
+                from: on_1[0],
+                to: on_0[1],
+                amount: 1,
+            },
+        ],
+        reply,
+    });
+    let batch = prompt("submit", results).await.unwrap();
+    assert!(matches!(batch[0], Err(LedgerError::Closed)), "{batch:?}");
+    assert_eq!(batch[1].as_ref().unwrap().shard, 0);
+    assert!(matches!(batch[2], Err(LedgerError::Closed)), "{batch:?}");
+    // Everything deciding on shard 0 succeeds; mints on shard 1 succeed until it closes.
+    let mut minted_on_1 = 0u128;
+    for (op, call) in calls {
+        match (op, call.await.unwrap()) {
+            (Op::Mint { to, .. }, Ok(_)) if to == on_1[0] => minted_on_1 += 1,
+            (Op::Mint { to, .. }, Err(LedgerError::Closed)) if to == on_1[0] => {}
+            (_, Ok(receipt)) => assert_eq!(receipt.shard, 0),
+            (op, Err(error)) => panic!("{op:?}: {error:?}"),
+        }
+    }
+    let mut stats = Vec::new();
+    for shard in &running.shards {
+        stats.push(prompt("stats", shard.send(GetShardStats)).await.unwrap());
+    }
+    // Shard 0: 1,000 + 20 minted, 20 x 1 and 2 debited towards shard 1.
+    assert_eq!(stats[0].balance_sum, 998);
+    assert_eq!(running.books.supply() as u128, 1_020 + minted_on_1);
+    assert_eq!(
+        stats[1].balance_sum + running.books.owed() as u128,
+        minted_on_1 + 22,
+        "shard 1 holds its mints, and every credit is applied or owed"
+    );
+    running.system.stop();
+    running.thread.join().unwrap();
+}
+
+/// Calls racing a shutdown all end within 2 s of it returning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_when_the_ledger_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path()).shards(2).mailbox_capacity(4))
+        .await
+        .unwrap();
+    ledger.mint(key(0), 1_000_000).await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..16u32 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u32;
+            loop {
+                let to = key(1 + task);
+                let outcome = match calls % 4 {
+                    0 => ledger.mint(to, 1).await.map(drop),
+                    1 => ledger.transfer(key(0), to, 1).await.map(drop),
+                    2 => ledger.account(&to).await.map(drop),
+                    _ => ledger
+                        .submit(vec![
+                            Op::Mint { to, amount: 1 },
+                            Op::Transfer {
+                                from: to,
+                                to: key(0),
+                                amount: 1,
+                            },
+                        ])
+                        .await
+                        .map(drop),
+                };
+                calls += 1;
+                if let Err(error) = outcome {
+                    assert!(matches!(error, LedgerError::Closed), "{error:?}");
+                    return calls;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), ledger.shutdown())
+        .await
+        .expect("shutdown hung")
+        .unwrap();
+    let shut = Instant::now();
+    for task in tasks {
+        let calls = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a call hung")
+            .unwrap();
+        assert!(calls > 0);
+    }
+    assert!(
+        shut.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        shut.elapsed()
+    );
+}
+
+/// `Ledger`'s futures can be spawned on a multi-threaded runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_async_method_can_be_spawned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = tokio::spawn(Ledger::open(Config::new(dir.path()).shards(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    let spawned = |ledger: &Ledger| Arc::new(ledger.clone());
+    let l = spawned(&ledger);
+    let minted = tokio::spawn(async move { l.mint(key(1), 10).await });
+    assert!(minted.await.unwrap().is_ok());
+    let l = spawned(&ledger);
+    let moved = tokio::spawn(async move { l.transfer(key(1), key(2), 4).await });
+    assert!(moved.await.unwrap().is_ok());
+    let l = spawned(&ledger);
+    let read = tokio::spawn(async move { l.account(&key(2)).await });
+    assert_eq!(read.await.unwrap().unwrap().map(|a| a.balance), Some(4));
+    let l = spawned(&ledger);
+    let submitted = tokio::spawn(async move {
+        l.submit(vec![Op::Mint {
+            to: key(3),
+            amount: 5,
+        }])
+        .await
+    });
+    assert_eq!(submitted.await.unwrap().unwrap().len(), 1);
+    let l = spawned(&ledger);
+    let stats = tokio::spawn(async move { l.stats().await });
+    let stats = stats.await.unwrap().unwrap();
+    assert_eq!((stats.total_supply, balance_sum(&stats)), (15, 15));
+    let l = spawned(&ledger);
+    let checkpoint = tokio::spawn(async move { l.checkpoint().await });
+    checkpoint.await.unwrap().unwrap();
+    let l = spawned(&ledger);
+    let shutdown = tokio::spawn(async move { l.shutdown().await });
+    shutdown.await.unwrap().unwrap();
+}
