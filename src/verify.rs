@@ -347,10 +347,13 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     Ok(report)
 }
 
+/// An account as replayed: its key and (balance, sequence), `None` when its slot is damaged.
+pub type ReplayedAccount = (Pubkey, Option<(u64, u64)>);
+
 /// Every account as `open` would find it, from the same judgement `verify` reports: `Ok` with
 /// (key, balance and sequence, or `None` where reading the account fails on its damaged slot)
 /// when the directory opens, else the error `open` returns.
-pub fn replayed_accounts(data_dir: &Path) -> Result<Vec<(Pubkey, Option<(u64, u64)>)>> {
+pub fn replayed_accounts(data_dir: &Path) -> Result<Vec<ReplayedAccount>> {
     let judgement =
         judge::judge_directory(data_dir, |shard, _| AccountsBytes::read(data_dir, shard))?;
     let Judgement::Existing { shards, .. } = judgement else {

@@ -384,7 +384,7 @@ async fn check(dir: &Path) -> Result<(), String> {
 async fn compare(
     ledger: &Ledger,
     report: &tally::verify::VerifyReport,
-    replayed: Result<Vec<(Pubkey, Option<(u64, u64)>)>, LedgerError>,
+    replayed: Result<Vec<tally::verify::ReplayedAccount>, LedgerError>,
 ) -> Result<(), String> {
     let replayed: BTreeMap<Pubkey, Option<(u64, u64)>> = replayed
         .map_err(|e| format!("verify's replay refused what open accepted: {e}"))?
