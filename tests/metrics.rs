@@ -1,4 +1,4 @@
-//! The library records the metrics of DESIGN.md section 8 into whatever recorder the host
+//! The library records its metrics (README, Observability) into whatever recorder the host
 //! installs (here metrics-util's debugging recorder).
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};

@@ -157,7 +157,7 @@ pub async fn checkpoint_all(
 
 /// For each shard S, the highest LSN through which its WAL may be deleted: its own checkpoint,
 /// lowered to `applied_D[S]` for every target shard D that has not yet checkpointed a credit
-/// for every debit S logged towards it (DESIGN.md section 4).
+/// for every debit S logged towards it, so a crash can always re-send an owed credit.
 pub fn safe_truncation_points(infos: &[CheckpointInfo]) -> Vec<u64> {
     infos
         .iter()

@@ -29,7 +29,7 @@ const ENTRY_BYTES: usize = 40;
 /// Where an account lives, and its current state once it has been read or written since open.
 ///
 /// Keeping the state here makes the hot path one hash lookup: operations never read the mmap
-/// after the first touch, and the mmap only ever receives durable states (DESIGN.md section 3).
+/// after the first touch, and the mmap only ever receives durable states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     pub slot: u64,
