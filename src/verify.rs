@@ -35,7 +35,6 @@ use crate::storage::accounts::{
 use crate::storage::manifest::Manifest;
 use crate::storage::{parse_shard_dir, shard_dir, ACCOUNTS_FILE, LOCK_FILE, MANIFEST_FILE};
 use crate::types::Pubkey;
-use crate::wal::frame::{self, Decoded};
 use crate::wal::reader;
 
 // ---------------------------------------------------------------------------------------------
@@ -575,7 +574,7 @@ fn inspect_shard(dir: &Path, shard: u32) -> ShardInspection {
         accounts_file_bytes: accounts_metadata.as_ref().map(|m| m.len()),
         accounts_modified: accounts_metadata.and_then(|m| m.modified().ok()),
         header: read_header(&accounts_path),
-        index_file_bytes: std::fs::metadata(dir.join("index.bin"))
+        index_file_bytes: std::fs::metadata(dir.join(crate::storage::INDEX_FILE))
             .ok()
             .map(|m| m.len()),
         wal_segments: 0,
@@ -585,38 +584,50 @@ fn inspect_shard(dir: &Path, shard: u32) -> ShardInspection {
         last_lsn: None,
         wal_damage: None,
     };
-    let segments = match reader::list_segments(dir) {
-        Ok(segments) => segments,
+    let floor = inspection
+        .header
+        .as_ref()
+        .map_or(1, |header| header.checkpoint_lsn + 1);
+    // The WAL as recovery reads it: in windows, each segment once.
+    match reader::scan(dir, floor) {
+        Ok(scan) => describe_wal(&mut inspection, &scan),
         Err(error) => {
-            inspection.wal_damage = Some(error.to_string());
-            return inspection;
-        }
-    };
-    for segment in segments {
-        inspection.wal_segments += 1;
-        inspection.wal_file_bytes += segment.len;
-        let bytes = match std::fs::read(&segment.path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                inspection.wal_damage = Some(format!("{}: {e}", segment.path.display()));
-                continue;
+            if let Ok(segments) = reader::list_segments(dir) {
+                inspection.wal_segments = segments.len() as u64;
+                inspection.wal_file_bytes = segments.iter().map(|s| s.len).sum();
             }
-        };
-        let walk = walk_segment(&bytes);
-        inspection.wal_used_bytes += walk.end as u64;
-        inspection.wal_records += walk.records;
-        inspection.last_lsn = walk.last_lsn.or(inspection.last_lsn);
-        if let Some(reason) = walk.invalid {
-            inspection.wal_damage.get_or_insert_with(|| {
-                format!(
-                    "{} at offset {}: {reason}",
-                    segment.path.display(),
-                    walk.end
-                )
-            });
+            inspection.wal_damage = Some(error.to_string());
         }
     }
     inspection
+}
+
+fn describe_wal(inspection: &mut ShardInspection, scan: &reader::WalScan) {
+    inspection.wal_segments = scan.segments.len() as u64;
+    inspection.wal_file_bytes = scan.segments.iter().map(|s| s.len).sum();
+    inspection.wal_records = scan.records.len() as u64;
+    inspection.last_lsn = scan.records.last().map(|(lsn, _)| *lsn);
+    // Each segment's data ends where its last record does; the last one's where the log ends.
+    let mut used = vec![0u64; scan.segments.len()];
+    let mut scratch = Vec::new();
+    for ((lsn, body), position) in scan.records.iter().zip(&scan.positions) {
+        scratch.clear();
+        crate::wal::record::encode_into(&mut scratch, *lsn, body);
+        if let Some(end) = used.get_mut(position.segment) {
+            *end = position.offset + scratch.len() as u64;
+        }
+    }
+    if let Some(last) = used.last_mut() {
+        *last = (*last).max(scan.tail.offset);
+    }
+    inspection.wal_used_bytes = used.iter().sum();
+    if let (Some(reason), Some(segment)) = (&scan.tail.torn, &scan.tail.segment) {
+        inspection.wal_damage = Some(format!(
+            "{} at offset {}: {reason}",
+            segment.path.display(),
+            scan.tail.offset
+        ));
+    }
 }
 
 /// The header in force of an account file, reading only its header slots.
@@ -637,40 +648,6 @@ fn read_header(path: &Path) -> std::result::Result<Header, String> {
         (HeaderRead::Valid(a), _) | (_, HeaderRead::Valid(a)) => Ok(a),
         _ => Err(format!("{}: no valid header", path.display())),
     }
-}
-
-/// How a segment's records end.
-struct SegmentWalk {
-    records: u64,
-    last_lsn: Option<u64>,
-    /// Offset just after the last whole record.
-    end: usize,
-    /// Why decoding stopped before the end of the file, if not at zeros.
-    invalid: Option<String>,
-}
-
-fn walk_segment(bytes: &[u8]) -> SegmentWalk {
-    let mut walk = SegmentWalk {
-        records: 0,
-        last_lsn: None,
-        end: 0,
-        invalid: None,
-    };
-    while let Some(rest) = bytes.get(walk.end..).filter(|rest| !rest.is_empty()) {
-        match frame::decode(rest) {
-            Decoded::Frame(found) => {
-                walk.records += found.header.count as u64;
-                walk.last_lsn = Some(found.header.last_lsn());
-                walk.end += found.header.total_len();
-            }
-            Decoded::End => break,
-            Decoded::Invalid(reason) => {
-                walk.invalid = Some(reason);
-                break;
-            }
-        }
-    }
-    walk
 }
 
 impl fmt::Display for Inspection {
