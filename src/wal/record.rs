@@ -259,4 +259,38 @@ mod tests {
         let deltas: Vec<i128> = bodies().iter().map(RecordBody::balance_delta).collect();
         assert_eq!(deltas, vec![5, 0, -1, 77]);
     }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The payload bytes of every kind, pinned: bincode's layout is implicit in the type (variant
+    /// order, field order, varint integers), so a change to `RecordBody` that changes the bytes
+    /// on disk fails here instead of silently changing the file format.
+    #[test]
+    fn payload_bytes_are_pinned() {
+        let payloads: Vec<String> = bodies()
+            .iter()
+            .map(|body| {
+                let mut buffer = Vec::new();
+                encode_into(&mut buffer, 1, body);
+                hex(&buffer[HEADER_BYTES..])
+            })
+            .collect();
+        assert_eq!(payloads, PINNED_PAYLOADS);
+    }
+
+    /// Mint, transfer, debit, credit: variant index (varint), then the fields in order; an
+    /// after-image is slot, key (32 raw bytes), balance, sequence. Integers are varints: below
+    /// 251 one byte, else 0xfb + u16, 0xfc + u32, 0xfd + u64 (little-endian).
+    const PINNED_PAYLOADS: [&str; 4] = [
+        "00010101010101010101010101010101010101010101010101010101010101010101fdfeffffffffffffff0705",
+        "01020202020202020202020202020202020202020202020202020202020202020202fdfdffffffffffffff07\
+         030303030303030303030303030303030303030303030303030303030303030303fdfcffffffffffffff07\
+         fdffffffffffffffff",
+        "02040404040404040404040404040404040404040404040404040404040404040404fdfbffffffffffffff07\
+         0909090909090909090909090909090909090909090909090909090909090909fbff0001",
+        "0303fd0000000000010000050505050505050505050505050505050505050505050505050505050505050505\
+         fdfaffffffffffffff074d",
+    ];
 }
