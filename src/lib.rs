@@ -45,6 +45,7 @@ mod config;
 pub mod crashtest;
 mod error;
 pub mod judge;
+pub mod messages;
 pub mod recovery;
 pub mod state;
 pub mod storage;
@@ -67,6 +68,7 @@ use actors::messages::{
 use actors::router::{Router, Routing};
 use actors::shard::ShardActor;
 
+pub use actix;
 pub use config::{Config, Durability};
 pub use error::LedgerError;
 pub use types::{
@@ -81,8 +83,12 @@ const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// Call [`Ledger::shutdown`] to close it: it drains calls in flight, checkpoints, persists the
 /// indexes, marks the directory clean, and returns once the directory lock is released. Dropping
 /// the last clone without shutdown stops the actors in the background instead; nothing
-/// acknowledged is lost (the next open replays the WAL), but the lock is released a moment later,
-/// so an immediate reopen in the same process may see [`LedgerError::Locked`].
+/// acknowledged is lost (the next open replays the WAL). The lock is released a moment later; an
+/// `open` of the same directory in the same process waits for that (up to 5 s) instead of
+/// failing with [`LedgerError::Locked`].
+///
+/// An actix application can also send the ledger its operations as messages: see
+/// [`Ledger::actor`] and [`messages`].
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Inner>,
@@ -108,32 +114,48 @@ struct Inner {
     shards: Vec<Addr<ShardActor>>,
     books: Arc<actors::books::Books>,
     system: actix::System,
+    control: actix::ArbiterHandle,
+    lock_path: std::path::PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     closed: AtomicBool,
     in_flight: AtomicUsize,
+    /// Woken when the last call in flight ends, for `shutdown`'s drain.
+    drained: tokio::sync::Notify,
+    /// The outcome of the one shutdown, shared by every call of `shutdown`.
+    shutdown: Mutex<Option<ShutdownOutcome>>,
+    front: std::sync::OnceLock<Addr<messages::LedgerActor>>,
     max_batch_ops: usize,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Dropped without shutdown: stop the actors; the next open recovers from the WAL.
+        // Dropped without shutdown: stop the actors; the next open recovers from the WAL. An
+        // open in this process waits for the lock instead of failing while the threads stop.
+        if !self.closed.load(Ordering::Acquire) {
+            storage::lock::DirLock::mark_releasing(&self.lock_path);
+        }
         self.system.stop();
     }
 }
 
+/// Where every `shutdown` call reads the one shutdown's outcome (`None` until it is known).
+type ShutdownOutcome = tokio::sync::watch::Receiver<Option<Result<(), LedgerError>>>;
+
 /// Counts a call in flight for the whole of its life, so that `shutdown` can wait for it.
-struct InFlight<'a>(&'a AtomicUsize);
+struct InFlight<'a>(&'a Inner);
 
 impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        InFlight(counter)
+    fn enter(inner: &'a Inner) -> Self {
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(inner)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
     }
 }
 
@@ -163,9 +185,14 @@ impl Ledger {
                 shards: running.shards,
                 books: running.books,
                 system: running.system,
+                control: running.control,
+                lock_path: running.lock_path,
                 thread: Mutex::new(Some(running.thread)),
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
+                drained: tokio::sync::Notify::new(),
+                shutdown: Mutex::new(None),
+                front: std::sync::OnceLock::new(),
                 max_batch_ops,
             }),
         })
@@ -193,9 +220,29 @@ impl Ledger {
         self.one(Op::Transfer { from, to, amount }).await
     }
 
+    /// The address of an actor that takes the ledger's operations as messages, for actix
+    /// applications: see [`messages`]. Every call returns the same actor.
+    pub fn actor(&self) -> Addr<messages::LedgerActor> {
+        self.inner
+            .front
+            .get_or_init(|| {
+                let ledger = Arc::downgrade(&self.inner);
+                <messages::LedgerActor as actix::Actor>::start_in_arbiter(
+                    &self.inner.control,
+                    move |_| messages::LedgerActor::new(ledger),
+                )
+            })
+            .clone()
+    }
+
+    /// One mint or transfer (what `mint`, `transfer` and the `Apply` message run).
+    pub(crate) async fn apply(&self, op: Op) -> Result<Receipt, LedgerError> {
+        self.one(op).await
+    }
+
     async fn one(&self, op: Op) -> Result<Receipt, LedgerError> {
         self.check_open()?;
-        let _in_flight = InFlight::enter(&self.inner.in_flight);
+        let _in_flight = InFlight::enter(&self.inner);
         let started = Instant::now();
         let (sender, receiver) = oneshot::channel();
         let result = match self
@@ -218,7 +265,7 @@ impl Ledger {
     /// them until the ledger is reopened.
     pub async fn account(&self, key: &Pubkey) -> Result<Option<Account>, LedgerError> {
         self.check_open()?;
-        let _in_flight = InFlight::enter(&self.inner.in_flight);
+        let _in_flight = InFlight::enter(&self.inner);
         self.inner.routing.read(key).await
     }
 
@@ -239,7 +286,7 @@ impl Ledger {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let _in_flight = InFlight::enter(&self.inner.in_flight);
+        let _in_flight = InFlight::enter(&self.inner);
         let started = Instant::now();
         let (reply, receiver) = oneshot::channel();
         self.inner
@@ -347,21 +394,62 @@ impl Ledger {
 
     /// Waits for calls in flight, checkpoints, persists each index, marks the directory clean
     /// and stops the actors. Every later call, on any clone, returns [`LedgerError::Closed`].
+    ///
+    /// Idempotent and cancel-safe: the first call starts the shutdown on a task of its own, and
+    /// every call (the first included, on any clone) waits for that one outcome. Dropping the
+    /// future does not stop the shutdown half-way. Calls in flight are waited for up to 10 s.
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Err(LedgerError::Closed);
+        let mut outcome = self.start_shutdown();
+        loop {
+            if let Some(result) = outcome.borrow_and_update().clone() {
+                return result;
+            }
+            if outcome.changed().await.is_err() {
+                // The shutdown task ended without an answer (its runtime went away).
+                return Err(LedgerError::Closed);
+            }
         }
+    }
+
+    /// The receiver of the one shutdown's outcome; the first caller starts it.
+    fn start_shutdown(&self) -> ShutdownOutcome {
+        let mut slot = match self.inner.shutdown.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(receiver) = slot.as_ref() {
+            return receiver.clone();
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        let ledger = self.clone();
         // Instrumented rather than entered: an entered span guard would make the future !Send.
-        self.close()
-            .instrument(tracing::info_span!("shutdown"))
-            .await
+        let close = async move {
+            let result = ledger.close().await;
+            let _ = sender.send(Some(result));
+        };
+        tokio::spawn(close.instrument(tracing::info_span!("shutdown")));
+        *slot = Some(receiver.clone());
+        receiver
+    }
+
+    /// Waits until no call is in flight, or the drain deadline passes.
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
+        loop {
+            let drained = self.inner.drained.notified();
+            if self.inner.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                tracing::warn!("shutdown: calls still in flight after the drain deadline");
+                return;
+            }
+        }
     }
 
     async fn close(&self) -> Result<(), LedgerError> {
-        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
-        while self.inner.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.drain().await;
         let _ = self.inner.checkpointer.send(StopCheckpoints).await;
         let mut result =
             actors::checkpoint::final_checkpoint(self.inner.shards.clone(), Default::default())

@@ -136,7 +136,8 @@ async fn every_call_after_shutdown_is_closed() {
     ));
     assert!(matches!(clone.stats().await, Err(LedgerError::Closed)));
     assert!(matches!(clone.checkpoint().await, Err(LedgerError::Closed)));
-    assert!(matches!(clone.shutdown().await, Err(LedgerError::Closed)));
+    // shutdown is idempotent: a later call on any clone gets the first one's outcome.
+    assert!(clone.shutdown().await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,14 +162,11 @@ async fn concurrent_shutdown_while_writing() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let other = ledger.clone();
     let (first, second) = tokio::join!(ledger.shutdown(), other.shutdown());
+    // One shutdown runs; both calls wait for it and get its outcome.
     assert!(
-        first.is_ok() != second.is_ok(),
-        "exactly one shutdown wins: {first:?} {second:?}"
+        first.is_ok() && second.is_ok(),
+        "both see the one shutdown: {first:?} {second:?}"
     );
-    assert!(matches!(
-        first.err().or(second.err()),
-        Some(LedgerError::Closed)
-    ));
     let mut acked = 0;
     for writer in writers {
         acked += writer.await.unwrap();

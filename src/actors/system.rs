@@ -25,6 +25,10 @@ pub struct Running {
     pub gauges: Vec<Arc<ShardGauges>>,
     pub books: Arc<Books>,
     pub system: actix::System,
+    /// The arbiter of the router and checkpoint actor, where front actors start too.
+    pub control: actix::ArbiterHandle,
+    /// The directory lock's path (the lock itself lives on the actix thread).
+    pub lock_path: std::path::PathBuf,
     pub thread: JoinHandle<()>,
 }
 
@@ -43,6 +47,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
         )
     })?;
     let books = Books::new(supply);
+    let lock_path = recovered.lock.path().to_path_buf();
     let config = config.clone();
     let (sender, receiver) = std::sync::mpsc::channel();
     let thread_books = books.clone();
@@ -60,6 +65,8 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
             gauges: parts.gauges,
             books,
             system: parts.system,
+            control: parts.control,
+            lock_path,
             thread,
         }),
         Ok(Err(error)) => {
@@ -81,6 +88,7 @@ struct Parts {
     wals: Vec<Arc<WalShared>>,
     gauges: Vec<Arc<ShardGauges>>,
     system: actix::System,
+    control: actix::ArbiterHandle,
 }
 
 fn run_system(
@@ -158,6 +166,7 @@ fn run_system(
     let checkpointer = Checkpointer::start_in_arbiter(&control.handle(), move |_| {
         Checkpointer::new(shard_addresses, shard_wals, interval_ms, wal_bytes)
     });
+    let control_handle = control.handle();
     arbiters.push(control);
     let parts = Parts {
         router,
@@ -167,6 +176,7 @@ fn run_system(
         wals,
         gauges: all_gauges,
         system: actix::System::current(),
+        control: control_handle,
     };
     if reply.send(Ok(parts)).is_ok() {
         let _ = system.run();
