@@ -42,6 +42,7 @@
 
 pub mod actors;
 mod config;
+#[cfg(feature = "cli")]
 pub mod crashtest;
 mod error;
 pub mod judge;
