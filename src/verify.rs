@@ -652,6 +652,16 @@ fn read_header(path: &Path) -> std::result::Result<Header, String> {
 
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_summary(f)?;
+        writeln!(f)?;
+        self.fmt_table(f)?;
+        self.fmt_damage(f)
+    }
+}
+
+impl Inspection {
+    /// The directory as a whole: version, shards, lock, shutdown state, totals at the checkpoint.
+    fn fmt_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let headers: Vec<&Header> = self
             .shards
             .iter()
@@ -676,6 +686,10 @@ impl fmt::Display for Inspection {
                 unclean.join(", ")
             )?;
         }
+        self.fmt_totals(f, &headers)
+    }
+
+    fn fmt_totals(&self, f: &mut fmt::Formatter<'_>, headers: &[&Header]) -> fmt::Result {
         // Headers pass their CRC but may still hold nonsense: sums saturate.
         let accounts = headers
             .iter()
@@ -709,8 +723,10 @@ impl fmt::Display for Inspection {
             "last checkpoint  LSN {} (per shard); account files last written {}",
             checkpoint_lsns.join(" / "),
             latest.map_or_else(|| "unknown".into(), describe_time)
-        )?;
-        writeln!(f)?;
+        )
+    }
+
+    fn fmt_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>14} {:>12} {:>5}",
@@ -727,35 +743,12 @@ impl fmt::Display for Inspection {
             "clean"
         )?;
         for shard in &self.shards {
-            let header = shard.header.as_ref().ok();
-            let capacity = shard
-                .accounts_file_bytes
-                .map(|len| len.saturating_sub(HEADER_BYTES) / SLOT_BYTES as u64);
-            let dash = || "-".to_string();
-            writeln!(
-                f,
-                "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>14} {:>12} {:>5}",
-                format!("{:03}", shard.shard),
-                header.map_or_else(dash, |h| group_digits(h.slot_count as u128)),
-                capacity.map_or_else(dash, |c| group_digits(c as u128)),
-                shard.accounts_file_bytes.map_or_else(dash, human_bytes),
-                shard.index_file_bytes.map_or_else(dash, human_bytes),
-                shard.wal_segments,
-                format!(
-                    "{} / {}",
-                    human_bytes(shard.wal_used_bytes),
-                    human_bytes(shard.wal_file_bytes)
-                ),
-                group_digits(shard.wal_records as u128),
-                header.map_or_else(dash, |h| group_digits(h.checkpoint_lsn as u128)),
-                // An empty WAL (as a clean shutdown leaves it) ends at the checkpoint.
-                shard
-                    .last_lsn
-                    .or(header.map(|h| h.checkpoint_lsn))
-                    .map_or_else(dash, |lsn| group_digits(lsn as u128)),
-                header.map_or_else(dash, |h| if h.clean { "yes" } else { "no" }.into()),
-            )?;
+            fmt_row(f, shard)?;
         }
+        Ok(())
+    }
+
+    fn fmt_damage(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for shard in &self.shards {
             if let Err(reason) = &shard.header {
                 writeln!(f, "shard {:03}: {reason} (run tally verify)", shard.shard)?;
@@ -770,6 +763,38 @@ impl fmt::Display for Inspection {
         }
         Ok(())
     }
+}
+
+/// One shard's row of the inspection table.
+fn fmt_row(f: &mut fmt::Formatter<'_>, shard: &ShardInspection) -> fmt::Result {
+    let header = shard.header.as_ref().ok();
+    let capacity = shard
+        .accounts_file_bytes
+        .map(|len| len.saturating_sub(HEADER_BYTES) / SLOT_BYTES as u64);
+    let dash = || "-".to_string();
+    writeln!(
+        f,
+        "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>14} {:>12} {:>5}",
+        format!("{:03}", shard.shard),
+        header.map_or_else(dash, |h| group_digits(h.slot_count as u128)),
+        capacity.map_or_else(dash, |c| group_digits(c as u128)),
+        shard.accounts_file_bytes.map_or_else(dash, human_bytes),
+        shard.index_file_bytes.map_or_else(dash, human_bytes),
+        shard.wal_segments,
+        format!(
+            "{} / {}",
+            human_bytes(shard.wal_used_bytes),
+            human_bytes(shard.wal_file_bytes)
+        ),
+        group_digits(shard.wal_records as u128),
+        header.map_or_else(dash, |h| group_digits(h.checkpoint_lsn as u128)),
+        // An empty WAL (as a clean shutdown leaves it) ends at the checkpoint.
+        shard
+            .last_lsn
+            .or(header.map(|h| h.checkpoint_lsn))
+            .map_or_else(dash, |lsn| group_digits(lsn as u128)),
+        header.map_or_else(dash, |h| if h.clean { "yes" } else { "no" }.into()),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -887,3 +887,67 @@ fn load_serves_metrics_on_loopback_and_logs_with_rust_log() {
         "RUST_LOG=tally=info shows the open: {logs}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// graceful stop
+
+/// SIGTERM during `load` stops the clients, finishes the calls in flight, shuts the ledger down
+/// cleanly and prints the partial summary (exit 143); `verify` then finds a clean, sound
+/// directory with nothing to replay.
+#[test]
+fn sigterm_during_load_shuts_down_cleanly_with_a_partial_summary() {
+    let data = Data::new();
+    let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["load", "--data-dir", data.dir.to_str().unwrap()])
+        .args(["--config", data.config.to_str().unwrap()])
+        .args([
+            "--accounts",
+            "2000",
+            "--transfers",
+            "100000000",
+            "--batch",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The handler is installed before the ledger opens; wait until transfers are running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !data.dir.join("MANIFEST").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "load never created its directory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: kill only sends a signal to the child this test spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stdout}\n{stderr}");
+    assert!(stdout.contains("interrupted    by SIGTERM"), "{stdout}");
+    assert!(stdout.contains("conservation   ok"), "{stdout}");
+    let verify = data.run("verify", &[]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("sound: no problems"),
+        "{}",
+        verify.stdout
+    );
+    assert!(
+        verify.stdout.contains("0 above the checkpoints replayed"),
+        "{}",
+        verify.stdout
+    );
+    let inspect = data.run("inspect", &[]);
+    assert!(
+        inspect
+            .stdout
+            .contains("shutdown         clean (every shard)"),
+        "{}",
+        inspect.stdout
+    );
+}

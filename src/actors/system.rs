@@ -104,12 +104,42 @@ fn run_system(
         shards,
         ..
     } = recovered;
-    let peers: Arc<OnceLock<Vec<Addr<ShardActor>>>> = Arc::new(OnceLock::new());
-    let mut arbiters = Vec::new();
-    let mut addresses = Vec::new();
-    let mut wals = Vec::new();
-    let mut all_gauges = Vec::new();
-    let mut failure = None;
+    let mut started = StartedShards::default();
+    if let Err(error) = start_shards(shards, &config, &books, &mut started) {
+        let _ = reply.send(Err(error));
+        drop(started.addresses);
+        stop_arbiters(started.arbiters);
+        return;
+    }
+    // invariant: set exactly once, here, before any message reaches a shard.
+    let _ = started.peers.set(started.addresses.clone());
+    let control = Arbiter::new();
+    let parts = start_control(&control, &started, &config, manifest.hash_seed, books);
+    let mut arbiters = started.arbiters;
+    arbiters.push(control);
+    if reply.send(Ok(parts)).is_ok() {
+        let _ = system.run();
+    }
+    stop_arbiters(arbiters);
+    drop(lock);
+}
+
+/// The shard actors started so far, each on an arbiter of its own.
+#[derive(Default)]
+struct StartedShards {
+    peers: Arc<OnceLock<Vec<Addr<ShardActor>>>>,
+    arbiters: Vec<Arbiter>,
+    addresses: Vec<Addr<ShardActor>>,
+    wals: Vec<Arc<WalShared>>,
+    gauges: Vec<Arc<ShardGauges>>,
+}
+
+fn start_shards(
+    shards: Vec<crate::recovery::RecoveredShard>,
+    config: &Config,
+    books: &Arc<Books>,
+    started: &mut StartedShards,
+) -> Result<()> {
     for shard in shards {
         let wal = Arc::new(WalShared::default());
         wal.durable_lsn.store(
@@ -119,41 +149,38 @@ fn run_system(
         let gauges = Arc::new(ShardGauges::default());
         gauges.mark_checkpoint();
         let context = ShardContext {
-            peers: peers.clone(),
+            peers: started.peers.clone(),
             books: ShardBooks::new(books.clone()),
             wal: wal.clone(),
             gauges: gauges.clone(),
             mailbox_capacity: config.mailbox_capacity,
         };
-        match ShardActor::new(shard.state, shard.wal, config.durability, context) {
-            Ok(actor) => {
-                let arbiter = Arbiter::new();
-                addresses.push(ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                    actor
-                }));
-                arbiters.push(arbiter);
-                wals.push(wal);
-                all_gauges.push(gauges);
-            }
-            Err(error) => {
-                failure = Some(error);
-                break;
-            }
-        }
+        let actor = ShardActor::new(shard.state, shard.wal, config.durability, context)?;
+        let arbiter = Arbiter::new();
+        started
+            .addresses
+            .push(ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                actor
+            }));
+        started.arbiters.push(arbiter);
+        started.wals.push(wal);
+        started.gauges.push(gauges);
     }
-    if let Some(error) = failure {
-        let _ = reply.send(Err(error));
-        drop(addresses);
-        stop_arbiters(arbiters);
-        return;
-    }
-    // invariant: set exactly once, here, before any message reaches a shard.
-    let _ = peers.set(addresses.clone());
-    let control = Arbiter::new();
+    Ok(())
+}
+
+/// Starts the router and the checkpoint actor on the control arbiter.
+fn start_control(
+    control: &Arbiter,
+    started: &StartedShards,
+    config: &Config,
+    hash_seed: [u64; 2],
+    books: Arc<Books>,
+) -> Parts {
     let routing = Routing::new(
-        addresses.clone(),
-        all_gauges.clone(),
-        manifest.hash_seed,
+        started.addresses.clone(),
+        started.gauges.clone(),
+        hash_seed,
         books,
     );
     let mailbox_capacity = config.mailbox_capacity;
@@ -161,28 +188,21 @@ fn run_system(
     let router = Router::start_in_arbiter(&control.handle(), move |_| {
         Router::new(router_routing, mailbox_capacity)
     });
-    let (shard_addresses, shard_wals) = (addresses.clone(), wals.clone());
+    let (shard_addresses, shard_wals) = (started.addresses.clone(), started.wals.clone());
     let (interval_ms, wal_bytes) = (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
     let checkpointer = Checkpointer::start_in_arbiter(&control.handle(), move |_| {
         Checkpointer::new(shard_addresses, shard_wals, interval_ms, wal_bytes)
     });
-    let control_handle = control.handle();
-    arbiters.push(control);
-    let parts = Parts {
+    Parts {
         router,
         routing,
         checkpointer,
-        shards: addresses,
-        wals,
-        gauges: all_gauges,
+        shards: started.addresses.clone(),
+        wals: started.wals.clone(),
+        gauges: started.gauges.clone(),
         system: actix::System::current(),
-        control: control_handle,
-    };
-    if reply.send(Ok(parts)).is_ok() {
-        let _ = system.run();
+        control: control.handle(),
     }
-    stop_arbiters(arbiters);
-    drop(lock);
 }
 
 fn stop_arbiters(arbiters: Vec<Arbiter>) {

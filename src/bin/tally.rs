@@ -340,6 +340,8 @@ struct LoadSummary {
     stats: Stats,
     shutdown_seconds: f64,
     peak_rss_bytes: Option<u64>,
+    /// The signal that stopped the run early, if one did.
+    interrupted: Option<i32>,
     conservation: Conservation,
     read_back_seconds: f64,
 }
@@ -381,8 +383,9 @@ async fn load(args: LoadArgs) -> Result<i32, CliError> {
     let config = load_config(&args)?;
     let durability = config.get_durability();
     let data_dir = config.get_data_dir().to_path_buf();
+    let stop = Interrupt::listen()?;
     let ledger = Ledger::open(config).await?;
-    let outcome = run_load(&ledger, &args, data_dir, durability).await;
+    let outcome = run_load(&ledger, &args, data_dir, durability, &stop).await;
     let shutdown_started = Instant::now();
     let closed = ledger.shutdown().await;
     let shutdown_seconds = shutdown_started.elapsed().as_secs_f64();
@@ -399,7 +402,7 @@ async fn load(args: LoadArgs) -> Result<i32, CliError> {
         eprintln!("error: conservation check failed");
         return Ok(1);
     }
-    Ok(0)
+    Ok(summary.interrupted.map_or(0, |signal| 128 + signal))
 }
 
 fn load_config(args: &LoadArgs) -> Result<Config, CliError> {
@@ -426,6 +429,7 @@ async fn run_load(
     args: &LoadArgs,
     data_dir: PathBuf,
     durability: Durability,
+    stop: &Interrupt,
 ) -> Result<LoadSummary, CliError> {
     let progress = progress_bar(args.accounts);
     let supply_before = ledger.stats().await?.total_supply;
@@ -437,50 +441,16 @@ async fn run_load(
     );
     progress.set_message("minting");
     let mint_started = Instant::now();
-    mint_accounts(ledger, &keys, args.clients, &progress).await?;
+    let minted = mint_accounts(ledger, &keys, args.clients, &progress, stop).await?;
     let mint_seconds = mint_started.elapsed().as_secs_f64();
-
-    progress.reset();
-    progress.set_length(args.transfers);
-    progress.set_message("transfers");
-    let picker = std::sync::Arc::new(Picker::new(args.skew, keys.len()));
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    for client in 0..args.clients {
-        let share =
-            args.transfers / args.clients + u64::from(client < args.transfers % args.clients);
-        let work = ClientWork {
-            ledger: ledger.clone(),
-            keys: keys.clone(),
-            picker: picker.clone(),
-            transfers: share,
-            batch: args.batch as usize,
-            seed: rng.gen(),
-            progress: progress.clone(),
-        };
-        clients.push(tokio::spawn(run_client(work)));
-    }
-    let mut latency = new_histogram()?;
-    let (mut applied, mut rejected) = (0, 0);
-    for client in clients {
-        let outcome = client
-            .await
-            .map_err(|e| CliError(format!("a client task failed: {e}")))??;
-        applied += outcome.applied;
-        rejected += outcome.rejected;
-        latency
-            .add(&outcome.latency)
-            .map_err(|e| CliError(format!("merging latencies: {e}")))?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let transfers = transfer_phase(ledger, args, &keys, &progress, stop).await?;
     progress.finish_and_clear();
-
     let stats = ledger.stats().await?;
     let read_back_started = Instant::now();
     let read_back_sum = read_back(ledger, &keys).await?;
     let read_back_seconds = read_back_started.elapsed().as_secs_f64();
     let conservation = Conservation {
-        minted: args.accounts as u128 * LOAD_INITIAL_BALANCE as u128,
+        minted: minted as u128 * LOAD_INITIAL_BALANCE as u128,
         supply_before,
         total_supply: stats.total_supply,
         shard_balance_sum: stats.shards.iter().map(|s| s.balance_sum).sum(),
@@ -496,17 +466,128 @@ async fn run_load(
         skew: args.skew,
         mint_seconds,
         transfers: args.transfers,
-        applied,
-        rejected,
-        seconds,
-        latency,
+        applied: transfers.applied,
+        rejected: transfers.rejected,
+        seconds: transfers.seconds,
+        latency: transfers.latency,
         stats,
         // Filled in after the shutdown.
         shutdown_seconds: 0.0,
         peak_rss_bytes: None,
+        interrupted: stop.signal(),
         conservation,
         read_back_seconds,
     })
+}
+
+/// What the transfer clients did together.
+struct TransferTotals {
+    applied: u64,
+    rejected: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+}
+
+/// Runs `args.transfers` random transfers from `args.clients` tasks; stops early on a signal.
+async fn transfer_phase(
+    ledger: &Ledger,
+    args: &LoadArgs,
+    keys: &std::sync::Arc<Vec<Pubkey>>,
+    progress: &ProgressBar,
+    stop: &Interrupt,
+) -> Result<TransferTotals, CliError> {
+    progress.reset();
+    progress.set_length(args.transfers);
+    progress.set_message("transfers");
+    let picker = std::sync::Arc::new(Picker::new(args.skew, keys.len()));
+    let mut rng = rand::thread_rng();
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..args.clients {
+        let share =
+            args.transfers / args.clients + u64::from(client < args.transfers % args.clients);
+        let work = ClientWork {
+            ledger: ledger.clone(),
+            keys: keys.clone(),
+            picker: picker.clone(),
+            transfers: share,
+            batch: args.batch as usize,
+            seed: rng.gen(),
+            progress: progress.clone(),
+            stop: stop.clone(),
+        };
+        clients.push(tokio::spawn(run_client(work)));
+    }
+    let mut totals = TransferTotals {
+        applied: 0,
+        rejected: 0,
+        seconds: 0.0,
+        latency: new_histogram()?,
+    };
+    for client in clients {
+        let outcome = client
+            .await
+            .map_err(|e| CliError(format!("a client task failed: {e}")))??;
+        totals.applied += outcome.applied;
+        totals.rejected += outcome.rejected;
+        totals
+            .latency
+            .add(&outcome.latency)
+            .map_err(|e| CliError(format!("merging latencies: {e}")))?;
+    }
+    totals.seconds = started.elapsed().as_secs_f64();
+    Ok(totals)
+}
+
+/// SIGINT and SIGTERM during `load`: the first stops the clients, lets the calls in flight
+/// finish and shuts the ledger down cleanly (exit 128 + the signal's number after the summary);
+/// a second one exits at once (the next open recovers from the WAL).
+#[derive(Clone, Default)]
+struct Interrupt {
+    signal: std::sync::Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl Interrupt {
+    /// Starts listening; must be called inside the runtime, before the ledger opens.
+    fn listen() -> Result<Self, CliError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = Interrupt::default();
+        let mut sigint = signal(SignalKind::interrupt())
+            .map_err(|e| CliError(format!("cannot listen for SIGINT: {e}")))?;
+        let mut sigterm = signal(SignalKind::terminate())
+            .map_err(|e| CliError(format!("cannot listen for SIGTERM: {e}")))?;
+        let seen = interrupt.clone();
+        tokio::spawn(async move {
+            loop {
+                let number = tokio::select! {
+                    _ = sigint.recv() => libc::SIGINT,
+                    _ = sigterm.recv() => libc::SIGTERM,
+                };
+                if seen.signal().is_some() {
+                    eprintln!("second signal: exiting now (the next open recovers from the WAL)");
+                    std::process::exit(128 + number);
+                }
+                seen.signal
+                    .store(number, std::sync::atomic::Ordering::Release);
+                eprintln!(
+                    "stopping: finishing the calls in flight, then a clean shutdown (a second signal exits at once)"
+                );
+            }
+        });
+        Ok(interrupt)
+    }
+
+    /// The signal received, if any.
+    fn signal(&self) -> Option<i32> {
+        match self.signal.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            number => Some(number),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.signal().is_some()
+    }
 }
 
 /// A progress bar on stderr when it is a terminal, else one that draws nothing.
@@ -539,14 +620,20 @@ async fn mint_accounts(
     keys: &std::sync::Arc<Vec<Pubkey>>,
     clients: u64,
     progress: &ProgressBar,
-) -> Result<(), CliError> {
+    stop: &Interrupt,
+) -> Result<u64, CliError> {
     let chunk = keys.len().div_ceil(clients as usize).max(1);
     let mut tasks = Vec::new();
     for start in (0..keys.len()).step_by(chunk) {
         let (ledger, keys, progress) = (ledger.clone(), keys.clone(), progress.clone());
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let end = (start + chunk).min(keys.len());
+            let mut minted = 0u64;
             for batch in keys[start..end].chunks(LOAD_MINT_BATCH) {
+                if stop.stopped() {
+                    break;
+                }
                 let ops = batch
                     .iter()
                     .map(|&to| Op::Mint {
@@ -558,15 +645,18 @@ async fn mint_accounts(
                     result?;
                 }
                 progress.inc(batch.len() as u64);
+                minted += batch.len() as u64;
             }
-            Ok::<(), LedgerError>(())
+            Ok::<u64, LedgerError>(minted)
         }));
     }
+    let mut minted = 0;
     for task in tasks {
-        task.await
+        minted += task
+            .await
             .map_err(|e| CliError(format!("a mint task failed: {e}")))??;
     }
-    Ok(())
+    Ok(minted)
 }
 
 /// One client's share of the transfers.
@@ -578,6 +668,7 @@ struct ClientWork {
     batch: usize,
     seed: u64,
     progress: ProgressBar,
+    stop: Interrupt,
 }
 
 struct ClientOutcome {
@@ -595,7 +686,7 @@ async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
         latency: new_histogram()?,
     };
     let mut left = work.transfers;
-    while left > 0 {
+    while left > 0 && !work.stop.stopped() {
         let size = left.min(work.batch as u64) as usize;
         let transfers: Vec<(Pubkey, Pubkey, u64)> = (0..size)
             .map(|_| random_transfer(&mut rng, &work.keys, &work.picker))
@@ -749,17 +840,16 @@ fn transfers_per_sec(summary: &LoadSummary) -> f64 {
 }
 
 fn summary_text(summary: &LoadSummary) -> String {
-    let mut lines = Vec::new();
-    let totals = totals(&summary.stats);
-    let latency = &summary.latency;
-    let ms = |micros: u64| micros as f64 / 1_000.0;
-    let call = if summary.batch == 1 {
-        "per transfer call".to_string()
-    } else {
-        format!("per submit of {}", group_digits(summary.batch as u128))
-    };
+    let mut lines = vec![format!("tally load: {}", summary.data_dir.display())];
+    setup_lines(summary, &mut lines);
+    result_lines(summary, &mut lines);
+    conservation_lines(summary, &mut lines);
+    lines.push(String::new());
+    lines.join("\n")
+}
+
+fn setup_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
     let conservation = &summary.conservation;
-    lines.push(format!("tally load: {}", summary.data_dir.display()));
     lines.push(format!(
         "  setup          {} shards, durability {}, {} clients, batches of {}, {} keys",
         summary.shards,
@@ -781,9 +871,32 @@ fn summary_text(summary: &LoadSummary) -> String {
         group_digits(summary.accounts as u128),
         summary.mint_seconds
     ));
+    if let Some(signal) = summary.interrupted {
+        let name = if signal == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        lines.push(format!(
+            "  interrupted    by {name}: stopped after {} of {} transfers, calls in flight finished, shut down cleanly",
+            group_digits((summary.applied + summary.rejected) as u128),
+            group_digits(summary.transfers as u128)
+        ));
+    }
+}
+
+fn result_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
+    let totals = totals(&summary.stats);
+    let latency = &summary.latency;
+    let ms = |micros: u64| micros as f64 / 1_000.0;
+    let call = if summary.batch == 1 {
+        "per transfer call".to_string()
+    } else {
+        format!("per submit of {}", group_digits(summary.batch as u128))
+    };
     lines.push(format!(
         "  transfers      {} in {:.2} s ({} applied, {} refused for insufficient funds)",
-        group_digits(summary.transfers as u128),
+        group_digits((summary.applied + summary.rejected) as u128),
         summary.seconds,
         group_digits(summary.applied as u128),
         group_digits(summary.rejected as u128)
@@ -807,7 +920,8 @@ fn summary_text(summary: &LoadSummary) -> String {
     lines.push(format!(
         "  WAL bytes      {} written ({:.0} bytes per operation)",
         human_bytes(totals.wal_bytes),
-        totals.wal_bytes as f64 / (summary.accounts + summary.transfers).max(1) as f64
+        totals.wal_bytes as f64
+            / (summary.accounts + summary.applied + summary.rejected).max(1) as f64
     ));
     lines.push(format!(
         "  checkpoints    {} during the run; shutdown (final checkpoint) took {:.2} s",
@@ -819,6 +933,10 @@ fn summary_text(summary: &LoadSummary) -> String {
             .peak_rss_bytes
             .map_or_else(|| "unknown".into(), human_bytes)
     ));
+}
+
+fn conservation_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
+    let conservation = &summary.conservation;
     lines.push(format!(
         "  conservation   {}: total supply {} = sum of shard balances {}",
         if conservation.ok() { "ok" } else { "FAILED" },
@@ -832,8 +950,6 @@ fn summary_text(summary: &LoadSummary) -> String {
         group_digits(conservation.read_back_sum),
         group_digits(conservation.minted)
     ));
-    lines.push(String::new());
-    lines.join("\n")
 }
 
 fn summary_json(summary: &LoadSummary) -> serde_json::Value {
