@@ -863,7 +863,7 @@ impl<'a> Replay<'a> {
         if slots_sum != self.balance_sum {
             return Err(LedgerError::corrupt(
                 self.view.path(),
-                48,
+                crate::storage::accounts::HEADER_BALANCE_SUM_OFFSET as u64,
                 format!(
                     "the slots hold {slots_sum} units after replay, the header's sum and the WAL say {}",
                     self.balance_sum

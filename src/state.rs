@@ -400,6 +400,13 @@ impl ShardState {
 
     /// Writes a durable record's after-images into the account file and advances what it holds.
     fn apply_to_file(&mut self, lsn: u64, body: &RecordBody) -> Result<()> {
+        // Durable records enter the file in LSN order: a slot stamped with an LSN must never be
+        // overwritten by an older record, or replay's "newer wins" rule would be wrong.
+        assert!(
+            lsn > self.file_lsn,
+            "record {lsn} applied after {}",
+            self.file_lsn
+        );
         for image in body.images() {
             self.accounts
                 .write_slot(image.slot, &slot_state(image, lsn))?;

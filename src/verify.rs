@@ -467,7 +467,7 @@ fn check_slots_behind_the_index(
     if report.problems.is_empty() && sum != shard.balance_sum {
         report.problems.push(Finding::at(
             view.path(),
-            48,
+            crate::storage::accounts::HEADER_BALANCE_SUM_OFFSET as u64,
             format!(
                 "the slots hold {sum} units, the header says {}",
                 shard.balance_sum

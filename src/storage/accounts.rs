@@ -55,13 +55,32 @@ pub const HEADER_SLOT_BYTES: usize = 4096;
 pub const HEADER_BYTES: u64 = 2 * HEADER_SLOT_BYTES as u64;
 pub const SLOT_BYTES: usize = 128;
 
+// Header slot fields, each following the one before.
+const HEADER_VERSION_OFFSET: usize = MAGIC.len();
+const HEADER_SHARD_OFFSET: usize = HEADER_VERSION_OFFSET + 4;
+const HEADER_SHARD_COUNT_OFFSET: usize = HEADER_SHARD_OFFSET + 4;
+const HEADER_FLAGS_OFFSET: usize = HEADER_SHARD_COUNT_OFFSET + 4;
+const HEADER_GENERATION_OFFSET: usize = HEADER_FLAGS_OFFSET + 4;
+pub const HEADER_CHECKPOINT_LSN_OFFSET: usize = HEADER_GENERATION_OFFSET + 8;
+pub const HEADER_SLOT_COUNT_OFFSET: usize = HEADER_CHECKPOINT_LSN_OFFSET + 8;
+pub const HEADER_BALANCE_SUM_OFFSET: usize = HEADER_SLOT_COUNT_OFFSET + 8;
+const HEADER_WATERMARKS_OFFSET: usize = HEADER_BALANCE_SUM_OFFSET + 16;
 const HEADER_CRC_OFFSET: usize = HEADER_SLOT_BYTES - 4;
-const HEADER_WATERMARKS_OFFSET: usize = 64;
 const FLAG_CLEAN: u32 = 1;
+const _: () = assert!(
+    HEADER_WATERMARKS_OFFSET == 64
+        && HEADER_WATERMARKS_OFFSET + 8 * MAX_SHARDS <= HEADER_CRC_OFFSET
+);
 
+// Account slot fields.
+const SLOT_KEY_BYTES: usize = 32;
+const SLOT_BALANCE_OFFSET: usize = SLOT_KEY_BYTES;
+const SLOT_SEQUENCE_OFFSET: usize = SLOT_BALANCE_OFFSET + 8;
+const SLOT_LSN_OFFSET: usize = SLOT_SEQUENCE_OFFSET + 8;
+const SLOT_FLAGS_OFFSET: usize = SLOT_LSN_OFFSET + 8;
 const SLOT_CRC_OFFSET: usize = SLOT_BYTES - 4;
-const SLOT_FLAGS_OFFSET: usize = 56;
 const SLOT_IN_USE: u32 = 1;
+const _: () = assert!(SLOT_FLAGS_OFFSET == 56 && SLOT_FLAGS_OFFSET + 4 <= SLOT_CRC_OFFSET);
 
 /// The durable summary of a shard at its last checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,15 +113,24 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_SLOT_BYTES] {
         debug_assert_eq!(self.applied.len(), self.shard_count as usize);
         let mut bytes = [0u8; HEADER_SLOT_BYTES];
-        bytes[0..8].copy_from_slice(MAGIC);
-        write_u32(&mut bytes, 8, VERSION);
-        write_u32(&mut bytes, 12, self.shard);
-        write_u32(&mut bytes, 16, self.shard_count);
-        write_u32(&mut bytes, 20, if self.clean { FLAG_CLEAN } else { 0 });
-        write_u64(&mut bytes, 24, self.generation);
-        write_u64(&mut bytes, 32, self.checkpoint_lsn);
-        write_u64(&mut bytes, 40, self.slot_count);
-        bytes[48..64].copy_from_slice(&self.balance_sum.to_le_bytes());
+        bytes[..HEADER_VERSION_OFFSET].copy_from_slice(MAGIC);
+        write_u32(&mut bytes, HEADER_VERSION_OFFSET, VERSION);
+        write_u32(&mut bytes, HEADER_SHARD_OFFSET, self.shard);
+        write_u32(&mut bytes, HEADER_SHARD_COUNT_OFFSET, self.shard_count);
+        write_u32(
+            &mut bytes,
+            HEADER_FLAGS_OFFSET,
+            if self.clean { FLAG_CLEAN } else { 0 },
+        );
+        write_u64(&mut bytes, HEADER_GENERATION_OFFSET, self.generation);
+        write_u64(
+            &mut bytes,
+            HEADER_CHECKPOINT_LSN_OFFSET,
+            self.checkpoint_lsn,
+        );
+        write_u64(&mut bytes, HEADER_SLOT_COUNT_OFFSET, self.slot_count);
+        bytes[HEADER_BALANCE_SUM_OFFSET..HEADER_WATERMARKS_OFFSET]
+            .copy_from_slice(&self.balance_sum.to_le_bytes());
         for (index, watermark) in self.applied.iter().take(MAX_SHARDS).enumerate() {
             write_u64(&mut bytes, HEADER_WATERMARKS_OFFSET + 8 * index, *watermark);
         }
@@ -125,7 +153,7 @@ impl Header {
         if bytes.len() < HEADER_SLOT_BYTES {
             return HeaderRead::Torn("header slot is short".into());
         }
-        if &bytes[0..8] != MAGIC {
+        if &bytes[..HEADER_VERSION_OFFSET] != MAGIC {
             return HeaderRead::Torn("bad header magic".into());
         }
         if crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]) != read_u32(bytes, HEADER_CRC_OFFSET) {
@@ -139,26 +167,26 @@ impl Header {
 
     /// The fields of a header slot whose magic and CRC are good, each bounded.
     fn decode_fields(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let version = read_u32(bytes, 8);
+        let version = read_u32(bytes, HEADER_VERSION_OFFSET);
         if version != VERSION {
             return Err(format!("unsupported account file version {version}"));
         }
-        let shard_count = read_u32(bytes, 16);
+        let shard_count = read_u32(bytes, HEADER_SHARD_COUNT_OFFSET);
         if shard_count == 0 || shard_count as usize > MAX_SHARDS {
             return Err(format!("shard count {shard_count} out of range"));
         }
-        let shard = read_u32(bytes, 12);
+        let shard = read_u32(bytes, HEADER_SHARD_OFFSET);
         if shard >= shard_count {
             return Err(format!(
                 "shard id {shard} out of range for {shard_count} shards"
             ));
         }
-        let checkpoint_lsn = read_u64(bytes, 32);
+        let checkpoint_lsn = read_u64(bytes, HEADER_CHECKPOINT_LSN_OFFSET);
         if checkpoint_lsn > crate::wal::LSN_MAX {
             return Err(format!("checkpoint LSN {checkpoint_lsn} out of range"));
         }
         let mut sum = [0u8; 16];
-        sum.copy_from_slice(&bytes[48..64]);
+        sum.copy_from_slice(&bytes[HEADER_BALANCE_SUM_OFFSET..HEADER_WATERMARKS_OFFSET]);
         let balance_sum = u128::from_le_bytes(sum);
         // No shard can hold more than the ledger's whole supply, which fits in a u64.
         if balance_sum > u64::MAX as u128 {
@@ -173,10 +201,10 @@ impl Header {
         Ok(Header {
             shard,
             shard_count,
-            clean: read_u32(bytes, 20) & FLAG_CLEAN != 0,
-            generation: read_u64(bytes, 24),
+            clean: read_u32(bytes, HEADER_FLAGS_OFFSET) & FLAG_CLEAN != 0,
+            generation: read_u64(bytes, HEADER_GENERATION_OFFSET),
             checkpoint_lsn,
-            slot_count: read_u64(bytes, 40),
+            slot_count: read_u64(bytes, HEADER_SLOT_COUNT_OFFSET),
             balance_sum,
             applied,
         })
@@ -213,10 +241,10 @@ pub enum SlotRead {
 impl SlotState {
     pub fn encode(&self) -> [u8; SLOT_BYTES] {
         let mut bytes = [0u8; SLOT_BYTES];
-        bytes[0..32].copy_from_slice(&self.key.0);
-        write_u64(&mut bytes, 32, self.balance);
-        write_u64(&mut bytes, 40, self.sequence);
-        write_u64(&mut bytes, 48, self.lsn);
+        bytes[..SLOT_KEY_BYTES].copy_from_slice(&self.key.0);
+        write_u64(&mut bytes, SLOT_BALANCE_OFFSET, self.balance);
+        write_u64(&mut bytes, SLOT_SEQUENCE_OFFSET, self.sequence);
+        write_u64(&mut bytes, SLOT_LSN_OFFSET, self.lsn);
         write_u32(&mut bytes, SLOT_FLAGS_OFFSET, SLOT_IN_USE);
         let crc = crc32fast::hash(&bytes[..SLOT_CRC_OFFSET]);
         write_u32(&mut bytes, SLOT_CRC_OFFSET, crc);
@@ -237,12 +265,12 @@ impl SlotState {
             return SlotRead::Corrupt("slot flags invalid");
         }
         let mut key = [0u8; 32];
-        key.copy_from_slice(&bytes[0..32]);
+        key.copy_from_slice(&bytes[..SLOT_KEY_BYTES]);
         SlotRead::Valid(SlotState {
             key: Pubkey(key),
-            balance: read_u64(bytes, 32),
-            sequence: read_u64(bytes, 40),
-            lsn: read_u64(bytes, 48),
+            balance: read_u64(bytes, SLOT_BALANCE_OFFSET),
+            sequence: read_u64(bytes, SLOT_SEQUENCE_OFFSET),
+            lsn: read_u64(bytes, SLOT_LSN_OFFSET),
         })
     }
 }
@@ -353,7 +381,7 @@ impl<'a> AccountsView<'a> {
         if header.slot_count > self.capacity() {
             return Err(LedgerError::corrupt(
                 self.path,
-                40,
+                HEADER_SLOT_COUNT_OFFSET as u64,
                 format!(
                     "header claims {} slots, file holds {}",
                     header.slot_count,

@@ -14,14 +14,18 @@ use super::{read_u32, read_u64, write_u32, write_u64, MAX_SHARDS};
 use crate::error::{LedgerError, Result};
 
 pub const MAGIC: &[u8; 8] = b"TALLYMAN";
+const VERSION_OFFSET: usize = MAGIC.len();
+const SHARDS_OFFSET: usize = VERSION_OFFSET + 4;
+const SEED_OFFSET: usize = SHARDS_OFFSET + 4;
 /// The format this build reads and writes. 2: WAL records are written in frames
 /// (`src/wal/frame.rs`); version 1 wrote bare records.
 pub const VERSION: u32 = 2;
 /// Versions older than [`VERSION`] that a tally build once wrote: refused as
 /// [`LedgerError::UnsupportedFormat`], not as corruption.
 pub const OLD_VERSIONS: std::ops::RangeInclusive<u32> = 1..=VERSION - 1;
-pub const LEN: usize = 36;
-const CRC_OFFSET: usize = 32;
+const CRC_OFFSET: usize = SEED_OFFSET + 16;
+pub const LEN: usize = CRC_OFFSET + 4;
+const _: () = assert!(LEN == 36 && CRC_OFFSET == 32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Manifest {
@@ -41,11 +45,11 @@ impl Manifest {
 
     pub fn encode(&self) -> [u8; LEN] {
         let mut bytes = [0u8; LEN];
-        bytes[0..8].copy_from_slice(MAGIC);
-        write_u32(&mut bytes, 8, self.version);
-        write_u32(&mut bytes, 12, self.shard_count);
-        write_u64(&mut bytes, 16, self.hash_seed[0]);
-        write_u64(&mut bytes, 24, self.hash_seed[1]);
+        bytes[..VERSION_OFFSET].copy_from_slice(MAGIC);
+        write_u32(&mut bytes, VERSION_OFFSET, self.version);
+        write_u32(&mut bytes, SHARDS_OFFSET, self.shard_count);
+        write_u64(&mut bytes, SEED_OFFSET, self.hash_seed[0]);
+        write_u64(&mut bytes, SEED_OFFSET + 8, self.hash_seed[1]);
         let crc = crc32fast::hash(&bytes[..CRC_OFFSET]);
         write_u32(&mut bytes, CRC_OFFSET, crc);
         bytes
@@ -61,13 +65,13 @@ impl Manifest {
                 &format!("MANIFEST is {} bytes, expected {LEN}", bytes.len()),
             ));
         }
-        if &bytes[0..8] != MAGIC {
+        if &bytes[..VERSION_OFFSET] != MAGIC {
             return Err(corrupt(0, "bad magic: not a tally MANIFEST"));
         }
         if crc32fast::hash(&bytes[..CRC_OFFSET]) != read_u32(bytes, CRC_OFFSET) {
             return Err(corrupt(CRC_OFFSET, "CRC mismatch"));
         }
-        let version = read_u32(bytes, 8);
+        let version = read_u32(bytes, VERSION_OFFSET);
         if OLD_VERSIONS.contains(&version) {
             return Err(LedgerError::UnsupportedFormat {
                 path: path.to_path_buf(),
@@ -76,19 +80,25 @@ impl Manifest {
             });
         }
         if version != VERSION {
-            return Err(corrupt(8, &format!("unknown format version {version}")));
+            return Err(corrupt(
+                VERSION_OFFSET,
+                &format!("unknown format version {version}"),
+            ));
         }
-        let shard_count = read_u32(bytes, 12);
+        let shard_count = read_u32(bytes, SHARDS_OFFSET);
         if shard_count == 0 || shard_count as usize > MAX_SHARDS {
             return Err(corrupt(
-                12,
+                SHARDS_OFFSET,
                 &format!("shard count {shard_count} out of range"),
             ));
         }
         Ok(Manifest {
             version,
             shard_count,
-            hash_seed: [read_u64(bytes, 16), read_u64(bytes, 24)],
+            hash_seed: [
+                read_u64(bytes, SEED_OFFSET),
+                read_u64(bytes, SEED_OFFSET + 8),
+            ],
         })
     }
 

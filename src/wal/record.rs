@@ -104,6 +104,11 @@ pub fn encode_into(buffer: &mut Vec<u8>, lsn: u64, body: &RecordBody) {
     header[16] = body.kind();
     let crc = record_crc(&buffer[start..]);
     write_u32(&mut buffer[start..], 4, crc);
+    // Check the record before it can reach the disk: it must read back as what was written.
+    debug_assert!(matches!(
+        decode(&buffer[start..]),
+        Decoded::Record { lsn: read_lsn, body: ref read, .. } if read_lsn == lsn && read == body
+    ));
 }
 
 fn record_crc(record: &[u8]) -> u32 {
