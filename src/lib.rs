@@ -112,6 +112,7 @@ struct Inner {
     closed: AtomicBool,
     in_flight: AtomicUsize,
     max_batch_ops: usize,
+    resent_credits: u64,
 }
 
 impl Drop for Inner {
@@ -145,9 +146,10 @@ impl Ledger {
         let max_batch_ops = config.max_batch_ops;
         let (checkpoint_interval_ms, checkpoint_wal_bytes) =
             (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
-        let running = tokio::task::spawn_blocking(move || {
+        let (running, resent_credits) = tokio::task::spawn_blocking(move || {
             let recovered = recovery::open(&config)?;
-            actors::system::start(recovered, &config)
+            let resent_credits = recovered.resent_credits;
+            actors::system::start(recovered, &config).map(|running| (running, resent_credits))
         })
         .await
         .map_err(|_| LedgerError::Closed)??;
@@ -167,6 +169,7 @@ impl Ledger {
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 max_batch_ops,
+                resent_credits,
             }),
         })
     }
@@ -271,6 +274,7 @@ impl Ledger {
             accounts: shards.iter().map(|s| s.accounts).sum(),
             total_supply: self.inner.books.supply() as u128,
             owed_credits: self.inner.books.owed() as u128,
+            resent_credits: self.inner.resent_credits,
             shards,
         })
     }
