@@ -126,6 +126,7 @@ struct Inner {
     shutdown: Mutex<Option<ShutdownOutcome>>,
     front: std::sync::OnceLock<Addr<messages::LedgerActor>>,
     max_batch_ops: usize,
+    resent_credits: u64,
 }
 
 impl Drop for Inner {
@@ -168,9 +169,10 @@ impl Ledger {
         let max_batch_ops = config.max_batch_ops;
         let (checkpoint_interval_ms, checkpoint_wal_bytes) =
             (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
-        let running = tokio::task::spawn_blocking(move || {
+        let (running, resent_credits) = tokio::task::spawn_blocking(move || {
             let recovered = recovery::open(&config)?;
-            actors::system::start(recovered, &config)
+            let resent_credits = recovered.resent_credits;
+            actors::system::start(recovered, &config).map(|running| (running, resent_credits))
         })
         .await
         .map_err(|_| LedgerError::Closed)??;
@@ -195,6 +197,7 @@ impl Ledger {
                 shutdown: Mutex::new(None),
                 front: std::sync::OnceLock::new(),
                 max_batch_ops,
+                resent_credits,
             }),
         })
     }
@@ -319,6 +322,7 @@ impl Ledger {
             accounts: shards.iter().map(|s| s.accounts).sum(),
             total_supply: self.inner.books.supply() as u128,
             owed_credits: self.inner.books.owed() as u128,
+            resent_credits: self.inner.resent_credits,
             shards,
         })
     }

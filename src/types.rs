@@ -115,6 +115,9 @@ pub struct Stats {
     /// between shards, or owed to a shard that stopped taking writes (the next open applies
     /// them). Zero when no call is in flight and every shard is healthy.
     pub owed_credits: u128,
+    /// Cross-shard credits that the last open applied because their debits were durable and
+    /// they were not (a crash or a failed target shard came between the two).
+    pub resent_credits: u64,
     pub shards: Vec<ShardStats>,
 }
 

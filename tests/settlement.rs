@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{balance_sum, faulty_config, key, keys_on, reopen};
+use common::{assert_matches, balance_sum, faulty_config, key, keys_on, reopen, Model};
 use tally::actors::messages::{CloseShard, Completion, GetShardStats, RouteBatch};
 use tally::storage::io::{FaultEffect, FaultOp};
 use tally::{Config, Ledger, LedgerError, Op, Pubkey};
@@ -479,4 +479,154 @@ async fn every_public_async_method_can_be_spawned() {
     let l = spawned(&ledger);
     let shutdown = tokio::spawn(async move { l.shutdown().await });
     shutdown.await.unwrap().unwrap();
+}
+
+/// Waits for the armed fault to fire: a caller is answered once its credit is applied, and the
+/// target's WAL write of that credit follows on its own.
+async fn wait_fired(faults: &tally::storage::io::FaultyIo) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while faults.fired() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(faults.fired(), 1);
+}
+
+/// Opens `dir` again (no faults) and checks it holds exactly `model`, and that the open re-sent
+/// exactly `resent` credits.
+async fn reopen_and_check(dir: &std::path::Path, model: &Model, keys: &[Pubkey], resent: u64) {
+    let ledger = reopen(dir, 2).await;
+    assert_eq!(ledger.stats().await.unwrap().resent_credits, resent);
+    assert_matches(&ledger, model, keys.iter().copied(), "reopened").await;
+    assert_eq!(ledger.stats().await.unwrap().owed_credits, 0);
+    ledger.shutdown().await.unwrap();
+}
+
+/// The target's WAL write fails (nothing of the credit's record reaches the file), so the
+/// credits of three transfers whose debits are durable exist nowhere on the target: the next
+/// open re-sends exactly those three, and the one after re-sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_credits_are_resent_once_at_the_next_open_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 2);
+    let ledger = Ledger::open(config).await.unwrap();
+    let a = keys_on(dir.path(), 0, 1, 0)[0];
+    let [b, c] = keys_on(dir.path(), 1, 2, 0)[..] else {
+        unreachable!()
+    };
+    let mut model = Model::default();
+    for (to, amount) in [(a, 100), (b, 1)] {
+        ledger.mint(to, amount).await.unwrap();
+        model.acknowledged(Op::Mint { to, amount });
+    }
+    faults.inject(
+        FaultOp::Write,
+        "shard-001/wal-",
+        0,
+        FaultEffect::Errno(libc::EIO),
+    );
+    for (to, amount) in [(b, 30), (b, 20), (c, 5)] {
+        let receipt = ledger.transfer(a, to, amount).await.unwrap();
+        assert_eq!(receipt.shard, 0, "decided by the source");
+        model.acknowledged(Op::Transfer {
+            from: a,
+            to,
+            amount,
+        });
+    }
+    wait_fired(&faults).await;
+    let stats = ledger.stats().await.unwrap();
+    assert_eq!(stats.resent_credits, 0, "a new ledger re-sent nothing");
+    assert_eq!(stats.owed_credits, 55);
+    assert!(ledger.shutdown().await.is_err(), "shard 1 failed");
+    drop(ledger);
+
+    let keys = [a, b, c];
+    assert_eq!(model.accounts[&a], (45, 4));
+    assert_eq!(model.accounts[&b], (51, 3));
+    reopen_and_check(dir.path(), &model, &keys, 3).await;
+    reopen_and_check(dir.path(), &model, &keys, 0).await;
+}
+
+/// A batch of cross-shard transfers whose debits the source cannot write: every debit is
+/// refused with `Io` and none exists after reopening, whether the write failed outright or
+/// left half a frame (a torn tail, cut); the target's own op in the batch is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_source_write_refuses_a_batch_of_cross_shard_transfers_exactly() {
+    for effect in [FaultEffect::Errno(libc::EIO), FaultEffect::Torn] {
+        let dir = tempfile::tempdir().unwrap();
+        let (faults, config) = faulty_config(dir.path(), 2);
+        let ledger = Ledger::open(config).await.unwrap();
+        let [a1, a2] = keys_on(dir.path(), 0, 2, 0)[..] else {
+            unreachable!()
+        };
+        let [b1, b2] = keys_on(dir.path(), 1, 2, 0)[..] else {
+            unreachable!()
+        };
+        let mut model = Model::default();
+        for to in [a1, a2] {
+            ledger.mint(to, 100).await.unwrap();
+            model.acknowledged(Op::Mint { to, amount: 100 });
+        }
+        faults.inject(FaultOp::Write, "shard-000/wal-", 0, effect);
+        let transfer = |from, to, amount| Op::Transfer { from, to, amount };
+        let results = ledger
+            .submit(vec![
+                transfer(a1, b1, 10),
+                transfer(a2, b2, 20),
+                Op::Mint { to: b1, amount: 7 },
+                transfer(a1, b2, 30),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(faults.fired(), 1, "{effect:?}");
+        assert!(is_io(&results[0]), "{effect:?}: {results:?}");
+        assert!(is_io(&results[1]), "{effect:?}: {results:?}");
+        assert!(results[2].is_ok(), "{effect:?}: {results:?}");
+        assert!(is_io(&results[3]), "{effect:?}: {results:?}");
+        model.acknowledged(Op::Mint { to: b1, amount: 7 });
+        let stats = ledger.stats().await.unwrap();
+        assert_eq!(stats.owed_credits, 0, "{effect:?}: no debit was accepted");
+        assert_eq!(stats.shards[0].balance_sum, 200, "{effect:?}");
+        assert_eq!(stats.shards[1].balance_sum, 7, "{effect:?}");
+        let _ = ledger.shutdown().await;
+        drop(ledger);
+        reopen_and_check(dir.path(), &model, &[a1, a2, b1, b2], 0).await;
+    }
+}
+
+/// The target's WAL write is torn (half the credit's frame reaches the file) after the source's
+/// debit is durable: the caller is answered `Ok`, the next open cuts the torn tail, re-sends
+/// the credit, and every balance and sequence is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_credit_write_on_the_target_is_cut_and_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (faults, config) = faulty_config(dir.path(), 2);
+    let ledger = Ledger::open(config).await.unwrap();
+    let a = keys_on(dir.path(), 0, 1, 0)[0];
+    let b = keys_on(dir.path(), 1, 1, 0)[0];
+    let mut model = Model::default();
+    for (to, amount) in [(a, 100), (b, 1)] {
+        ledger.mint(to, amount).await.unwrap();
+        model.acknowledged(Op::Mint { to, amount });
+    }
+    faults.inject(FaultOp::Write, "shard-001/wal-", 0, FaultEffect::Torn);
+    let receipt = ledger.transfer(a, b, 30).await.unwrap();
+    assert_eq!(receipt.shard, 0);
+    model.acknowledged(Op::Transfer {
+        from: a,
+        to: b,
+        amount: 30,
+    });
+    wait_fired(&faults).await;
+    assert!(!ledger.stats().await.unwrap().shards[1].healthy);
+    let _ = ledger.shutdown().await;
+    drop(ledger);
+    let report = tally::verify::verify(dir.path()).unwrap();
+    assert_eq!(
+        report.verdict,
+        tally::verify::Verdict::OpensAfterCutting,
+        "{report}"
+    );
+    assert_eq!(report.owed_credits, 1, "{report}");
+    reopen_and_check(dir.path(), &model, &[a, b], 1).await;
 }
