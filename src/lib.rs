@@ -44,6 +44,8 @@ pub mod actors;
 mod config;
 pub mod crashtest;
 mod error;
+#[doc(hidden)]
+pub mod hooks;
 pub mod judge;
 pub mod recovery;
 pub mod state;
