@@ -205,8 +205,9 @@ impl Phase {
         Phase::IndexPersist,
     ];
 
-    /// The phases aimed at in turn by ordinary aimed kills (the others have their own rules).
-    const ROTATION: [Phase; 4] = [
+    /// The phases aimed kills take in turn (kills during recovery have their own schedule).
+    const ROTATION: [Phase; 5] = [
+        Phase::CreditResend,
         Phase::CheckpointStart,
         Phase::CheckpointEnd,
         Phase::Shutdown,
@@ -928,7 +929,11 @@ struct Campaign<'a> {
     placement: Option<BTreeMap<u32, Vec<u32>>>,
     /// Whether the directory owes credits, so that the next child's recovery re-sends some.
     owes_credits: bool,
+    /// The next turn of [`Phase::ROTATION`].
     rotation: usize,
+    /// A credit re-send's turn came while the directory owed nothing: it takes the first
+    /// cycle that it does.
+    resend_due: bool,
     report: CampaignReport,
 }
 
@@ -954,6 +959,7 @@ impl<'a> Campaign<'a> {
             placement: None,
             owes_credits: false,
             rotation: 0,
+            resend_due: false,
             report: CampaignReport::default(),
         }
     }
@@ -997,6 +1003,20 @@ impl<'a> Campaign<'a> {
         Ok(())
     }
 
+    /// The next phase of [`Phase::ROTATION`]. A credit re-send is only reached when the directory
+    /// owes credits (known from the parent's read-back), so until it does, its turn waits.
+    fn next_in_rotation(&mut self) -> Phase {
+        let phase = Phase::ROTATION[self.rotation % Phase::ROTATION.len()];
+        self.rotation += 1;
+        if phase != Phase::CreditResend || self.owes_credits {
+            return phase;
+        }
+        self.resend_due = true;
+        let instead = Phase::ROTATION[self.rotation % Phase::ROTATION.len()];
+        self.rotation += 1;
+        instead
+    }
+
     /// Every account on a shard of its own: every transfer crosses shards, the weakest rule.
     fn fallback_placement(&self) -> BTreeMap<u32, Vec<u32>> {
         (0..self.worker.tasks)
@@ -1008,13 +1028,13 @@ impl<'a> Campaign<'a> {
         let every = self.args.recovery_every;
         let aim = if every > 0 && (cycle + 1).is_multiple_of(every) {
             Some(Phase::Recovery)
-        } else if self.owes_credits && self.rng.gen_bool(0.5) {
-            Some(Phase::CreditResend)
-        } else if self.rng.gen_ratio(self.args.aimed_percent, 100) {
-            self.rotation += 1;
-            Some(Phase::ROTATION[self.rotation % Phase::ROTATION.len()])
-        } else {
+        } else if !self.rng.gen_ratio(self.args.aimed_percent, 100) {
             None
+        } else if self.resend_due && self.owes_credits {
+            self.resend_due = false;
+            Some(Phase::CreditResend)
+        } else {
+            Some(self.next_in_rotation())
         };
         if let Some(phase) = aim {
             self.report.phases[phase.index()].aimed += 1;
