@@ -45,6 +45,8 @@ mod config;
 #[cfg(feature = "cli")]
 pub mod crashtest;
 mod error;
+#[doc(hidden)]
+pub mod hooks;
 pub mod judge;
 pub mod messages;
 pub mod recovery;

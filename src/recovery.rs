@@ -219,6 +219,9 @@ fn sync_segments(io: &dyn FileIo, dir: &Path) -> Result<()> {
 /// Applies, durably, every credit whose debit is in a WAL but whose credit is not: the debit
 /// decided the transfer, so the credit is owed.
 fn resolve_credits(shards: &mut [RecoveredShard], owed: &[OwedCredit]) -> Result<u64> {
+    if !owed.is_empty() {
+        crate::hooks::reached(crate::hooks::Phase::CreditResend);
+    }
     let mut resent = 0;
     for credit in owed {
         let debit = credit.debit;

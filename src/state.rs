@@ -469,6 +469,7 @@ impl ShardState {
             // Something was not durable: leave the directory for recovery to sort out.
             return Ok(());
         }
+        crate::hooks::reached(crate::hooks::Phase::IndexPersist);
         index::persist(
             &**self.accounts.io(),
             &self.index_path,

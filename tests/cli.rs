@@ -782,12 +782,55 @@ fn a_reader_that_goes_away_is_not_a_panic() {
 // ---------------------------------------------------------------------------------------------
 // crashtest and help
 
+/// A short campaign with every kill aimed (every fifth during recovery): 20 cycles aim at each
+/// phase at least twice, and the campaign itself fails unless each was hit (`--min-phase-hits`).
 #[test]
 fn crashtest_runs_a_short_campaign_without_violations() {
-    let run = tally(&["crashtest", "--cycles", "2", "--max-run-ms", "150"]);
+    let run = tally(&[
+        "crashtest",
+        "--cycles",
+        "20",
+        "--max-run-ms",
+        "150",
+        "--aimed-percent",
+        "100",
+        "--recovery-every",
+        "5",
+        "--min-phase-hits",
+        "1",
+    ]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("crashtest: 2 cycles"), "{}", run.stdout);
+    let figures: Vec<&str> = run.stdout.lines().next().unwrap().split(' ').collect();
+    assert_eq!(
+        figures[..3],
+        ["crashtest:", "20", "cycles,"],
+        "{}",
+        run.stdout
+    );
+    let checked: u64 = figures[3].parse().unwrap();
+    assert!(checked > 0, "no op checked: {}", run.stdout);
     assert!(run.stdout.contains(" 0 violations"), "{}", run.stdout);
+    let phases = run
+        .stdout
+        .lines()
+        .find_map(|line| line.split_once("hits each): "))
+        .unwrap_or_else(|| panic!("no phase counts in {}", run.stdout))
+        .1;
+    for phase in [
+        "recovery",
+        "credit-resend",
+        "checkpoint-start",
+        "checkpoint-end",
+        "shutdown",
+        "index-persist",
+    ] {
+        let counts = phases
+            .split(", ")
+            .find_map(|entry| entry.strip_prefix(&format!("{phase} ")))
+            .unwrap_or_else(|| panic!("{phase} missing in {phases}"));
+        let hits: u64 = counts.split('/').next().unwrap().parse().unwrap();
+        assert!(hits >= 1, "{phase} not hit: {}", run.stdout);
+    }
 }
 
 #[test]

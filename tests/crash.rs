@@ -16,6 +16,7 @@ fn campaign(cycles: u32, seed: u64) {
         seed,
         shards: 4,
         max_run_ms: 500,
+        ..CampaignArgs::default()
     };
     let report = run_campaign(env!("CARGO_BIN_EXE_tally").as_ref(), dir.path(), &args).unwrap();
     println!("{report:?}");
@@ -55,11 +56,14 @@ fn a_directory_held_by_another_process_is_locked() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert_eq!(first, "R\n", "the worker opened the ledger");
+    // The worker prints `O` before it opens the ledger and `R` once it has.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "O");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "R",
+        "the worker opened the ledger"
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = runtime.block_on(tally::Ledger::open(tally::Config::new(dir.path())));
     child.kill().unwrap();
