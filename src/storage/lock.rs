@@ -3,6 +3,7 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
+use super::io::FileIo;
 use crate::error::{LedgerError, Result};
 
 /// Holds the directory lock until dropped (the kernel also drops it when the process dies).
@@ -14,9 +15,9 @@ pub struct DirLock {
 
 impl DirLock {
     /// Takes the lock or fails with [`LedgerError::Locked`] if another ledger holds it.
-    pub fn acquire(data_dir: &Path) -> Result<Self> {
+    pub fn acquire(io: &dyn FileIo, data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(super::LOCK_FILE);
-        let file = super::open_private_file(&path, true)?;
+        let file = super::open_private_file(io, &path, true)?;
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file, path }),
             Err(TryLockError::WouldBlock) => Err(LedgerError::Locked { path }),
@@ -32,16 +33,17 @@ impl DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::io::RealIo;
 
     #[test]
     fn second_lock_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DirLock::acquire(dir.path()).unwrap();
+        let first = DirLock::acquire(&RealIo, dir.path()).unwrap();
         assert!(matches!(
-            DirLock::acquire(dir.path()),
+            DirLock::acquire(&RealIo, dir.path()),
             Err(LedgerError::Locked { .. })
         ));
         drop(first);
-        DirLock::acquire(dir.path()).unwrap();
+        DirLock::acquire(&RealIo, dir.path()).unwrap();
     }
 }
