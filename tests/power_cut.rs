@@ -12,9 +12,10 @@
 //! The check is exact: every account's balance and sequence equal a model of the ops kept, and
 //! the supply is the sum of the balances with no credit owed.
 //!
-//! Defaults (a debug build): every sync boundary of a 30-op single-shard run (about 45 cuts),
-//! 40 random cuts of a 2-shard cross-shard run, 30 of a batch run, 30 of a periodic run and 24
-//! of a random model-style run. `TALLY_POWER_CUT_CASES=2000 cargo test --release --test
+//! Defaults (a debug build): every sync boundary of a 30-op single-shard run (37 cut points)
+//! and of a short 2-shard run of cross-shard transfers and batches (about 40), 40 random cuts
+//! of a 2-shard cross-shard run, 30 of a batch run, 30 of a periodic run and 24 of random
+//! model-style runs. Random cuts fall half on a random seam call, half on a random sync. `TALLY_POWER_CUT_CASES=2000 cargo test --release --test
 //! power_cut` runs that many random cuts per test instead (and every sync boundary of
 //! `TALLY_POWER_CUT_CASES / 20` single-shard runs of different seeds).
 
@@ -59,8 +60,6 @@ struct Record {
     acked: bool,
     /// The shard whose WAL decides the op, when known.
     shard: Option<u32>,
-    /// Every record before this index was made durable by a clean shutdown.
-    clean_before: bool,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +98,6 @@ impl History {
                     op,
                     acked: true,
                     shard: Some(receipt.shard),
-                    clean_before: false,
                 });
                 true
             }
@@ -110,7 +108,6 @@ impl History {
                     op,
                     acked: false,
                     shard,
-                    clean_before: false,
                 });
                 false
             }
@@ -203,9 +200,6 @@ async fn reopen(ledger: Ledger, config: &Config, history: &mut History) -> Optio
     drop(ledger);
     if closed.is_ok() {
         history.clean_through = history.records.len();
-        if let Some(last) = history.records.last_mut() {
-            last.clean_before = true;
-        }
     }
     Ledger::open(config.clone()).await.ok()
 }
@@ -437,6 +431,14 @@ fn random_op(rng: &mut StdRng) -> Op {
     }
 }
 
+fn random_trigger(rng: &mut StdRng, calls: u64, syncs: u64) -> Trigger {
+    if rng.gen_bool(0.5) {
+        Trigger::Call(rng.gen_range(0..=calls))
+    } else {
+        Trigger::Sync(rng.gen_range(0..=syncs))
+    }
+}
+
 /// Seam calls of a run without a cut: random cut points are drawn below it.
 async fn calls_of(steps: &[Step], shards: u32, durability: Durability) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
@@ -445,7 +447,8 @@ async fn calls_of(steps: &[Step], shards: u32, durability: Durability) -> (u64, 
     (io.calls(), io.syncs())
 }
 
-/// Cuts `steps` at `count` random seam calls and checks each.
+/// Cuts `steps` at `count` random points, half at a seam call and half at a sync (where the
+/// most is unsynced), and checks each.
 async fn random_cuts(
     label: &str,
     steps: &[Step],
@@ -454,11 +457,11 @@ async fn random_cuts(
     count: usize,
     seed: u64,
 ) -> Coverage {
-    let (calls, _) = calls_of(steps, shards, durability).await;
+    let (calls, syncs) = calls_of(steps, shards, durability).await;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut coverage = Coverage::default();
     for case in 0..count {
-        let trigger = Trigger::Call(rng.gen_range(0..=calls));
+        let trigger = random_trigger(&mut rng, calls, syncs);
         let (report, _) = check_cut(
             label,
             steps,
@@ -470,12 +473,12 @@ async fn random_cuts(
         .await;
         coverage.add(&report);
     }
-    eprintln!("{label}: {count} random cuts over {calls} seam calls: {coverage:?}");
+    eprintln!("{label}: {count} random cuts over {calls} seam calls, {syncs} syncs: {coverage:?}");
     coverage
 }
 
 /// 1. Every sync boundary of a single-shard `Sync` run of 30 single mints and transfers
-///    (about 45 cut points: the creation's syncs, one per op, and the end).
+///    (37 cut points: the creation's syncs, one per op the rules accept, and the end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sync_boundary_of_a_single_shard_run() {
     let runs = (cases(0) / 20).max(1);
@@ -573,11 +576,57 @@ async fn random_cuts_of_model_workloads() {
                 _ => Step::Reopen,
             })
             .collect();
-        let (calls, _) = calls_of(&steps, shards, Durability::Sync).await;
-        let trigger = Trigger::Call(rng.gen_range(0..=calls));
+        let (calls, syncs) = calls_of(&steps, shards, Durability::Sync).await;
+        let trigger = random_trigger(&mut rng, calls, syncs);
         let seed = 5_000 + case as u64;
         let (report, _) = check_cut("model", &steps, shards, Durability::Sync, trigger, seed).await;
         coverage.add(&report);
     }
     eprintln!("model workloads: {count} random cuts: {coverage:?}");
+}
+
+/// 6. Every sync boundary of a short 2-shard `Sync` run of cross-shard transfers and batches
+///    (about 40 cut points; the syncs of two shards interleave, so a boundary is counted in the
+///    order they happen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_boundary_of_a_cross_shard_and_batch_run() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut steps = vec![Step::Batch(
+        (0..KEYS)
+            .map(|n| Op::Mint {
+                to: key(n),
+                amount: 1_000,
+            })
+            .collect(),
+    )];
+    for round in 0..8 {
+        steps.push(match round % 2 {
+            0 => Step::One(Op::Transfer {
+                from: key(rng.gen_range(0..KEYS)),
+                to: key(rng.gen_range(0..KEYS)),
+                amount: rng.gen_range(1..400),
+            }),
+            _ => Step::Batch((0..4).map(|_| random_op(&mut rng)).collect()),
+        });
+    }
+    let (_, syncs) = calls_of(&steps, 2, Durability::Sync).await;
+    let mut coverage = Coverage::default();
+    for boundary in 0..=syncs {
+        let trigger = Trigger::Sync(boundary);
+        let seed = 6_000 + boundary;
+        let (report, _) = check_cut(
+            "sync boundary, 2 shards",
+            &steps,
+            2,
+            Durability::Sync,
+            trigger,
+            seed,
+        )
+        .await;
+        coverage.add(&report);
+    }
+    eprintln!(
+        "every sync boundary, 2 shards: {} cut points: {coverage:?}",
+        syncs + 1
+    );
 }
