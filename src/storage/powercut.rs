@@ -719,3 +719,119 @@ fn write_fresh(path: &Path, content: &[u8]) -> io::Result<()> {
     }
     file.set_len(content.len() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file holding `old` durably, in a directory whose entries are durable too.
+    fn durable_file(io: &PowerCutIo, dir: &Path, old: &[u8]) -> (PathBuf, File) {
+        let path = dir.join("f");
+        let file = io.open_file(&path, true).unwrap();
+        io.write_at(&file, &path, old, 0).unwrap();
+        io.sync_data(&file, &path).unwrap();
+        io.sync_all(&File::open(dir).unwrap(), dir).unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn unsynced_sectors_come_back_old_or_new_and_synced_ones_stay() {
+        let mut seen = (false, false, false);
+        for seed in 0..40 {
+            let dir = tempfile::tempdir().unwrap();
+            let io = PowerCutIo::new(Trigger::Manual, seed);
+            let (path, file) = durable_file(&io, dir.path(), &[1u8; 4 * SECTOR]);
+            io.write_at(&file, &path, &[2u8; 3 * SECTOR], SECTOR as u64)
+                .unwrap();
+            io.cut().unwrap();
+            let after = std::fs::read(&path).unwrap();
+            assert_eq!(after.len(), 4 * SECTOR);
+            assert!(
+                after[..SECTOR].iter().all(|&b| b == 1),
+                "synced sector kept"
+            );
+            let new: Vec<bool> = after[SECTOR..]
+                .chunks(SECTOR)
+                .map(|sector| {
+                    assert!(sector.iter().all(|&b| b == sector[0]), "a sector is whole");
+                    sector[0] == 2
+                })
+                .collect();
+            match new.iter().filter(|&&n| n).count() {
+                0 => seen.0 = true,
+                3 => seen.1 = true,
+                _ => seen.2 = true,
+            }
+            let error = io.write_at(&file, &path, b"x", 0).unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::EIO), "dead after the cut");
+        }
+        assert_eq!(
+            seen,
+            (true, true, true),
+            "dropped, kept and torn writes all occur"
+        );
+    }
+
+    #[test]
+    fn unsynced_directory_entries_are_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = PowerCutIo::new(Trigger::Manual, 7);
+        let (path, file) = durable_file(&io, dir.path(), b"durable");
+        drop(file);
+        io.remove_file(&path).unwrap();
+        let fresh = dir.path().join("g");
+        let created = io.open_file(&fresh, true).unwrap();
+        io.write_at(&created, &fresh, b"new", 0).unwrap();
+        io.sync_all(&created, &fresh).unwrap();
+        io.create_dir(&dir.path().join("sub")).unwrap();
+        let report = io.cut().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"durable",
+            "the removed file is back"
+        );
+        assert!(!fresh.exists(), "a file synced but not its directory entry");
+        assert!(!dir.path().join("sub").exists());
+        assert_eq!(report.entries_undone, 3);
+    }
+
+    #[test]
+    fn dirty_mapped_pages_come_back_old_or_new() {
+        let mut seen = (false, false);
+        for seed in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let io = PowerCutIo::new(Trigger::Manual, seed);
+            let (path, file) = durable_file(&io, dir.path(), &[0u8; 2 * PAGE]);
+            // SAFETY: nothing else touches the file of this test.
+            let mut map = unsafe { io.map_mut(&file, &path) }.unwrap();
+            map.fill(1);
+            io.flush_map(&map, None, &path).unwrap();
+            map.fill(2);
+            io.cut().unwrap();
+            map.fill(3); // a stale map writes to the old inode only
+            let after = std::fs::read(&path).unwrap();
+            for page in after.chunks(PAGE) {
+                assert!(page == [1; PAGE] || page == [2; PAGE]);
+                seen.0 |= page[0] == 1;
+                seen.1 |= page[0] == 2;
+            }
+        }
+        assert_eq!(seen, (true, true));
+    }
+
+    #[test]
+    fn the_nth_sync_cuts_and_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = PowerCutIo::new(Trigger::Sync(1), 0);
+        let path = dir.path().join("f");
+        let file = io.open_file(&path, true).unwrap();
+        io.write_at(&file, &path, b"a", 0).unwrap();
+        io.sync_data(&file, &path).unwrap();
+        let dir_file = File::open(dir.path()).unwrap();
+        assert!(io.sync_all(&dir_file, dir.path()).is_err());
+        assert!(io.is_cut(), "the directory fsync was sync 1");
+        assert_eq!(io.syncs(), 1);
+        assert!(io.sync_data(&file, &path).is_err());
+        assert!(!path.exists(), "its entry never became durable");
+    }
+}
