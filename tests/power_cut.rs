@@ -509,7 +509,10 @@ async fn every_sync_boundary_of_a_single_shard_run() {
             "every sync boundary (seed {run_seed}): {} cut points: {coverage:?}",
             syncs + 1
         );
-        assert!(syncs >= 30, "{syncs} syncs");
+        assert!(
+            syncs >= 20,
+            "{syncs} syncs: the run syncs once per op it applies"
+        );
         assert!(
             coverage.torn > 0 && coverage.entries_undone > 0,
             "{coverage:?}"
