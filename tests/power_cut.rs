@@ -15,7 +15,10 @@
 //! Defaults (a debug build): every sync boundary of a 30-op single-shard run (37 cut points)
 //! and of a short 2-shard run of cross-shard transfers and batches (about 40), 40 random cuts
 //! of a 2-shard cross-shard run, 30 of a batch run, 30 of a periodic run and 24 of random
-//! model-style runs. Random cuts fall half on a random seam call, half on a random sync. `TALLY_POWER_CUT_CASES=2000 cargo test --release --test
+//! model-style runs. Random cuts fall half on a random seam call, half on a random sync, three
+//! times in four after the ledger's creation. Each test prints what its cuts covered: writes
+//! dropped, kept and torn, dirty pages old and new, directory entries undone, and what `verify`
+//! said of the directories left (sound, torn WAL tails to cut, or an interrupted creation). `TALLY_POWER_CUT_CASES=2000 cargo test --release --test
 //! power_cut` runs that many random cuts per test instead (and every sync boundary of
 //! `TALLY_POWER_CUT_CASES / 20` single-shard runs of different seeds).
 
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally::storage::powercut::{CutReport, PowerCutIo, Trigger};
+use tally::verify::Verdict;
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey};
 
 const KEYS: u8 = 6;
@@ -351,11 +355,16 @@ async fn check_cut(
     durability: Durability,
     trigger: Trigger,
     seed: u64,
-) -> (CutReport, Arc<PowerCutIo>) {
+) -> (CutReport, Verdict, Arc<PowerCutIo>) {
     let dir = tempfile::tempdir().unwrap();
     let io = PowerCutIo::new(trigger, seed);
     let history = run(dir.path(), steps, shards, durability, &io).await;
     let report = io.cut_report().unwrap().unwrap();
+    let verdict = tally::verify::verify(dir.path()).unwrap().verdict;
+    assert!(
+        !matches!(verdict, Verdict::Refused(_)),
+        "{label}: verify refuses the directory after a cut at {trigger:?} (seed {seed}): {verdict:?}"
+    );
     let ledger = match open_real(dir.path(), shards).await {
         Ok(ledger) => ledger,
         Err(error) => {
@@ -379,7 +388,7 @@ async fn check_cut(
         );
     }
     ledger.shutdown().await.unwrap();
-    (report, io)
+    (report, verdict, io)
 }
 
 /// Sums cut reports over a campaign, to show what it covered.
@@ -392,10 +401,20 @@ struct Coverage {
     pages_old: u64,
     pages_new: u64,
     entries_undone: u64,
+    /// What `verify` said of the directories the cuts left.
+    sound: u64,
+    torn_tails: u64,
+    new: u64,
 }
 
 impl Coverage {
-    fn add(&mut self, report: &CutReport) {
+    fn add(&mut self, (report, verdict): (&CutReport, &Verdict)) {
+        match verdict {
+            Verdict::Sound => self.sound += 1,
+            Verdict::OpensAfterCutting => self.torn_tails += 1,
+            Verdict::New => self.new += 1,
+            Verdict::Refused(_) => {}
+        }
         self.cuts += 1;
         self.dropped += report.writes_dropped;
         self.kept += report.writes_kept;
@@ -431,11 +450,35 @@ fn random_op(rng: &mut StdRng) -> Op {
     }
 }
 
-fn random_trigger(rng: &mut StdRng, calls: u64, syncs: u64) -> Trigger {
-    if rng.gen_bool(0.5) {
-        Trigger::Call(rng.gen_range(0..=calls))
-    } else {
-        Trigger::Sync(rng.gen_range(0..=syncs))
+/// Seam calls and syncs of a run: those of creating the ledger, and of the whole run.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    created: (u64, u64),
+    ran: (u64, u64),
+}
+
+impl Span {
+    async fn of(steps: &[Step], shards: u32, durability: Durability) -> Self {
+        Span {
+            created: calls_of(&[], shards, durability).await,
+            ran: calls_of(steps, shards, durability).await,
+        }
+    }
+
+    /// A random cut point: three times in four after the creation (the workload is what is
+    /// under test), half on a seam call and half on a sync (where the most is unsynced).
+    fn random_trigger(&self, rng: &mut StdRng) -> Trigger {
+        let (calls, syncs) = if rng.gen_range(0..4) == 0 {
+            (0, 0)
+        } else {
+            self.created
+        };
+        let (calls, syncs) = (calls.min(self.ran.0), syncs.min(self.ran.1));
+        if rng.gen_bool(0.5) {
+            Trigger::Call(rng.gen_range(calls..=self.ran.0))
+        } else {
+            Trigger::Sync(rng.gen_range(syncs..=self.ran.1))
+        }
     }
 }
 
@@ -447,8 +490,7 @@ async fn calls_of(steps: &[Step], shards: u32, durability: Durability) -> (u64, 
     (io.calls(), io.syncs())
 }
 
-/// Cuts `steps` at `count` random points, half at a seam call and half at a sync (where the
-/// most is unsynced), and checks each.
+/// Cuts `steps` at `count` random points (see [`Span::random_trigger`]) and checks each.
 async fn random_cuts(
     label: &str,
     steps: &[Step],
@@ -457,12 +499,12 @@ async fn random_cuts(
     count: usize,
     seed: u64,
 ) -> Coverage {
-    let (calls, syncs) = calls_of(steps, shards, durability).await;
+    let span = Span::of(steps, shards, durability).await;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut coverage = Coverage::default();
     for case in 0..count {
-        let trigger = random_trigger(&mut rng, calls, syncs);
-        let (report, _) = check_cut(
+        let trigger = span.random_trigger(&mut rng);
+        let (report, verdict, _) = check_cut(
             label,
             steps,
             shards,
@@ -471,8 +513,9 @@ async fn random_cuts(
             seed + case as u64,
         )
         .await;
-        coverage.add(&report);
+        coverage.add((&report, &verdict));
     }
+    let (calls, syncs) = span.ran;
     eprintln!("{label}: {count} random cuts over {calls} seam calls, {syncs} syncs: {coverage:?}");
     coverage
 }
@@ -490,7 +533,7 @@ async fn every_sync_boundary_of_a_single_shard_run() {
         let mut coverage = Coverage::default();
         for boundary in 0..=syncs {
             let trigger = Trigger::Sync(boundary);
-            let (report, io) = check_cut(
+            let (report, verdict, io) = check_cut(
                 "sync boundary",
                 &steps,
                 1,
@@ -503,7 +546,7 @@ async fn every_sync_boundary_of_a_single_shard_run() {
                 boundary == syncs || io.syncs() == boundary,
                 "deterministic syncs"
             );
-            coverage.add(&report);
+            coverage.add((&report, &verdict));
         }
         eprintln!(
             "every sync boundary (seed {run_seed}): {} cut points: {coverage:?}",
@@ -579,11 +622,12 @@ async fn random_cuts_of_model_workloads() {
                 _ => Step::Reopen,
             })
             .collect();
-        let (calls, syncs) = calls_of(&steps, shards, Durability::Sync).await;
-        let trigger = random_trigger(&mut rng, calls, syncs);
+        let span = Span::of(&steps, shards, Durability::Sync).await;
+        let trigger = span.random_trigger(&mut rng);
         let seed = 5_000 + case as u64;
-        let (report, _) = check_cut("model", &steps, shards, Durability::Sync, trigger, seed).await;
-        coverage.add(&report);
+        let (report, verdict, _) =
+            check_cut("model", &steps, shards, Durability::Sync, trigger, seed).await;
+        coverage.add((&report, &verdict));
     }
     eprintln!("model workloads: {count} random cuts: {coverage:?}");
 }
@@ -617,7 +661,7 @@ async fn every_sync_boundary_of_a_cross_shard_and_batch_run() {
     for boundary in 0..=syncs {
         let trigger = Trigger::Sync(boundary);
         let seed = 6_000 + boundary;
-        let (report, _) = check_cut(
+        let (report, verdict, _) = check_cut(
             "sync boundary, 2 shards",
             &steps,
             2,
@@ -626,7 +670,7 @@ async fn every_sync_boundary_of_a_cross_shard_and_batch_run() {
             seed,
         )
         .await;
-        coverage.add(&report);
+        coverage.add((&report, &verdict));
     }
     eprintln!(
         "every sync boundary, 2 shards: {} cut points: {coverage:?}",
