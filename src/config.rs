@@ -136,7 +136,8 @@ impl Config {
     }
 
     /// The file operations the ledger's durable files go through. The default does the real
-    /// system calls; tests pass a [`crate::storage::io::FaultyIo`] to inject failures.
+    /// system calls; tests pass a [`crate::storage::io::FaultyIo`] to inject failures or a
+    /// [`crate::storage::powercut::PowerCutIo`] to cut the power.
     pub fn io(mut self, io: SharedIo) -> Self {
         self.io = io;
         self

@@ -41,8 +41,8 @@ pub fn open(config: &Config) -> Result<Recovered> {
     let started = Instant::now();
     let _span = tracing::info_span!("open", data_dir = %config.data_dir.display()).entered();
     let data_dir = config.data_dir.as_path();
-    create_private_dir(data_dir)?;
-    let lock = DirLock::acquire(data_dir)?;
+    create_private_dir(&*config.io, data_dir)?;
+    let lock = DirLock::acquire(&*config.io, data_dir)?;
     let judgement = judge::judge_directory(data_dir, |shard, shard_count| {
         open_accounts(config, shard, shard_count)
     })?;
@@ -173,7 +173,7 @@ fn create(config: &Config) -> Result<(Manifest, Vec<RecoveredShard>)> {
 
 fn create_shard(config: &Config, shard: u32, shard_count: u32) -> Result<RecoveredShard> {
     let dir = shard_dir(&config.data_dir, shard);
-    create_private_dir(&dir)?;
+    create_private_dir(&*config.io, &dir)?;
     for segment in reader::list_segments(&dir)? {
         // Left by a creation that crashed before its MANIFEST; judged to hold zeros only.
         config

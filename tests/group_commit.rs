@@ -49,6 +49,23 @@ impl FileIo for SlowSync {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         RealIo.remove_file(path)
     }
+
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<File> {
+        RealIo.open_file(path, create)
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        RealIo.create_dir(path)
+    }
+
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+        RealIo.set_len(file, path, len)
+    }
+
+    unsafe fn map_mut(&self, file: &File, path: &Path) -> io::Result<MmapMut> {
+        // SAFETY: forwarded with the caller's promise that nothing truncates the file.
+        unsafe { RealIo.map_mut(file, path) }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

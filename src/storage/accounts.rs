@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, MmapMut};
 
-use super::io::SharedIo;
+use super::io::{FileIo, SharedIo};
 use super::{preallocate, read_u32, read_u64, write_u32, write_u64, MAX_SHARDS};
 use crate::error::{LedgerError, Result};
 use crate::types::Pubkey;
@@ -435,9 +435,10 @@ impl AccountsFile {
         shard_count: u32,
         initial_slots: u64,
     ) -> Result<(Self, Header)> {
-        let file = super::open_private_file(path, true)?;
+        let file = super::open_private_file(&*io, path, true)?;
         // A leftover of a creation that crashed before its MANIFEST holds nothing worth keeping.
-        file.set_len(0).map_err(|e| LedgerError::io(path, e))?;
+        io.set_len(&file, path, 0)
+            .map_err(|e| LedgerError::io(path, e))?;
         let len = slot_offset(initial_slots.max(1));
         preallocate(&*io, &file, path, len)?;
         let mut accounts = Self::map(io, path, file)?;
@@ -453,7 +454,7 @@ impl AccountsFile {
 
     /// Opens an existing account file and returns it with its newest valid header.
     pub fn open(io: SharedIo, path: &Path, shard: u32, shard_count: u32) -> Result<(Self, Header)> {
-        let file = super::open_private_file(path, false)?;
+        let file = super::open_private_file(&*io, path, false)?;
         // What a crashed process left in the page cache must be on disk before we build on it.
         io.sync_all(&file, path)
             .map_err(|e| LedgerError::io(path, e))?;
@@ -471,7 +472,7 @@ impl AccountsFile {
                 format!("file length {len} is not a header plus whole 128-byte slots"),
             ));
         }
-        let map = Self::map_file(path, &file)?;
+        let map = Self::map_file(&*io, path, &file)?;
         Ok(AccountsFile {
             io,
             path: path.to_path_buf(),
@@ -481,12 +482,12 @@ impl AccountsFile {
         })
     }
 
-    fn map_file(path: &Path, file: &File) -> Result<MmapMut> {
+    fn map_file(io: &dyn FileIo, path: &Path, file: &File) -> Result<MmapMut> {
         // SAFETY: the mapping is only sound while no one else truncates or rewrites the file. The
         // file lives inside a data directory whose LOCK this process holds exclusively, it is only
         // ever grown (never shrunk) by this struct, and every access goes through bounds-checked
         // slices of the map.
-        let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| LedgerError::io(path, e))?;
+        let map = unsafe { io.map_mut(file, path) }.map_err(|e| LedgerError::io(path, e))?;
         // Random advice keeps msync write-back at page granularity instead of 2 MiB chunks.
         map.advise(Advice::Random)
             .map_err(|e| LedgerError::io(path, e))?;
@@ -540,7 +541,7 @@ impl AccountsFile {
         let _span =
             tracing::debug_span!("grow_accounts", path = %self.path.display(), capacity).entered();
         preallocate(&*self.io, &self.file, &self.path, slot_offset(capacity))?;
-        self.map = Self::map_file(&self.path, &self.file)?;
+        self.map = Self::map_file(&*self.io, &self.path, &self.file)?;
         self.capacity = capacity;
         Ok(())
     }

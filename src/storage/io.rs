@@ -1,11 +1,13 @@
-//! The seam every durable file operation goes through: the WAL, the account files, the MANIFEST
-//! and the index call a [`FileIo`]. [`RealIo`] (the default) does the real system calls;
-//! [`FaultyIo`] injects failures for tests: ENOSPC on the Nth write, EIO on the Nth sync, a torn
-//! (half-written) write, a failed rename, a failed preallocation.
+//! The seam every durable file operation goes through: the WAL, the account files, the MANIFEST,
+//! the index and the directory lock call a [`FileIo`] to create, open, write, resize, map, sync,
+//! rename and remove files and to create directories. Only reads bypass it. [`RealIo`] (the
+//! default) does the real system calls; [`FaultyIo`] injects failures for tests: ENOSPC on the
+//! Nth write, EIO on the Nth sync, a torn (half-written) write, a failed rename, a failed
+//! preallocation; [`super::powercut::PowerCutIo`] simulates a power cut.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,20 @@ pub trait FileIo: Send + Sync + std::fmt::Debug {
     ) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Opens `path` for reading and writing, creating it with mode 0600 when `create` is set
+    /// (an existing file is opened as it is, never truncated).
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<File>;
+    /// Creates `path` and its missing parents with mode 0700; an existing directory is fine.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Truncates or extends the file to `len` bytes.
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()>;
+    /// Maps the whole file shared and writable: stores through the map reach the file without
+    /// another call, and [`FileIo::flush_map`] or a sync makes them durable.
+    ///
+    /// # Safety
+    ///
+    /// As for `memmap2::MmapMut::map_mut`: nothing may truncate the file while the map lives.
+    unsafe fn map_mut(&self, file: &File, path: &Path) -> io::Result<MmapMut>;
 }
 
 /// A shared handle to the file operations a ledger uses.
@@ -90,6 +106,31 @@ impl FileIo for RealIo {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
+
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .mode(0o600)
+            .open(path)
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+    }
+
+    fn set_len(&self, file: &File, _: &Path, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+
+    unsafe fn map_mut(&self, file: &File, _: &Path) -> io::Result<MmapMut> {
+        // SAFETY: the caller promises that nothing truncates the file while the map lives.
+        unsafe { MmapMut::map_mut(file) }
+    }
 }
 
 /// Which operation a fault hits.
@@ -102,6 +143,10 @@ pub enum FaultOp {
     FlushMap,
     Rename,
     RemoveFile,
+    OpenFile,
+    CreateDir,
+    SetLen,
+    MapMut,
 }
 
 /// What a fault does.
@@ -233,5 +278,26 @@ impl FileIo for FaultyIo {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.fail(FaultOp::RemoveFile, path)?;
         RealIo.remove_file(path)
+    }
+
+    fn open_file(&self, path: &Path, create: bool) -> io::Result<File> {
+        self.fail(FaultOp::OpenFile, path)?;
+        RealIo.open_file(path, create)
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.fail(FaultOp::CreateDir, path)?;
+        RealIo.create_dir(path)
+    }
+
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+        self.fail(FaultOp::SetLen, path)?;
+        RealIo.set_len(file, path, len)
+    }
+
+    unsafe fn map_mut(&self, file: &File, path: &Path) -> io::Result<MmapMut> {
+        self.fail(FaultOp::MapMut, path)?;
+        // SAFETY: the caller's promise (nothing truncates the file while mapped) is passed on.
+        unsafe { RealIo.map_mut(file, path) }
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::io::FileIo;
 use crate::error::{LedgerError, Result};
 
 /// How long `acquire` waits for a lock that a ledger of this process is releasing (it was
@@ -36,10 +37,10 @@ pub struct DirLock {
 impl DirLock {
     /// Takes the lock or fails with [`LedgerError::Locked`] if another ledger holds it. A lock
     /// that a dropped ledger of this process is still releasing is waited for, up to 5 s.
-    pub fn acquire(data_dir: &Path) -> Result<Self> {
+    pub fn acquire(io: &dyn FileIo, data_dir: &Path) -> Result<Self> {
         let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         let path = dir.join(super::LOCK_FILE);
-        let file = super::open_private_file(&path, true)?;
+        let file = super::open_private_file(io, &path, true)?;
         let deadline = Instant::now() + Duration::from_millis(RELEASE_WAIT_MS);
         loop {
             match file.try_lock() {
@@ -86,16 +87,17 @@ impl Drop for DirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::io::RealIo;
 
     #[test]
     fn second_lock_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DirLock::acquire(dir.path()).unwrap();
+        let first = DirLock::acquire(&RealIo, dir.path()).unwrap();
         assert!(matches!(
-            DirLock::acquire(dir.path()),
+            DirLock::acquire(&RealIo, dir.path()),
             Err(LedgerError::Locked { .. })
         ));
         drop(first);
-        DirLock::acquire(dir.path()).unwrap();
+        DirLock::acquire(&RealIo, dir.path()).unwrap();
     }
 }

@@ -6,9 +6,9 @@ pub mod index;
 pub mod io;
 pub mod lock;
 pub mod manifest;
+pub mod powercut;
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{LedgerError, Result};
@@ -44,22 +44,13 @@ pub fn parse_shard_dir(name: &str) -> Option<u32> {
 }
 
 /// Creates `path` (and missing parents) with mode 0700.
-pub fn create_private_dir(path: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| LedgerError::io(path, e))
+pub fn create_private_dir(io: &dyn FileIo, path: &Path) -> Result<()> {
+    io.create_dir(path).map_err(|e| LedgerError::io(path, e))
 }
 
 /// Opens a file for reading and writing, creating it with mode 0600 when `create` is set.
-pub fn open_private_file(path: &Path, create: bool) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .mode(0o600)
-        .open(path)
+pub fn open_private_file(io: &dyn FileIo, path: &Path, create: bool) -> Result<File> {
+    io.open_file(path, create)
         .map_err(|e| LedgerError::io(path, e))
 }
 
@@ -75,12 +66,9 @@ pub fn sync_dir(io: &dyn FileIo, path: &Path) -> Result<()> {
 pub fn write_atomic(io: &dyn FileIo, path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+        let file = open_private_file(io, &tmp, true)?;
+        // A leftover of an earlier attempt may be longer than `bytes`.
+        io.set_len(&file, &tmp, 0)
             .map_err(|e| LedgerError::io(&tmp, e))?;
         io.write_at(&file, &tmp, bytes, 0)
             .map_err(|e| LedgerError::io(&tmp, e))?;

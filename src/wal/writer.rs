@@ -61,10 +61,10 @@ impl WalWriter {
         let Some(last) = &tail.segment else {
             return Self::create(io, dir, tail.next_lsn, segment_bytes, live, synced_lsn);
         };
-        let file = open_private_file(&last.path, false)?;
+        let file = open_private_file(&*io, &last.path, false)?;
         if tail.torn.is_some() {
             // The torn bytes were never acknowledged: drop them so the next record lands on zeros.
-            file.set_len(tail.offset)
+            io.set_len(&file, &last.path, tail.offset)
                 .map_err(|e| LedgerError::io(&last.path, e))?;
             preallocate(&*io, &file, &last.path, segment_bytes.max(tail.offset))?;
             io.sync_all(&file, &last.path)
@@ -95,7 +95,7 @@ impl WalWriter {
         synced_lsn: u64,
     ) -> Result<Self> {
         let path = segment_path(dir, first_lsn);
-        let file = open_private_file(&path, true)?;
+        let file = open_private_file(&*io, &path, true)?;
         preallocate(&*io, &file, &path, segment_bytes)?;
         io.sync_all(&file, &path)
             .map_err(|e| LedgerError::io(&path, e))?;
