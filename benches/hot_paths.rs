@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tally::actors::router::{plan_waves, shard_of};
-use tally::storage::accounts::{AccountsFile, SlotState};
-use tally::wal::frame::push_record;
-use tally::wal::reader::scan;
-use tally::wal::record::{encode_into, AfterImage, RecordBody};
-use tally::wal::writer::{spawn_group_commit, Batch, Command, SyncPolicy, WalShared, WalWriter};
+use tally::internals::storage::accounts::{AccountsFile, SlotState};
+use tally::internals::wal::frame::push_record;
+use tally::internals::wal::reader::scan;
+use tally::internals::wal::record::{encode_into, AfterImage, RecordBody};
+use tally::internals::wal::writer::{
+    spawn_group_commit, Batch, Command, SyncPolicy, WalShared, WalWriter,
+};
+use tally::internals::{plan_waves, shard_of};
 use tally::{Config, Ledger, Op};
 
 mod common;
@@ -75,7 +77,7 @@ fn wal(c: &mut Criterion) {
         let dir = tempfile::tempdir_in(".").unwrap();
         let start = scan(dir.path(), 1).unwrap();
         let writer = WalWriter::open(
-            tally::storage::io::real(),
+            tally::internals::io::real(),
             dir.path(),
             &start.segments,
             &start.tail,
@@ -113,7 +115,7 @@ fn slots(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("accounts.dat");
     let (mut file, _) =
-        AccountsFile::create(tally::storage::io::real(), &path, 0, 1, 1 << 16).unwrap();
+        AccountsFile::create(tally::internals::io::real(), &path, 0, 1, 1 << 16).unwrap();
     let mut group = c.benchmark_group("slots");
     group.throughput(Throughput::Elements(1));
     let mut n = 0u64;

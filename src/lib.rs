@@ -40,21 +40,23 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod actors;
+mod actors;
 mod config;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod crashtest;
 mod error;
+mod hooks;
 #[doc(hidden)]
-pub mod hooks;
-pub mod judge;
+pub mod internals;
+mod judge;
 pub mod messages;
-pub mod recovery;
-pub mod state;
-pub mod storage;
+mod recovery;
+mod state;
+mod storage;
 mod types;
-pub mod verify;
-pub mod wal;
+mod verify;
+mod wal;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -155,10 +155,6 @@ impl ShardState {
         self.next_lsn
     }
 
-    pub fn applied(&self) -> &[u64] {
-        &self.applied
-    }
-
     pub fn balance_sum(&self) -> u128 {
         self.balance_sum
     }

@@ -129,7 +129,7 @@ async fn shutdown_is_cancel_safe_and_idempotent() {
     let (first, second) = tokio::join!(ledger.shutdown(), clone.shutdown());
     assert!(first.is_ok() && second.is_ok(), "{first:?} {second:?}");
     drop((ledger, clone));
-    let report = tally::verify::verify(dir.path()).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
     assert!(report.is_sound(), "{report}");
     assert_eq!(
         report.replayed_records, 0,

@@ -182,8 +182,8 @@ async fn clean_shutdown_leaves_no_wal_records_to_replay() {
     }
     ledger.shutdown().await.unwrap();
     for shard in 0..4 {
-        let wal = tally::storage::shard_dir(dir.path(), shard);
-        let scan = tally::wal::reader::scan(&wal, 1).unwrap();
+        let wal = tally::internals::storage::shard_dir(dir.path(), shard);
+        let scan = tally::internals::wal::reader::scan(&wal, 1).unwrap();
         assert!(scan.records.is_empty(), "shard {shard}: {:?}", scan.records);
         assert_eq!(scan.segments.len(), 1, "shard {shard}");
     }

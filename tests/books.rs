@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{balance_sum, faulty_config, keys_on, reopen, settled_stats};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tally::storage::io::{FaultEffect, FaultOp};
+use tally::internals::io::{FaultEffect, FaultOp};
 use tally::{Ledger, LedgerError, Op, Pubkey, Stats};
 
 const SHARDS: u32 = 3;
@@ -203,7 +203,7 @@ async fn phase(
     }
 }
 
-fn arm_fault(rng: &mut StdRng, faults: &tally::storage::io::FaultyIo) -> Option<u32> {
+fn arm_fault(rng: &mut StdRng, faults: &tally::internals::io::FaultyIo) -> Option<u32> {
     let shard = rng.gen_range(0..SHARDS);
     let wal = format!("shard-{shard:03}/wal-");
     let skip = rng.gen_range(0..8);

@@ -442,7 +442,7 @@ fn verify_finds_a_flipped_byte_in_the_middle_of_the_wal_records() {
     let offset = problem_offset(&verify.stdout, &segment);
     assert!(
         offset <= flipped as u64
-            && flipped as u64 - offset < tally::wal::frame::MAX_FRAME_TOTAL as u64,
+            && flipped as u64 - offset < tally::internals::wal::frame::MAX_FRAME_TOTAL as u64,
         "frame at {offset} holds byte {flipped}"
     );
     // The ledger refuses the directory with the same place, in one line.

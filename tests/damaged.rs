@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_matches, keys_on, open_unlocked, wait_unlocked, Model};
-use tally::storage::accounts::slot_offset;
+use tally::internals::storage::accounts::slot_offset;
 use tally::{Config, Ledger, LedgerError, Op, Pubkey};
 
 const ACCOUNTS: u8 = 40;
@@ -253,10 +253,10 @@ async fn a_lost_tail_record_with_no_evidence_is_cut_like_a_torn_write() {
     wait_unlocked(dir.path());
     zero_slot(dir.path(), 0, 5);
     zero_last_record(dir.path(), 0);
-    let report = tally::verify::verify(dir.path()).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
     assert_eq!(
         report.verdict,
-        tally::verify::Verdict::OpensAfterCutting,
+        tally::internals::verify::Verdict::OpensAfterCutting,
         "{report}"
     );
     assert_eq!(report.cuts.len(), 1, "{report}");
@@ -449,14 +449,15 @@ async fn a_watermark_past_the_source_wal_is_reported_by_verify_and_open() {
     let (dir, _) = clean_dir().await;
     let accounts_path = dir.path().join("shard-001").join("accounts.dat");
     {
-        let io = tally::storage::io::real();
+        let io = tally::internals::io::real();
         let (mut accounts, mut header) =
-            tally::storage::accounts::AccountsFile::open(io, &accounts_path, 1, 2).unwrap();
+            tally::internals::storage::accounts::AccountsFile::open(io, &accounts_path, 1, 2)
+                .unwrap();
         header.applied[0] = 1_000_000;
         header.generation += 1;
         accounts.write_header(&header).unwrap();
     }
-    let report = tally::verify::verify(dir.path()).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
     assert!(
         report.problems.iter().any(|p| p
             .to_string()

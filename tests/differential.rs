@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use tally::wal::record::{AfterImage, RecordBody};
+use tally::internals::wal::record::{AfterImage, RecordBody};
 use tally::{Config, Ledger, LedgerError, Op, Pubkey};
 
 const KEYS: u8 = 40;
@@ -289,7 +289,7 @@ fn craft(dir: &Path, damage: &Damage) {
     };
     let shard_dir = dir.join(format!("shard-{shard:03}"));
     // An earlier damage may leave nothing to append to: then this one adds nothing.
-    let Ok(scan) = tally::wal::reader::scan(&shard_dir, 1) else {
+    let Ok(scan) = tally::internals::wal::reader::scan(&shard_dir, 1) else {
         return;
     };
     let next = scan.tail.next_lsn;
@@ -325,8 +325,8 @@ fn craft(dir: &Path, damage: &Damage) {
             amount,
         },
     };
-    let Ok(mut writer) = tally::wal::writer::WalWriter::open(
-        tally::storage::io::real(),
+    let Ok(mut writer) = tally::internals::wal::writer::WalWriter::open(
+        tally::internals::io::real(),
         &shard_dir,
         &scan.segments,
         &scan.tail,
@@ -335,16 +335,20 @@ fn craft(dir: &Path, damage: &Damage) {
         return;
     };
     let (mut bytes, mut frame_start) = (Vec::new(), 0);
-    tally::wal::frame::push_record(&mut bytes, &mut frame_start, next, &body);
+    tally::internals::wal::frame::push_record(&mut bytes, &mut frame_start, next, &body);
     writer.append(&mut bytes, next, next).unwrap();
     writer.sync().unwrap();
 }
 
 /// Opens the damaged directory and holds it to verify's answer.
 async fn check(dir: &Path) -> Result<(), String> {
-    let report = tally::verify::verify(dir).map_err(|e| format!("verify failed: {e}"))?;
-    let verify_opens = !matches!(report.verdict, tally::verify::Verdict::Refused(_));
-    let replayed = tally::verify::replayed_accounts(dir);
+    let report =
+        tally::internals::verify::verify(dir).map_err(|e| format!("verify failed: {e}"))?;
+    let verify_opens = !matches!(
+        report.verdict,
+        tally::internals::verify::Verdict::Refused(_)
+    );
+    let replayed = tally::internals::verify::replayed_accounts(dir);
     let before = snapshot(dir);
     match Ledger::open(config(dir)).await {
         Err(error) => {
@@ -383,8 +387,8 @@ async fn check(dir: &Path) -> Result<(), String> {
 
 async fn compare(
     ledger: &Ledger,
-    report: &tally::verify::VerifyReport,
-    replayed: Result<Vec<tally::verify::ReplayedAccount>, LedgerError>,
+    report: &tally::internals::verify::VerifyReport,
+    replayed: Result<Vec<tally::internals::verify::ReplayedAccount>, LedgerError>,
 ) -> Result<(), String> {
     let replayed: BTreeMap<Pubkey, Option<(u64, u64)>> = replayed
         .map_err(|e| format!("verify's replay refused what open accepted: {e}"))?

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally::storage::io::{FaultEffect, FaultOp, FaultyIo};
-use tally::storage::shard_dir;
-use tally::wal::reader::list_segments;
+use tally::internals::io::{FaultEffect, FaultOp, FaultyIo};
+use tally::internals::storage::shard_dir;
+use tally::internals::wal::reader::list_segments;
 use tally::{Config, Ledger, LedgerError, Pubkey};
 
 fn key(n: u32) -> Pubkey {

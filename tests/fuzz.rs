@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use tally::actors::router::shard_of;
-use tally::storage::accounts::{Header, SlotState};
-use tally::storage::{index, manifest::Manifest};
-use tally::wal::frame;
-use tally::wal::record::{self, AfterImage, RecordBody};
+use tally::internals::shard_of;
+use tally::internals::storage::accounts::{Header, SlotState};
+use tally::internals::storage::{index, manifest::Manifest};
+use tally::internals::wal::frame;
+use tally::internals::wal::record::{self, AfterImage, RecordBody};
 use tally::{Config, Ledger, LedgerError, Op, Pubkey};
 
 fn cases(default: u32) -> u32 {
@@ -184,7 +184,8 @@ fn template() -> &'static Template {
 /// receipts here and against the WAL records in `frames_of`.
 async fn build(path: &Path) -> Vec<Logged> {
     let ledger = Ledger::open(config(path)).await.unwrap();
-    let manifest = tally::storage::manifest::Manifest::read(&path.join("MANIFEST")).unwrap();
+    let manifest =
+        tally::internals::storage::manifest::Manifest::read(&path.join("MANIFEST")).unwrap();
     let shard = |key: &Pubkey| shard_of(key, manifest.hash_seed, manifest.shard_count);
     let mut next = vec![1u64; SHARDS as usize];
     let mut take = |shard: u32| {
@@ -240,7 +241,7 @@ async fn build(path: &Path) -> Vec<Logged> {
 /// Every frame of the template's WALs, after checking that each record is where `build`
 /// predicted it; and each shard's last LSN.
 fn frames_of(path: &Path, logged: &[Logged]) -> (Vec<Framed>, Vec<u64>) {
-    use tally::wal::record::RecordBody;
+    use tally::internals::wal::record::RecordBody;
     let mut expected: BTreeMap<(u32, u64), (u8, Pubkey, u64)> = BTreeMap::new();
     for entry in logged {
         match *entry {
@@ -267,7 +268,7 @@ fn frames_of(path: &Path, logged: &[Logged]) -> (Vec<Framed>, Vec<u64>) {
     let (mut frames, mut last_lsn) = (Vec::new(), Vec::new());
     for shard in 0..SHARDS {
         let dir = path.join(format!("shard-{shard:03}"));
-        let scan = tally::wal::reader::scan(&dir, 1).unwrap();
+        let scan = tally::internals::wal::reader::scan(&dir, 1).unwrap();
         assert_eq!(scan.segments.len(), 1, "one segment per shard");
         let mut found = 0;
         for (lsn, body) in &scan.records {
@@ -477,7 +478,7 @@ fn model_at(prefix: &[u64]) -> (common::Model, common::Model, u64) {
 }
 
 async fn open_mutated(dir: &Path, damage: &[(PathBuf, u64)]) -> Result<(), String> {
-    let replayed = tally::verify::replayed_accounts(dir);
+    let replayed = tally::internals::verify::replayed_accounts(dir);
     let ledger = match Ledger::open(config(dir)).await {
         Ok(ledger) => ledger,
         Err(LedgerError::Corrupt { .. } | LedgerError::Io { .. } | LedgerError::Config(_)) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memmap2::MmapMut;
-use tally::storage::io::{FileIo, RealIo};
+use tally::internals::io::{FileIo, RealIo};
 use tally::{Config, Ledger, Pubkey};
 
 /// Real I/O whose WAL fdatasync takes 2 ms longer: a slow disk, so callers pile up behind it.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tally::storage::io::{FaultEffect, FaultOp, FaultyIo};
+use tally::internals::io::{FaultEffect, FaultOp, FaultyIo};
 use tally::{Config, Ledger, LedgerError, Pubkey};
 
 fn key(n: u8) -> Pubkey {
@@ -253,7 +253,7 @@ async fn crc_valid_headers_with_impossible_numbers_are_corrupt_not_a_panic() {
 
 // ---- CRC-valid records that are not true ----
 
-use tally::wal::record::{AfterImage, RecordBody};
+use tally::internals::wal::record::{AfterImage, RecordBody};
 
 /// A one-shard ledger dropped without shutdown after minting 100 into `key(0..4)` (slots 0..4,
 /// LSNs 1..=4), with the lock released.
@@ -284,10 +284,10 @@ async fn wait_unlocked(dir: &Path) {
 /// Appends `body` as a CRC-valid record with LSN 5 to shard 0's WAL, through the WAL writer.
 fn append_record(dir: &Path, body: RecordBody) -> PathBuf {
     let shard = dir.join("shard-000");
-    let scan = tally::wal::reader::scan(&shard, 1).unwrap();
+    let scan = tally::internals::wal::reader::scan(&shard, 1).unwrap();
     assert_eq!(scan.tail.next_lsn, 5, "four mints before");
-    let mut writer = tally::wal::writer::WalWriter::open(
-        tally::storage::io::real(),
+    let mut writer = tally::internals::wal::writer::WalWriter::open(
+        tally::internals::io::real(),
         &shard,
         &scan.segments,
         &scan.tail,
@@ -295,7 +295,7 @@ fn append_record(dir: &Path, body: RecordBody) -> PathBuf {
     )
     .unwrap();
     let (mut bytes, mut frame_start) = (Vec::new(), 0);
-    tally::wal::frame::push_record(&mut bytes, &mut frame_start, 5, &body);
+    tally::internals::wal::frame::push_record(&mut bytes, &mut frame_start, 5, &body);
     writer.append(&mut bytes, 5, 5).unwrap();
     writer.sync().unwrap();
     writer.path().to_path_buf()
@@ -412,7 +412,7 @@ async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
             }
             other => panic!("{name}: expected Corrupt, got {other:?}"),
         }
-        let report = tally::verify::verify(dir.path()).unwrap();
+        let report = tally::internals::verify::verify(dir.path()).unwrap();
         assert!(!report.is_sound(), "{name}: verify agrees\n{report}");
     }
 }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tally::storage::powercut::{CutReport, PowerCutIo, Trigger};
-use tally::verify::Verdict;
+use tally::internals::io::{CutReport, PowerCutIo, Trigger};
+use tally::internals::verify::Verdict;
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey};
 
 const KEYS: u8 = 6;
@@ -360,7 +360,9 @@ async fn check_cut(
     let io = PowerCutIo::new(trigger, seed);
     let history = run(dir.path(), steps, shards, durability, &io).await;
     let report = io.cut_report().unwrap().unwrap();
-    let verdict = tally::verify::verify(dir.path()).unwrap().verdict;
+    let verdict = tally::internals::verify::verify(dir.path())
+        .unwrap()
+        .verdict;
     assert!(
         !matches!(verdict, Verdict::Refused(_)),
         "{label}: verify refuses the directory after a cut at {trigger:?} (seed {seed}): {verdict:?}"

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{assert_matches, balance_sum, faulty_config, key, keys_on, reopen, Model};
-use tally::actors::messages::{CloseShard, Completion, GetShardStats, RouteBatch};
-use tally::storage::io::{FaultEffect, FaultOp};
+use tally::internals::io::{FaultEffect, FaultOp};
 use tally::{Config, Ledger, LedgerError, Op, Pubkey};
 
 /// Runs `call`, failing the test if it takes 2 s or more (and never hanging: 10 s at most).
@@ -37,7 +36,7 @@ async fn balance(ledger: &Ledger, key: &Pubkey) -> Option<u64> {
 }
 
 /// Fails shard 1's WAL with a mint to `victim` (answered `Io`), after which it takes no write.
-async fn fail_shard_1(ledger: &Ledger, faults: &tally::storage::io::FaultyIo, victim: Pubkey) {
+async fn fail_shard_1(ledger: &Ledger, faults: &tally::internals::io::FaultyIo, victim: Pubkey) {
     faults.inject(
         FaultOp::SyncData,
         "shard-001/wal-",
@@ -280,109 +279,6 @@ async fn calls_end_when_a_shard_stops_taking_writes() {
     let _ = prompt("shutdown", ledger.shutdown()).await;
 }
 
-/// Raw actors (no `Ledger` handle): the WAL thread of shard 1 is stopped while calls race it,
-/// and every call still ends within 2 s; the books add up exactly afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_end_when_the_wal_thread_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::new(dir.path()).shards(2).mailbox_capacity(4);
-    let running =
-        tally::actors::system::start(tally::recovery::open(&config).unwrap(), &config).unwrap();
-    let on_0 = keys_on(dir.path(), 0, 2, 0);
-    let on_1 = keys_on(dir.path(), 1, 2, 0);
-    let routing = running.routing.clone();
-    let one = |op: Op| {
-        let routing = routing.clone();
-        async move {
-            let (sender, receiver) = tokio::sync::oneshot::channel();
-            routing.send_one(op, Completion::single(sender)).await?;
-            receiver.await.unwrap_or(Err(LedgerError::Closed))
-        }
-    };
-    one(Op::Mint {
-        to: on_0[0],
-        amount: 1_000,
-    })
-    .await
-    .unwrap();
-    let mut calls = Vec::new();
-    let mut close = None;
-    for n in 0..60u64 {
-        let op = match n % 3 {
-            0 => Op::Mint {
-                to: on_1[0],
-                amount: 1,
-            },
-            1 => Op::Transfer {
-                from: on_0[0],
-                to: on_1[1],
-                amount: 1,
-            },
-            _ => Op::Mint {
-                to: on_0[1],
-                amount: 1,
-            },
-        };
-        calls.push((op, tokio::spawn(prompt("single op", one(op)))));
-        if n == 20 {
-            // Stop shard 1's WAL thread while ops are in flight.
-            close = Some(tokio::spawn(prompt(
-                "close",
-                running.shards[1].send(CloseShard),
-            )));
-        }
-    }
-    close.unwrap().await.unwrap().unwrap().unwrap();
-    let (reply, results) = tokio::sync::oneshot::channel();
-    running.router.do_send(RouteBatch {
-        ops: vec![
-            Op::Mint {
-                to: on_1[0],
-                amount: 1,
-            },
-            Op::Transfer {
-                from: on_0[0],
-                to: on_1[0],
-                amount: 2,
-            },
-            Op::Transfer {
-                from: on_1[0],
-                to: on_0[1],
-                amount: 1,
-            },
-        ],
-        reply,
-    });
-    let batch = prompt("submit", results).await.unwrap();
-    assert!(matches!(batch[0], Err(LedgerError::Closed)), "{batch:?}");
-    assert_eq!(batch[1].as_ref().unwrap().shard, 0);
-    assert!(matches!(batch[2], Err(LedgerError::Closed)), "{batch:?}");
-    // Everything deciding on shard 0 succeeds; mints on shard 1 succeed until it closes.
-    let mut minted_on_1 = 0u128;
-    for (op, call) in calls {
-        match (op, call.await.unwrap()) {
-            (Op::Mint { to, .. }, Ok(_)) if to == on_1[0] => minted_on_1 += 1,
-            (Op::Mint { to, .. }, Err(LedgerError::Closed)) if to == on_1[0] => {}
-            (_, Ok(receipt)) => assert_eq!(receipt.shard, 0),
-            (op, Err(error)) => panic!("{op:?}: {error:?}"),
-        }
-    }
-    let mut stats = Vec::new();
-    for shard in &running.shards {
-        stats.push(prompt("stats", shard.send(GetShardStats)).await.unwrap());
-    }
-    // Shard 0: 1,000 + 20 minted, 20 x 1 and 2 debited towards shard 1.
-    assert_eq!(stats[0].balance_sum, 998);
-    assert_eq!(running.books.supply() as u128, 1_020 + minted_on_1);
-    assert_eq!(
-        stats[1].balance_sum + running.books.owed() as u128,
-        minted_on_1 + 22,
-        "shard 1 holds its mints, and every credit is applied or owed"
-    );
-    running.system.stop();
-    running.thread.join().unwrap();
-}
-
 /// Calls racing a shutdown all end within 2 s of it returning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_end_when_the_ledger_shuts_down() {
@@ -483,7 +379,7 @@ async fn every_public_async_method_can_be_spawned() {
 
 /// Waits for the armed fault to fire: a caller is answered once its credit is applied, and the
 /// target's WAL write of that credit follows on its own.
-async fn wait_fired(faults: &tally::storage::io::FaultyIo) {
+async fn wait_fired(faults: &tally::internals::io::FaultyIo) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while faults.fired() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -621,10 +517,10 @@ async fn a_torn_credit_write_on_the_target_is_cut_and_resent() {
     assert!(!ledger.stats().await.unwrap().shards[1].healthy);
     let _ = ledger.shutdown().await;
     drop(ledger);
-    let report = tally::verify::verify(dir.path()).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
     assert_eq!(
         report.verdict,
-        tally::verify::Verdict::OpensAfterCutting,
+        tally::internals::verify::Verdict::OpensAfterCutting,
         "{report}"
     );
     assert_eq!(report.owed_credits, 1, "{report}");

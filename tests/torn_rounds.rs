@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tally::storage::manifest::{self, Manifest};
-use tally::wal::frame::{self, FrameHeader};
+use tally::internals::storage::manifest::{self, Manifest};
+use tally::internals::wal::frame::{self, FrameHeader};
 use tally::{Config, Durability, Ledger, LedgerError, Pubkey};
 
 const MINTS: u8 = 200;
@@ -137,7 +137,7 @@ async fn periodic_zeroed_page_in_the_unsynced_rounds_loses_only_those_rounds() {
         "writes after the cut survive"
     );
     reopened.shutdown().await.unwrap();
-    let report = tally::verify::verify(dir.path()).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
     assert!(report.problems.is_empty(), "{report}");
 }
 

@@ -112,10 +112,6 @@ impl ShardBooks {
         })
     }
 
-    pub fn ledger(&self) -> &Books {
-        &self.ledger
-    }
-
     /// The shard's balance sum as accepted: `logged` (what its state counts) minus what was
     /// refused after being logged.
     pub fn accepted_sum(&self, logged: u128) -> u128 {

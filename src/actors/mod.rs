@@ -19,3 +19,6 @@ pub mod messages;
 pub mod router;
 pub mod shard;
 pub mod system;
+
+#[cfg(test)]
+mod tests;

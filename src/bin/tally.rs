@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use tally::verify::{group_digits, human_bytes};
+use tally::internals::verify::{group_digits, human_bytes};
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Stats};
 
 /// Where a data directory lives when neither `--data-dir` nor the config file says.
@@ -308,13 +308,13 @@ async fn balance_of(ledger: &Ledger, key: &Pubkey) -> Result<u64, LedgerError> {
 // verify and inspect: the work is in `tally::verify`
 
 fn verify(dir: &DirArgs) -> Result<i32, CliError> {
-    let report = tally::verify::verify(&dir.data_dir()?)?;
+    let report = tally::internals::verify::verify(&dir.data_dir()?)?;
     emit(&report.to_string());
     Ok(if report.is_sound() { 0 } else { 1 })
 }
 
 fn inspect(dir: &DirArgs) -> Result<i32, CliError> {
-    let inspection = tally::verify::inspect(&dir.data_dir()?)?;
+    let inspection = tally::internals::verify::inspect(&dir.data_dir()?)?;
     emit(&inspection.to_string());
     Ok(0)
 }

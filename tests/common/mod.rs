@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally::actors::router::shard_of;
-use tally::storage::io::FaultyIo;
-use tally::storage::manifest::Manifest;
+use tally::internals::io::FaultyIo;
+use tally::internals::shard_of;
+use tally::internals::storage::manifest::Manifest;
 use tally::{Config, Ledger, LedgerError, Op, Pubkey, Stats};
 
 pub fn key(n: u32) -> Pubkey {
