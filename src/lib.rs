@@ -42,9 +42,6 @@
 
 mod actors;
 mod config;
-#[cfg(feature = "cli")]
-#[doc(hidden)]
-pub mod crashtest;
 mod error;
 mod hooks;
 #[doc(hidden)]

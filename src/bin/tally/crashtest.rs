@@ -48,7 +48,7 @@
 //! Most kills come at a random time. A share is aimed 0–2 ms after a phase marker the child
 //! prints: before and after `Ledger::checkpoint`, before `Ledger::shutdown`, before each
 //! shard's index is persisted and before recovery re-sends owed credits (both reported by the
-//! hidden [`crate::hooks`]), and every few cycles before `Ledger::open` of the crashed
+//! hidden [`tally::internals::hooks`]), and every few cycles before `Ledger::open` of the crashed
 //! directory (a kill during recovery). A kill counts as a *hit* when it came while the phase was
 //! still running, i.e. the child printed no marker of the phase's end before dying.
 //!
@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::{Config, Durability, Ledger, LedgerError, Pubkey};
+use tally::{Config, Durability, Ledger, LedgerError, Pubkey};
 
 /// Under `--durability periodic`: how often the WAL is synced. The campaign never relies on it
 /// (a kill -9 keeps what was written), so any value does.
@@ -299,16 +299,16 @@ fn emit(line: &str) {
 }
 
 /// The worker's hook: prints the library's phases as markers the parent can aim at.
-fn print_phase(phase: crate::hooks::Phase) {
+fn print_phase(phase: tally::internals::hooks::Phase) {
     let phase = match phase {
-        crate::hooks::Phase::IndexPersist => Phase::IndexPersist,
-        crate::hooks::Phase::CreditResend => Phase::CreditResend,
+        tally::internals::hooks::Phase::IndexPersist => Phase::IndexPersist,
+        tally::internals::hooks::Phase::CreditResend => Phase::CreditResend,
     };
     emit(&format!("{}\n", phase.marker()));
 }
 
 async fn worker(args: WorkerArgs) -> Result<(), LedgerError> {
-    crate::hooks::set_phase_hook(print_phase);
+    tally::internals::hooks::set_phase_hook(print_phase);
     let config = worker_config(&args.data_dir, &args);
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     loop {
@@ -495,13 +495,13 @@ enum ModelOp {
 }
 
 impl ModelOp {
-    fn to_op(self, task: u32) -> crate::Op {
+    fn to_op(self, task: u32) -> tally::Op {
         match self {
-            ModelOp::Mint { to, amount } => crate::Op::Mint {
+            ModelOp::Mint { to, amount } => tally::Op::Mint {
                 to: task_key(task, to),
                 amount,
             },
-            ModelOp::Transfer { from, to, amount } => crate::Op::Transfer {
+            ModelOp::Transfer { from, to, amount } => tally::Op::Transfer {
                 from: task_key(task, from),
                 to: task_key(task, to),
                 amount,
@@ -852,8 +852,8 @@ pub fn summary(args: &CampaignArgs, report: &CampaignReport) -> String {
 /// tell that the crashed directory owes credits, so the next child's recovery will re-send them.
 static PARENT_RESENDS: AtomicU64 = AtomicU64::new(0);
 
-fn count_resends(phase: crate::hooks::Phase) {
-    if phase == crate::hooks::Phase::CreditResend {
+fn count_resends(phase: tally::internals::hooks::Phase) {
+    if phase == tally::internals::hooks::Phase::CreditResend {
         PARENT_RESENDS.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -869,14 +869,14 @@ pub fn run_campaign(
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| LedgerError::io(dir, e))?;
+        .map_err(|e| io_error(dir, e))?;
     let scratch = tempfile::Builder::new()
         .prefix("tally-crashtest-readback-")
         .tempdir()
-        .map_err(|e| LedgerError::io(dir, e))?;
+        .map_err(|e| io_error(dir, e))?;
     // Without the hook (one already installed) nothing is wrong: credit re-sends are then only
     // hit by chance, and a shortfall says so.
-    crate::hooks::set_phase_hook(count_resends);
+    tally::internals::hooks::set_phase_hook(count_resends);
     let mut campaign = Campaign::new(dir, args);
     for cycle in 0..args.cycles {
         campaign.cycle(cycle, binary, &runtime, scratch.path())?;
@@ -983,9 +983,9 @@ impl<'a> Campaign<'a> {
         // recovery (and its credit re-sends) can be killed too.
         let copy = scratch.join("copy");
         if copy.exists() {
-            std::fs::remove_dir_all(&copy).map_err(|e| LedgerError::io(&copy, e))?;
+            std::fs::remove_dir_all(&copy).map_err(|e| io_error(&copy, e))?;
         }
-        copy_dir(&self.worker.data_dir, &copy).map_err(|e| LedgerError::io(&copy, e))?;
+        copy_dir(&self.worker.data_dir, &copy).map_err(|e| io_error(&copy, e))?;
         let resends = PARENT_RESENDS.load(Ordering::Relaxed);
         let recovered = runtime.block_on(read_back(&copy, &self.worker))?;
         self.owes_credits = PARENT_RESENDS.load(Ordering::Relaxed) > resends;
@@ -1060,10 +1060,12 @@ impl<'a> Campaign<'a> {
 
 /// Per task, the shard of each account, from the directory's MANIFEST (fixed once written).
 fn read_placement(worker: &WorkerArgs) -> Option<BTreeMap<u32, Vec<u32>>> {
-    let path = worker.data_dir.join(crate::storage::MANIFEST_FILE);
-    let manifest = crate::storage::manifest::Manifest::read(&path).ok()?;
+    let path = worker
+        .data_dir
+        .join(tally::internals::storage::MANIFEST_FILE);
+    let manifest = tally::internals::storage::manifest::Manifest::read(&path).ok()?;
     let shard = |task, index| {
-        crate::actors::router::shard_of(
+        tally::internals::shard_of(
             &task_key(task, index),
             manifest.hash_seed,
             manifest.shard_count,
@@ -1082,6 +1084,14 @@ fn read_placement(worker: &WorkerArgs) -> Option<BTreeMap<u32, Vec<u32>>> {
 }
 
 /// Copies a directory tree; a missing source makes an empty copy.
+/// An I/O failure of the campaign itself, naming the path.
+fn io_error(path: impl AsRef<Path>, source: std::io::Error) -> LedgerError {
+    LedgerError::Io {
+        path: path.as_ref().to_path_buf(),
+        source: Arc::new(source),
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     let entries = match std::fs::read_dir(from) {
@@ -1144,7 +1154,7 @@ fn run_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| LedgerError::io(binary, e))?;
+        .map_err(|e| io_error(binary, e))?;
     let stdout = child.stdout.take().ok_or(LedgerError::Closed)?;
     let child = Arc::new(Mutex::new(child));
     let (wake, woken) = mpsc::channel();
@@ -1158,7 +1168,7 @@ fn run_child(
         // Child::kill sends SIGKILL on Unix: no destructor, no flush, no shutdown runs. Once the
         // child is reaped, `kill` sends nothing, so no other process can be hit.
         let _ = child.kill();
-        child.wait().map_err(|e| LedgerError::io(binary, e))?
+        child.wait().map_err(|e| io_error(binary, e))?
     };
     let (lines, fired) = reader.join().map_err(|_| LedgerError::Closed)?;
     Ok(ChildRun {

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 1 a failed operation, a failed check (`verify`, the conservation check
 //! of `load`) or any error; 2 a command line clap cannot parse. Errors are one line on stderr.
 
+mod crashtest;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -80,10 +82,10 @@ enum Command {
         key: String,
     },
     /// Run the kill -9 campaign against a child `tally` process.
-    Crashtest(tally::crashtest::CampaignArgs),
+    Crashtest(crashtest::CampaignArgs),
     /// (internal) The child process of `crashtest`.
     #[command(hide = true)]
-    CrashWorker(tally::crashtest::WorkerArgs),
+    CrashWorker(crashtest::WorkerArgs),
 }
 
 /// Where the data is and how the ledger is configured; taken by every data subcommand.
@@ -237,8 +239,8 @@ fn run(command: Command) -> Result<i32, CliError> {
             }))
         }
         // They build their own runtimes and report their own errors.
-        Command::Crashtest(args) => Ok(tally::crashtest::run_campaign_main(args)),
-        Command::CrashWorker(args) => Ok(tally::crashtest::run_worker_main(args)),
+        Command::Crashtest(args) => Ok(crashtest::run_campaign_main(args)),
+        Command::CrashWorker(args) => Ok(crashtest::run_worker_main(args)),
     }
 }
 
