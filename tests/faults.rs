@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tally::internals::io::{FaultEffect, FaultOp, FaultyIo};
 use tally::internals::storage::shard_dir;
@@ -39,15 +38,8 @@ fn faulty(
 }
 
 async fn reopen(dir: &Path) -> Ledger {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Ledger::open(config(dir)).await {
-            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other.unwrap(),
-        }
-    }
+    // A ledger dropped in this process is waited for by `open` itself.
+    Ledger::open(config(dir)).await.unwrap()
 }
 
 /// What happened to each mint: acknowledged, failed with an uncertain outcome, or never run.

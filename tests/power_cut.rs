@@ -25,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -210,15 +209,8 @@ async fn reopen(ledger: Ledger, config: &Config, history: &mut History) -> Optio
 
 /// Opens with the real seam, retrying while the dropped ledger's threads hold the lock.
 async fn open_real(dir: &Path, shards: u32) -> Result<Ledger, LedgerError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Ledger::open(config(dir, shards, Durability::Sync)).await {
-            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            other => return other,
-        }
-    }
+    // A ledger dropped in this process is waited for by `open` itself.
+    Ledger::open(config(dir, shards, Durability::Sync)).await
 }
 
 /// Balances and sequences by the ledger's rules.

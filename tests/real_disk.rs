@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use tally::{Config, Ledger, LedgerError, Pubkey};
 
@@ -65,15 +64,8 @@ fn config(dir: &Path) -> Config {
 }
 
 async fn reopen(dir: &Path) -> Result<Ledger, LedgerError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Ledger::open(config(dir)).await {
-            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            other => return other,
-        }
-    }
+    // A ledger dropped in this process is waited for by `open` itself.
+    Ledger::open(config(dir)).await
 }
 
 async fn check(ledger: &Ledger, acked: u32) {

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use tally::internals::storage::manifest::{self, Manifest};
 use tally::internals::wal::frame::{self, FrameHeader};
@@ -34,15 +33,8 @@ const PERIODIC: Durability = Durability::Periodic {
 
 /// Opens, retrying while the previous ledger's threads still hold the lock.
 async fn open(dir: &Path, durability: Durability) -> Result<Ledger, LedgerError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Ledger::open(config(dir, durability)).await {
-            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
+    // A ledger dropped in this process is waited for by `open` itself.
+    Ledger::open(config(dir, durability)).await
 }
 
 /// Mints one account per call, one call at a time (a round each), then drops the ledger

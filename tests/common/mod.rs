@@ -50,15 +50,8 @@ pub async fn reopen(dir: &Path, shards: u32) -> Ledger {
 /// Opens with `config`, retrying for up to 10 s while a dropped ledger's threads still hold the
 /// directory lock (a drop without shutdown releases it in the background).
 pub async fn open_unlocked(config: Config) -> Result<Ledger, LedgerError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Ledger::open(config.clone()).await {
-            Err(LedgerError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
+    // A ledger dropped in this process is waited for by `open` itself.
+    Ledger::open(config.clone()).await
 }
 
 /// Blocks until no ledger holds `dir`'s lock (for tests that copy or damage a directory that a
