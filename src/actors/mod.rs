@@ -19,6 +19,3 @@ pub mod messages;
 pub mod router;
 pub mod shard;
 pub mod system;
-
-#[cfg(test)]
-mod tests;
