@@ -355,32 +355,12 @@ impl Ledger {
                 queued_ops: gauges.queued_ops.load(Ordering::Relaxed),
             })
             .collect();
-        let mut reasons = Vec::new();
-        if inner.closed.load(Ordering::Acquire) {
-            reasons.push("the ledger is shut down".to_string());
-        }
-        let age_limit = Duration::from_millis(inner.checkpoint_interval_ms.saturating_mul(3))
-            + Duration::from_secs(10);
-        for shard in &shards {
-            if !shard.writable {
-                reasons.push(format!(
-                    "shard {} refuses writes after a WAL failure",
-                    shard.shard
-                ));
-            }
-            if shard.checkpoint_age > age_limit {
-                reasons.push(format!(
-                    "shard {} has not checkpointed for {:?}",
-                    shard.shard, shard.checkpoint_age
-                ));
-            }
-            if shard.wal_bytes > inner.checkpoint_wal_bytes.saturating_mul(4) {
-                reasons.push(format!(
-                    "shard {} holds {} WAL bytes",
-                    shard.shard, shard.wal_bytes
-                ));
-            }
-        }
+        let limits = HealthLimits {
+            checkpoint_age: Duration::from_millis(inner.checkpoint_interval_ms.saturating_mul(3))
+                + Duration::from_secs(10),
+            wal_bytes: inner.checkpoint_wal_bytes.saturating_mul(4),
+        };
+        let reasons = degraded_reasons(&shards, inner.closed.load(Ordering::Acquire), &limits);
         Health {
             degraded: !reasons.is_empty(),
             reasons,
@@ -484,6 +464,41 @@ impl Ledger {
     }
 }
 
+/// Past these a shard makes the ledger degraded.
+struct HealthLimits {
+    checkpoint_age: Duration,
+    wal_bytes: u64,
+}
+
+/// Why the ledger is degraded (none: healthy). See [`Ledger::health`].
+fn degraded_reasons(shards: &[ShardHealth], closed: bool, limits: &HealthLimits) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if closed {
+        reasons.push("the ledger is shut down".to_string());
+    }
+    for shard in shards {
+        if !shard.writable {
+            reasons.push(format!(
+                "shard {} refuses writes after a WAL failure",
+                shard.shard
+            ));
+        }
+        if shard.checkpoint_age > limits.checkpoint_age {
+            reasons.push(format!(
+                "shard {} has not checkpointed for {:?}",
+                shard.shard, shard.checkpoint_age
+            ));
+        }
+        if shard.wal_bytes > limits.wal_bytes {
+            reasons.push(format!(
+                "shard {} holds {} WAL bytes",
+                shard.shard, shard.wal_bytes
+            ));
+        }
+    }
+    reasons
+}
+
 fn record_batch(results: &[Result<Receipt, LedgerError>], started: Instant) {
     let failed = results.iter().filter(|result| result.is_err()).count() as u64;
     metrics::counter!("tally_ops_total", "op" => "submit", "result" => "ok")
@@ -508,3 +523,45 @@ fn record_op(op: &Op, result: &Result<Receipt, LedgerError>, started: Instant) {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(age_s: u64, wal_bytes: u64, writable: bool) -> ShardHealth {
+        ShardHealth {
+            shard: 3,
+            writable,
+            wal_bytes,
+            checkpoint_age: Duration::from_secs(age_s),
+            queued_ops: 0,
+        }
+    }
+
+    /// Each rule of `health` makes the ledger degraded on its own, just past its limit.
+    #[test]
+    fn health_is_degraded_by_each_rule_past_its_limit() {
+        let limits = HealthLimits {
+            checkpoint_age: Duration::from_secs(40),
+            wal_bytes: 4 << 20,
+        };
+        assert!(degraded_reasons(&[shard(40, 4 << 20, true)], false, &limits).is_empty());
+        let old = degraded_reasons(&[shard(41, 0, true)], false, &limits);
+        assert_eq!(
+            old,
+            vec!["shard 3 has not checkpointed for 41s".to_string()]
+        );
+        let big = degraded_reasons(&[shard(0, (4 << 20) + 1, true)], false, &limits);
+        assert_eq!(
+            big,
+            vec![format!("shard 3 holds {} WAL bytes", (4 << 20) + 1)]
+        );
+        let failed = degraded_reasons(&[shard(0, 0, false)], false, &limits);
+        assert_eq!(
+            failed,
+            vec!["shard 3 refuses writes after a WAL failure".to_string()]
+        );
+        let closed = degraded_reasons(&[], true, &limits);
+        assert_eq!(closed, vec!["the ledger is shut down".to_string()]);
+    }
+}
