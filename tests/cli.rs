@@ -994,3 +994,37 @@ fn sigterm_during_load_shuts_down_cleanly_with_a_partial_summary() {
         inspect.stdout
     );
 }
+
+/// SIGINT to the campaign's parent stops it after the cycle in progress, which is still checked,
+/// and prints the partial summary (exit 130).
+#[test]
+fn sigint_stops_a_crashtest_campaign_after_a_checked_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "crashtest",
+            "--cycles",
+            "100000",
+            "--max-run-ms",
+            "150",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill only sends a signal to the child this test spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("interrupted by SIGINT after"), "{stdout}");
+    assert!(stdout.contains(" 0 violations"), "{stdout}");
+}

@@ -61,7 +61,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -745,6 +745,8 @@ pub struct CampaignReport {
     /// Phases hit fewer times than required: the campaign did not test what it should have.
     pub shortfalls: Vec<String>,
     pub elapsed: Duration,
+    /// The signal (SIGINT or SIGTERM) that stopped the campaign after a whole cycle, if any.
+    pub interrupted: Option<i32>,
 }
 
 impl CampaignReport {
@@ -786,10 +788,10 @@ pub fn run_campaign_main(args: CampaignArgs) -> i32 {
     match run_campaign(&binary, &dir, &args) {
         Ok(report) => {
             print!("{}", summary(&args, &report));
-            if report.passed() {
-                0
-            } else {
-                1
+            match (report.passed(), report.interrupted) {
+                (false, _) => 1,
+                (true, Some(signal)) => 128 + signal,
+                (true, None) => 0,
             }
         }
         Err(error) => {
@@ -839,6 +841,17 @@ pub fn summary(args: &CampaignArgs, report: &CampaignReport) -> String {
         args.recovery_every,
         args.aimed_percent
     ));
+    if let Some(signal) = report.interrupted {
+        let name = if signal == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        text.push_str(&format!(
+            "interrupted by {name} after {} whole cycles (each checked)\n",
+            report.cycles
+        ));
+    }
     for violation in &report.violations {
         text.push_str(&format!("violation: {violation}\n"));
     }
@@ -846,6 +859,39 @@ pub fn summary(args: &CampaignArgs, report: &CampaignReport) -> String {
         text.push_str(&format!("shortfall: {shortfall}\n"));
     }
     text
+}
+
+/// The first SIGINT or SIGTERM the campaign received (0: none).
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The first signal stops the campaign after the cycle in progress (it is still checked); a
+/// second one exits at once.
+extern "C" fn on_signal(signal: libc::c_int) {
+    // Only async-signal-safe work here: an atomic swap and _exit.
+    if SIGNAL.swap(signal, Ordering::AcqRel) != 0 {
+        // SAFETY: _exit is async-signal-safe and takes no pointer.
+        unsafe { libc::_exit(128 + signal) };
+    }
+}
+
+fn listen_for_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `on_signal` is an `extern "C" fn(c_int)` that only touches an atomic and calls
+        // `_exit`, both async-signal-safe; installing it has no other effect.
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+}
+
+fn interrupted() -> Option<i32> {
+    match SIGNAL.load(Ordering::Acquire) {
+        0 => None,
+        signal => Some(signal),
+    }
 }
 
 /// Credit re-sends seen by the parent's own recoveries (its read-backs), through the hook: they
@@ -878,7 +924,12 @@ pub fn run_campaign(
     // hit by chance, and a shortfall says so.
     tally::internals::hooks::set_phase_hook(count_resends);
     let mut campaign = Campaign::new(dir, args);
+    listen_for_signals();
     for cycle in 0..args.cycles {
+        if let Some(signal) = interrupted() {
+            campaign.report.interrupted = Some(signal);
+            break;
+        }
         campaign.cycle(cycle, binary, &runtime, scratch.path())?;
         if (cycle + 1).is_multiple_of(50) {
             eprintln!(
@@ -892,7 +943,13 @@ pub fn run_campaign(
         }
     }
     let mut report = campaign.report;
-    for phase in Phase::ALL {
+    // A campaign stopped early had no chance to hit every phase.
+    let phases = if report.interrupted.is_some() {
+        &[][..]
+    } else {
+        &Phase::ALL[..]
+    };
+    for &phase in phases {
         let hits = report.phase(phase).hits;
         if hits < args.required_hits() {
             report.shortfalls.push(format!(
@@ -1153,6 +1210,9 @@ fn run_child(
         .args(["--durability", args.durability.name()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        // A group of its own: a Ctrl-C at the terminal stops the campaign, not the child (which
+        // only ever dies of the campaign's SIGKILL).
+        .process_group(0)
         .spawn()
         .map_err(|e| io_error(binary, e))?;
     let stdout = child.stdout.take().ok_or(LedgerError::Closed)?;
