@@ -130,10 +130,10 @@ async fn shutdown_is_cancel_safe_and_idempotent() {
     assert!(first.is_ok() && second.is_ok(), "{first:?} {second:?}");
     drop((ledger, clone));
     let report = tally::internals::verify::verify(dir.path()).unwrap();
-    assert!(report.is_sound(), "{report}");
+    assert!(report.is_sound(), "{report:?}");
     assert_eq!(
         report.replayed_records, 0,
-        "a clean shutdown: nothing to replay\n{report}"
+        "a clean shutdown: nothing to replay\n{report:?}"
     );
     let reopened = Ledger::open(Config::new(dir.path())).await.unwrap();
     assert_eq!(

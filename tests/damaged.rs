@@ -257,9 +257,9 @@ async fn a_lost_tail_record_with_no_evidence_is_cut_like_a_torn_write() {
     assert_eq!(
         report.verdict,
         tally::internals::verify::Verdict::OpensAfterCutting,
-        "{report}"
+        "{report:?}"
     );
-    assert_eq!(report.cuts.len(), 1, "{report}");
+    assert_eq!(report.cuts.len(), 1, "{report:?}");
     let ledger = open_unlocked(single(dir.path())).await.unwrap();
     assert_matches(
         &ledger,
@@ -462,7 +462,7 @@ async fn a_watermark_past_the_source_wal_is_reported_by_verify_and_open() {
         report.problems.iter().any(|p| p
             .to_string()
             .contains("credited debit LSN 1000000 of shard 0")),
-        "{report}"
+        "{report:?}"
     );
     match open(dir.path()).await {
         Err(LedgerError::Corrupt { reason, .. }) => {

@@ -353,7 +353,9 @@ async fn check(dir: &Path) -> Result<(), String> {
     match Ledger::open(config(dir)).await {
         Err(error) => {
             if verify_opens {
-                return Err(format!("verify says it opens, open says {error}\n{report}"));
+                return Err(format!(
+                    "verify says it opens, open says {error}\n{report:?}"
+                ));
             }
             if snapshot(dir) != before {
                 return Err(format!("the refused open ({error}) changed the directory"));
@@ -378,7 +380,7 @@ async fn check(dir: &Path) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("shutdown: {e}"))?;
             if !verify_opens {
-                return Err(format!("verify refuses, open succeeds\n{report}"));
+                return Err(format!("verify refuses, open succeeds\n{report:?}"));
             }
             result
         }

@@ -406,7 +406,7 @@ async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
             other => panic!("{name}: expected Corrupt, got {other:?}"),
         }
         let report = tally::internals::verify::verify(dir.path()).unwrap();
-        assert!(!report.is_sound(), "{name}: verify agrees\n{report}");
+        assert!(!report.is_sound(), "{name}: verify agrees\n{report:?}");
     }
 }
 

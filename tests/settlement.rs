@@ -521,8 +521,8 @@ async fn a_torn_credit_write_on_the_target_is_cut_and_resent() {
     assert_eq!(
         report.verdict,
         tally::internals::verify::Verdict::OpensAfterCutting,
-        "{report}"
+        "{report:?}"
     );
-    assert_eq!(report.owed_credits, 1, "{report}");
+    assert_eq!(report.owed_credits, 1, "{report:?}");
     reopen_and_check(dir.path(), &model, &[a, b], 1).await;
 }

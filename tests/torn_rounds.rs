@@ -130,7 +130,7 @@ async fn periodic_zeroed_page_in_the_unsynced_rounds_loses_only_those_rounds() {
     );
     reopened.shutdown().await.unwrap();
     let report = tally::internals::verify::verify(dir.path()).unwrap();
-    assert!(report.problems.is_empty(), "{report}");
+    assert!(report.problems.is_empty(), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

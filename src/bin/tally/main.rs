@@ -4,6 +4,7 @@
 //! of `load`) or any error; 2 a command line clap cannot parse. Errors are one line on stderr.
 
 mod crashtest;
+mod report;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use tally::internals::verify::{group_digits, human_bytes};
+use report::{group_digits, human_bytes};
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Stats};
 
 /// Where a data directory lives when neither `--data-dir` nor the config file says.
@@ -311,13 +312,13 @@ async fn balance_of(ledger: &Ledger, key: &Pubkey) -> Result<u64, LedgerError> {
 
 fn verify(dir: &DirArgs) -> Result<i32, CliError> {
     let report = tally::internals::verify::verify(&dir.data_dir()?)?;
-    emit(&report.to_string());
+    emit(&report::verify_text(&report));
     Ok(if report.is_sound() { 0 } else { 1 })
 }
 
 fn inspect(dir: &DirArgs) -> Result<i32, CliError> {
     let inspection = tally::internals::verify::inspect(&dir.data_dir()?)?;
-    emit(&inspection.to_string());
+    emit(&report::inspect_text(&inspection));
     Ok(0)
 }
 
