@@ -23,7 +23,12 @@ use crate::types::Pubkey;
 
 pub const MAGIC: &[u8; 8] = b"TALLYIDX";
 pub const VERSION: u32 = 1;
-const PREFIX_BYTES: usize = 32;
+const VERSION_OFFSET: usize = MAGIC.len();
+const SHARD_OFFSET: usize = VERSION_OFFSET + 4;
+const CHECKPOINT_LSN_OFFSET: usize = SHARD_OFFSET + 4;
+const COUNT_OFFSET: usize = CHECKPOINT_LSN_OFFSET + 8;
+const PREFIX_BYTES: usize = COUNT_OFFSET + 8;
+const _: () = assert!(PREFIX_BYTES == 32);
 const ENTRY_BYTES: usize = 40;
 
 /// Where an account lives, and its current state once it has been read or written since open.
@@ -56,11 +61,11 @@ pub fn encode(index: &Index, shard: u32, checkpoint_lsn: u64) -> Vec<u8> {
         index.iter().map(|(key, entry)| (key, entry.slot)).collect();
     entries.sort_unstable_by_key(|(_, slot)| *slot);
     let mut bytes = vec![0u8; PREFIX_BYTES + ENTRY_BYTES * entries.len() + 4];
-    bytes[0..8].copy_from_slice(MAGIC);
-    write_u32(&mut bytes, 8, VERSION);
-    write_u32(&mut bytes, 12, shard);
-    write_u64(&mut bytes, 16, checkpoint_lsn);
-    write_u64(&mut bytes, 24, entries.len() as u64);
+    bytes[..VERSION_OFFSET].copy_from_slice(MAGIC);
+    write_u32(&mut bytes, VERSION_OFFSET, VERSION);
+    write_u32(&mut bytes, SHARD_OFFSET, shard);
+    write_u64(&mut bytes, CHECKPOINT_LSN_OFFSET, checkpoint_lsn);
+    write_u64(&mut bytes, COUNT_OFFSET, entries.len() as u64);
     for (position, (key, slot)) in entries.iter().enumerate() {
         let start = PREFIX_BYTES + ENTRY_BYTES * position;
         bytes[start..start + 32].copy_from_slice(&key.0);
@@ -89,14 +94,14 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
             format!("index is {} bytes, too short", bytes.len()),
         ));
     }
-    if &bytes[0..8] != MAGIC {
+    if &bytes[..VERSION_OFFSET] != MAGIC {
         return Err(corrupt(0, "bad index magic".into()));
     }
-    let count = read_u64(bytes, 24);
+    let count = read_u64(bytes, COUNT_OFFSET);
     let expected_len = (count as u128) * ENTRY_BYTES as u128 + PREFIX_BYTES as u128 + 4;
     if expected_len != bytes.len() as u128 {
         return Err(corrupt(
-            24,
+            COUNT_OFFSET,
             format!("entry count {count} does not match length {}", bytes.len()),
         ));
     }
@@ -104,9 +109,12 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
     if crc32fast::hash(&bytes[..crc_offset]) != read_u32(bytes, crc_offset) {
         return Err(corrupt(crc_offset, "index CRC mismatch".into()));
     }
-    let version = read_u32(bytes, 8);
+    let version = read_u32(bytes, VERSION_OFFSET);
     if version != VERSION {
-        return Err(corrupt(8, format!("unsupported index version {version}")));
+        return Err(corrupt(
+            VERSION_OFFSET,
+            format!("unsupported index version {version}"),
+        ));
     }
     let mut index = new_index(count as usize);
     // Two keys in one slot would leave some other slot's account unreachable.
@@ -139,8 +147,8 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
         }
     }
     Ok(Persisted {
-        shard: read_u32(bytes, 12),
-        checkpoint_lsn: read_u64(bytes, 16),
+        shard: read_u32(bytes, SHARD_OFFSET),
+        checkpoint_lsn: read_u64(bytes, CHECKPOINT_LSN_OFFSET),
         index,
     })
 }

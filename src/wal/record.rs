@@ -16,7 +16,12 @@ use bincode::{Decode, Encode};
 
 use crate::storage::{read_u32, read_u64, write_u32, write_u64};
 
-pub const HEADER_BYTES: usize = 17;
+const LEN_OFFSET: usize = 0;
+const CRC_OFFSET: usize = LEN_OFFSET + 4;
+const LSN_OFFSET: usize = CRC_OFFSET + 4;
+const KIND_OFFSET: usize = LSN_OFFSET + 8;
+pub const HEADER_BYTES: usize = KIND_OFFSET + 1;
+const _: () = assert!(HEADER_BYTES == 17);
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// The state of an account after a record, and the slot that holds it.
@@ -99,11 +104,11 @@ pub fn encode_into(buffer: &mut Vec<u8>, lsn: u64, body: &RecordBody) {
     let written = encoded.expect("encoding into a Vec<u8> cannot fail"); // invariant: see above
     debug_assert!(written > 0 && written <= MAX_PAYLOAD_BYTES);
     let header = &mut buffer[start..start + HEADER_BYTES];
-    write_u32(header, 0, written as u32);
-    write_u64(header, 8, lsn);
-    header[16] = body.kind();
+    write_u32(header, LEN_OFFSET, written as u32);
+    write_u64(header, LSN_OFFSET, lsn);
+    header[KIND_OFFSET] = body.kind();
     let crc = record_crc(&buffer[start..]);
-    write_u32(&mut buffer[start..], 4, crc);
+    write_u32(&mut buffer[start..], CRC_OFFSET, crc);
     // Check the record before it can reach the disk: it must read back as what was written.
     debug_assert!(matches!(
         decode(&buffer[start..]),
@@ -144,7 +149,7 @@ pub fn decode(bytes: &[u8]) -> Decoded {
     if bytes[..HEADER_BYTES].iter().all(|&b| b == 0) {
         return Decoded::End;
     }
-    let payload_len = read_u32(bytes, 0) as usize;
+    let payload_len = read_u32(bytes, LEN_OFFSET) as usize;
     if payload_len == 0 || payload_len > MAX_PAYLOAD_BYTES {
         return Decoded::Invalid(format!("payload length {payload_len} out of range"));
     }
@@ -155,11 +160,11 @@ pub fn decode(bytes: &[u8]) -> Decoded {
             bytes.len()
         ));
     }
-    if record_crc(&bytes[..len]) != read_u32(bytes, 4) {
+    if record_crc(&bytes[..len]) != read_u32(bytes, CRC_OFFSET) {
         return Decoded::Invalid("record CRC mismatch".into());
     }
-    let lsn = read_u64(bytes, 8);
-    let kind = bytes[16];
+    let lsn = read_u64(bytes, LSN_OFFSET);
+    let kind = bytes[KIND_OFFSET];
     match bincode::decode_from_slice::<RecordBody, _>(&bytes[HEADER_BYTES..len], bincode_config()) {
         Ok((body, read)) if read == payload_len && body.kind() == kind => {
             Decoded::Record { lsn, body, len }
