@@ -159,16 +159,48 @@ pub fn judge_directory<F: AccountsSource>(
         let _span = tracing::info_span!("judge_shard", shard).entered();
         let file = open_accounts(shard, shard_count)?;
         let dir = crate::storage::shard_dir(data_dir, shard);
-        let judged = judge_shard(&dir, file.view(), shard, shard_count)?;
+        let judged = judge_shard(&dir, file.view(), &manifest, shard)?;
         Ok((file, judged))
     })?;
     let judged: Vec<&JudgedShard> = shards.iter().map(|(_, judged)| judged).collect();
     let owed = judge_ledger(&judged)?;
+    check_owed_targets(&shards, &owed)?;
     Ok(Judgement::Existing {
         manifest,
         shards,
         owed,
     })
+}
+
+/// Applying an owed credit reads its target account; behind a persisted index that slot has
+/// not been read yet. Read it now, so that a damaged target refuses the open before anything
+/// is written rather than half-way through applying the credits.
+fn check_owed_targets<F: AccountsSource>(
+    shards: &[(F, JudgedShard)],
+    owed: &[OwedCredit],
+) -> Result<()> {
+    for credit in owed {
+        let Some((file, target)) = shards.get(credit.debit.target_shard as usize) else {
+            continue;
+        };
+        let key = credit.debit.to;
+        let Some(entry) = target.index.get(&key).filter(|e| e.cached.is_none()) else {
+            continue;
+        };
+        let view = file.view();
+        let problem = match view.read_slot(entry.slot) {
+            SlotRead::Valid(state) if state.key == key => continue,
+            SlotRead::Valid(_) => "slot holds another key than the index says",
+            SlotRead::Empty => "index points at an empty slot",
+            SlotRead::Corrupt(reason) => reason,
+        };
+        return Err(LedgerError::corrupt(
+            view.path(),
+            slot_offset(entry.slot),
+            format!("{problem}, and an owed credit must be applied to {key}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `work` for every shard on its own thread; the first error (in shard order) wins.
@@ -206,10 +238,14 @@ fn in_parallel<T: Send>(
 pub fn judge_shard(
     dir: &Path,
     view: AccountsView<'_>,
+    manifest: &Manifest,
     shard: u32,
-    shard_count: u32,
 ) -> Result<JudgedShard> {
-    let header = view.newest_header(shard, shard_count)?;
+    let placement = Placement {
+        seed: manifest.hash_seed,
+        shard_count: manifest.shard_count,
+    };
+    let header = view.newest_header(shard, manifest.shard_count)?;
     check_segment_names(dir)?;
     let wal = reader::scan(dir, header.checkpoint_lsn + 1)?;
     reader::check_continuity(dir, header.checkpoint_lsn, &wal)?;
@@ -217,8 +253,8 @@ pub fn judge_shard(
         .records
         .last()
         .is_some_and(|(lsn, _)| *lsn > header.checkpoint_lsn);
-    let (slots, index_source) = load_index(dir, view, &header, above_checkpoint)?;
-    let mut replay = Replay::new(view, &header, slots, &wal);
+    let (slots, index_source) = load_index(dir, view, &header, above_checkpoint, &placement)?;
+    let mut replay = Replay::new(view, &header, slots, &wal, placement);
     for (lsn, body) in &wal.records {
         replay.record(*lsn, body)?;
     }
@@ -247,6 +283,7 @@ pub fn judge_ledger(shards: &[&JudgedShard]) -> Result<Vec<OwedCredit>> {
     for target in shards {
         check_watermarks(shards, target)?;
         check_credits(shards, target)?;
+        check_no_credit_skipped(shards, target)?;
     }
     let owed = owed_credits(shards);
     let balances: u128 = shards.iter().map(|s| s.balance_sum).sum();
@@ -303,6 +340,43 @@ fn check_watermarks(shards: &[&JudgedShard], target: &JudgedShard) -> Result<()>
                 format!(
                     "shard {} credited debit LSN {credited} of shard {source}, whose WAL ends at LSN {last_lsn}: durable records were lost",
                     target.shard
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every debit of a source that the target's watermark moved past since its checkpoint must
+/// have its credit among the target's replayed credits: a watermark that jumps a debit would
+/// make that debit's money vanish (it would be neither credited nor owed).
+fn check_no_credit_skipped(shards: &[&JudgedShard], target: &JudgedShard) -> Result<()> {
+    for source in shards.iter().filter(|s| s.shard != target.shard) {
+        let index = source.shard as usize;
+        let (from, to) = (target.header.applied[index], target.applied[index]);
+        if from == to {
+            continue;
+        }
+        let credited: HashSet<u64> = target
+            .credits
+            .iter()
+            .filter(|c| c.source_shard == source.shard && c.lsn > target.header.checkpoint_lsn)
+            .map(|c| c.source_lsn)
+            .collect();
+        let skipped = source.debits.iter().find(|d| {
+            d.target_shard == target.shard
+                && d.lsn > from
+                && d.lsn <= to
+                && !credited.contains(&d.lsn)
+        });
+        if let Some(debit) = skipped {
+            let (path, offset) = locate(&source.wal, debit.lsn);
+            return Err(LedgerError::corrupt(
+                path,
+                offset,
+                format!(
+                    "debit at LSN {} of shard {} is below shard {}'s credit watermark {to}, but shard {} never credited it: money would vanish",
+                    debit.lsn, source.shard, target.shard, target.shard
                 ),
             ));
         }
@@ -389,6 +463,19 @@ fn check_segment_names(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Which shard a key belongs to: accounts live only on their own shard.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    seed: [u64; 2],
+    shard_count: u32,
+}
+
+impl Placement {
+    fn shard_of(&self, key: &Pubkey) -> u32 {
+        crate::actors::router::shard_of(key, self.seed, self.shard_count)
+    }
+}
+
 /// What a scan of the slots (or the persisted index) gives replay to start from.
 #[derive(Debug, Default)]
 struct Slots {
@@ -409,6 +496,7 @@ fn load_index(
     view: AccountsView<'_>,
     header: &Header,
     above_checkpoint: bool,
+    placement: &Placement,
 ) -> Result<(Slots, IndexSource)> {
     let reason = if !header.clean {
         "the last shutdown was not clean".to_string()
@@ -433,14 +521,18 @@ fn load_index(
             Err(error) => format!("index.bin is unreadable: {error}"),
         }
     };
-    Ok((scan_slots(view, header)?, IndexSource::Rebuilt(reason)))
+    Ok((
+        scan_slots(view, header, placement)?,
+        IndexSource::Rebuilt(reason),
+    ))
 }
 
 /// Builds the index by scanning every slot of the file.
-fn scan_slots(view: AccountsView<'_>, header: &Header) -> Result<Slots> {
-    // Sized for the whole file: growing a large map later briefly holds two copies of it.
+fn scan_slots(view: AccountsView<'_>, header: &Header, placement: &Placement) -> Result<Slots> {
+    // Sized for the whole file (growing a large map later briefly holds two copies of it), but
+    // never beyond 2^24 up front: the file's length is read from disk too.
     let mut slots = Slots {
-        index: index::new_index(view.capacity() as usize),
+        index: index::new_index(view.capacity().min(1 << 24) as usize),
         scanned_sum: Some(0),
         ..Slots::default()
     };
@@ -450,6 +542,13 @@ fn scan_slots(view: AccountsView<'_>, header: &Header) -> Result<Slots> {
         let in_use = slot < header.slot_count;
         match read {
             SlotRead::Valid(state) if in_use => {
+                if placement.shard_of(&state.key) != header.shard {
+                    return Err(LedgerError::corrupt(
+                        view.path(),
+                        slot_offset(slot),
+                        format!("slot holds {}, an account of another shard", state.key),
+                    ));
+                }
                 let entry = IndexEntry {
                     slot,
                     cached: Some(cached_of_slot(&state)),
@@ -506,6 +605,7 @@ enum Previous {
 struct Replay<'a> {
     view: AccountsView<'a>,
     wal: &'a WalScan,
+    placement: Placement,
     shard: u32,
     shard_count: u32,
     checkpoint_lsn: u64,
@@ -541,11 +641,18 @@ struct Finished {
 }
 
 impl<'a> Replay<'a> {
-    fn new(view: AccountsView<'a>, header: &Header, slots: Slots, wal: &'a WalScan) -> Self {
+    fn new(
+        view: AccountsView<'a>,
+        header: &Header,
+        slots: Slots,
+        wal: &'a WalScan,
+        placement: Placement,
+    ) -> Self {
         let damaged = slots.damaged.iter().copied().collect();
         Replay {
             view,
             wal,
+            placement,
             shard: header.shard,
             shard_count: header.shard_count,
             checkpoint_lsn: header.checkpoint_lsn,
@@ -612,11 +719,21 @@ impl<'a> Replay<'a> {
                 amount
             }
             RecordBody::Debit {
+                to,
                 target_shard,
                 amount,
                 ..
             } => {
                 self.check_peer(lsn, target_shard)?;
+                if self.placement.shard_of(&Pubkey(to)) != target_shard {
+                    return Err(self.bad_record(
+                        lsn,
+                        format!(
+                            "debits towards {}, which is not on shard {target_shard}",
+                            Pubkey(to)
+                        ),
+                    ));
+                }
                 amount
             }
             RecordBody::Credit {
@@ -728,13 +845,17 @@ impl<'a> Replay<'a> {
     /// Checks one after-image against the state it replaces and puts it in the overlay.
     fn image(&mut self, lsn: u64, image: &AfterImage, change: Change) -> Result<()> {
         let key = Pubkey(image.key);
+        if self.placement.shard_of(&key) != self.shard {
+            return Err(self.bad_record(lsn, format!("writes {key}, an account of another shard")));
+        }
         let previous = self.previous(lsn, image, &key)?;
         if let Previous::Known(previous) = previous {
             let balance = match change {
                 Change::Credit(amount) => previous.balance.checked_add(amount),
                 Change::Debit(amount) => previous.balance.checked_sub(amount),
             };
-            if balance != Some(image.balance) || image.sequence != previous.sequence + 1 {
+            let sequence = previous.sequence.checked_add(1);
+            if balance != Some(image.balance) || sequence != Some(image.sequence) {
                 return Err(self.bad_record(
                     lsn,
                     format!(

@@ -170,13 +170,14 @@ impl Ledger {
         let max_batch_ops = config.max_batch_ops;
         let (checkpoint_interval_ms, checkpoint_wal_bytes) =
             (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
+        let data_dir = config.data_dir.clone();
         let (running, resent_credits) = tokio::task::spawn_blocking(move || {
             let recovered = recovery::open(&config)?;
             let resent_credits = recovered.resent_credits;
             actors::system::start(recovered, &config).map(|running| (running, resent_credits))
         })
         .await
-        .map_err(|_| LedgerError::Closed)??;
+        .map_err(|error| opening_failed(&data_dir, error))??;
         Ok(Ledger {
             inner: Arc::new(Inner {
                 router: running.router,
@@ -246,8 +247,9 @@ impl Ledger {
     }
 
     async fn one(&self, op: Op) -> Result<Receipt, LedgerError> {
-        self.check_open()?;
+        // Counted before the check, so that a shutdown that starts now waits for this call.
         let _in_flight = InFlight::enter(&self.inner);
+        self.check_open()?;
         let started = Instant::now();
         let (sender, receiver) = oneshot::channel();
         let result = match self
@@ -269,8 +271,8 @@ impl Ledger {
     /// effects of operations that were refused, and nothing else there can be told apart from
     /// them until the ledger is reopened.
     pub async fn account(&self, key: &Pubkey) -> Result<Option<Account>, LedgerError> {
-        self.check_open()?;
         let _in_flight = InFlight::enter(&self.inner);
+        self.check_open()?;
         self.inner.routing.read(key).await
     }
 
@@ -281,6 +283,7 @@ impl Ledger {
         &self,
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
+        let _in_flight = InFlight::enter(&self.inner);
         self.check_open()?;
         if ops.len() > self.inner.max_batch_ops {
             return Err(LedgerError::BatchTooLarge {
@@ -291,7 +294,6 @@ impl Ledger {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let _in_flight = InFlight::enter(&self.inner);
         let started = Instant::now();
         let (reply, receiver) = oneshot::channel();
         self.inner
@@ -461,6 +463,26 @@ impl Ledger {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         result
+    }
+}
+
+/// Opening ran on a blocking thread that did not finish: it panicked (a bug) or its runtime is
+/// shutting down. Either way the caller learns which directory, and why.
+fn opening_failed(data_dir: &std::path::Path, error: tokio::task::JoinError) -> LedgerError {
+    if !error.is_panic() {
+        return LedgerError::Closed;
+    }
+    let panic = error.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    LedgerError::Io {
+        path: data_dir.to_path_buf(),
+        source: Arc::new(std::io::Error::other(format!(
+            "opening panicked (a bug in tally, please report it): {message}"
+        ))),
     }
 }
 

@@ -179,7 +179,7 @@ impl ShardState {
         let Some(entry) = self.index.get_mut(key) else {
             return Ok(None);
         };
-        let cached = cached_state(&self.accounts, entry, key)?;
+        let cached = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
         Ok(Some((entry.slot, cached)))
     }
 
@@ -234,8 +234,13 @@ impl ShardState {
             let lsn = self.log(RecordBody::Transfer { from, to, amount });
             return Ok(TransferOutcome::Local { lsn });
         };
-        let from_state = cached_state(&self.accounts, from_entry, &from)?;
-        let to_state = cached_state(&self.accounts, to_entry, &to)?;
+        let from_state = cached_state(
+            &self.accounts,
+            from_entry,
+            &from,
+            self.header.checkpoint_lsn,
+        )?;
+        let to_state = cached_state(&self.accounts, to_entry, &to, self.header.checkpoint_lsn)?;
         check_funds(from_state, amount)?;
         let to_balance = to_state
             .balance
@@ -292,7 +297,7 @@ impl ShardState {
             .index
             .get_mut(key)
             .ok_or(LedgerError::AccountNotFound(*key))?;
-        let state = cached_state(&self.accounts, entry, key)?;
+        let state = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
         check_funds(state, amount)?;
         let image = Self::image(key, entry.slot, state, state.balance - amount);
         entry.cached = Some(cached_of(&image));
@@ -304,7 +309,7 @@ impl ShardState {
     /// corrupt state. Changes nothing on error.
     fn credit_in_place(&mut self, key: &Pubkey, amount: u64) -> Result<AfterImage> {
         if let Some(entry) = self.index.get_mut(key) {
-            let state = cached_state(&self.accounts, entry, key)?;
+            let state = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
             let balance = state
                 .balance
                 .checked_add(amount)
@@ -523,12 +528,22 @@ fn apply_delta(sum: u128, delta: i128) -> u128 {
 }
 
 /// The newest state of the account `entry` indexes; the first access since open reads (and
-/// checks) its slot.
-fn cached_state(accounts: &AccountsFile, entry: &mut IndexEntry, key: &Pubkey) -> Result<Cached> {
+/// checks) its slot. Only accounts behind a persisted index are read here, and their slots were
+/// last written at or before the checkpoint (`checkpoint_lsn`): a later stamp was not written
+/// by this ledger.
+fn cached_state(
+    accounts: &AccountsFile,
+    entry: &mut IndexEntry,
+    key: &Pubkey,
+    checkpoint_lsn: u64,
+) -> Result<Cached> {
     if let Some(cached) = entry.cached {
         return Ok(cached);
     }
     let reason = match accounts.read_slot(entry.slot) {
+        SlotRead::Valid(state) if state.key == *key && state.lsn > checkpoint_lsn => {
+            "slot stamped with an LSN above the checkpoint its index was written at"
+        }
         SlotRead::Valid(state) if state.key == *key => {
             let cached = Cached {
                 balance: state.balance,

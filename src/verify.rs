@@ -255,9 +255,9 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     note_unexpected_entries(data_dir, &mut report);
     match judge::judge_directory(data_dir, |shard, _| AccountsBytes::read(data_dir, shard)) {
         Err(error) => {
-            report.format_version = Manifest::read(&data_dir.join(MANIFEST_FILE))
-                .ok()
-                .map(|m| m.version);
+            let manifest = Manifest::read(&data_dir.join(MANIFEST_FILE)).ok();
+            report.format_version = manifest.map(|m| m.version);
+            report.shards = manifest.map_or(0, |m| m.shard_count);
             let finding = Finding::from_error(&error, data_dir);
             report.problems.push(finding.clone());
             report.verdict = Verdict::Refused(finding);
@@ -372,9 +372,15 @@ fn check_slots_behind_the_index(
 ) {
     let mut entries: Vec<_> = shard.index.iter().collect();
     entries.sort_unstable_by_key(|(_, entry)| entry.slot);
+    let problems_before = report.problems.len();
     let mut sum = 0u128;
     for (key, entry) in entries {
         let problem = match view.read_slot(entry.slot) {
+            SlotRead::Valid(state)
+                if state.key == *key && state.lsn > shard.header.checkpoint_lsn =>
+            {
+                "slot stamped with an LSN above the checkpoint its index was written at"
+            }
             SlotRead::Valid(state) if state.key == *key => {
                 sum += state.balance as u128;
                 continue;
@@ -389,7 +395,7 @@ fn check_slots_behind_the_index(
             format!("{problem}: reading account {key} fails"),
         ));
     }
-    if report.problems.is_empty() && sum != shard.balance_sum {
+    if report.problems.len() == problems_before && sum != shard.balance_sum {
         report.problems.push(Finding::at(
             view.path(),
             crate::storage::accounts::HEADER_BALANCE_SUM_OFFSET as u64,

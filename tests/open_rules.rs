@@ -441,3 +441,247 @@ async fn a_true_crafted_record_opens() {
     );
     ledger.shutdown().await.unwrap();
 }
+
+// ---- found in review: each a directory the rules once accepted or handled wrongly ----
+
+use tally::internals::shard_of;
+use tally::internals::storage::accounts::{SlotRead, SlotState};
+use tally::internals::storage::manifest::Manifest;
+
+/// The `skip`-th key (of a fixed sequence) that lives on `shard`.
+fn key_on(dir: &Path, shard: u32, skip: usize) -> Pubkey {
+    let manifest = Manifest::read(&dir.join("MANIFEST")).unwrap();
+    (0u32..)
+        .map(|n| {
+            let mut bytes = [0x5Au8; 32];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            Pubkey(bytes)
+        })
+        .filter(|k| shard_of(k, manifest.hash_seed, manifest.shard_count) == shard)
+        .nth(skip)
+        .unwrap()
+}
+
+/// Appends CRC-valid records at a shard's next LSNs.
+fn append_records(dir: &Path, shard: u32, records: &[RecordBody]) -> PathBuf {
+    let shard_dir = dir.join(format!("shard-{shard:03}"));
+    let scan = tally::internals::wal::reader::scan(&shard_dir, 1).unwrap();
+    let first = scan.tail.next_lsn;
+    let mut writer = tally::internals::wal::writer::WalWriter::open(
+        tally::internals::io::real(),
+        &shard_dir,
+        &scan.segments,
+        &scan.tail,
+        64 << 20,
+    )
+    .unwrap();
+    let (mut bytes, mut frame_start) = (Vec::new(), 0);
+    for (n, body) in records.iter().enumerate() {
+        tally::internals::wal::frame::push_record(
+            &mut bytes,
+            &mut frame_start,
+            first + n as u64,
+            body,
+        );
+    }
+    let last = first + records.len() as u64 - 1;
+    writer.append(&mut bytes, first, last).unwrap();
+    writer.sync().unwrap();
+    writer.path().to_path_buf()
+}
+
+fn image_of(slot: u64, key: Pubkey, balance: u64, sequence: u64) -> AfterImage {
+    AfterImage {
+        slot,
+        key: key.0,
+        balance,
+        sequence,
+    }
+}
+
+/// Two shards, 100 minted on shard 0's first account (slot 0, LSN 1); dropped, lock released.
+async fn two_shards_after_a_mint() -> (tempfile::TempDir, Pubkey, Pubkey) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path())).await.unwrap();
+    let (a, b) = (key_on(dir.path(), 0, 0), key_on(dir.path(), 1, 0));
+    ledger.mint(a, 100).await.unwrap();
+    drop(ledger);
+    wait_unlocked(dir.path()).await;
+    (dir, a, b)
+}
+
+/// A target that credits debit 3 of a source but never debit 2 moved its watermark past a debit:
+/// that debit's money would be neither credited nor owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_that_skips_a_debit_is_corrupt() {
+    let (dir, a, b) = two_shards_after_a_mint().await;
+    let debit = |from: AfterImage| RecordBody::Debit {
+        from,
+        to: b.0,
+        target_shard: 1,
+        amount: 10,
+    };
+    append_records(
+        dir.path(),
+        0,
+        &[debit(image_of(0, a, 90, 2)), debit(image_of(0, a, 80, 3))],
+    );
+    let credit = RecordBody::Credit {
+        source_shard: 0,
+        source_lsn: 3,
+        to: image_of(0, b, 10, 1),
+        amount: 10,
+    };
+    append_records(dir.path(), 1, &[credit]);
+    match refused(dir.path()).await {
+        LedgerError::Corrupt { reason, .. } => {
+            assert!(reason.contains("never credited it"), "{reason}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
+    assert!(!report.is_sound(), "{report:?}");
+}
+
+/// A record may only write accounts of its own shard, and a debit must name the shard its
+/// target lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_written_on_another_shard_is_corrupt() {
+    let (dir, a, b) = two_shards_after_a_mint().await;
+    let transfer = RecordBody::Transfer {
+        from: image_of(0, a, 90, 2),
+        to: image_of(1, b, 10, 1),
+        amount: 10,
+    };
+    append_records(dir.path(), 0, &[transfer]);
+    match refused(dir.path()).await {
+        LedgerError::Corrupt { reason, .. } => {
+            assert!(reason.contains("an account of another shard"), "{reason}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let (dir, a, _) = two_shards_after_a_mint().await;
+    let other_on_0 = key_on(dir.path(), 0, 1);
+    let debit = RecordBody::Debit {
+        from: image_of(0, a, 90, 2),
+        to: other_on_0.0,
+        target_shard: 1,
+        amount: 10,
+    };
+    append_records(dir.path(), 0, &[debit]);
+    match refused(dir.path()).await {
+        LedgerError::Corrupt { reason, .. } => {
+            assert!(reason.contains("which is not on shard 1"), "{reason}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// An owed credit whose target slot is damaged behind a persisted index is refused before any
+/// byte of any shard is written (not half-way through applying the credits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_credit_to_a_damaged_slot_is_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path())).await.unwrap();
+    let (a, b) = (key_on(dir.path(), 0, 0), key_on(dir.path(), 1, 0));
+    ledger.mint(a, 100).await.unwrap();
+    ledger.mint(b, 100).await.unwrap();
+    ledger.shutdown().await.unwrap();
+    let path = dir.path().join("shard-001/accounts.dat");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8192 + 40] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let debit = RecordBody::Debit {
+        from: image_of(0, a, 90, 2),
+        to: b.0,
+        target_shard: 1,
+        amount: 10,
+    };
+    append_records(dir.path(), 0, &[debit]);
+    match refused(dir.path()).await {
+        LedgerError::Corrupt {
+            path: found,
+            offset,
+            ..
+        } => {
+            assert_eq!((found, offset), (path, 8192))
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
+    assert!(
+        matches!(
+            report.verdict,
+            tally::internals::verify::Verdict::Refused(_)
+        ),
+        "verify agrees with open: {report:?}"
+    );
+}
+
+/// A slot whose sequence is `u64::MAX` (or above its LSN), or a header whose generation is
+/// `u64::MAX`, passes its CRC but is impossible: `Corrupt`, never an overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_sequences_and_generations_are_corrupt_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    let a = key_on(dir.path(), 0, 0);
+    ledger.mint(a, 100).await.unwrap();
+    ledger.shutdown().await.unwrap();
+    let path = dir.path().join("shard-000/accounts.dat");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let SlotRead::Valid(state) = SlotState::decode(&bytes[8192..8192 + 128]) else {
+        panic!("slot 0 holds the account");
+    };
+    let crafted = SlotState {
+        sequence: u64::MAX,
+        ..state
+    };
+    bytes[8192..8192 + 128].copy_from_slice(&crafted.encode());
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::remove_file(dir.path().join("shard-000/index.bin")).unwrap();
+    assert!(matches!(
+        refused(dir.path()).await,
+        LedgerError::Corrupt { .. }
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    clean_ledger(dir.path()).await;
+    rewrite_header(dir.path(), 0, |h| {
+        h[24..32].copy_from_slice(&u64::MAX.to_le_bytes())
+    });
+    assert!(matches!(
+        refused(dir.path()).await,
+        LedgerError::Corrupt { .. }
+    ));
+}
+
+/// Behind a persisted index, a CRC-valid slot stamped after the clean checkpoint was not written
+/// by this ledger: reading it fails with `Corrupt`, and verify reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_stamped_after_a_clean_checkpoint_fails_to_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    let a = key_on(dir.path(), 0, 0);
+    ledger.mint(a, 100).await.unwrap();
+    ledger.shutdown().await.unwrap();
+    let path = dir.path().join("shard-000/accounts.dat");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let SlotRead::Valid(state) = SlotState::decode(&bytes[8192..8192 + 128]) else {
+        panic!("slot 0 holds the account");
+    };
+    let crafted = SlotState {
+        lsn: state.lsn + 50,
+        balance: 7_000,
+        ..state
+    };
+    bytes[8192..8192 + 128].copy_from_slice(&crafted.encode());
+    std::fs::write(&path, &bytes).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
+    assert!(!report.is_sound(), "{report:?}");
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    assert!(matches!(
+        ledger.account(&a).await,
+        Err(LedgerError::Corrupt { offset: 8192, .. })
+    ));
+    ledger.shutdown().await.unwrap();
+}

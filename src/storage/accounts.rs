@@ -185,6 +185,11 @@ impl Header {
         if checkpoint_lsn > crate::wal::LSN_MAX {
             return Err(format!("checkpoint LSN {checkpoint_lsn} out of range"));
         }
+        // Each header write takes the next generation; it can never get near the top of u64.
+        let generation = read_u64(bytes, HEADER_GENERATION_OFFSET);
+        if generation > crate::wal::LSN_MAX {
+            return Err(format!("generation {generation} out of range"));
+        }
         let mut sum = [0u8; 16];
         sum.copy_from_slice(&bytes[HEADER_BALANCE_SUM_OFFSET..HEADER_WATERMARKS_OFFSET]);
         let balance_sum = u128::from_le_bytes(sum);
@@ -202,7 +207,7 @@ impl Header {
             shard,
             shard_count,
             clean: read_u32(bytes, HEADER_FLAGS_OFFSET) & FLAG_CLEAN != 0,
-            generation: read_u64(bytes, HEADER_GENERATION_OFFSET),
+            generation,
             checkpoint_lsn,
             slot_count: read_u64(bytes, HEADER_SLOT_COUNT_OFFSET),
             balance_sum,
@@ -266,11 +271,20 @@ impl SlotState {
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(&bytes[..SLOT_KEY_BYTES]);
+        let (sequence, lsn) = (
+            read_u64(bytes, SLOT_SEQUENCE_OFFSET),
+            read_u64(bytes, SLOT_LSN_OFFSET),
+        );
+        // Every update of an account is a record of its shard: it cannot have had more updates
+        // than its shard has LSNs.
+        if lsn > crate::wal::LSN_MAX || sequence > lsn {
+            return SlotRead::Corrupt("slot passes its CRC but its sequence or LSN is impossible");
+        }
         SlotRead::Valid(SlotState {
             key: Pubkey(key),
             balance: read_u64(bytes, SLOT_BALANCE_OFFSET),
-            sequence: read_u64(bytes, SLOT_SEQUENCE_OFFSET),
-            lsn: read_u64(bytes, SLOT_LSN_OFFSET),
+            sequence,
+            lsn,
         })
     }
 }
@@ -283,7 +297,7 @@ pub fn slot_offset(slot: u64) -> u64 {
 }
 
 /// A read-only view of an account file's bytes: what recovery and `verify` judge before
-/// anything is written. Built over the writable map at open, or over a read-only map.
+/// anything is written. Built over the writable map at open, or over the bytes `verify` read.
 #[derive(Clone, Copy)]
 pub struct AccountsView<'a> {
     path: &'a Path,
@@ -337,37 +351,31 @@ impl<'a> AccountsView<'a> {
     /// to and the file's size. A torn slot leaves the other in force; a CRC-valid slot with
     /// impossible numbers is corruption.
     pub fn newest_header(&self, shard: u32, shard_count: u32) -> Result<Header> {
-        let [first, second] = self.header_slots();
-        for (position, read) in [&first, &second].into_iter().enumerate() {
-            if let HeaderRead::Impossible(reason) = read {
-                return Err(LedgerError::corrupt(
-                    self.path,
-                    (position * HEADER_SLOT_BYTES) as u64,
-                    format!("header slot {position} passes its CRC but {reason}"),
-                ));
-            }
-        }
-        let header = match (first, second) {
-            (HeaderRead::Valid(a), HeaderRead::Valid(b)) => {
-                if b.generation > a.generation {
-                    b
-                } else {
-                    a
+        let mut newest: Option<Header> = None;
+        let mut torn = String::new();
+        for (position, read) in self.header_slots().into_iter().enumerate() {
+            match read {
+                HeaderRead::Impossible(reason) => {
+                    return Err(LedgerError::corrupt(
+                        self.path,
+                        (position * HEADER_SLOT_BYTES) as u64,
+                        format!("header slot {position} passes its CRC but {reason}"),
+                    ))
+                }
+                HeaderRead::Torn(reason) => torn = reason,
+                HeaderRead::Valid(header) => {
+                    if newest
+                        .as_ref()
+                        .is_none_or(|best| header.generation > best.generation)
+                    {
+                        newest = Some(header);
+                    }
                 }
             }
-            (HeaderRead::Valid(a), _) => a,
-            (_, HeaderRead::Valid(b)) => b,
-            (HeaderRead::Torn(reason), _) | (_, HeaderRead::Torn(reason)) => {
-                return Err(LedgerError::corrupt(
-                    self.path,
-                    0,
-                    format!("no valid header: {reason}"),
-                ))
-            }
-            (HeaderRead::Impossible(reason), HeaderRead::Impossible(_)) => {
-                return Err(LedgerError::corrupt(self.path, 0, reason))
-            }
-        };
+        }
+        let header = newest.ok_or_else(|| {
+            LedgerError::corrupt(self.path, 0, format!("no valid header: {torn}"))
+        })?;
         if header.shard != shard || header.shard_count != shard_count {
             return Err(LedgerError::corrupt(
                 self.path,

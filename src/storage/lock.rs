@@ -55,7 +55,17 @@ impl DirLock {
                 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err(TryLockError::WouldBlock) => return Err(LedgerError::Locked { path }),
+                // A release marks itself done only after the lock is free: if it finished
+                // between the try and the check, one more try takes the lock.
+                Err(TryLockError::WouldBlock) => {
+                    return match file.try_lock() {
+                        Ok(()) => Ok(DirLock {
+                            file: Some(file),
+                            path,
+                        }),
+                        Err(_) => Err(LedgerError::Locked { path }),
+                    };
+                }
                 Err(TryLockError::Error(e)) => return Err(LedgerError::io(&path, e)),
             }
         }
