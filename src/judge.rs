@@ -413,22 +413,24 @@ fn check_credits(shards: &[&JudgedShard], target: &JudgedShard) -> Result<()> {
     Ok(())
 }
 
+/// Where the record with `lsn` sits in a scanned WAL's lists (records are consecutive).
+fn index_of(wal: &WalScan, lsn: u64) -> Option<usize> {
+    let first = wal.records.first()?.0;
+    let index = usize::try_from(lsn.checked_sub(first)?).ok()?;
+    wal.records
+        .get(index)
+        .is_some_and(|(found, _)| *found == lsn)
+        .then_some(index)
+}
+
 /// The record with `lsn` in a scanned WAL, if the WAL still holds it.
 pub fn record_at(wal: &WalScan, lsn: u64) -> Option<&RecordBody> {
-    let first = wal.records.first()?.0;
-    let position = usize::try_from(lsn.checked_sub(first)?).ok()?;
-    wal.records
-        .get(position)
-        .filter(|(found, _)| *found == lsn)
-        .map(|(_, body)| body)
+    index_of(wal, lsn).map(|index| &wal.records[index].1)
 }
 
 /// The file and offset of the record with `lsn`, for reports.
 pub fn locate(wal: &WalScan, lsn: u64) -> (PathBuf, u64) {
-    let position = wal.records.first().and_then(|(first, _)| {
-        let index = usize::try_from(lsn.checked_sub(*first)?).ok()?;
-        wal.positions.get(index)
-    });
+    let position = index_of(wal, lsn).and_then(|index| wal.positions.get(index));
     if let Some(position) = position {
         if let Some(segment) = wal.segments.get(position.segment) {
             return (segment.path.clone(), position.offset);

@@ -29,7 +29,7 @@ use std::time::SystemTime;
 use crate::error::{LedgerError, Result};
 use crate::judge::{self, AccountsSource, IndexSource, JudgedShard, Judgement, OwedCredit};
 use crate::storage::accounts::{
-    slot_offset, AccountsView, Header, HeaderRead, SlotRead, HEADER_BYTES, HEADER_SLOT_BYTES,
+    newest_valid, slot_offset, AccountsView, Header, SlotRead, HEADER_BYTES, HEADER_SLOT_BYTES,
 };
 use crate::storage::manifest::Manifest;
 use crate::storage::{parse_shard_dir, shard_dir, ACCOUNTS_FILE, LOCK_FILE, MANIFEST_FILE};
@@ -570,13 +570,9 @@ fn read_header(path: &Path) -> std::result::Result<Header, String> {
     if bytes.len() < HEADER_BYTES as usize {
         return Err(format!("{}: shorter than its header", path.display()));
     }
-    let first = Header::read(&bytes[..HEADER_SLOT_BYTES]);
-    let second = Header::read(&bytes[HEADER_SLOT_BYTES..]);
-    match (first, second) {
-        (HeaderRead::Valid(a), HeaderRead::Valid(b)) => {
-            Ok(if b.generation > a.generation { b } else { a })
-        }
-        (HeaderRead::Valid(a), _) | (_, HeaderRead::Valid(a)) => Ok(a),
-        _ => Err(format!("{}: no valid header", path.display())),
-    }
+    let slots = [
+        Header::read(&bytes[..HEADER_SLOT_BYTES]),
+        Header::read(&bytes[HEADER_SLOT_BYTES..]),
+    ];
+    newest_valid(slots).map_err(|(_, reason)| format!("{}: {reason}", path.display()))
 }

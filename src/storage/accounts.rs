@@ -226,6 +226,34 @@ pub enum HeaderRead {
     Impossible(String),
 }
 
+/// The header in force among the two slots: the valid one with the higher generation (the
+/// first on a tie). A torn slot leaves the other in force; a CRC-valid slot with impossible
+/// numbers is damage, never skipped. The error names the slot (0 or 1) and why.
+pub fn newest_valid(slots: [HeaderRead; 2]) -> std::result::Result<Header, (usize, String)> {
+    let mut newest: Option<Header> = None;
+    let mut torn = String::new();
+    for (position, read) in slots.into_iter().enumerate() {
+        match read {
+            HeaderRead::Impossible(reason) => {
+                return Err((
+                    position,
+                    format!("header slot {position} passes its CRC but {reason}"),
+                ))
+            }
+            HeaderRead::Torn(reason) => torn = reason,
+            HeaderRead::Valid(header) => {
+                if newest
+                    .as_ref()
+                    .is_none_or(|best| header.generation > best.generation)
+                {
+                    newest = Some(header);
+                }
+            }
+        }
+    }
+    newest.ok_or_else(|| (0, format!("no valid header: {torn}")))
+}
+
 /// The content of one account slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotState {
@@ -351,31 +379,10 @@ impl<'a> AccountsView<'a> {
     /// to and the file's size. A torn slot leaves the other in force; a CRC-valid slot with
     /// impossible numbers is corruption.
     pub fn newest_header(&self, shard: u32, shard_count: u32) -> Result<Header> {
-        let mut newest: Option<Header> = None;
-        let mut torn = String::new();
-        for (position, read) in self.header_slots().into_iter().enumerate() {
-            match read {
-                HeaderRead::Impossible(reason) => {
-                    return Err(LedgerError::corrupt(
-                        self.path,
-                        (position * HEADER_SLOT_BYTES) as u64,
-                        format!("header slot {position} passes its CRC but {reason}"),
-                    ))
-                }
-                HeaderRead::Torn(reason) => torn = reason,
-                HeaderRead::Valid(header) => {
-                    if newest
-                        .as_ref()
-                        .is_none_or(|best| header.generation > best.generation)
-                    {
-                        newest = Some(header);
-                    }
-                }
-            }
-        }
-        let header = newest.ok_or_else(|| {
-            LedgerError::corrupt(self.path, 0, format!("no valid header: {torn}"))
+        let header = newest_valid(self.header_slots()).map_err(|(position, reason)| {
+            LedgerError::corrupt(self.path, (position * HEADER_SLOT_BYTES) as u64, reason)
         })?;
+
         if header.shard != shard || header.shard_count != shard_count {
             return Err(LedgerError::corrupt(
                 self.path,
