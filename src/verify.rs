@@ -1,8 +1,8 @@
 //! Offline integrity check and description of a data directory (`tally verify`, `tally inspect`).
 //!
 //! `verify` judges the directory with exactly the rules `open` applies ([`crate::judge`]), on
-//! a copy of each account file read into memory, and reports what they return. It answers one
-//! of three ways:
+//! each account file mapped read-only (or copied, when a ledger holds the directory), and reports
+//! what they return. It answers one of three ways:
 //!
 //! * **sound**: `open` succeeds and loses nothing;
 //! * **opens after cutting**: `open` succeeds after cutting a torn WAL tail (records that were
@@ -219,24 +219,49 @@ impl VerifyReport {
     }
 }
 
-/// An account file read into memory, for the judge.
+/// An account file as `verify` reads it, for the judge: mapped read-only while `verify` holds
+/// the shared lock (no ledger can open the directory then, so nothing writes the file), and
+/// copied into memory when a ledger holds the lock (its writes cannot reach a copy).
 struct AccountsBytes {
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: Bytes,
+}
+
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Copied(Vec<u8>),
 }
 
 impl AccountsBytes {
-    fn read(data_dir: &Path, shard: u32) -> Result<Self> {
+    fn read(data_dir: &Path, shard: u32, locked: bool) -> Result<Self> {
         let path = shard_dir(data_dir, shard).join(ACCOUNTS_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| LedgerError::io(&path, e))?;
-        AccountsView::new(&path, &bytes)?;
-        Ok(AccountsBytes { path, bytes })
+        let bytes = if locked {
+            let file = File::open(&path).map_err(|e| LedgerError::io(&path, e))?;
+            // SAFETY: the map is read-only and lives while `verify` holds a shared lock on LOCK,
+            // which keeps every ledger (the only writer of this file) from opening the
+            // directory; every access goes through bounds-checked slices.
+            let map =
+                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LedgerError::io(&path, e))?;
+            Bytes::Mapped(map)
+        } else {
+            Bytes::Copied(std::fs::read(&path).map_err(|e| LedgerError::io(&path, e))?)
+        };
+        let account_bytes = AccountsBytes { path, bytes };
+        AccountsView::new(&account_bytes.path, account_bytes.slice())?;
+        Ok(account_bytes)
+    }
+
+    fn slice(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Mapped(map) => map,
+            Bytes::Copied(bytes) => bytes,
+        }
     }
 }
 
 impl AccountsSource for AccountsBytes {
     fn view(&self) -> AccountsView<'_> {
-        AccountsView::trusted(&self.path, &self.bytes)
+        AccountsView::trusted(&self.path, self.slice())
     }
 }
 
@@ -244,7 +269,7 @@ impl AccountsSource for AccountsBytes {
 /// be read; everything found inside it is in the report.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     require_dir(data_dir)?;
-    let (lock, _shared_lock) = probe_lock(data_dir);
+    let (lock, shared_lock) = probe_lock(data_dir);
     let mut report = VerifyReport::new(data_dir, lock.clone());
     if lock == LockState::Held {
         report.notes.push(Finding::file(
@@ -253,7 +278,10 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
         ));
     }
     note_unexpected_entries(data_dir, &mut report);
-    match judge::judge_directory(data_dir, |shard, _| AccountsBytes::read(data_dir, shard)) {
+    let locked = shared_lock.is_some();
+    match judge::judge_directory(data_dir, |shard, _| {
+        AccountsBytes::read(data_dir, shard, locked)
+    }) {
         Err(error) => {
             let manifest = Manifest::read(&data_dir.join(MANIFEST_FILE)).ok();
             report.format_version = manifest.map(|m| m.version);
@@ -279,8 +307,11 @@ pub type ReplayedAccount = (Pubkey, Option<(u64, u64)>);
 /// (key, balance and sequence, or `None` where reading the account fails on its damaged slot)
 /// when the directory opens, else the error `open` returns.
 pub fn replayed_accounts(data_dir: &Path) -> Result<Vec<ReplayedAccount>> {
-    let judgement =
-        judge::judge_directory(data_dir, |shard, _| AccountsBytes::read(data_dir, shard))?;
+    let (_, shared_lock) = probe_lock(data_dir);
+    let locked = shared_lock.is_some();
+    let judgement = judge::judge_directory(data_dir, |shard, _| {
+        AccountsBytes::read(data_dir, shard, locked)
+    })?;
     let Judgement::Existing { shards, .. } = judgement else {
         return Ok(Vec::new());
     };
