@@ -12,10 +12,13 @@
 //! `TMPDIR=/dev/shm PROPTEST_CASES=10000 cargo test --release --test differential` (twice, with
 //! different `PROPTEST_RNG_SEED`s).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use common::{copy_dir, files, wait_unlocked};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use tally::internals::wal::record::{AfterImage, RecordBody};
@@ -118,31 +121,6 @@ async fn workload(path: &Path, shape: Shape, seed: u64) {
     }
 }
 
-fn wait_unlocked(path: &Path) {
-    for _ in 0..2000 {
-        let file = std::fs::File::open(path.join("LOCK")).unwrap();
-        if file.try_lock().is_ok() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    panic!("the template ledger never released its lock");
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(files(&path));
-        } else if !path.ends_with("LOCK") {
-            found.push(path);
-        }
-    }
-    found.sort();
-    found
-}
-
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files(dir)
         .into_iter()
@@ -151,19 +129,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             (path, bytes)
         })
         .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

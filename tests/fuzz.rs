@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use common::{copy_dir, files};
 use proptest::prelude::*;
 use tally::internals::shard_of;
 use tally::internals::storage::accounts::{Header, SlotState};
@@ -313,33 +314,6 @@ fn config(path: &Path) -> Config {
         // Small segments keep the copy of the template per case cheap; the WAL still fits in one.
         .wal_segment_bytes(64 << 10)
         .checkpoint_interval_ms(3_600_000)
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(files(&path));
-        } else if !path.ends_with("LOCK") {
-            found.push(path);
-        }
-    }
-    found.sort();
-    found
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -68,6 +68,35 @@ pub fn wait_unlocked(dir: &Path) {
     }
 }
 
+/// Every file under `dir` but `LOCK`, sorted (what a copied or damaged template holds).
+pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files(&path));
+        } else if !path.ends_with("LOCK") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Copies a directory tree (a template directory into a test's own scratch directory).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
 /// Stats once nothing moves: two reads 20 ms apart that agree in every figure (cancelled calls
 /// and batch waves may still be finishing inside the ledger when their callers are gone).
 pub async fn settled_stats(ledger: &Ledger) -> Stats {
