@@ -29,6 +29,13 @@ pub mod wal {
     };
 }
 
+/// The transfer history: sealed segment indexes, their bloom filters, sealing and record reads.
+pub mod history {
+    pub use crate::history::{
+        bloom, idx, idx_path, log_path, parse_name, reader, seal, FileKind, RecordFacts, MARK_EVERY,
+    };
+}
+
 /// Offline checks of a closed directory (`tally verify`, `tally inspect`).
 pub mod verify {
     pub use crate::verify::*;

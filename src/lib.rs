@@ -43,6 +43,7 @@
 mod actors;
 mod config;
 mod error;
+mod history;
 mod hooks;
 #[doc(hidden)]
 pub mod internals;

@@ -112,6 +112,21 @@ pub fn decode(bytes: &[u8]) -> Decoded {
 /// Checks magic, CRC and ranges of the header at the start of `bytes`, and that the records it
 /// announces fit in `bytes`.
 pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, String> {
+    let header = decode_header_fields(bytes)?;
+    if bytes.len() < header.total_len() {
+        return Err(format!(
+            "frame of {} bytes cut short at {}",
+            header.total_len(),
+            bytes.len()
+        ));
+    }
+    Ok(header)
+}
+
+/// Checks magic, CRC and ranges of the header at the start of `bytes` (at least
+/// [`HEADER_BYTES`] of them), without asking for its records: for walking a segment frame by
+/// frame without holding whole frames.
+pub fn decode_header_fields(bytes: &[u8]) -> Result<FrameHeader, String> {
     if bytes.len() < HEADER_BYTES {
         return Err(format!("frame header cut short ({} bytes)", bytes.len()));
     }
@@ -128,13 +143,6 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, String> {
         synced_through: read_u64(bytes, SYNCED_OFFSET),
     };
     check_ranges(&header)?;
-    if bytes.len() < header.total_len() {
-        return Err(format!(
-            "frame of {} bytes cut short at {}",
-            header.total_len(),
-            bytes.len()
-        ));
-    }
     Ok(header)
 }
 

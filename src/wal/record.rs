@@ -16,9 +16,9 @@ use bincode::{Decode, Encode};
 
 use crate::storage::{read_u32, read_u64, write_u32, write_u64};
 
-const LEN_OFFSET: usize = 0;
+pub const LEN_OFFSET: usize = 0;
 const CRC_OFFSET: usize = LEN_OFFSET + 4;
-const LSN_OFFSET: usize = CRC_OFFSET + 4;
+pub const LSN_OFFSET: usize = CRC_OFFSET + 4;
 const KIND_OFFSET: usize = LSN_OFFSET + 8;
 pub const HEADER_BYTES: usize = KIND_OFFSET + 1;
 const _: () = assert!(HEADER_BYTES == 17);
