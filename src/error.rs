@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::types::Pubkey;
+use crate::types::{Pubkey, TransferId};
 
 /// Every way a ledger call can fail.
 ///
@@ -64,6 +64,13 @@ pub enum LedgerError {
     /// The file cannot grow (for example the disk is full).
     #[error("no space to grow {}", path.display())]
     Full { path: PathBuf },
+    /// The transfer id was used before with different fields (kind, accounts, amount or
+    /// `user_data`). Nothing was changed.
+    #[error("transfer id {id} was already used with different fields")]
+    IdConflict { id: TransferId },
+    /// `0` and `u128::MAX` are not transfer ids.
+    #[error("{id} is not a valid transfer id (0 and u128::MAX are reserved)")]
+    InvalidId { id: TransferId },
     /// A `submit` carried more operations than `limits.max_batch_ops` allows.
     #[error("batch of {len} operations exceeds the limit of {max}")]
     BatchTooLarge { len: usize, max: usize },

@@ -94,6 +94,8 @@ pub struct JudgedShard {
     pub balance_sum: u128,
     pub debits: Vec<ReplayedDebit>,
     pub credits: Vec<ReplayedCredit>,
+    /// The newest timestamp of any record the shard holds: the next one must be greater.
+    pub last_timestamp: u64,
     pub wal: WalScan,
 }
 
@@ -274,6 +276,7 @@ pub fn judge_shard(
         balance_sum: finished.balance_sum,
         debits: finished.debits,
         credits: finished.credits,
+        last_timestamp: finished.last_timestamp,
         wal,
     })
 }
@@ -583,6 +586,7 @@ fn cached_of_slot(state: &SlotState) -> Cached {
     Cached {
         balance: state.balance,
         sequence: state.sequence,
+        lsn: state.lsn,
     }
 }
 
@@ -626,6 +630,9 @@ struct Replay<'a> {
     balance_sum: u128,
     debits: Vec<ReplayedDebit>,
     credits: Vec<ReplayedCredit>,
+    /// The timestamp of the last deciding record replayed (0: none yet), and the header's.
+    last_timestamp: u64,
+    header_last_timestamp: u64,
 }
 
 /// What a finished replay hands over.
@@ -640,6 +647,7 @@ struct Finished {
     balance_sum: u128,
     debits: Vec<ReplayedDebit>,
     credits: Vec<ReplayedCredit>,
+    last_timestamp: u64,
 }
 
 impl<'a> Replay<'a> {
@@ -671,6 +679,8 @@ impl<'a> Replay<'a> {
             balance_sum: header.balance_sum,
             debits: Vec::new(),
             credits: Vec::new(),
+            last_timestamp: 0,
+            header_last_timestamp: header.last_timestamp,
         }
     }
 
@@ -691,8 +701,12 @@ impl<'a> Replay<'a> {
         self.book(lsn, body)?;
         if lsn > self.checkpoint_lsn {
             match *body {
-                RecordBody::Mint { to, amount } => self.image(lsn, &to, Change::Credit(amount))?,
-                RecordBody::Transfer { from, to, amount } => {
+                RecordBody::Mint { to, amount, .. } => {
+                    self.image(lsn, &to, Change::Credit(amount))?
+                }
+                RecordBody::Transfer {
+                    from, to, amount, ..
+                } => {
                     self.image(lsn, &from, Change::Debit(amount))?;
                     self.image(lsn, &to, Change::Credit(amount))?;
                 }
@@ -702,6 +716,7 @@ impl<'a> Replay<'a> {
                 RecordBody::Credit { to, amount, .. } => {
                     self.image(lsn, &to, Change::Credit(amount))?
                 }
+                RecordBody::Refused { .. } => {}
             }
             self.balance_sum = self.sum_after(lsn, body)?;
             self.file_lsn = lsn;
@@ -710,11 +725,44 @@ impl<'a> Replay<'a> {
         Ok(())
     }
 
-    /// Fields that must hold whatever the state: amounts, shard ids, distinct accounts.
-    fn check_fields(&self, lsn: u64, body: &RecordBody) -> Result<()> {
+    /// Fields that must hold whatever the state: amounts, shard ids, distinct accounts, valid
+    /// transfer ids and timestamps that only ever increase.
+    fn check_fields(&mut self, lsn: u64, body: &RecordBody) -> Result<()> {
+        if let Some(meta) = body.meta() {
+            if meta.id == 0 || meta.id == u128::MAX {
+                return Err(self.bad_record(lsn, format!("invalid transfer id {:#x}", meta.id)));
+            }
+            let floor = if lsn > self.checkpoint_lsn {
+                self.last_timestamp.max(self.header_last_timestamp)
+            } else {
+                self.last_timestamp
+            };
+            if meta.timestamp <= floor {
+                return Err(self.bad_record(
+                    lsn,
+                    format!(
+                        "timestamp {} is not after the shard's previous one, {floor}",
+                        meta.timestamp
+                    ),
+                ));
+            }
+            self.last_timestamp = meta.timestamp;
+        }
         let amount = match *body {
             RecordBody::Mint { amount, .. } => amount,
-            RecordBody::Transfer { from, to, amount } => {
+            RecordBody::Refused {
+                from, to, amount, ..
+            } => {
+                if from == Some(to) {
+                    return Err(
+                        self.bad_record(lsn, "a refused transfer from an account to itself")
+                    );
+                }
+                amount
+            }
+            RecordBody::Transfer {
+                from, to, amount, ..
+            } => {
                 if from.key == to.key {
                     return Err(self.bad_record(lsn, "a transfer from an account to itself"));
                 }
@@ -798,7 +846,7 @@ impl<'a> Replay<'a> {
                     amount,
                 });
             }
-            RecordBody::Mint { .. } | RecordBody::Transfer { .. } => {}
+            RecordBody::Mint { .. } | RecordBody::Transfer { .. } | RecordBody::Refused { .. } => {}
         }
         Ok(())
     }
@@ -857,6 +905,15 @@ impl<'a> Replay<'a> {
                 Change::Debit(amount) => previous.balance.checked_sub(amount),
             };
             let sequence = previous.sequence.checked_add(1);
+            if image.prev_lsn != previous.lsn {
+                return Err(self.bad_record(
+                    lsn,
+                    format!(
+                        "after-image of {key} points back at LSN {}, but its previous entry is at LSN {}",
+                        image.prev_lsn, previous.lsn
+                    ),
+                ));
+            }
             if balance != Some(image.balance) || sequence != Some(image.sequence) {
                 return Err(self.bad_record(
                     lsn,
@@ -866,8 +923,14 @@ impl<'a> Replay<'a> {
                     ),
                 ));
             }
-        } else if image.sequence == 0 {
-            return Err(self.bad_record(lsn, format!("after-image of {key} has sequence 0")));
+        } else if image.sequence == 0 || image.prev_lsn >= lsn {
+            return Err(self.bad_record(
+                lsn,
+                format!(
+                    "after-image of {key} has sequence {} and points back at LSN {}",
+                    image.sequence, image.prev_lsn
+                ),
+            ));
         }
         let state = SlotState {
             key,
@@ -905,6 +968,7 @@ impl<'a> Replay<'a> {
             return Ok(Previous::Known(Cached {
                 balance: 0,
                 sequence: 0,
+                lsn: 0,
             }));
         }
         if self.damaged.remove(&image.slot) {
@@ -1042,6 +1106,7 @@ impl<'a> Replay<'a> {
             balance_sum: self.balance_sum,
             debits: self.debits,
             credits: self.credits,
+            last_timestamp: self.last_timestamp.max(self.header_last_timestamp),
         })
     }
 }

@@ -45,6 +45,7 @@ mod config;
 mod error;
 mod history;
 mod hooks;
+mod ids;
 #[doc(hidden)]
 pub mod internals;
 mod judge;
@@ -74,8 +75,10 @@ use actors::shard::ShardActor;
 pub use actix;
 pub use config::{Config, Durability};
 pub use error::LedgerError;
+pub use history::query::MAX_HISTORY_LIMIT;
 pub use types::{
-    Account, Health, Op, Pubkey, PubkeyParseError, Receipt, ShardHealth, ShardStats, Stats,
+    Account, Entry, Health, Op, Pubkey, PubkeyParseError, Receipt, ShardHealth, ShardStats, Stats,
+    Transfer, TransferId, TransferIdParseError,
 };
 
 /// How long `shutdown` waits for calls in flight before it closes the shards anyway.
@@ -129,6 +132,7 @@ struct Inner {
     front: std::sync::OnceLock<Addr<messages::LedgerActor>>,
     max_batch_ops: usize,
     resent_credits: u64,
+    history: Arc<history::ledger::LedgerHistory>,
 }
 
 impl Drop for Inner {
@@ -201,6 +205,7 @@ impl Ledger {
                 front: std::sync::OnceLock::new(),
                 max_batch_ops,
                 resent_credits,
+                history: running.history,
             }),
         })
     }
@@ -212,19 +217,80 @@ impl Ledger {
         Ok(())
     }
 
-    /// Creates `amount` units in `to`, creating the account if needed.
-    pub async fn mint(&self, to: Pubkey, amount: u64) -> Result<Receipt, LedgerError> {
-        self.one(Op::Mint { to, amount }).await
+    /// Creates `amount` units in `to`, creating the account if needed. `id` makes the mint
+    /// exactly-once: see [`Ledger::transfer`].
+    pub async fn mint(
+        &self,
+        id: TransferId,
+        to: Pubkey,
+        amount: u64,
+    ) -> Result<Receipt, LedgerError> {
+        self.one(Op::Mint {
+            id,
+            to,
+            amount,
+            user_data: 0,
+        })
+        .await
     }
 
     /// Moves `amount` from `from` to `to` (created if needed). All or nothing, across any crash.
+    ///
+    /// **Exactly once.** The first submission of `id` decides its outcome; any later
+    /// submission of the same id with the same fields — a second later, after a crash and
+    /// reopen, a year later — returns that outcome again and changes nothing: `Ok` with the
+    /// identical [`Receipt`], or the identical refusal. Refusals that depend on the state
+    /// (`InsufficientFunds`, `AccountNotFound`, `Overflow`) are remembered (logged, and under
+    /// `Durability::Sync` durable before they are answered), so a retry cannot flip them.
+    /// Refusals that do not (`ZeroAmount`, `SameAccount`, `InvalidId`, `BatchTooLarge`) do not
+    /// use the id. The same id with any field different is [`LedgerError::IdConflict`].
+    ///
+    /// An op answered [`LedgerError::Io`] may or may not have been written: its id stays
+    /// claimed (every submission of it gets that error) until the ledger is reopened, which
+    /// decides it from the WAL.
     pub async fn transfer(
         &self,
+        id: TransferId,
         from: Pubkey,
         to: Pubkey,
         amount: u64,
     ) -> Result<Receipt, LedgerError> {
-        self.one(Op::Transfer { from, to, amount }).await
+        self.one(Op::Transfer {
+            id,
+            from,
+            to,
+            amount,
+            user_data: 0,
+        })
+        .await
+    }
+
+    /// The applied mint or transfer with `id`, if any. A refused id is not a transfer (submit it
+    /// again to hear its refusal).
+    pub async fn lookup(&self, id: TransferId) -> Result<Option<Transfer>, LedgerError> {
+        let _in_flight = InFlight::enter(&self.inner);
+        self.check_open()?;
+        self.inner.history.lookup(id.0)
+    }
+
+    /// This account's entries with `sequence > after`, oldest first, at most `limit` of them
+    /// (an unknown account: an empty list; `limit` above [`MAX_HISTORY_LIMIT`] is clamped).
+    ///
+    /// Every applied mint and transfer is kept for the life of the ledger. The entries are in
+    /// the order the balance changed: the `sequence` of each matches `account(&key).sequence`
+    /// after it, and `balance_after` is the balance then. A cross-shard transfer appears in the
+    /// source's history when it commits and in the destination's when its credit lands. Page
+    /// with `after` = the last entry's sequence; each page reads at most `limit` + 32 records,
+    /// however deep in a long history it starts.
+    pub async fn history(
+        &self,
+        key: &Pubkey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, LedgerError> {
+        let _in_flight = InFlight::enter(&self.inner);
+        self.check_open()?;
+        self.inner.routing.history(key, after, limit).await
     }
 
     /// The address of an actor that takes the ledger's operations as messages, for actix
@@ -252,18 +318,60 @@ impl Ledger {
         let _in_flight = InFlight::enter(&self.inner);
         self.check_open()?;
         let started = Instant::now();
+        let result = self.decide(op).await;
+        record_op(&op, &result, started);
+        result
+    }
+
+    /// Claims `op`'s id and has its shard decide it, or answers from the record that decided it
+    /// before, or waits for the submission of it in flight.
+    async fn decide(&self, op: Op) -> Result<Receipt, LedgerError> {
+        check_stateless(&op)?;
+        loop {
+            match self.inner.history.ids.claim(op) {
+                ids::Claimed::Leader(claim) => {
+                    return match self.check_decided(&op, claim) {
+                        Checked::Answer(answer) => answer,
+                        Checked::New(claim) => self.send_claimed(op, claim).await,
+                    };
+                }
+                ids::Claimed::Follower(claim, settled) => {
+                    if let Some(answer) = follow(&claim.op, &op, ids::settled(settled).await) {
+                        return answer;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the id this submission has just claimed was decided before: then the claim is
+    /// released and the answer is the one its record gives.
+    fn check_decided(&self, op: &Op, claim: ids::ClaimGuard) -> Checked {
+        match self.inner.history.ids.locate(op.id().0) {
+            Ok(None) => Checked::New(claim),
+            Ok(Some(location)) => {
+                claim.free();
+                Checked::Answer(self.inner.history.answer(location, op))
+            }
+            Err(error) => {
+                claim.free();
+                Checked::Answer(Err(error))
+            }
+        }
+    }
+
+    /// Sends a single op, with the claim of its id, to its shard and waits for the answer.
+    async fn send_claimed(&self, op: Op, claim: ids::ClaimGuard) -> Result<Receipt, LedgerError> {
         let (sender, receiver) = oneshot::channel();
-        let result = match self
+        match self
             .inner
             .routing
-            .send_one(op, Completion::single(sender))
+            .send_one(op, claim, Completion::single(sender))
             .await
         {
             Ok(()) => receiver.await.unwrap_or(Err(LedgerError::Closed)),
             Err(error) => Err(error),
-        };
-        record_op(&op, &result, started);
-        result
+        }
     }
 
     /// Reads an account, including the effect of every call that has returned (read-your-writes).
@@ -296,15 +404,86 @@ impl Ledger {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let (reply, receiver) = oneshot::channel();
-        self.inner
-            .router
-            .send(RouteBatch { ops, reply })
-            .await
-            .map_err(|_| LedgerError::Closed)?;
-        let results = receiver.await.map_err(|_| LedgerError::Closed)?;
+        let results = self.decide_batch(ops).await?;
         record_batch(&results, started);
         Ok(results)
+    }
+
+    /// `submit` after its checks: each op's id is claimed in batch order; ops whose ids were
+    /// decided before are answered from their records, a repeated id within the batch is a
+    /// retry of its first op, ops whose ids another call has in flight wait for it, and the
+    /// rest run as one batch.
+    async fn decide_batch(
+        &self,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
+        let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
+        let mut first_of: std::collections::HashMap<TransferId, usize> =
+            std::collections::HashMap::with_capacity(ops.len());
+        let mut claimed = Vec::with_capacity(ops.len());
+        let mut claimed_at = Vec::with_capacity(ops.len());
+        let mut followers = Vec::new();
+        let mut repeats = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            if let Err(error) = check_stateless(op) {
+                results[index] = Some(Err(error));
+                continue;
+            }
+            if let Some(&first) = first_of.get(&op.id()) {
+                repeats.push((index, first));
+                continue;
+            }
+            first_of.insert(op.id(), index);
+            match self.inner.history.ids.claim(*op) {
+                ids::Claimed::Leader(claim) => match self.check_decided(op, claim) {
+                    Checked::Answer(answer) => results[index] = Some(answer),
+                    Checked::New(claim) => {
+                        claimed.push((*op, claim));
+                        claimed_at.push(index);
+                    }
+                },
+                ids::Claimed::Follower(claim, settled) => followers.push((index, claim, settled)),
+            }
+        }
+        if !claimed.is_empty() {
+            let (reply, receiver) = oneshot::channel();
+            self.inner
+                .router
+                .send(RouteBatch {
+                    ops: claimed,
+                    reply,
+                })
+                .await
+                .map_err(|_| LedgerError::Closed)?;
+            let decided = receiver.await.map_err(|_| LedgerError::Closed)?;
+            for (index, result) in claimed_at.into_iter().zip(decided) {
+                results[index] = Some(result);
+            }
+        }
+        // Ops whose ids another call holds: they change nothing here unless that call's op was
+        // refused before any WAL, when they run on their own.
+        for (index, claim, settled) in followers {
+            let op = ops[index];
+            let answer = match follow(&claim.op, &op, ids::settled(settled).await) {
+                Some(answer) => answer,
+                None => self.decide(op).await,
+            };
+            results[index] = Some(answer);
+        }
+        for (index, first) in repeats {
+            let answer = match &results[first] {
+                Some(answer) if ops[first] == ops[index] => answer.clone(),
+                Some(_) => Err(LedgerError::IdConflict {
+                    id: ops[index].id(),
+                }),
+                None => Err(LedgerError::Closed),
+            };
+            results[index] = Some(answer);
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
+            .collect())
     }
 
     /// Figures for the whole ledger and per shard.
@@ -440,9 +619,12 @@ impl Ledger {
     async fn close(&self) -> Result<(), LedgerError> {
         self.drain().await;
         let _ = self.inner.checkpointer.send(StopCheckpoints).await;
-        let mut result =
-            actors::checkpoint::final_checkpoint(self.inner.shards.clone(), Default::default())
-                .await;
+        let mut result = actors::checkpoint::final_checkpoint(
+            self.inner.shards.clone(),
+            self.inner.history.clone(),
+            Default::default(),
+        )
+        .await;
         let closes: Vec<_> = self
             .inner
             .shards
@@ -465,6 +647,41 @@ impl Ledger {
         }
         result
     }
+}
+
+/// What [`Ledger::check_decided`] found.
+enum Checked {
+    /// The id was decided before: this is the answer.
+    Answer(Result<Receipt, LedgerError>),
+    /// The id is new: the claim goes with the op to its shard.
+    New(ids::ClaimGuard),
+}
+
+/// Refusals that need no state, checked before an id is claimed (they do not use it).
+fn check_stateless(op: &Op) -> Result<(), LedgerError> {
+    let id = op.id();
+    if !id.is_valid() {
+        return Err(LedgerError::InvalidId { id });
+    }
+    match *op {
+        Op::Mint { amount: 0, .. } | Op::Transfer { amount: 0, .. } => Err(LedgerError::ZeroAmount),
+        Op::Transfer { from, to, .. } if from == to => Err(LedgerError::SameAccount),
+        _ => Ok(()),
+    }
+}
+
+/// The answer to `op` once the submission `held` of the same id has settled; `None` when that
+/// one was refused before any WAL, so `op` must claim the id itself.
+fn follow(held: &Op, op: &Op, settled: ids::Settled) -> Option<Result<Receipt, LedgerError>> {
+    let answer = match settled {
+        ids::Settled::Freed => return None,
+        ids::Settled::Decided(answer) => answer,
+        ids::Settled::Unknown(error) => Err(error),
+    };
+    if held != op {
+        return Some(Err(LedgerError::IdConflict { id: op.id() }));
+    }
+    Some(answer)
 }
 
 /// Opening ran on a blocking thread that did not finish: it panicked (a bug) or its runtime is

@@ -3,12 +3,16 @@
 //! WAL tails cut, owed credits applied and headers updated. Runs before any actor starts.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::RngCore;
 
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
+use crate::history::ledger::{open_shard, LedgerHistory};
+use crate::history::log::ShardLog;
+use crate::ids::Ids;
 use crate::judge::{self, JudgedShard, Judgement, OwedCredit};
 use crate::state::ShardState;
 use crate::storage::accounts::AccountsFile;
@@ -26,6 +30,7 @@ pub struct RecoveredShard {
     pub state: ShardState,
     pub wal: WalWriter,
     pub replayed_records: u64,
+    pub log: Arc<ShardLog>,
 }
 
 /// A data directory ready to run.
@@ -35,6 +40,7 @@ pub struct Recovered {
     pub shards: Vec<RecoveredShard>,
     /// Credits that recovery had to apply because their debits were durable and they were not.
     pub resent_credits: u64,
+    pub history: Arc<LedgerHistory>,
 }
 
 pub fn open(config: &Config) -> Result<Recovered> {
@@ -47,6 +53,7 @@ pub fn open(config: &Config) -> Result<Recovered> {
         open_accounts(config, shard, shard_count)
     })?;
     // Judged: from here on the directory is written.
+    let ids = Ids::new();
     let (manifest, shards, resent_credits) = match judgement {
         Judgement::Create => {
             let (manifest, shards) = create(config)?;
@@ -58,10 +65,16 @@ pub fn open(config: &Config) -> Result<Recovered> {
             owed,
         } => {
             check_shard_count(config, &manifest)?;
-            let (shards, resent) = apply(config, shards, &owed)?;
+            let (shards, resent) = apply(config, shards, &owed, &ids)?;
             (manifest, shards, resent)
         }
     };
+    let history = Arc::new(LedgerHistory {
+        ids,
+        logs: Arc::new(shards.iter().map(|shard| shard.log.clone()).collect()),
+        io: config.io.clone(),
+        sealing: std::sync::Mutex::new(()),
+    });
     sync_dir(&*config.io, data_dir)?;
     let replayed: u64 = shards.iter().map(|s| s.replayed_records).sum();
     let elapsed = started.elapsed();
@@ -78,6 +91,7 @@ pub fn open(config: &Config) -> Result<Recovered> {
         manifest,
         shards,
         resent_credits,
+        history,
     })
 }
 
@@ -98,10 +112,11 @@ fn apply(
     config: &Config,
     judged: Vec<(AccountsFile, JudgedShard)>,
     owed: &[OwedCredit],
+    ids: &Ids,
 ) -> Result<(Vec<RecoveredShard>, u64)> {
     let mut shards = Vec::with_capacity(judged.len());
     for (accounts, judged) in judged {
-        shards.push(apply_shard(config, accounts, judged)?);
+        shards.push(apply_shard(config, accounts, judged, ids)?);
     }
     let resent = resolve_credits(&mut shards, owed)?;
     for shard in &mut shards {
@@ -129,8 +144,10 @@ fn apply_shard(
     config: &Config,
     accounts: AccountsFile,
     judged: JudgedShard,
+    ids: &Ids,
 ) -> Result<RecoveredShard> {
     let shard = judged.shard;
+    let history = open_shard(&judged.dir, shard, &judged.wal, ids)?;
     let replayed_records = judged.replayed();
     let dir = judged.dir.clone();
     let segments = judged.wal.segments.clone();
@@ -143,7 +160,7 @@ fn apply_shard(
             "cutting a torn WAL tail"
         );
     }
-    let state = ShardState::recovered(accounts, judged)?;
+    let state = ShardState::recovered(accounts, judged, history.marks)?;
     let wal = WalWriter::open(
         config.io.clone(),
         &dir,
@@ -151,10 +168,12 @@ fn apply_shard(
         &tail,
         config.wal_segment_bytes,
     )?;
+    history.log.attach_progress(wal.progress());
     Ok(RecoveredShard {
         state,
         wal,
         replayed_records,
+        log: history.log,
     })
 }
 
@@ -198,10 +217,13 @@ fn create_shard(config: &Config, shard: u32, shard_count: u32) -> Result<Recover
         &scan.tail,
         config.wal_segment_bytes,
     )?;
+    let log = Arc::new(ShardLog::open(&dir, shard)?.log);
+    log.attach_progress(wal.progress());
     Ok(RecoveredShard {
         state,
         wal,
         replayed_records: 0,
+        log,
     })
 }
 

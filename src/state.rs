@@ -14,7 +14,7 @@ use crate::storage::index::{self, Cached, Index, IndexEntry};
 use crate::storage::INDEX_FILE;
 use crate::types::{Account, Pubkey, ShardStats};
 use crate::wal::frame;
-use crate::wal::record::{AfterImage, RecordBody};
+use crate::wal::record::{AfterImage, Meta, RecordBody, Refusal};
 
 /// A record whose after-images are not in the account file yet (its WAL write is not durable).
 #[derive(Debug)]
@@ -34,14 +34,34 @@ pub struct CheckpointInfo {
     pub debit_max: Vec<u64>,
 }
 
+/// The deciding record of an operation: its LSN and the timestamp it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    pub lsn: u64,
+    pub timestamp: u64,
+}
+
 /// What a successful transfer produced on its source shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransferOutcome {
-    /// Both accounts live here; the record at `lsn` settles it.
-    Local { lsn: u64 },
-    /// The debit at `lsn` is decided; the credit must go to `target_shard` once it is durable.
-    Debited { lsn: u64 },
+    /// Both accounts live here; the record settles it.
+    Local(Logged),
+    /// The debit is decided; the credit must go to `target_shard` once it is durable.
+    Debited(Logged),
 }
+
+/// The caller's half of a deciding record: the transfer id and the user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpMeta {
+    pub id: u128,
+    pub user_data: u128,
+}
+
+/// Entries of an account with a sequence that is a multiple of
+/// [`crate::history::MARK_EVERY`], by slot: `marks[slot][k]` is the LSN of the entry with
+/// sequence `(k + 1) * MARK_EVERY` (0 where it is not known). `history` starts its walk back at
+/// the nearest mark, so it reads at most `limit + MARK_EVERY` records at any depth.
+pub type Marks = std::collections::HashMap<u64, Vec<u64>, ahash::RandomState>;
 
 pub struct ShardState {
     shard: u32,
@@ -61,6 +81,8 @@ pub struct ShardState {
     file_slot_count: u64,
     file_applied: Vec<u64>,
     file_balance_sum: u128,
+    /// The newest timestamp of a record the account file holds (written into its header).
+    file_last_timestamp: u64,
     file_debit_max: Vec<u64>,
     header: Header,
     /// WAL frames of records not yet handed to the WAL, and the LSN of the first record.
@@ -69,6 +91,9 @@ pub struct ShardState {
     /// Where the frame that the next record joins starts in `buffer`.
     frame_start: usize,
     checkpoints: u64,
+    /// The newest timestamp given to a record (the next one is strictly greater).
+    last_timestamp: u64,
+    marks: Marks,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -101,19 +126,26 @@ impl ShardState {
             file_slot_count: header.slot_count,
             file_applied: header.applied.clone(),
             file_balance_sum: header.balance_sum,
+            file_last_timestamp: header.last_timestamp,
             file_debit_max: vec![0; shard_count],
-            header,
             buffer: Vec::with_capacity(1 << 16),
             buffer_first_lsn: 0,
             frame_start: 0,
             checkpoints: 0,
+            last_timestamp: header.last_timestamp,
+            marks: Marks::default(),
+            header,
         }
     }
 
     /// Builds the state of a shard judged by [`crate::judge::judge_shard`]: writes the slot
     /// states its WAL proved newer than the file (those records are durable) and takes over
     /// the judged index, watermarks and sums.
-    pub fn recovered(mut accounts: AccountsFile, judged: JudgedShard) -> Result<Self> {
+    pub fn recovered(
+        mut accounts: AccountsFile,
+        judged: JudgedShard,
+        marks: Marks,
+    ) -> Result<Self> {
         let _span = tracing::debug_span!("apply_replay", writes = judged.writes.len()).entered();
         for (slot, state) in &judged.writes {
             debug_assert!(
@@ -138,12 +170,15 @@ impl ShardState {
             file_slot_count: judged.slot_count,
             file_applied: judged.applied,
             file_balance_sum: judged.balance_sum,
+            file_last_timestamp: judged.last_timestamp,
             file_debit_max: judged.debit_max,
             header: judged.header,
             buffer: Vec::with_capacity(1 << 16),
             buffer_first_lsn: 0,
             frame_start: 0,
             checkpoints: 0,
+            last_timestamp: judged.last_timestamp,
+            marks,
         })
     }
 
@@ -174,6 +209,35 @@ impl ShardState {
         }))
     }
 
+    /// The slot and newest state of `key` (with the LSN of its newest entry), for `history`.
+    pub fn newest(&mut self, key: &Pubkey) -> Result<Option<(u64, Cached)>> {
+        self.load(key)
+    }
+
+    /// The LSN of the entry of the account in `slot` with sequence `sequence`, when it is a mark.
+    pub fn mark(&self, slot: u64, sequence: u64) -> Option<u64> {
+        let every = crate::history::MARK_EVERY;
+        if sequence == 0 || sequence % every != 0 {
+            return None;
+        }
+        let index = (sequence / every - 1) as usize;
+        self.marks
+            .get(&slot)
+            .and_then(|marks| marks.get(index))
+            .copied()
+            .filter(|&lsn| lsn != 0)
+    }
+
+    /// Records not yet in the account file, by LSN (they may not be written to the WAL yet).
+    pub fn pending_record(&self, lsn: u64) -> Option<&RecordBody> {
+        let first = self.pending.front()?.lsn;
+        let index = lsn.checked_sub(first)? as usize;
+        self.pending
+            .get(index)
+            .filter(|record| record.lsn == lsn)
+            .map(|record| &record.body)
+    }
+
     /// The slot and newest state of `key`; the first access since open reads (and checks) the slot.
     fn load(&mut self, key: &Pubkey) -> Result<Option<(u64, Cached)>> {
         let Some(entry) = self.index.get_mut(key) else {
@@ -186,12 +250,54 @@ impl ShardState {
     // ---- writes ----
 
     /// Mints `amount` into `to`, creating it if needed. The caller has reserved the supply.
-    pub fn mint(&mut self, to: Pubkey, amount: u64) -> Result<u64> {
+    pub fn mint(&mut self, op: OpMeta, to: Pubkey, amount: u64) -> Result<Logged> {
         if amount == 0 {
             return Err(LedgerError::ZeroAmount);
         }
         let to = self.credit_in_place(&to, amount)?;
-        Ok(self.log(RecordBody::Mint { to, amount }))
+        let meta = self.meta(op);
+        Ok(self.log_decided(RecordBody::Mint { meta, to, amount }))
+    }
+
+    /// Logs the refusal of an operation for the state this shard found, so that a retry of its
+    /// id is refused the same way. Changes no account.
+    pub fn refuse(
+        &mut self,
+        op: OpMeta,
+        from: Option<Pubkey>,
+        to: Pubkey,
+        amount: u64,
+        refusal: Refusal,
+    ) -> Logged {
+        let meta = self.meta(op);
+        self.log_decided(RecordBody::Refused {
+            meta,
+            from: from.map(|key| key.0),
+            to: to.0,
+            amount,
+            refusal,
+        })
+    }
+
+    /// The id, user data and a fresh timestamp for a deciding record.
+    fn meta(&mut self, op: OpMeta) -> Meta {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos().min(u64::MAX as u128) as u64);
+        self.last_timestamp = now.max(self.last_timestamp.saturating_add(1));
+        Meta {
+            id: op.id,
+            user_data: op.user_data,
+            timestamp: self.last_timestamp,
+        }
+    }
+
+    fn log_decided(&mut self, body: RecordBody) -> Logged {
+        let timestamp = body.meta().map_or(0, |meta| meta.timestamp);
+        Logged {
+            lsn: self.log(body),
+            timestamp,
+        }
     }
 
     /// Checks and applies a transfer whose source account lives on this shard.
@@ -200,6 +306,7 @@ impl ShardState {
     /// a large map are the biggest cost of the write path.
     pub fn transfer(
         &mut self,
+        op: OpMeta,
         from: Pubkey,
         to: Pubkey,
         amount: u64,
@@ -213,13 +320,15 @@ impl ShardState {
         }
         if target_shard != self.shard {
             let from = self.debit_in_place(&from, amount)?;
-            let lsn = self.log(RecordBody::Debit {
+            let meta = self.meta(op);
+            let logged = self.log_decided(RecordBody::Debit {
+                meta,
                 from,
                 to: to.0,
                 target_shard,
                 amount,
             });
-            return Ok(TransferOutcome::Debited { lsn });
+            return Ok(TransferOutcome::Debited(logged));
         }
         // `from != to` was checked above (`get_disjoint_mut` requires distinct keys).
         let [Some(from_entry), Some(to_entry)] = self.index.get_disjoint_mut([&from, &to]) else {
@@ -229,10 +338,23 @@ impl ShardState {
                 .ok_or(LedgerError::AccountNotFound(from))?;
             check_funds(from_state, amount)?;
             let to = self.credit_in_place(&to, amount)?;
-            let from = Self::image(&from, from_slot, from_state, from_state.balance - amount);
+            let next_lsn = self.next_lsn;
+            let from = Self::image(
+                &from,
+                from_slot,
+                from_state,
+                from_state.balance - amount,
+                next_lsn,
+            );
             self.set_cached(&from);
-            let lsn = self.log(RecordBody::Transfer { from, to, amount });
-            return Ok(TransferOutcome::Local { lsn });
+            let meta = self.meta(op);
+            let logged = self.log_decided(RecordBody::Transfer {
+                meta,
+                from,
+                to,
+                amount,
+            });
+            return Ok(TransferOutcome::Local(logged));
         };
         let from_state = cached_state(
             &self.accounts,
@@ -246,21 +368,25 @@ impl ShardState {
             .balance
             .checked_add(amount)
             .ok_or(LedgerError::Overflow)?;
+        let next_lsn = self.next_lsn;
         let from_image = Self::image(
             &from,
             from_entry.slot,
             from_state,
             from_state.balance - amount,
+            next_lsn,
         );
-        let to_image = Self::image(&to, to_entry.slot, to_state, to_balance);
-        from_entry.cached = Some(cached_of(&from_image));
-        to_entry.cached = Some(cached_of(&to_image));
-        let lsn = self.log(RecordBody::Transfer {
+        let to_image = Self::image(&to, to_entry.slot, to_state, to_balance, next_lsn);
+        from_entry.cached = Some(cached_of(&from_image, next_lsn));
+        to_entry.cached = Some(cached_of(&to_image, next_lsn));
+        let meta = self.meta(op);
+        let logged = self.log_decided(RecordBody::Transfer {
+            meta,
             from: from_image,
             to: to_image,
             amount,
         });
-        Ok(TransferOutcome::Local { lsn })
+        Ok(TransferOutcome::Local(logged))
     }
 
     /// Applies the credit of debit `source_lsn` of `source_shard`. `Ok(None)`: already applied.
@@ -299,8 +425,14 @@ impl ShardState {
             .ok_or(LedgerError::AccountNotFound(*key))?;
         let state = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
         check_funds(state, amount)?;
-        let image = Self::image(key, entry.slot, state, state.balance - amount);
-        entry.cached = Some(cached_of(&image));
+        let image = Self::image(
+            key,
+            entry.slot,
+            state,
+            state.balance - amount,
+            self.next_lsn,
+        );
+        entry.cached = Some(cached_of(&image, self.next_lsn));
         Ok(image)
     }
 
@@ -314,8 +446,8 @@ impl ShardState {
                 .balance
                 .checked_add(amount)
                 .ok_or(LedgerError::Overflow)?;
-            let image = Self::image(key, entry.slot, state, balance);
-            entry.cached = Some(cached_of(&image));
+            let image = Self::image(key, entry.slot, state, balance, self.next_lsn);
+            entry.cached = Some(cached_of(&image, self.next_lsn));
             return Ok(image);
         }
         let slot = self.slot_count;
@@ -325,13 +457,14 @@ impl ShardState {
         let new = Cached {
             balance: 0,
             sequence: 0,
+            lsn: 0,
         };
-        let image = Self::image(key, slot, new, amount);
+        let image = Self::image(key, slot, new, amount, self.next_lsn);
         self.index.insert(
             *key,
             IndexEntry {
                 slot,
-                cached: Some(cached_of(&image)),
+                cached: Some(cached_of(&image, self.next_lsn)),
             },
         );
         Ok(image)
@@ -339,17 +472,21 @@ impl ShardState {
 
     /// Makes `image` the cached state of its account (which exists).
     fn set_cached(&mut self, image: &AfterImage) {
+        let lsn = self.next_lsn;
         if let Some(entry) = self.index.get_mut(&Pubkey(image.key)) {
-            entry.cached = Some(cached_of(image));
+            entry.cached = Some(cached_of(image, lsn));
         }
     }
 
-    fn image(key: &Pubkey, slot: u64, state: Cached, balance: u64) -> AfterImage {
+    /// The after-image of an account changed by the record that will get LSN `lsn`.
+    fn image(key: &Pubkey, slot: u64, state: Cached, balance: u64, lsn: u64) -> AfterImage {
+        debug_assert!(state.lsn < lsn);
         AfterImage {
             slot,
             key: key.0,
             balance,
             sequence: state.sequence + 1,
+            prev_lsn: state.lsn,
         }
     }
 
@@ -369,6 +506,9 @@ impl ShardState {
         } = body
         {
             self.applied[source_shard as usize] = source_lsn;
+        }
+        for image in body.images() {
+            add_mark(&mut self.marks, image.slot, image.sequence, lsn);
         }
         self.pending.push_back(PendingRecord { lsn, body });
         lsn
@@ -415,6 +555,9 @@ impl ShardState {
         }
         self.file_lsn = lsn;
         self.file_balance_sum = apply_delta(self.file_balance_sum, body.balance_delta());
+        if let Some(meta) = body.meta() {
+            self.file_last_timestamp = self.file_last_timestamp.max(meta.timestamp);
+        }
         match *body {
             RecordBody::Credit {
                 source_shard,
@@ -447,6 +590,7 @@ impl ShardState {
             slot_count: self.file_slot_count,
             balance_sum: self.file_balance_sum,
             applied: self.file_applied.clone(),
+            last_timestamp: self.file_last_timestamp,
         };
         self.accounts.write_header(&header)?;
         self.header = header;
@@ -548,6 +692,7 @@ fn cached_state(
             let cached = Cached {
                 balance: state.balance,
                 sequence: state.sequence,
+                lsn: state.lsn,
             };
             entry.cached = Some(cached);
             return Ok(cached);
@@ -573,9 +718,25 @@ fn check_funds(state: Cached, amount: u64) -> Result<()> {
     Ok(())
 }
 
-fn cached_of(image: &AfterImage) -> Cached {
+/// The cached state after `image`, written by the record at `lsn`.
+fn cached_of(image: &AfterImage, lsn: u64) -> Cached {
     Cached {
         balance: image.balance,
         sequence: image.sequence,
+        lsn,
     }
+}
+
+/// Notes the entry of `slot` with `sequence`, written at `lsn`, if it is a mark.
+pub fn add_mark(marks: &mut Marks, slot: u64, sequence: u64, lsn: u64) {
+    let every = crate::history::MARK_EVERY;
+    if sequence == 0 || sequence % every != 0 {
+        return;
+    }
+    let index = (sequence / every - 1) as usize;
+    let list = marks.entry(slot).or_default();
+    if list.len() <= index {
+        list.resize(index + 1, 0);
+    }
+    list[index] = lsn;
 }

@@ -72,17 +72,122 @@ fn hex_value(c: u8) -> Option<u8> {
     }
 }
 
-/// One operation of a [`crate::Ledger::submit`] batch.
+/// A transfer's identity, chosen by the caller and unique within a ledger. `0` and `u128::MAX`
+/// are invalid. Displays and parses as 32 lowercase hex digits.
+///
+/// The first submission of an id decides its outcome; every later submission with the same
+/// fields gets that outcome again (the identical [`Receipt`], or the identical refusal) and
+/// changes nothing, for the life of the ledger. See [`crate::Ledger::transfer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransferId(pub u128);
+
+impl TransferId {
+    /// A new, time-ordered id: the high 48 bits are milliseconds since the UNIX epoch, the low
+    /// 80 bits random. Ids made later sort higher (to the millisecond), which keeps the ledger's
+    /// id tables append-mostly and lets a new id skip every sealed history file by range.
+    #[allow(clippy::new_without_default)] // a default id would have to be a random one: say `new`
+    pub fn new() -> TransferId {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+            & ((1 << 48) - 1);
+        let random: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+        let id = ((millis as u128) << 80) | random;
+        // 0 and u128::MAX are invalid; neither can come out before the year 10889 unless the
+        // clock reads 0 and the random bits are all zero.
+        TransferId(id.clamp(1, u128::MAX - 1))
+    }
+
+    /// Whether the id may be used (`0` and `u128::MAX` may not).
+    pub fn is_valid(&self) -> bool {
+        self.0 != 0 && self.0 != u128::MAX
+    }
+}
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Why a string is not a [`TransferId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferIdParseError {
+    #[error("a transfer id is 32 hex characters, got {0}")]
+    Length(usize),
+    #[error("invalid hex character at position {0}")]
+    Hex(usize),
+}
+
+impl FromStr for TransferId {
+    type Err = TransferIdParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 32 {
+            return Err(TransferIdParseError::Length(bytes.len()));
+        }
+        let mut value = 0u128;
+        for (index, &c) in bytes.iter().enumerate() {
+            let digit = hex_value(c).ok_or(TransferIdParseError::Hex(index))?;
+            value = (value << 4) | digit as u128;
+        }
+        Ok(TransferId(value))
+    }
+}
+
+/// One operation of a [`crate::Ledger::submit`] batch. `user_data` is the caller's own 128 bits,
+/// kept in the history with the transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Create `amount` new units in `to` (the account is created if it does not exist).
-    Mint { to: Pubkey, amount: u64 },
+    Mint {
+        id: TransferId,
+        to: Pubkey,
+        amount: u64,
+        user_data: u128,
+    },
     /// Move `amount` from `from` (must exist) to `to` (created if it does not exist).
     Transfer {
+        id: TransferId,
         from: Pubkey,
         to: Pubkey,
         amount: u64,
+        user_data: u128,
     },
+}
+
+impl Op {
+    /// The op's transfer id.
+    pub fn id(&self) -> TransferId {
+        match self {
+            Op::Mint { id, .. } | Op::Transfer { id, .. } => *id,
+        }
+    }
+}
+
+/// An applied mint or transfer, as the history keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    pub id: TransferId,
+    /// The source account; `None` for a mint.
+    pub from: Option<Pubkey>,
+    pub to: Pubkey,
+    pub amount: u64,
+    pub user_data: u128,
+    /// When the deciding shard applied it, in nanoseconds since the UNIX epoch (strictly
+    /// increasing within a shard).
+    pub timestamp_ns: u64,
+}
+
+/// One change of one account's balance: see [`crate::Ledger::history`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub transfer: Transfer,
+    /// The account's sequence after this entry (its first entry has sequence 1).
+    pub sequence: u64,
+    /// The account's balance after this entry.
+    pub balance_after: u64,
 }
 
 /// The state of one account.
@@ -94,13 +199,16 @@ pub struct Account {
     pub sequence: u64,
 }
 
-/// Proof that an operation was applied (and, under `Durability::Sync`, is on disk).
+/// Proof that an operation was applied (and, under `Durability::Sync`, is on disk). A retry of
+/// the same transfer id returns the identical receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
     /// The shard whose WAL decided the operation (the source shard of a transfer).
     pub shard: u32,
     /// The LSN of the deciding record in that shard's WAL.
     pub lsn: u64,
+    /// The transfer's timestamp (see [`Transfer::timestamp_ns`]).
+    pub timestamp_ns: u64,
 }
 
 /// A snapshot of the ledger's size and progress.

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use super::messages::*;
 use super::shard::ShardActor;
 use crate::error::{LedgerError, Result};
+use crate::history::ledger::LedgerHistory;
 use crate::state::CheckpointInfo;
 use crate::wal::writer::WalShared;
 
@@ -20,6 +21,9 @@ const POLL_INTERVAL_MS: u64 = 50;
 pub struct Checkpointer {
     shards: Vec<Addr<ShardActor>>,
     wals: Vec<Arc<WalShared>>,
+    history: Arc<LedgerHistory>,
+    /// A sealing of complete WAL segments is running.
+    sealing: Arc<std::sync::atomic::AtomicBool>,
     interval: Duration,
     wal_bytes_max: u64,
     last: Instant,
@@ -32,12 +36,15 @@ impl Checkpointer {
     pub fn new(
         shards: Vec<Addr<ShardActor>>,
         wals: Vec<Arc<WalShared>>,
+        history: Arc<LedgerHistory>,
         interval_ms: u64,
         wal_bytes_max: u64,
     ) -> Self {
         Checkpointer {
             shards,
             wals,
+            history,
+            sealing: Arc::default(),
             interval: Duration::from_millis(interval_ms),
             wal_bytes_max,
             last: Instant::now(),
@@ -56,7 +63,32 @@ impl Checkpointer {
 
     fn run(&mut self) -> impl std::future::Future<Output = Result<()>> + 'static {
         self.last = Instant::now();
-        checkpoint_all(self.shards.clone(), self.running.clone())
+        checkpoint_all(
+            self.shards.clone(),
+            self.history.clone(),
+            self.running.clone(),
+        )
+    }
+
+    /// Seals complete WAL segments in the background, so their ids leave the hot map soon
+    /// after each rotation rather than at the next checkpoint.
+    fn seal_in_background(&self) {
+        if self.sealing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (history, sealing) = (self.history.clone(), self.sealing.clone());
+        // A plain thread: the actix arbiter has no blocking pool, and sealing reads a segment.
+        let spawned = std::thread::Builder::new()
+            .name("tally-seal".into())
+            .spawn(move || {
+                if let Err(error) = history.seal_complete() {
+                    tracing::warn!(%error, "sealing history failed; the next checkpoint retries");
+                }
+                sealing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.sealing.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -66,6 +98,9 @@ impl Actor for Checkpointer {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(Duration::from_millis(POLL_INTERVAL_MS), |actor, ctx| {
             metrics::gauge!("tally_checkpoint_age_seconds").set(actor.last.elapsed().as_secs_f64());
+            if !actor.stopped && actor.history.has_unsealed() {
+                actor.seal_in_background();
+            }
             if actor.stopped || !actor.due() || actor.running.try_lock().is_err() {
                 return;
             }
@@ -111,18 +146,21 @@ impl Handler<StopCheckpoints> for Checkpointer {
 /// reopen then has no WAL records to read.
 pub async fn final_checkpoint(
     shards: Vec<Addr<ShardActor>>,
+    history: Arc<LedgerHistory>,
     running: Arc<tokio::sync::Mutex<()>>,
 ) -> Result<()> {
     let rotations: Vec<_> = shards.iter().map(|shard| shard.send(RotateWal)).collect();
     for rotation in rotations {
         rotation.await.map_err(|_| LedgerError::Closed)??;
     }
-    checkpoint_all(shards, running).await
+    checkpoint_all(shards, history, running).await
 }
 
-/// Checkpoints every shard, then deletes the WAL segments that are safe to drop.
+/// Checkpoints every shard, seals every complete WAL segment, then retires the segments that
+/// are safe to drop from the WAL into the history.
 pub async fn checkpoint_all(
     shards: Vec<Addr<ShardActor>>,
+    history: Arc<LedgerHistory>,
     running: Arc<tokio::sync::Mutex<()>>,
 ) -> Result<()> {
     let _guard = running.lock().await;
@@ -136,6 +174,9 @@ pub async fn checkpoint_all(
     for request in requests {
         infos.push(request.await.map_err(|_| LedgerError::Closed)??);
     }
+    tokio::task::spawn_blocking(move || history.seal_complete())
+        .await
+        .map_err(|_| LedgerError::Closed)??;
     let truncations: Vec<_> = safe_truncation_points(&infos)
         .into_iter()
         .zip(&shards)

@@ -9,8 +9,10 @@ use tokio::sync::oneshot;
 use super::books::Reservation;
 use super::shard::ShardGauges;
 use crate::error::{LedgerError, Result};
-use crate::state::CheckpointInfo;
-use crate::types::{Account, Op, Pubkey, Receipt, ShardStats};
+use crate::ids::ClaimGuard;
+use crate::state::{CheckpointInfo, OpMeta};
+use crate::types::{Account, Entry, Op, Pubkey, Receipt, ShardStats};
+use crate::wal::record::Refusal;
 
 /// Where the result of one operation goes. Completing consumes it, so each op answers once; a
 /// completion dropped unanswered (its message dropped with a stopped actor, a WAL thread that
@@ -138,11 +140,11 @@ impl Drop for BatchResults {
 
 // ---- ledger handle -> router (batches; single ops and reads go straight to the shard) ----
 
-/// One `submit` call.
+/// The ops of one `submit` call that claimed their ids (each with its claim), in batch order.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RouteBatch {
-    pub ops: Vec<Op>,
+    pub ops: Vec<(Op, ClaimGuard)>,
     pub reply: oneshot::Sender<Vec<Result<Receipt>>>,
 }
 
@@ -154,18 +156,32 @@ pub enum ShardOp {
     /// The supply for the mint is reserved; the shard that logs it keeps the reservation, and
     /// dropping the op (refused, never delivered) gives it back.
     Mint {
+        meta: OpMeta,
         to: Pubkey,
         reservation: Reservation,
+        claim: ClaimGuard,
     },
     /// `from` lives on the receiving shard; `to` on `target_shard` (maybe the same one).
     /// `speculative`: defer instead of refusing for insufficient funds (see
     /// `router::Planned::speculative`).
     Transfer {
+        meta: OpMeta,
         from: Pubkey,
         to: Pubkey,
         amount: u64,
         target_shard: u32,
         speculative: bool,
+        claim: ClaimGuard,
+    },
+    /// Refused before it reached the shard for a state-dependent reason (a mint above the
+    /// supply): the shard logs the refusal so that a retry of the id gets the same answer.
+    Refuse {
+        meta: OpMeta,
+        from: Option<Pubkey>,
+        to: Pubkey,
+        amount: u64,
+        refusal: Refusal,
+        claim: ClaimGuard,
     },
 }
 
@@ -210,6 +226,15 @@ impl Drop for Queued {
 #[rtype(result = "Result<Option<Account>>")]
 pub struct ReadAccount {
     pub key: Pubkey,
+}
+
+/// An account's entries with `sequence > after`, oldest first, at most `limit`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Entry>>")]
+pub struct ReadHistory {
+    pub key: Pubkey,
+    pub after: u64,
+    pub limit: usize,
 }
 
 // ---- shard -> shard ----

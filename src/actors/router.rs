@@ -12,7 +12,10 @@ use super::books::Books;
 use super::messages::*;
 use super::shard::{ShardActor, ShardGauges};
 use crate::error::{LedgerError, Result};
-use crate::types::{Account, Op, Pubkey, Receipt};
+use crate::ids::ClaimGuard;
+use crate::state::OpMeta;
+use crate::types::{Account, Entry, Op, Pubkey, Receipt};
+use crate::wal::record::Refusal;
 
 /// The pure routing function and what it needs; cheap to clone into batch tasks.
 #[derive(Clone)]
@@ -67,22 +70,59 @@ impl Routing {
     }
 
     /// Checks what can be checked without account state and picks the deciding shard.
-    fn route(&self, op: Op) -> Result<(u32, ShardOp)> {
-        self.route_placed(op, self.placement(&op))
+    fn route(&self, op: Op, claim: ClaimGuard) -> Result<(u32, ShardOp)> {
+        self.route_placed(op, claim, self.placement(&op))
     }
 
     /// A mint reserves its supply here; the reservation travels with the op, and whoever drops
-    /// the op without logging it gives the amount back.
-    fn route_placed(&self, op: Op, (shard, target_shard): (u32, u32)) -> Result<(u32, ShardOp)> {
+    /// the op without logging it gives the amount back. A mint the supply cannot take goes to
+    /// its shard all the same, to be logged as refused (a retry of its id must be refused too).
+    fn route_placed(
+        &self,
+        op: Op,
+        claim: ClaimGuard,
+        (shard, target_shard): (u32, u32),
+    ) -> Result<(u32, ShardOp)> {
         match op {
-            Op::Mint { to, amount } => {
+            Op::Mint {
+                id,
+                to,
+                amount,
+                user_data,
+            } => {
+                let meta = OpMeta {
+                    id: id.0,
+                    user_data,
+                };
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
                 }
-                let reservation = self.books.reserve(amount)?;
-                Ok((shard, ShardOp::Mint { to, reservation }))
+                let op = match self.books.reserve(amount) {
+                    Ok(reservation) => ShardOp::Mint {
+                        meta,
+                        to,
+                        reservation,
+                        claim,
+                    },
+                    Err(LedgerError::Overflow) => ShardOp::Refuse {
+                        meta,
+                        from: None,
+                        to,
+                        amount,
+                        refusal: Refusal::Overflow,
+                        claim,
+                    },
+                    Err(error) => return Err(error),
+                };
+                Ok((shard, op))
             }
-            Op::Transfer { from, to, amount } => {
+            Op::Transfer {
+                id,
+                from,
+                to,
+                amount,
+                user_data,
+            } => {
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
                 }
@@ -90,11 +130,16 @@ impl Routing {
                     return Err(LedgerError::SameAccount);
                 }
                 let op = ShardOp::Transfer {
+                    meta: OpMeta {
+                        id: id.0,
+                        user_data,
+                    },
                     from,
                     to,
                     amount,
                     target_shard,
                     speculative: false,
+                    claim,
                 };
                 Ok((shard, op))
             }
@@ -104,8 +149,8 @@ impl Routing {
     /// Sends one op straight to its deciding shard from the caller's task (no router hop),
     /// waiting for mailbox space when the shard is busy. If the caller gives up while waiting,
     /// the message drops with the op: a mint's reservation goes back.
-    pub async fn send_one(&self, op: Op, completion: Completion) -> Result<()> {
-        let (shard, shard_op) = self.route(op)?;
+    pub async fn send_one(&self, op: Op, claim: ClaimGuard, completion: Completion) -> Result<()> {
+        let (shard, shard_op) = self.route(op, claim)?;
         let address = &self.shards[shard as usize];
         let message = self.message(shard as usize, vec![(shard_op, completion)]);
         match address.try_send(message) {
@@ -115,6 +160,18 @@ impl Routing {
             }
             Err(SendError::Closed(_)) => Err(LedgerError::Closed),
         }
+    }
+
+    /// Reads a page of an account's history from its shard.
+    pub async fn history(&self, key: &Pubkey, after: u64, limit: usize) -> Result<Vec<Entry>> {
+        self.shards[self.shard_of(key) as usize]
+            .send(ReadHistory {
+                key: *key,
+                after,
+                limit,
+            })
+            .await
+            .map_err(|_| LedgerError::Closed)?
     }
 
     /// Reads an account from its shard.
@@ -129,7 +186,8 @@ impl Routing {
     /// and the next one leaves when it has completed. Ops a shard defers are planned again,
     /// with everything after them. Every wave ends (see [`BatchResults`]), and each plan gives
     /// at least its first op a result, so the batch always ends.
-    async fn run_batch(self, ops: Vec<Op>) -> Vec<Result<Receipt>> {
+    async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
+        let ops: Vec<Op> = claimed.iter().map(|(op, _)| *op).collect();
         let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
         let mut run = BatchRun {
             routed: Vec::with_capacity(ops.len()),
@@ -137,8 +195,8 @@ impl Routing {
         };
         // Routing in batch order reserves the supply of mints in batch order, so the mint that
         // would overflow it is the one a sequential run would refuse.
-        for (op, placement) in ops.iter().zip(&placements) {
-            let (routed, result) = match self.route_placed(*op, *placement) {
+        for ((op, claim), placement) in claimed.into_iter().zip(&placements) {
+            let (routed, result) = match self.route_placed(op, claim, *placement) {
                 Ok(routed) => (Some(routed), None),
                 Err(error) => (None, Some(Err(error))),
             };
@@ -354,9 +412,20 @@ mod tests {
 
     fn transfer(from: u8, to: u8) -> Op {
         Op::Transfer {
+            id: crate::types::TransferId(1),
             from: key(from),
             to: key(to),
             amount: 1,
+            user_data: 0,
+        }
+    }
+
+    fn mint_op(to: u8) -> Op {
+        Op::Mint {
+            id: crate::types::TransferId(1),
+            to: key(to),
+            amount: 1,
+            user_data: 0,
         }
     }
 
@@ -399,10 +468,7 @@ mod tests {
 
     #[test]
     fn credits_to_one_account_commute_and_share_a_wave() {
-        let mint = Op::Mint {
-            to: key(11),
-            amount: 1,
-        };
+        let mint = mint_op(11);
         // Two cross-shard credits, a local credit and a mint, all into 11.
         let ops = vec![transfer(1, 11), transfer(2, 11), transfer(12, 11), mint];
         assert_eq!(
@@ -442,10 +508,7 @@ mod tests {
             let len = rng.gen_range(0..40);
             let ops: Vec<Op> = (0..len)
                 .map(|_| match rng.gen_range(0..5) {
-                    0 => Op::Mint {
-                        to: key(rng.gen_range(0..20)),
-                        amount: 1,
-                    },
+                    0 => mint_op(rng.gen_range(0..20)),
                     _ => transfer(rng.gen_range(0..20), rng.gen_range(0..20)),
                 })
                 .collect();

@@ -16,8 +16,10 @@ use super::books::{Logged, ShardBooks};
 use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
-use crate::state::{CheckpointInfo, ShardState, TransferOutcome};
-use crate::types::{Account, Pubkey, Receipt, ShardStats};
+use crate::ids::{ClaimGuard, Location};
+use crate::state::{CheckpointInfo, Logged as Decided, OpMeta, ShardState, TransferOutcome};
+use crate::types::{Account, Entry, Pubkey, Receipt, ShardStats};
+use crate::wal::record::Refusal;
 use crate::wal::writer::{
     spawn_group_commit, Batch, Command, Round, SyncPolicy, WalShared, WalWriter,
 };
@@ -31,10 +33,11 @@ pub struct Acks {
 
 /// What to do with an operation once its records are written (and synced, where required).
 pub enum Ack {
-    /// Answer the caller.
+    /// Answer the caller; settle the claim of the op's id where its record was logged.
     Reply {
         completion: Completion,
         result: Result<Receipt>,
+        claim: Option<(ClaimGuard, Location)>,
     },
     /// A debit: once durable, send its credit to `target_shard`, which answers the caller.
     SendCredit {
@@ -44,6 +47,7 @@ pub enum Ack {
         amount: u64,
         receipt: Receipt,
         completion: Completion,
+        claim: ClaimGuard,
     },
     /// Answered when the WAL thread reaches it: every round handed over before has settled.
     Barrier(oneshot::Sender<()>),
@@ -79,6 +83,8 @@ pub fn unix_ms_now() -> u64 {
 #[derive(Clone)]
 pub struct ShardContext {
     pub peers: Peers,
+    /// Every shard's history, to read the debit behind a credit.
+    pub logs: Arc<Vec<Arc<crate::history::log::ShardLog>>>,
     pub books: Arc<ShardBooks>,
     pub wal: Arc<WalShared>,
     pub gauges: Arc<ShardGauges>,
@@ -131,8 +137,16 @@ impl ShardActor {
         })
     }
 
-    fn receipt(&self, lsn: u64) -> Receipt {
+    fn receipt(&self, decided: Decided) -> Receipt {
         Receipt {
+            shard: self.state.shard(),
+            lsn: decided.lsn,
+            timestamp_ns: decided.timestamp,
+        }
+    }
+
+    fn location(&self, lsn: u64) -> Location {
+        Location {
             shard: self.state.shard(),
             lsn,
         }
@@ -179,27 +193,87 @@ impl ShardActor {
             return;
         }
         match op {
-            ShardOp::Mint { to, reservation } => {
-                let result = match self.state.mint(to, reservation.amount()) {
-                    Ok(lsn) => {
-                        self.logged.add_mint(reservation);
-                        Ok(self.receipt(lsn))
-                    }
-                    Err(error) => {
-                        drop(reservation);
-                        Err(error)
-                    }
-                };
-                self.acks.push(Ack::Reply { completion, result });
+            ShardOp::Mint {
+                meta,
+                to,
+                reservation,
+                claim,
+            } => match self.state.mint(meta, to, reservation.amount()) {
+                Ok(decided) => {
+                    self.logged.add_mint(reservation);
+                    let result = Ok(self.receipt(decided));
+                    self.reply_decided(completion, result, claim, decided.lsn);
+                }
+                Err(error) => {
+                    let amount = reservation.amount();
+                    drop(reservation);
+                    self.refuse_or_fail(completion, error, claim, meta, None, to, amount);
+                }
+            },
+            ShardOp::Refuse {
+                meta,
+                from,
+                to,
+                amount,
+                refusal,
+                claim,
+            } => {
+                let decided = self.state.refuse(meta, from, to, amount, refusal);
+                let result = Err(refusal_error(refusal));
+                self.reply_decided(completion, result, claim, decided.lsn);
             }
             ShardOp::Transfer { .. } => self.apply_transfer(op, completion, touched, held),
         }
+    }
+
+    /// Answers an op whose deciding record was just logged at `lsn`, once it is written.
+    fn reply_decided(
+        &mut self,
+        completion: Completion,
+        result: Result<Receipt>,
+        mut claim: ClaimGuard,
+        lsn: u64,
+    ) {
+        claim.mark_logged();
+        let location = self.location(lsn);
+        self.acks.push(Ack::Reply {
+            completion,
+            result,
+            claim: Some((claim, location)),
+        });
+    }
+
+    /// An op the state refused: a state-dependent refusal is logged, so that a retry of its id
+    /// gets the same answer; anything else (damage, a full disk) logs nothing and frees the id.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_or_fail(
+        &mut self,
+        completion: Completion,
+        error: LedgerError,
+        claim: ClaimGuard,
+        meta: OpMeta,
+        from: Option<Pubkey>,
+        to: Pubkey,
+        amount: u64,
+    ) {
+        let Some(refusal) = refusal_of(&error) else {
+            drop(claim);
+            self.acks.push(Ack::Reply {
+                completion,
+                result: Err(error),
+                claim: None,
+            });
+            return;
+        };
+        let decided = self.state.refuse(meta, from, to, amount, refusal);
+        self.reply_decided(completion, Err(error), claim, decided.lsn);
     }
 
     /// The accounts of this shard an op touches.
     fn touched(&self, op: &ShardOp) -> [Option<Pubkey>; 2] {
         match *op {
             ShardOp::Mint { to, .. } => [Some(to), None],
+            ShardOp::Refuse { from, to, .. } => [from, Some(to)],
             ShardOp::Transfer {
                 from,
                 to,
@@ -220,43 +294,59 @@ impl ShardActor {
         held: &mut HashSet<Pubkey>,
     ) {
         let ShardOp::Transfer {
+            meta,
             from,
             to,
             amount,
             target_shard,
             speculative,
+            claim,
         } = op
         else {
             debug_assert!(false, "apply_transfer takes transfers");
             return;
         };
-        let result = match self.state.transfer(from, to, amount, target_shard) {
+        match self.state.transfer(meta, from, to, amount, target_shard) {
             // A credit of this wave (which may also create the account) may not have
             // landed yet: try again in a later wave.
             Err(LedgerError::InsufficientFunds { .. } | LedgerError::AccountNotFound(_))
                 if speculative =>
             {
                 held.extend(touched.into_iter().flatten());
-                completion.defer(op);
-                return;
-            }
-            Ok(TransferOutcome::Local { lsn }) => Ok(self.receipt(lsn)),
-            Ok(TransferOutcome::Debited { lsn }) => {
-                self.urgent = true;
-                self.logged.add_debit(amount);
-                self.acks.push(Ack::SendCredit {
-                    target_shard,
-                    source_lsn: lsn,
+                let op = ShardOp::Transfer {
+                    meta,
+                    from,
                     to,
                     amount,
-                    receipt: self.receipt(lsn),
-                    completion,
-                });
-                return;
+                    target_shard,
+                    speculative,
+                    claim,
+                };
+                completion.defer(op);
             }
-            Err(error) => Err(error),
-        };
-        self.acks.push(Ack::Reply { completion, result });
+            Ok(TransferOutcome::Local(decided)) => {
+                let result = Ok(self.receipt(decided));
+                self.reply_decided(completion, result, claim, decided.lsn);
+            }
+            Ok(TransferOutcome::Debited(decided)) => {
+                self.urgent = true;
+                self.logged.add_debit(amount);
+                let mut claim = claim;
+                claim.mark_logged();
+                self.acks.push(Ack::SendCredit {
+                    target_shard,
+                    source_lsn: decided.lsn,
+                    to,
+                    amount,
+                    receipt: self.receipt(decided),
+                    completion,
+                    claim,
+                });
+            }
+            Err(error) => {
+                self.refuse_or_fail(completion, error, claim, meta, Some(from), to, amount)
+            }
+        }
     }
 
     /// Applies the credit of a committed transfer. Its caller is answered as soon as the credit
@@ -421,6 +511,28 @@ impl Handler<ReadAccount> for ShardActor {
     }
 }
 
+impl Handler<ReadHistory> for ShardActor {
+    type Result = Result<Vec<Entry>>;
+
+    fn handle(&mut self, message: ReadHistory, _: &mut Context<Self>) -> Self::Result {
+        if self.failed() {
+            return Err(self.refuse());
+        }
+        let logs = self.context.logs.clone();
+        let Some(log) = logs.get(self.state.shard() as usize) else {
+            return Err(LedgerError::Closed);
+        };
+        crate::history::query::entries(
+            &mut self.state,
+            log,
+            &logs,
+            &message.key,
+            message.after,
+            message.limit,
+        )
+    }
+}
+
 impl Handler<CheckpointShard> for ShardActor {
     type Result = Result<CheckpointInfo>;
 
@@ -566,7 +678,16 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
         logged.keep();
         for ack in items {
             match ack {
-                Ack::Reply { completion, result } => completion.complete(result),
+                Ack::Reply {
+                    completion,
+                    result,
+                    claim,
+                } => {
+                    if let Some((claim, location)) = claim {
+                        claim.decide(location, result.clone());
+                    }
+                    completion.complete(result)
+                }
                 Ack::SendCredit {
                     target_shard,
                     source_lsn,
@@ -574,7 +695,14 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     amount,
                     receipt,
                     completion,
+                    claim,
                 } => {
+                    // Committed: the debit is written (and durable where required).
+                    let location = Location {
+                        shard,
+                        lsn: source_lsn,
+                    };
+                    claim.decide(location, Ok(receipt));
                     let target = target_shard as usize;
                     if credits.len() <= target {
                         credits.resize_with(target + 1, Vec::new);
@@ -607,6 +735,30 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
     }
 }
 
+/// The refusal a shard logs for `error`, when it is one that depends on the state (and so must
+/// answer a retry of the id the same way).
+fn refusal_of(error: &LedgerError) -> Option<Refusal> {
+    match *error {
+        LedgerError::InsufficientFunds { needed, available } => {
+            Some(Refusal::InsufficientFunds { needed, available })
+        }
+        LedgerError::AccountNotFound(key) => Some(Refusal::AccountNotFound { key: key.0 }),
+        LedgerError::Overflow => Some(Refusal::Overflow),
+        _ => None,
+    }
+}
+
+/// The error a logged refusal answers.
+pub fn refusal_error(refusal: Refusal) -> LedgerError {
+    match refusal {
+        Refusal::InsufficientFunds { needed, available } => {
+            LedgerError::InsufficientFunds { needed, available }
+        }
+        Refusal::AccountNotFound { key } => LedgerError::AccountNotFound(Pubkey(key)),
+        Refusal::Overflow => LedgerError::Overflow,
+    }
+}
+
 /// Answers every op of a failed round with `error`, after undoing what its records changed in
 /// the books.
 fn fail_acks(acks: Vec<Acks>, error: &LedgerError) {
@@ -614,7 +766,18 @@ fn fail_acks(acks: Vec<Acks>, error: &LedgerError) {
         drop(logged);
         for ack in items {
             match ack {
-                Ack::Reply { completion, .. } | Ack::SendCredit { completion, .. } => {
+                Ack::Reply {
+                    completion, claim, ..
+                } => {
+                    if let Some((claim, _)) = claim {
+                        claim.unknown(error.clone());
+                    }
+                    completion.complete(Err(error.clone()))
+                }
+                Ack::SendCredit {
+                    completion, claim, ..
+                } => {
+                    claim.unknown(error.clone());
                     completion.complete(Err(error.clone()))
                 }
                 Ack::Barrier(settled) => {

@@ -12,6 +12,7 @@ use super::router::{Router, Routing};
 use super::shard::{ShardActor, ShardContext, ShardGauges};
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
+use crate::history::ledger::LedgerHistory;
 use crate::recovery::Recovered;
 use crate::wal::writer::WalShared;
 
@@ -30,6 +31,7 @@ pub struct Running {
     /// The directory lock's path (the lock itself lives on the actix thread).
     pub lock_path: std::path::PathBuf,
     pub thread: JoinHandle<()>,
+    pub history: Arc<LedgerHistory>,
 }
 
 /// Starts the actix system thread with every actor, handing it the recovered shards and the
@@ -48,6 +50,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
     })?;
     let books = Books::new(supply);
     let lock_path = recovered.lock.path().to_path_buf();
+    let history = recovered.history.clone();
     let config = config.clone();
     let (sender, receiver) = std::sync::mpsc::channel();
     let thread_books = books.clone();
@@ -68,6 +71,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
             control: parts.control,
             lock_path,
             thread,
+            history,
         }),
         Ok(Err(error)) => {
             let _ = thread.join();
@@ -102,10 +106,11 @@ fn run_system(
         lock,
         manifest,
         shards,
+        history,
         ..
     } = recovered;
     let mut started = StartedShards::default();
-    if let Err(error) = start_shards(shards, &config, &books, &mut started) {
+    if let Err(error) = start_shards(shards, &config, &books, &history, &mut started) {
         let _ = reply.send(Err(error));
         drop(started.addresses);
         stop_arbiters(started.arbiters);
@@ -114,7 +119,14 @@ fn run_system(
     // invariant: set exactly once, here, before any message reaches a shard.
     let _ = started.peers.set(started.addresses.clone());
     let control = Arbiter::new();
-    let parts = start_control(&control, &started, &config, manifest.hash_seed, books);
+    let parts = start_control(
+        &control,
+        &started,
+        &config,
+        manifest.hash_seed,
+        books,
+        history,
+    );
     let mut arbiters = started.arbiters;
     arbiters.push(control);
     if reply.send(Ok(parts)).is_ok() {
@@ -138,6 +150,7 @@ fn start_shards(
     shards: Vec<crate::recovery::RecoveredShard>,
     config: &Config,
     books: &Arc<Books>,
+    history: &Arc<LedgerHistory>,
     started: &mut StartedShards,
 ) -> Result<()> {
     for shard in shards {
@@ -150,6 +163,7 @@ fn start_shards(
         gauges.mark_checkpoint();
         let context = ShardContext {
             peers: started.peers.clone(),
+            logs: history.logs.clone(),
             books: ShardBooks::new(books.clone()),
             wal: wal.clone(),
             gauges: gauges.clone(),
@@ -176,6 +190,7 @@ fn start_control(
     config: &Config,
     hash_seed: [u64; 2],
     books: Arc<Books>,
+    history: Arc<LedgerHistory>,
 ) -> Parts {
     let routing = Routing::new(
         started.addresses.clone(),
@@ -191,7 +206,7 @@ fn start_control(
     let (shard_addresses, shard_wals) = (started.addresses.clone(), started.wals.clone());
     let (interval_ms, wal_bytes) = (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
     let checkpointer = Checkpointer::start_in_arbiter(&control.handle(), move |_| {
-        Checkpointer::new(shard_addresses, shard_wals, interval_ms, wal_bytes)
+        Checkpointer::new(shard_addresses, shard_wals, history, interval_ms, wal_bytes)
     });
     Parts {
         router,
@@ -227,7 +242,7 @@ mod tests {
     use super::super::messages::{CloseShard, Completion, GetShardStats, RouteBatch};
     use super::super::router::shard_of;
     use crate::storage::manifest::Manifest;
-    use crate::{Config, LedgerError, Op, Pubkey};
+    use crate::{Config, LedgerError, Op, Pubkey, TransferId};
 
     fn key(n: u32) -> Pubkey {
         let mut bytes = [0xB0u8; 32];
@@ -269,17 +284,28 @@ mod tests {
         let on_0 = keys_on(dir.path(), 0, 2, 0);
         let on_1 = keys_on(dir.path(), 1, 2, 0);
         let routing = running.routing.clone();
-        let one = |op: Op| {
+        let ids = running.history.ids.clone();
+        let claim = move |op: Op| match ids.claim(op) {
+            crate::ids::Claimed::Leader(claim) => claim,
+            crate::ids::Claimed::Follower(..) => panic!("ids are unique here"),
+        };
+        let claim_one = claim.clone();
+        let one = move |op: Op| {
             let routing = routing.clone();
+            let claim = claim_one(op);
             async move {
                 let (sender, receiver) = tokio::sync::oneshot::channel();
-                routing.send_one(op, Completion::single(sender)).await?;
+                routing
+                    .send_one(op, claim, Completion::single(sender))
+                    .await?;
                 receiver.await.unwrap_or(Err(LedgerError::Closed))
             }
         };
         one(Op::Mint {
+            id: TransferId::new(),
             to: on_0[0],
             amount: 1_000,
+            user_data: 0,
         })
         .await
         .unwrap();
@@ -288,17 +314,23 @@ mod tests {
         for n in 0..60u64 {
             let op = match n % 3 {
                 0 => Op::Mint {
+                    id: TransferId::new(),
                     to: on_1[0],
                     amount: 1,
+                    user_data: 0,
                 },
                 1 => Op::Transfer {
+                    id: TransferId::new(),
                     from: on_0[0],
                     to: on_1[1],
                     amount: 1,
+                    user_data: 0,
                 },
                 _ => Op::Mint {
+                    id: TransferId::new(),
                     to: on_0[1],
                     amount: 1,
+                    user_data: 0,
                 },
             };
             calls.push((op, tokio::spawn(prompt("single op", one(op)))));
@@ -313,22 +345,31 @@ mod tests {
         close.unwrap().await.unwrap().unwrap().unwrap();
         let (reply, results) = tokio::sync::oneshot::channel();
         running.router.do_send(RouteBatch {
-            ops: vec![
+            ops: [
                 Op::Mint {
+                    id: TransferId::new(),
                     to: on_1[0],
                     amount: 1,
+                    user_data: 0,
                 },
                 Op::Transfer {
+                    id: TransferId::new(),
                     from: on_0[0],
                     to: on_1[0],
                     amount: 2,
+                    user_data: 0,
                 },
                 Op::Transfer {
+                    id: TransferId::new(),
                     from: on_1[0],
                     to: on_0[1],
                     amount: 1,
+                    user_data: 0,
                 },
-            ],
+            ]
+            .into_iter()
+            .map(|op| (op, claim(op)))
+            .collect(),
             reply,
         });
         let batch = prompt("submit", results).await.unwrap();

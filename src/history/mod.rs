@@ -16,6 +16,9 @@
 
 pub mod bloom;
 pub mod idx;
+pub mod ledger;
+pub mod log;
+pub mod query;
 pub mod reader;
 pub mod seal;
 mod window;
@@ -76,7 +79,7 @@ pub(crate) mod test_support {
 
     use super::RecordFacts;
     use crate::wal::frame::{push_record, seal};
-    use crate::wal::record::{AfterImage, RecordBody};
+    use crate::wal::record::{AfterImage, Meta, RecordBody};
 
     fn image(slot: u64, sequence: u64) -> AfterImage {
         AfterImage {
@@ -84,6 +87,7 @@ pub(crate) mod test_support {
             key: [slot as u8; 32],
             balance: slot * 1000 + sequence,
             sequence,
+            prev_lsn: 0,
         }
     }
 
@@ -93,15 +97,18 @@ pub(crate) mod test_support {
         let sequence = lsn;
         match lsn % 4 {
             0 => RecordBody::Mint {
+                meta: Meta::test(lsn),
                 to: image(lsn % 7, sequence),
                 amount: lsn,
             },
             1 => RecordBody::Transfer {
+                meta: Meta::test(lsn),
                 from: image(lsn % 5, sequence),
                 to: image(100 + lsn % 3, sequence + 1),
                 amount: lsn,
             },
             2 => RecordBody::Debit {
+                meta: Meta::test(lsn),
                 from: image(lsn % 11, sequence),
                 to: [3; 32],
                 target_shard: 1,
@@ -127,7 +134,8 @@ pub(crate) mod test_support {
         let id = match body {
             RecordBody::Mint { amount, .. }
             | RecordBody::Transfer { amount, .. }
-            | RecordBody::Debit { amount, .. } => Some(id_of(*amount)),
+            | RecordBody::Debit { amount, .. }
+            | RecordBody::Refused { amount, .. } => Some(id_of(*amount)),
             RecordBody::Credit { .. } => None,
         };
         RecordFacts {

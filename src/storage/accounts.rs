@@ -23,6 +23,7 @@
 //! | 40     | 8    | slots in use at the checkpoint                               |
 //! | 48     | 16   | sum of balances at the checkpoint (u128)                     |
 //! | 64     | 2048 | credit watermarks: `applied[s]`, highest debit LSN of shard `s` credited here |
+//! | 2112   | 8    | newest record timestamp at or below the checkpoint (ns since the UNIX epoch) |
 //! | 4092   | 4    | CRC32 of bytes 0..4092                                       |
 //!
 //! Account slot (all zero = never used):
@@ -50,7 +51,7 @@ use crate::error::{LedgerError, Result};
 use crate::types::Pubkey;
 
 pub const MAGIC: &[u8; 8] = b"TALLYACT";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_SLOT_BYTES: usize = 4096;
 pub const HEADER_BYTES: u64 = 2 * HEADER_SLOT_BYTES as u64;
 pub const SLOT_BYTES: usize = 128;
@@ -65,6 +66,7 @@ pub const HEADER_CHECKPOINT_LSN_OFFSET: usize = HEADER_GENERATION_OFFSET + 8;
 pub const HEADER_SLOT_COUNT_OFFSET: usize = HEADER_CHECKPOINT_LSN_OFFSET + 8;
 pub const HEADER_BALANCE_SUM_OFFSET: usize = HEADER_SLOT_COUNT_OFFSET + 8;
 const HEADER_WATERMARKS_OFFSET: usize = HEADER_BALANCE_SUM_OFFSET + 16;
+const HEADER_LAST_TIMESTAMP_OFFSET: usize = HEADER_WATERMARKS_OFFSET + 8 * MAX_SHARDS;
 const HEADER_CRC_OFFSET: usize = HEADER_SLOT_BYTES - 4;
 const FLAG_CLEAN: u32 = 1;
 const _: () = assert!(
@@ -94,6 +96,9 @@ pub struct Header {
     pub balance_sum: u128,
     /// `applied[s]`: every debit of shard `s` with an LSN <= this is credited in these slots.
     pub applied: Vec<u64>,
+    /// The newest timestamp of a record at or below the checkpoint: the shard's next timestamp
+    /// is greater, whatever the clock says after a restart.
+    pub last_timestamp: u64,
 }
 
 impl Header {
@@ -107,6 +112,7 @@ impl Header {
             slot_count: 0,
             balance_sum: 0,
             applied: vec![0; shard_count as usize],
+            last_timestamp: 0,
         }
     }
 
@@ -134,6 +140,11 @@ impl Header {
         for (index, watermark) in self.applied.iter().take(MAX_SHARDS).enumerate() {
             write_u64(&mut bytes, HEADER_WATERMARKS_OFFSET + 8 * index, *watermark);
         }
+        write_u64(
+            &mut bytes,
+            HEADER_LAST_TIMESTAMP_OFFSET,
+            self.last_timestamp,
+        );
         let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
         write_u32(&mut bytes, HEADER_CRC_OFFSET, crc);
         bytes
@@ -212,6 +223,7 @@ impl Header {
             slot_count: read_u64(bytes, HEADER_SLOT_COUNT_OFFSET),
             balance_sum,
             applied,
+            last_timestamp: read_u64(bytes, HEADER_LAST_TIMESTAMP_OFFSET),
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct IndexEntry {
 pub struct Cached {
     pub balance: u64,
     pub sequence: u64,
+    /// The LSN of the account's newest entry (the record that last changed it; 0: none yet).
+    pub lsn: u64,
 }
 
 /// Public keys are chosen by users, so the map uses a fast hasher with a random per-process key.

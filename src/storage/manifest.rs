@@ -17,9 +17,10 @@ pub const MAGIC: &[u8; 8] = b"TALLYMAN";
 const VERSION_OFFSET: usize = MAGIC.len();
 const SHARDS_OFFSET: usize = VERSION_OFFSET + 4;
 const SEED_OFFSET: usize = SHARDS_OFFSET + 4;
-/// The format this build reads and writes. 2: WAL records are written in frames
-/// (`src/wal/frame.rs`); version 1 wrote bare records.
-pub const VERSION: u32 = 2;
+/// The format this build reads and writes. 3: records carry transfer ids, timestamps and
+/// per-account back-pointers, refusals are logged, and WAL segments are kept as history;
+/// 2: WAL records are written in frames (`src/wal/frame.rs`); 1 wrote bare records.
+pub const VERSION: u32 = 3;
 /// Versions older than [`VERSION`] that a tally build once wrote: refused as
 /// [`LedgerError::UnsupportedFormat`], not as corruption.
 pub const OLD_VERSIONS: std::ops::RangeInclusive<u32> = 1..=VERSION - 1;
@@ -161,7 +162,8 @@ mod tests {
         );
         let message = err.to_string();
         assert!(
-            message.contains("format version 1") && message.contains("format version 2"),
+            message.contains("format version 1")
+                && message.contains(&format!("format version {VERSION}")),
             "{message}"
         );
     }

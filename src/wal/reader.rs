@@ -442,11 +442,13 @@ mod tests {
 
     fn body(n: u64) -> RecordBody {
         RecordBody::Mint {
+            meta: crate::wal::record::Meta::test(n),
             to: AfterImage {
                 slot: n,
                 key: [n as u8; 32],
                 balance: n,
                 sequence: 1,
+                prev_lsn: 0,
             },
             amount: n + 1,
         }

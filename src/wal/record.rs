@@ -6,7 +6,7 @@
 //! | 0      | 4    | payload length `n` (u32 LE), 1..=4096                   |
 //! | 4      | 4    | CRC32 of bytes 0..4 and 8..17+n                         |
 //! | 8      | 8    | LSN (u64 LE), consecutive within a shard, from 1         |
-//! | 16     | 1    | kind: 1 mint, 2 transfer, 3 debit, 4 credit              |
+//! | 16     | 1    | kind: 1 mint, 2 transfer, 3 debit, 4 credit, 5 refused   |
 //! | 17     | n    | payload: the [`RecordBody`] in bincode (standard config) |
 //!
 //! Every payload carries the after-image of each account it changes, with its slot number, so
@@ -31,32 +31,69 @@ pub struct AfterImage {
     pub key: [u8; 32],
     pub balance: u64,
     pub sequence: u64,
+    /// The LSN of this account's previous entry on this shard (0: this is its first). The
+    /// entries of an account form a list, newest first, that `history` walks.
+    pub prev_lsn: u64,
+}
+
+/// What the deciding record of a transfer id says about it besides the accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Meta {
+    /// The transfer id (never 0 or `u128::MAX`).
+    pub id: u128,
+    pub user_data: u128,
+    /// Nanoseconds since the UNIX epoch, strictly increasing within a shard.
+    pub timestamp: u64,
+}
+
+/// Why the deciding shard refused an operation whose id it then remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum Refusal {
+    InsufficientFunds { needed: u64, available: u64 },
+    AccountNotFound { key: [u8; 32] },
+    Overflow,
 }
 
 /// What a record says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum RecordBody {
     /// `amount` new units in `to`.
-    Mint { to: AfterImage, amount: u64 },
+    Mint {
+        meta: Meta,
+        to: AfterImage,
+        amount: u64,
+    },
     /// A transfer between two accounts of this shard.
     Transfer {
+        meta: Meta,
         from: AfterImage,
         to: AfterImage,
         amount: u64,
     },
     /// The deciding half of a cross-shard transfer: `from` is debited here; `to` lives on `target_shard`.
     Debit {
+        meta: Meta,
         from: AfterImage,
         to: [u8; 32],
         target_shard: u32,
         amount: u64,
     },
-    /// The credit for debit `source_lsn` of shard `source_shard`.
+    /// The credit for debit `source_lsn` of shard `source_shard` (whose record holds the
+    /// transfer's id and timestamp).
     Credit {
         source_shard: u32,
         source_lsn: u64,
         to: AfterImage,
         amount: u64,
+    },
+    /// An operation this shard refused for the state it found; logged so that a retry of its id
+    /// gets the same refusal. Changes no account. `from` is `None` for a mint.
+    Refused {
+        meta: Meta,
+        from: Option<[u8; 32]>,
+        to: [u8; 32],
+        amount: u64,
+        refusal: Refusal,
     },
 }
 
@@ -67,26 +104,52 @@ impl RecordBody {
             RecordBody::Transfer { .. } => 2,
             RecordBody::Debit { .. } => 3,
             RecordBody::Credit { .. } => 4,
+            RecordBody::Refused { .. } => 5,
         }
     }
 
     /// The after-images this record carries.
     pub fn images(&self) -> impl Iterator<Item = &AfterImage> {
         let (first, second) = match self {
-            RecordBody::Mint { to, .. } => (to, None),
-            RecordBody::Transfer { from, to, .. } => (from, Some(to)),
-            RecordBody::Debit { from, .. } => (from, None),
-            RecordBody::Credit { to, .. } => (to, None),
+            RecordBody::Mint { to, .. } => (Some(to), None),
+            RecordBody::Transfer { from, to, .. } => (Some(from), Some(to)),
+            RecordBody::Debit { from, .. } => (Some(from), None),
+            RecordBody::Credit { to, .. } => (Some(to), None),
+            RecordBody::Refused { .. } => (None, None),
         };
-        std::iter::once(first).chain(second)
+        first.into_iter().chain(second)
+    }
+
+    /// The id, user data and timestamp of a record that decides a transfer id (every kind but
+    /// a credit, which its debit decided).
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            RecordBody::Mint { meta, .. }
+            | RecordBody::Transfer { meta, .. }
+            | RecordBody::Debit { meta, .. }
+            | RecordBody::Refused { meta, .. } => Some(meta),
+            RecordBody::Credit { .. } => None,
+        }
     }
 
     /// How this record changes the shard's sum of balances.
     pub fn balance_delta(&self) -> i128 {
         match self {
             RecordBody::Mint { amount, .. } | RecordBody::Credit { amount, .. } => *amount as i128,
-            RecordBody::Transfer { .. } => 0,
+            RecordBody::Transfer { .. } | RecordBody::Refused { .. } => 0,
             RecordBody::Debit { amount, .. } => -(*amount as i128),
+        }
+    }
+}
+
+impl Meta {
+    /// A meta for tests: id `n + 1`, no user data, timestamp `n + 1`.
+    #[cfg(test)]
+    pub fn test(n: u64) -> Meta {
+        Meta {
+            id: n as u128 + 1,
+            user_data: 0,
+            timestamp: n + 1,
         }
     }
 }
@@ -186,21 +249,33 @@ mod tests {
             key: [n; 32],
             balance: u64::MAX - n as u64,
             sequence: 7,
+            prev_lsn: 300 + n as u64,
         }
     }
 
-    fn bodies() -> Vec<RecordBody> {
+    fn meta(n: u8) -> Meta {
+        Meta {
+            id: (1u128 << 100) + n as u128,
+            user_data: n as u128,
+            timestamp: 1_700_000_000_000_000_000 + n as u64,
+        }
+    }
+
+    pub(crate) fn bodies() -> Vec<RecordBody> {
         vec![
             RecordBody::Mint {
+                meta: meta(1),
                 to: image(1),
                 amount: 5,
             },
             RecordBody::Transfer {
+                meta: meta(2),
                 from: image(2),
                 to: image(3),
                 amount: u64::MAX,
             },
             RecordBody::Debit {
+                meta: meta(4),
                 from: image(4),
                 to: [9; 32],
                 target_shard: 255,
@@ -211,6 +286,16 @@ mod tests {
                 source_lsn: 1 << 40,
                 to: image(5),
                 amount: 77,
+            },
+            RecordBody::Refused {
+                meta: meta(6),
+                from: Some([6; 32]),
+                to: [7; 32],
+                amount: 10,
+                refusal: Refusal::InsufficientFunds {
+                    needed: 10,
+                    available: 3,
+                },
             },
         ]
     }
@@ -267,7 +352,7 @@ mod tests {
     #[test]
     fn balance_deltas() {
         let deltas: Vec<i128> = bodies().iter().map(RecordBody::balance_delta).collect();
-        assert_eq!(deltas, vec![5, 0, -1, 77]);
+        assert_eq!(deltas, vec![5, 0, -1, 77, 0]);
     }
 
     fn hex(bytes: &[u8]) -> String {
@@ -290,17 +375,25 @@ mod tests {
         assert_eq!(payloads, PINNED_PAYLOADS);
     }
 
-    /// Mint, transfer, debit, credit: variant index (varint), then the fields in order; an
-    /// after-image is slot, key (32 raw bytes), balance, sequence. Integers are varints: below
-    /// 251 one byte, else 0xfb + u16, 0xfc + u32, 0xfd + u64 (little-endian).
-    const PINNED_PAYLOADS: [&str; 4] = [
-        "00010101010101010101010101010101010101010101010101010101010101010101fdfeffffffffffffff0705",
-        "01020202020202020202020202020202020202020202020202020202020202020202fdfdffffffffffffff07\
-         030303030303030303030303030303030303030303030303030303030303030303fdfcffffffffffffff07\
+    /// Mint, transfer, debit, credit, refused: variant index (varint), then the fields in
+    /// order; a meta is id, user data, timestamp; an after-image is slot, key (32 raw bytes),
+    /// balance, sequence, previous LSN. Integers are varints: below 251 one byte, else 0xfb +
+    /// u16, 0xfc + u32, 0xfd + u64, 0xfe + u128 (little-endian). An `Option` is 0 (none) or 1
+    /// and the value.
+    const PINNED_PAYLOADS: [&str; 5] = [
+        "00fe0100000000000000000000001000000001fd01002a36fe9c9717\
+         010101010101010101010101010101010101010101010101010101010101010101fdfeffffffffffffff07fb2d0105",
+        "01fe0200000000000000000000001000000002fd02002a36fe9c9717\
+         020202020202020202020202020202020202020202020202020202020202020202fdfdffffffffffffff07fb2e01\
+         030303030303030303030303030303030303030303030303030303030303030303fdfcffffffffffffff07fb2f01\
          fdffffffffffffffff",
-        "02040404040404040404040404040404040404040404040404040404040404040404fdfbffffffffffffff07\
+        "02fe0400000000000000000000001000000004fd04002a36fe9c9717\
+         040404040404040404040404040404040404040404040404040404040404040404fdfbffffffffffffff07fb3001\
          0909090909090909090909090909090909090909090909090909090909090909fbff0001",
         "0303fd0000000000010000050505050505050505050505050505050505050505050505050505050505050505\
-         fdfaffffffffffffff074d",
+         fdfaffffffffffffff07fb31014d",
+        "04fe0600000000000000000000001000000006fd06002a36fe9c9717\
+         010606060606060606060606060606060606060606060606060606060606060606\
+         07070707070707070707070707070707070707070707070707070707070707070a000a03",
     ];
 }

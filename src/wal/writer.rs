@@ -40,6 +40,19 @@ pub struct WalWriter {
     /// Last LSN written, and last LSN covered by a successful sync (what frames claim).
     written_lsn: u64,
     synced_lsn: u64,
+    /// The current segment's first LSN and how many of its bytes are written, for readers of
+    /// the history (they must not read a frame while it is being written).
+    progress: Progress,
+}
+
+/// Where the writer is: (first LSN of the current segment, bytes written in it).
+pub type Progress = Arc<std::sync::Mutex<(u64, u64)>>;
+
+fn set_progress(progress: &Progress, first_lsn: u64, offset: u64) {
+    match progress.lock() {
+        Ok(mut guard) => *guard = (first_lsn, offset),
+        Err(poisoned) => *poisoned.into_inner() = (first_lsn, offset),
+    }
 }
 
 impl WalWriter {
@@ -59,7 +72,15 @@ impl WalWriter {
             .collect();
         let synced_lsn = tail.next_lsn.saturating_sub(1);
         let Some(last) = &tail.segment else {
-            return Self::create(io, dir, tail.next_lsn, segment_bytes, live, synced_lsn);
+            return Self::create(
+                io,
+                dir,
+                tail.next_lsn,
+                segment_bytes,
+                live,
+                synced_lsn,
+                Progress::default(),
+            );
         };
         let file = open_private_file(&*io, &last.path, false)?;
         if tail.torn.is_some() {
@@ -73,6 +94,8 @@ impl WalWriter {
         if let Some(entry) = live.back_mut() {
             entry.2 = tail.offset;
         }
+        let progress = Progress::default();
+        set_progress(&progress, last.first_lsn, tail.offset);
         Ok(WalWriter {
             io,
             dir: dir.to_path_buf(),
@@ -83,6 +106,7 @@ impl WalWriter {
             segments: live,
             written_lsn: synced_lsn,
             synced_lsn,
+            progress,
         })
     }
 
@@ -93,6 +117,7 @@ impl WalWriter {
         segment_bytes: u64,
         mut live: VecDeque<(u64, PathBuf, u64)>,
         synced_lsn: u64,
+        progress: Progress,
     ) -> Result<Self> {
         let path = segment_path(dir, first_lsn);
         let file = open_private_file(&*io, &path, true)?;
@@ -101,6 +126,7 @@ impl WalWriter {
             .map_err(|e| LedgerError::io(&path, e))?;
         sync_dir(&*io, dir)?;
         live.push_back((first_lsn, path.clone(), 0));
+        set_progress(&progress, first_lsn, 0);
         Ok(WalWriter {
             io,
             dir: dir.to_path_buf(),
@@ -111,6 +137,7 @@ impl WalWriter {
             segments: live,
             written_lsn: synced_lsn,
             synced_lsn,
+            progress,
         })
     }
 
@@ -139,6 +166,7 @@ impl WalWriter {
         self.written_lsn = last_lsn;
         if let Some(entry) = self.segments.back_mut() {
             entry.2 = self.offset;
+            set_progress(&self.progress, entry.0, self.offset);
         }
         Ok(())
     }
@@ -152,31 +180,48 @@ impl WalWriter {
         Ok(())
     }
 
+    /// Where the writer is, shared with the history's readers.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     /// The LSN the last successful sync covered: what the next frame claims.
     pub fn synced_lsn(&self) -> u64 {
         self.synced_lsn
     }
 
-    /// Deletes every segment all of whose records have an LSN <= `through_lsn`. The current
-    /// segment is always kept. Returns the number of segments deleted.
+    /// Retires every segment all of whose records have an LSN <= `through_lsn` and whose history
+    /// index is written: renamed `history-<LSN>.log` (recovery no longer reads it) and trimmed
+    /// to its written length. The current segment is always kept, and so is a segment not
+    /// sealed yet (a later truncation retires it). Returns the number of segments retired.
     pub fn truncate_through(&mut self, through_lsn: u64) -> Result<usize> {
-        let mut removed = 0;
+        let mut retired = 0;
         while self.segments.len() > 1 {
             let next_first = self.segments[1].0;
-            if next_first.saturating_sub(1) > through_lsn {
+            let (first, _, _) = &self.segments[0];
+            if next_first.saturating_sub(1) > through_lsn
+                || !crate::history::idx_path(&self.dir, *first).exists()
+            {
                 break;
             }
-            if let Some((_, path, _)) = self.segments.pop_front() {
+            if let Some((first, path, len)) = self.segments.pop_front() {
+                let history = crate::history::log_path(&self.dir, first);
                 self.io
-                    .remove_file(&path)
+                    .rename(&path, &history)
                     .map_err(|e| LedgerError::io(&path, e))?;
-                removed += 1;
+                // Only preallocated zeros go; a crash before this leaves them, which readers
+                // take as the end of the file.
+                let file = open_private_file(&*self.io, &history, false)?;
+                self.io
+                    .set_len(&file, &history, len)
+                    .map_err(|e| LedgerError::io(&history, e))?;
+                retired += 1;
             }
         }
-        if removed > 0 {
+        if retired > 0 {
             sync_dir(&*self.io, &self.dir)?;
         }
-        Ok(removed)
+        Ok(retired)
     }
 
     /// Syncs the current segment (so a later segment never exists beside a torn earlier one)
@@ -193,6 +238,7 @@ impl WalWriter {
             self.segment_bytes,
             live,
             self.synced_lsn,
+            self.progress.clone(),
         ) {
             Ok(next) => {
                 *self = next;
@@ -595,11 +641,13 @@ mod tests {
         let mut frame_start = 0;
         for lsn in first..first + count {
             let body = RecordBody::Mint {
+                meta: crate::wal::record::Meta::test(lsn),
                 to: AfterImage {
                     slot: lsn,
                     key: [1; 32],
                     balance: lsn,
                     sequence: lsn,
+                    prev_lsn: 0,
                 },
                 amount: 1,
             };
@@ -635,7 +683,17 @@ mod tests {
             0,
             "segment 1 still holds a live record"
         );
+        assert_eq!(
+            writer.truncate_through(second_first - 1).unwrap(),
+            0,
+            "a segment is retired only once its history index is written"
+        );
+        std::fs::write(crate::history::idx_path(dir.path(), 1), b"sealed").unwrap();
         assert_eq!(writer.truncate_through(second_first - 1).unwrap(), 1);
+        assert!(
+            crate::history::log_path(dir.path(), 1).exists(),
+            "kept as history"
+        );
         let after = scan(dir.path(), 1).unwrap();
         assert_eq!(
             after.records[0].0, second_first,

@@ -464,10 +464,19 @@ fn random_op(rng: &mut rand::rngs::StdRng, view: &[u64], accounts: u32) -> Model
 
 async fn single(ledger: &Ledger, task: u32, op: ModelOp) -> Result<(), LedgerError> {
     match op {
-        ModelOp::Mint { to, amount } => ledger.mint(task_key(task, to), amount).await,
+        ModelOp::Mint { to, amount } => {
+            ledger
+                .mint(tally::TransferId::new(), task_key(task, to), amount)
+                .await
+        }
         ModelOp::Transfer { from, to, amount } => {
             ledger
-                .transfer(task_key(task, from), task_key(task, to), amount)
+                .transfer(
+                    tally::TransferId::new(),
+                    task_key(task, from),
+                    task_key(task, to),
+                    amount,
+                )
                 .await
         }
     }
@@ -498,13 +507,17 @@ impl ModelOp {
     fn to_op(self, task: u32) -> tally::Op {
         match self {
             ModelOp::Mint { to, amount } => tally::Op::Mint {
+                id: tally::TransferId::new(),
                 to: task_key(task, to),
                 amount,
+                user_data: 0,
             },
             ModelOp::Transfer { from, to, amount } => tally::Op::Transfer {
+                id: tally::TransferId::new(),
                 from: task_key(task, from),
                 to: task_key(task, to),
                 amount,
+                user_data: 0,
             },
         }
     }

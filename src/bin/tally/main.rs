@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use report::{group_digits, human_bytes};
-use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Stats};
+use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Stats, TransferId};
 
 /// Where a data directory lives when neither `--data-dir` nor the config file says.
 const DEFAULT_DATA_DIR: &str = "./tally-data";
@@ -199,7 +199,7 @@ fn run(command: Command) -> Result<i32, CliError> {
         Command::Mint { dir, key, amount } => {
             let to = parse_key(&key)?;
             runtime()?.block_on(with_ledger(dir.config()?, |ledger| async move {
-                let receipt = ledger.mint(to, amount).await?;
+                let receipt = ledger.mint(TransferId::new(), to, amount).await?;
                 let balance = balance_of(&ledger, &to).await?;
                 Ok(format!(
                     "minted {amount} to {to}: balance {balance} (shard {}, lsn {})\n",
@@ -216,7 +216,7 @@ fn run(command: Command) -> Result<i32, CliError> {
             let (from, to) = (parse_key(&from)?, parse_key(&to)?);
             let config = existing(&dir)?;
             runtime()?.block_on(with_ledger(config, |ledger| async move {
-                let receipt = ledger.transfer(from, to, amount).await?;
+                let receipt = ledger.transfer(TransferId::new(), from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
                 Ok(format!(
@@ -640,8 +640,10 @@ async fn mint_accounts(
                 let ops = batch
                     .iter()
                     .map(|&to| Op::Mint {
+                        id: TransferId::new(),
                         to,
                         amount: LOAD_INITIAL_BALANCE,
+                        user_data: 0,
                     })
                     .collect();
                 for result in ledger.submit(ops).await? {
@@ -696,11 +698,21 @@ async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
             .collect();
         let started = Instant::now();
         let results = if let [(from, to, amount)] = transfers[..] {
-            vec![work.ledger.transfer(from, to, amount).await]
+            vec![
+                work.ledger
+                    .transfer(TransferId::new(), from, to, amount)
+                    .await,
+            ]
         } else {
             let ops = transfers
                 .into_iter()
-                .map(|(from, to, amount)| Op::Transfer { from, to, amount })
+                .map(|(from, to, amount)| Op::Transfer {
+                    id: TransferId::new(),
+                    from,
+                    to,
+                    amount,
+                    user_data: 0,
+                })
                 .collect();
             work.ledger.submit(ops).await?
         };

@@ -1,0 +1,236 @@
+//! The ledger's history as a whole: every shard's log files and the ledger-wide id directory,
+//! opened after recovery and shared by the front, the shards and the checkpoint actor.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::log::{Opened, ShardLog};
+use super::query::transfer_of;
+use super::seal;
+use crate::actors::shard::refusal_error;
+use crate::error::{LedgerError, Result};
+use crate::ids::{Ids, Location};
+use crate::state::{add_mark, Marks};
+use crate::storage::io::SharedIo;
+use crate::types::{Op, Pubkey, Receipt, Transfer};
+use crate::wal::reader::WalScan;
+use crate::wal::record::RecordBody;
+
+pub struct LedgerHistory {
+    pub ids: Arc<Ids>,
+    pub logs: Arc<Vec<Arc<ShardLog>>>,
+    pub io: SharedIo,
+    /// One sealing at a time (the checkpoint and the background sealer may both start one).
+    pub sealing: std::sync::Mutex<()>,
+}
+
+/// What opening one shard's history gives recovery: the log, and the marks of every entry.
+pub struct ShardHistory {
+    pub log: Arc<ShardLog>,
+    pub marks: Marks,
+}
+
+/// Opens one shard's history: every sealed index (its ids answer from disk), and the records of
+/// every file without one (the live WAL, already read by recovery as `wal`, and retired logs
+/// whose index is missing or damaged), whose ids go to the hot map.
+pub fn open_shard(
+    dir: &std::path::Path,
+    shard: u32,
+    wal: &WalScan,
+    ids: &Ids,
+) -> Result<ShardHistory> {
+    let Opened {
+        log,
+        sealed,
+        unindexed,
+        damaged,
+    } = ShardLog::open(dir, shard)?;
+    let mut marks = Marks::default();
+    let mut sealed_firsts = Vec::with_capacity(sealed.len());
+    for index in sealed {
+        for mark in index.marks() {
+            add_mark(&mut marks, mark.slot, mark.sequence, mark.lsn);
+        }
+        sealed_firsts.push(index.first_lsn());
+        ids.add_sealed(shard, index, &[]);
+    }
+    for (first, path) in unindexed {
+        match seal::read_records(&path, first) {
+            Ok(records) => {
+                for (lsn, _, body) in records {
+                    note(&mut marks, ids, shard, lsn, &body);
+                }
+            }
+            Err(error) => {
+                tracing::error!(shard, %error, "a history file cannot be read; lookups that may need it fail");
+                ids.add_damaged(error);
+            }
+        }
+    }
+    for (position, (lsn, body)) in wal.positions.iter().zip(&wal.records) {
+        let segment_first = wal
+            .segments
+            .get(position.segment)
+            .map_or(0, |segment| segment.first_lsn);
+        if sealed_firsts.contains(&segment_first) {
+            // Its ids answer from the index; marks are idempotent.
+            for image in body.images() {
+                add_mark(&mut marks, image.slot, image.sequence, *lsn);
+            }
+            continue;
+        }
+        note(&mut marks, ids, shard, *lsn, body);
+    }
+    for error in &damaged {
+        tracing::error!(shard, %error, "a history index is damaged; its log answers instead");
+    }
+    Ok(ShardHistory {
+        log: Arc::new(log),
+        marks,
+    })
+}
+
+fn note(marks: &mut Marks, ids: &Ids, shard: u32, lsn: u64, body: &RecordBody) {
+    for image in body.images() {
+        add_mark(marks, image.slot, image.sequence, lsn);
+    }
+    if let Some(meta) = body.meta() {
+        ids.insert_hot(meta.id, Location { shard, lsn });
+    }
+}
+
+impl LedgerHistory {
+    /// Seals every complete WAL segment of every shard that has no index yet, and moves its ids
+    /// from the hot map to the index. Runs on a blocking thread (it reads whole segments).
+    pub fn seal_complete(&self) -> Result<usize> {
+        let _one = match self.sealing.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut sealed = 0;
+        for log in self.logs.iter() {
+            for first in log.unsealed()? {
+                if let Some((index, ids)) = log.seal(&*self.io, first)? {
+                    self.ids.add_sealed(log.shard(), index, &ids);
+                    sealed += 1;
+                }
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Whether any shard has a complete WAL segment without an index.
+    pub fn has_unsealed(&self) -> bool {
+        self.logs
+            .iter()
+            .any(|log| log.unsealed().is_ok_and(|firsts| !firsts.is_empty()))
+    }
+
+    fn record(&self, location: Location) -> Result<RecordBody> {
+        let log = self.logs.get(location.shard as usize).ok_or_else(|| {
+            LedgerError::corrupt(
+                PathBuf::new(),
+                location.lsn,
+                format!("an id points at unknown shard {}", location.shard),
+            )
+        })?;
+        log.read(location.lsn)?.ok_or_else(|| {
+            LedgerError::corrupt(
+                log.dir(),
+                location.lsn,
+                format!(
+                    "an id points at LSN {} of shard {}, which no log file holds",
+                    location.lsn, location.shard
+                ),
+            )
+        })
+    }
+
+    /// The applied transfer with `id`, if any (a refused id is not a transfer).
+    pub fn lookup(&self, id: u128) -> Result<Option<Transfer>> {
+        let Some(location) = self.ids.locate(id)? else {
+            return Ok(None);
+        };
+        let body = self.record(location)?;
+        transfer_of(location.shard, location.lsn, &body, &self.logs)
+    }
+
+    /// The answer to a submission of `op` whose id was decided by the record at `location`:
+    /// the same receipt or refusal when the fields match, else `IdConflict`.
+    pub fn answer(&self, location: Location, op: &Op) -> Result<Receipt> {
+        let body = self.record(location)?;
+        let Some(meta) = body.meta() else {
+            return Err(LedgerError::corrupt(
+                self.logs
+                    .get(location.shard as usize)
+                    .map_or_else(PathBuf::new, |log| log.dir().to_path_buf()),
+                location.lsn,
+                "an id points at a credit",
+            ));
+        };
+        if !same_fields(&body, op) {
+            return Err(LedgerError::IdConflict { id: op.id() });
+        }
+        match body {
+            RecordBody::Refused { refusal, .. } => Err(refusal_error(refusal)),
+            _ => Ok(Receipt {
+                shard: location.shard,
+                lsn: location.lsn,
+                timestamp_ns: meta.timestamp,
+            }),
+        }
+    }
+}
+
+/// Whether a deciding record was made for exactly `op`'s fields.
+fn same_fields(body: &RecordBody, op: &Op) -> bool {
+    let (from, to, amount, user_data) = match *body {
+        RecordBody::Mint { meta, to, amount } => (None, to.key, amount, meta.user_data),
+        RecordBody::Transfer {
+            meta,
+            from,
+            to,
+            amount,
+        } => (Some(from.key), to.key, amount, meta.user_data),
+        RecordBody::Debit {
+            meta,
+            from,
+            to,
+            amount,
+            ..
+        } => (Some(from.key), to, amount, meta.user_data),
+        RecordBody::Refused {
+            meta,
+            from,
+            to,
+            amount,
+            ..
+        } => (from, to, amount, meta.user_data),
+        RecordBody::Credit { .. } => return false,
+    };
+    match *op {
+        Op::Mint {
+            to: op_to,
+            amount: op_amount,
+            user_data: op_user_data,
+            ..
+        } => {
+            from.is_none()
+                && Pubkey(to) == op_to
+                && amount == op_amount
+                && user_data == op_user_data
+        }
+        Op::Transfer {
+            from: op_from,
+            to: op_to,
+            amount: op_amount,
+            user_data: op_user_data,
+            ..
+        } => {
+            from == Some(op_from.0)
+                && Pubkey(to) == op_to
+                && amount == op_amount
+                && user_data == op_user_data
+        }
+    }
+}

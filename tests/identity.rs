@@ -1,0 +1,289 @@
+//! Transfers with identity: exactly-once ids, remembered refusals, conflicts, and the history
+//! that `lookup` and `history` read, across checkpoints and reopens.
+
+use std::sync::Arc;
+
+use tally::{Config, Entry, Ledger, LedgerError, Op, Pubkey, Transfer, TransferId};
+
+fn key(n: u8) -> Pubkey {
+    Pubkey([n; 32])
+}
+
+async fn open(dir: &std::path::Path) -> Ledger {
+    Ledger::open(Config::new(dir).shards(2)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_retry_returns_the_identical_receipt_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let mint = TransferId::new();
+    let first = ledger.mint(mint, key(1), 100).await.unwrap();
+    assert_eq!(ledger.mint(mint, key(1), 100).await.unwrap(), first);
+    let pay = TransferId::new();
+    let paid = ledger.transfer(pay, key(1), key(2), 30).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            ledger.transfer(pay, key(1), key(2), 30).await.unwrap(),
+            paid
+        );
+    }
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 70);
+    assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 30);
+    // Same id, other fields: a conflict, and nothing moves.
+    for conflicting in [
+        ledger.transfer(pay, key(1), key(2), 31).await,
+        ledger.transfer(pay, key(1), key(3), 30).await,
+        ledger.mint(pay, key(2), 30).await,
+    ] {
+        assert!(
+            matches!(conflicting, Err(LedgerError::IdConflict { id }) if id == pay),
+            "{conflicting:?}"
+        );
+    }
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 70);
+    ledger.shutdown().await.unwrap();
+    // After a reopen the answers are the same.
+    let ledger = open(dir.path()).await;
+    assert_eq!(
+        ledger.transfer(pay, key(1), key(2), 30).await.unwrap(),
+        paid
+    );
+    assert_eq!(ledger.mint(mint, key(1), 100).await.unwrap(), first);
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 70);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_dependent_refusals_are_remembered_and_stateless_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.mint(TransferId::new(), key(1), 10).await.unwrap();
+    let id = TransferId::new();
+    let refused = ledger.transfer(id, key(1), key(2), 50).await;
+    assert!(
+        matches!(
+            refused,
+            Err(LedgerError::InsufficientFunds {
+                needed: 50,
+                available: 10
+            })
+        ),
+        "{refused:?}"
+    );
+    // Funds arrive; the retry is still refused, identically.
+    ledger.mint(TransferId::new(), key(1), 100).await.unwrap();
+    let again = ledger.transfer(id, key(1), key(2), 50).await;
+    assert!(
+        matches!(
+            again,
+            Err(LedgerError::InsufficientFunds {
+                needed: 50,
+                available: 10
+            })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(
+        ledger.lookup(id).await.unwrap(),
+        None,
+        "a refusal is no transfer"
+    );
+    let missing = TransferId::new();
+    let unknown = ledger.transfer(missing, key(9), key(2), 1).await;
+    assert!(matches!(unknown, Err(LedgerError::AccountNotFound(k)) if k == key(9)));
+    ledger.mint(TransferId::new(), key(9), 5).await.unwrap();
+    let unknown = ledger.transfer(missing, key(9), key(2), 1).await;
+    assert!(matches!(unknown, Err(LedgerError::AccountNotFound(k)) if k == key(9)));
+    // Stateless refusals leave the id free.
+    let free = TransferId::new();
+    assert!(matches!(
+        ledger.transfer(free, key(1), key(2), 0).await,
+        Err(LedgerError::ZeroAmount)
+    ));
+    assert!(matches!(
+        ledger.transfer(free, key(1), key(1), 5).await,
+        Err(LedgerError::SameAccount)
+    ));
+    ledger.transfer(free, key(1), key(2), 5).await.unwrap();
+    for invalid in [TransferId(0), TransferId(u128::MAX)] {
+        assert!(matches!(
+            ledger.mint(invalid, key(1), 1).await,
+            Err(LedgerError::InvalidId { id }) if id == invalid
+        ));
+    }
+    ledger.shutdown().await.unwrap();
+    let ledger = open(dir.path()).await;
+    let again = ledger.transfer(id, key(1), key(2), 50).await;
+    assert!(matches!(
+        again,
+        Err(LedgerError::InsufficientFunds {
+            needed: 50,
+            available: 10
+        })
+    ));
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_repeated_id_within_a_batch_is_a_retry_of_its_first_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    let id = TransferId::new();
+    let mint = |id, to, amount| Op::Mint {
+        id,
+        to,
+        amount,
+        user_data: 7,
+    };
+    let results = ledger
+        .submit(vec![
+            mint(id, key(1), 10),
+            mint(id, key(1), 10),
+            mint(id, key(1), 11),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap(), results[1].as_ref().unwrap());
+    assert!(matches!(results[2], Err(LedgerError::IdConflict { .. })));
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 10);
+    let transfer = ledger.lookup(id).await.unwrap().unwrap();
+    assert_eq!(transfer.user_data, 7);
+    assert_eq!(transfer.from, None);
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_of_one_id_from_64_tasks_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.mint(TransferId::new(), key(1), 1_000).await.unwrap();
+    for _ in 0..20 {
+        let id = TransferId::new();
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|n| {
+                let (ledger, barrier) = (ledger.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    if n % 2 == 0 {
+                        ledger.transfer(id, key(1), key(2), 1).await
+                    } else {
+                        let op = Op::Transfer {
+                            id,
+                            from: key(1),
+                            to: key(2),
+                            amount: 1,
+                            user_data: 0,
+                        };
+                        ledger.submit(vec![op]).await.unwrap().remove(0)
+                    }
+                })
+            })
+            .collect();
+        let mut receipts = Vec::new();
+        for task in tasks {
+            receipts.push(task.await.unwrap().unwrap());
+        }
+        assert!(receipts.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 980);
+    assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 20);
+    ledger.shutdown().await.unwrap();
+}
+
+/// Keys that land on different shards of a two-shard ledger (found by their placement).
+async fn keys_on_both_shards(ledger: &Ledger) -> (Pubkey, Pubkey) {
+    let first = key(1);
+    let receipt = ledger.mint(TransferId::new(), first, 1).await.unwrap();
+    for n in 2..=255u8 {
+        let other = key(n);
+        let minted = ledger.mint(TransferId::new(), other, 1).await.unwrap();
+        if minted.shard != receipt.shard {
+            return (first, other);
+        }
+    }
+    panic!("no key on the other shard");
+}
+
+#[tokio::test]
+async fn history_lists_every_entry_with_its_balance_across_shards_checkpoints_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(dir.path())
+        .shards(2)
+        .wal_segment_bytes(64 << 10);
+    let ledger = Ledger::open(config.clone()).await.unwrap();
+    let (a, b) = keys_on_both_shards(&ledger).await;
+    ledger.mint(TransferId::new(), a, 1_000_000).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..2_000u64 {
+        let id = TransferId::new();
+        let (from, to) = if n % 3 == 0 { (b, a) } else { (a, b) };
+        let amount = 1 + n % 7;
+        if ledger.transfer(id, from, to, amount).await.is_ok() {
+            ids.push(id);
+        }
+        if n % 500 == 0 {
+            ledger.checkpoint().await.unwrap();
+        }
+    }
+    let check = |entries: &[Entry], key: Pubkey, sequence: u64, balance: u64| {
+        assert_eq!(
+            entries.len() as u64,
+            sequence,
+            "one entry per change of {key}"
+        );
+        for (n, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.sequence, n as u64 + 1);
+        }
+        assert_eq!(entries.last().unwrap().balance_after, balance);
+    };
+    let histories = |ledger: Ledger| async move {
+        let mut out = Vec::new();
+        for key in [a, b] {
+            let account = ledger.account(&key).await.unwrap().unwrap();
+            let mut entries = Vec::new();
+            loop {
+                let after = entries.last().map_or(0, |e: &Entry| e.sequence);
+                let page = ledger.history(&key, after, 100).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                entries.extend(page);
+            }
+            out.push((key, account, entries));
+        }
+        out
+    };
+    let before = histories(ledger.clone()).await;
+    for (key, account, entries) in &before {
+        check(entries, *key, account.sequence, account.balance);
+    }
+    // A deep page starts where it should.
+    let (key, account, entries) = &before[0];
+    let deep = ledger.history(key, 777, 10).await.unwrap();
+    assert_eq!(deep, entries[777..787].to_vec());
+    assert!(account.sequence > 787);
+    for id in &ids {
+        let transfer: Transfer = ledger.lookup(*id).await.unwrap().unwrap();
+        assert_eq!(transfer.id, *id);
+    }
+    ledger.shutdown().await.unwrap();
+    let ledger = Ledger::open(config).await.unwrap();
+    let after = histories(ledger.clone()).await;
+    assert_eq!(before, after, "history survives a clean reopen");
+    for id in &ids {
+        assert!(ledger.lookup(*id).await.unwrap().is_some());
+    }
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("shard-000"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("history-") && f.ends_with(".idx")),
+        "{files:?}"
+    );
+    ledger.shutdown().await.unwrap();
+}
