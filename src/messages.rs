@@ -11,6 +11,11 @@
 //! | [`Submit`]`(Vec<Op>)` | `Result<Vec<Result<Receipt, LedgerError>>, LedgerError>` | `Ledger::submit` |
 //! | [`GetAccount`]`(Pubkey)` | `Result<Option<Account>, LedgerError>` | `Ledger::account` |
 //! | [`GetStats`] | `Result<Stats, LedgerError>` | `Ledger::stats` |
+//! | [`Lookup`]`(TransferId)` | `Result<Option<Transfer>, LedgerError>` | `Ledger::lookup` |
+//! | [`GetHistory`] | `Result<Vec<Entry>, LedgerError>` | `Ledger::history` |
+//!
+//! Every op carries its [`TransferId`](crate::TransferId): a message re-sent after a timeout or a
+//! restart is applied once, exactly as a retried call is.
 //!
 //! `send` waits for mailbox space (back-pressure) and for the answer; `try_send` fails at once
 //! when the mailbox is full. `do_send` is fire-and-forget: it ignores the mailbox bound and drops
@@ -29,7 +34,7 @@ use std::sync::Weak;
 
 use actix::prelude::*;
 
-use crate::{Account, LedgerError, Op, Pubkey, Receipt, Stats};
+use crate::{Account, Entry, LedgerError, Op, Pubkey, Receipt, Stats, Transfer, TransferId};
 
 /// One mint or transfer. Answers like `Ledger::mint` / `Ledger::transfer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
@@ -50,6 +55,20 @@ pub struct GetAccount(pub Pubkey);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "Result<Stats, LedgerError>")]
 pub struct GetStats;
+
+/// The applied transfer with an id. Answers like `Ledger::lookup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Result<Option<Transfer>, LedgerError>")]
+pub struct Lookup(pub TransferId);
+
+/// A page of an account's history. Answers like `Ledger::history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Result<Vec<Entry>, LedgerError>")]
+pub struct GetHistory {
+    pub key: Pubkey,
+    pub after: u64,
+    pub limit: usize,
+}
 
 /// The front actor that turns messages into ledger calls. Get its address from
 /// [`Ledger::actor`](crate::Ledger::actor).
@@ -108,5 +127,27 @@ impl Handler<GetStats> for LedgerActor {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         let ledger = self.ledger();
         Box::pin(async move { ledger?.stats().await })
+    }
+}
+
+impl Handler<Lookup> for LedgerActor {
+    type Result = ResponseFuture<Result<Option<Transfer>, LedgerError>>;
+
+    fn handle(&mut self, Lookup(id): Lookup, _: &mut Context<Self>) -> Self::Result {
+        let ledger = self.ledger();
+        Box::pin(async move { ledger?.lookup(id).await })
+    }
+}
+
+impl Handler<GetHistory> for LedgerActor {
+    type Result = ResponseFuture<Result<Vec<Entry>, LedgerError>>;
+
+    fn handle(&mut self, message: GetHistory, _: &mut Context<Self>) -> Self::Result {
+        let ledger = self.ledger();
+        Box::pin(async move {
+            ledger?
+                .history(&message.key, message.after, message.limit)
+                .await
+        })
     }
 }

@@ -61,6 +61,10 @@ enum Command {
     Mint {
         #[command(flatten)]
         dir: DirArgs,
+        /// Transfer id, 32 hex digits; running the command again with the same id changes
+        /// nothing and prints the same receipt [default: a new id, printed]
+        #[arg(long)]
+        id: Option<String>,
         /// Account public key, 64 hex characters.
         key: String,
         amount: u64,
@@ -69,11 +73,35 @@ enum Command {
     Transfer {
         #[command(flatten)]
         dir: DirArgs,
+        /// Transfer id, 32 hex digits; running the command again with the same id changes
+        /// nothing and prints the same receipt [default: a new id, printed]
+        #[arg(long)]
+        id: Option<String>,
         /// Source public key, 64 hex characters.
         from: String,
         /// Target public key, 64 hex characters.
         to: String,
         amount: u64,
+    },
+    /// Print the transfer (or mint) with transfer id ID (exit 1 if there is none).
+    Lookup {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Transfer id, 32 hex digits.
+        id: String,
+    },
+    /// Print an account's entries, oldest first: one line per change of its balance.
+    History {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Account public key, 64 hex characters.
+        key: String,
+        /// Only entries with a sequence above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries (clamped to 10,000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// Print one account's balance and sequence (exit 1 if it does not exist).
     Account {
@@ -136,6 +164,9 @@ struct LoadArgs {
     /// How accounts are picked.
     #[arg(long, value_enum, default_value_t = Skew::Uniform)]
     skew: Skew,
+    /// How transfer ids are made.
+    #[arg(long, value_enum, default_value_t = Ids::Time)]
+    ids: Ids,
     /// When a call returns [default: the config file's mode, else sync].
     #[arg(long, value_enum)]
     durability: Option<DurabilityArg>,
@@ -158,6 +189,24 @@ enum Skew {
     /// Zipf (s = 1): a few hot accounts take most transfers; ops of one batch that share a hot
     /// account run one after another, so expect a far lower rate than uniform.
     Zipf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ids {
+    /// `TransferId::new()`: time-ordered, so a new id skips every sealed history file by range.
+    Time,
+    /// Uniformly random 128-bit ids, as callers with their own id scheme might send: every
+    /// sealed history file's filter is probed.
+    Random,
+}
+
+impl Ids {
+    fn next(self, rng: &mut impl Rng) -> TransferId {
+        match self {
+            Ids::Time => TransferId::new(),
+            Ids::Random => TransferId(rng.gen_range(1..u128::MAX)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -196,32 +245,40 @@ fn run(command: Command) -> Result<i32, CliError> {
         Command::Verify(dir) => verify(&dir),
         Command::Inspect(dir) => inspect(&dir),
         Command::Load(args) => runtime()?.block_on(load(args)),
-        Command::Mint { dir, key, amount } => {
+        Command::Mint {
+            dir,
+            id,
+            key,
+            amount,
+        } => {
             let to = parse_key(&key)?;
+            let id = parse_id_or_new(id.as_deref())?;
             runtime()?.block_on(with_ledger(dir.config()?, |ledger| async move {
-                let receipt = ledger.mint(TransferId::new(), to, amount).await?;
+                let receipt = ledger.mint(id, to, amount).await?;
                 let balance = balance_of(&ledger, &to).await?;
                 Ok(format!(
-                    "minted {amount} to {to}: balance {balance} (shard {}, lsn {})\n",
-                    receipt.shard, receipt.lsn
+                    "minted {amount} to {to}: balance {balance}\nid {id}\n{}",
+                    receipt_lines(&receipt)
                 ))
             }))
         }
         Command::Transfer {
             dir,
+            id,
             from,
             to,
             amount,
         } => {
             let (from, to) = (parse_key(&from)?, parse_key(&to)?);
+            let id = parse_id_or_new(id.as_deref())?;
             let config = existing(&dir)?;
             runtime()?.block_on(with_ledger(config, |ledger| async move {
-                let receipt = ledger.transfer(TransferId::new(), from, to, amount).await?;
+                let receipt = ledger.transfer(id, from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
                 Ok(format!(
-                    "transferred {amount} from {from} (balance {from_balance}) to {to} (balance {to_balance}) (shard {}, lsn {})\n",
-                    receipt.shard, receipt.lsn
+                    "transferred {amount} from {from} (balance {from_balance}) to {to} (balance {to_balance})\nid {id}\n{}",
+                    receipt_lines(&receipt)
                 ))
             }))
         }
@@ -237,6 +294,30 @@ fn run(command: Command) -> Result<i32, CliError> {
                     "account {}\nbalance {}\nsequence {}\n",
                     account.key, account.balance, account.sequence
                 ))
+            }))
+        }
+        Command::Lookup { dir, id } => {
+            let id = parse_id(&id)?;
+            let config = existing(&dir)?;
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
+                let transfer = ledger
+                    .lookup(id)
+                    .await?
+                    .ok_or_else(|| CliError(format!("no transfer with id {id}")))?;
+                Ok(report::transfer(&transfer))
+            }))
+        }
+        Command::History {
+            dir,
+            key,
+            after,
+            limit,
+        } => {
+            let key = parse_key(&key)?;
+            let config = existing(&dir)?;
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
+                let entries = ledger.history(&key, after, limit).await?;
+                Ok(report::history(&key, &entries))
             }))
         }
         // They build their own runtimes and report their own errors.
@@ -266,6 +347,23 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
+}
+
+fn parse_id(text: &str) -> Result<TransferId, CliError> {
+    text.parse()
+        .map_err(|e| CliError(format!("bad transfer id {text:?}: {e}")))
+}
+
+/// The id given on the command line, or a new one.
+fn parse_id_or_new(text: Option<&str>) -> Result<TransferId, CliError> {
+    text.map_or_else(|| Ok(TransferId::new()), parse_id)
+}
+
+fn receipt_lines(receipt: &tally::Receipt) -> String {
+    format!(
+        "shard {}\nlsn {}\ntimestamp_ns {}\n",
+        receipt.shard, receipt.lsn, receipt.timestamp_ns
+    )
 }
 
 fn parse_key(text: &str) -> Result<Pubkey, CliError> {
@@ -343,6 +441,9 @@ struct LoadSummary {
     stats: Stats,
     shutdown_seconds: f64,
     peak_rss_bytes: Option<u64>,
+    ids: Ids,
+    /// Bytes of history (logs and their indexes) in the directory after shutdown.
+    history_bytes: u64,
     /// The signal that stopped the run early, if one did.
     interrupted: Option<i32>,
     conservation: Conservation,
@@ -396,6 +497,7 @@ async fn load(args: LoadArgs) -> Result<i32, CliError> {
     closed?;
     summary.shutdown_seconds = shutdown_seconds;
     summary.peak_rss_bytes = peak_rss_bytes();
+    summary.history_bytes = history_bytes(&summary.data_dir);
     if args.json {
         emit(&format!("{}\n", summary_json(&summary)));
     } else {
@@ -477,6 +579,8 @@ async fn run_load(
         // Filled in after the shutdown.
         shutdown_seconds: 0.0,
         peak_rss_bytes: None,
+        ids: args.ids,
+        history_bytes: 0,
         interrupted: stop.signal(),
         conservation,
         read_back_seconds,
@@ -513,6 +617,7 @@ async fn transfer_phase(
             ledger: ledger.clone(),
             keys: keys.clone(),
             picker: picker.clone(),
+            ids: args.ids,
             transfers: share,
             batch: args.batch as usize,
             seed: rng.gen(),
@@ -669,6 +774,7 @@ struct ClientWork {
     ledger: Ledger,
     keys: std::sync::Arc<Vec<Pubkey>>,
     picker: std::sync::Arc<Picker>,
+    ids: Ids,
     transfers: u64,
     batch: usize,
     seed: u64,
@@ -693,21 +799,20 @@ async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
     let mut left = work.transfers;
     while left > 0 && !work.stop.stopped() {
         let size = left.min(work.batch as u64) as usize;
-        let transfers: Vec<(Pubkey, Pubkey, u64)> = (0..size)
-            .map(|_| random_transfer(&mut rng, &work.keys, &work.picker))
+        let transfers: Vec<(TransferId, Pubkey, Pubkey, u64)> = (0..size)
+            .map(|_| {
+                let (from, to, amount) = random_transfer(&mut rng, &work.keys, &work.picker);
+                (work.ids.next(&mut rng), from, to, amount)
+            })
             .collect();
         let started = Instant::now();
-        let results = if let [(from, to, amount)] = transfers[..] {
-            vec![
-                work.ledger
-                    .transfer(TransferId::new(), from, to, amount)
-                    .await,
-            ]
+        let results = if let [(id, from, to, amount)] = transfers[..] {
+            vec![work.ledger.transfer(id, from, to, amount).await]
         } else {
             let ops = transfers
                 .into_iter()
-                .map(|(from, to, amount)| Op::Transfer {
-                    id: TransferId::new(),
+                .map(|(id, from, to, amount)| Op::Transfer {
+                    id,
                     from,
                     to,
                     amount,
@@ -809,6 +914,21 @@ async fn read_back(ledger: &Ledger, keys: &std::sync::Arc<Vec<Pubkey>>) -> Resul
 }
 
 /// The process's peak resident set (VmHWM), where /proc provides it.
+/// Bytes of the history files (`history-*.log` and `.idx`) of every shard of `data_dir`.
+fn history_bytes(data_dir: &std::path::Path) -> u64 {
+    let Ok(shards) = std::fs::read_dir(data_dir) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .filter_map(|shard| std::fs::read_dir(shard.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|file| file.file_name().to_string_lossy().starts_with("history-"))
+        .filter_map(|file| file.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
@@ -820,6 +940,13 @@ fn durability_name(durability: Durability) -> String {
     match durability {
         Durability::Sync => "sync".into(),
         Durability::Periodic { interval_ms } => format!("periodic ({interval_ms} ms)"),
+    }
+}
+
+fn ids_name(ids: Ids) -> &'static str {
+    match ids {
+        Ids::Time => "time-ordered ids",
+        Ids::Random => "random ids",
     }
 }
 
@@ -850,6 +977,13 @@ fn totals(stats: &Stats) -> Totals {
     }
 }
 
+/// Operations the directory's history holds: every mint and transfer decided in it, this run's
+/// and earlier runs' (the conservation figures count what was minted before).
+fn history_ops(summary: &LoadSummary) -> u64 {
+    let earlier_mints = (summary.conservation.supply_before / LOAD_INITIAL_BALANCE as u128) as u64;
+    summary.accounts + earlier_mints + summary.applied + summary.rejected
+}
+
 fn transfers_per_sec(summary: &LoadSummary) -> f64 {
     (summary.applied + summary.rejected) as f64 / summary.seconds.max(1e-9)
 }
@@ -866,12 +1000,13 @@ fn summary_text(summary: &LoadSummary) -> String {
 fn setup_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
     let conservation = &summary.conservation;
     lines.push(format!(
-        "  setup          {} shards, durability {}, {} clients, batches of {}, {} keys",
+        "  setup          {} shards, durability {}, {} clients, batches of {}, {} keys, {}",
         summary.shards,
         durability_name(summary.durability),
         summary.clients,
         group_digits(summary.batch as u128),
-        skew_name(summary.skew)
+        skew_name(summary.skew),
+        ids_name(summary.ids)
     ));
     let existing = if conservation.supply_before > 0 {
         format!(
@@ -939,6 +1074,11 @@ fn result_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
             / (summary.accounts + summary.applied + summary.rejected).max(1) as f64
     ));
     lines.push(format!(
+        "  history        {} on disk, logs and indexes ({:.0} bytes per operation ever)",
+        human_bytes(summary.history_bytes),
+        summary.history_bytes as f64 / history_ops(summary).max(1) as f64
+    ));
+    lines.push(format!(
         "  checkpoints    {} during the run; shutdown (final checkpoint) took {:.2} s",
         totals.checkpoints, summary.shutdown_seconds
     ));
@@ -982,6 +1122,8 @@ fn summary_json(summary: &LoadSummary) -> serde_json::Value {
         "clients": summary.clients,
         "batch": summary.batch,
         "skew": skew_name(summary.skew),
+        "ids": ids_name(summary.ids),
+        "history_bytes": summary.history_bytes,
         "accounts": summary.accounts,
         "mint_seconds": summary.mint_seconds,
         "transfers": summary.transfers,

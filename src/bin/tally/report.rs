@@ -353,3 +353,41 @@ mod tests {
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }
 }
+
+/// `tally lookup`: one transfer, a field a line.
+pub fn transfer(transfer: &tally::Transfer) -> String {
+    let from = transfer
+        .from
+        .map_or_else(|| "(mint)".to_string(), |key| key.to_string());
+    format!(
+        "id {}\nfrom {from}\nto {}\namount {}\nuser_data {}\ntimestamp_ns {}\n",
+        transfer.id, transfer.to, transfer.amount, transfer.user_data, transfer.timestamp_ns
+    )
+}
+
+/// `tally history`: one line per entry.
+pub fn history(key: &tally::Pubkey, entries: &[tally::Entry]) -> String {
+    let mut out = format!("history of {key}: {} entries\n", entries.len());
+    for entry in entries {
+        let transfer = &entry.transfer;
+        let (direction, other) = match transfer.from {
+            None => ("mint", String::new()),
+            Some(from) if from == *key => ("to", transfer.to.to_string()),
+            Some(from) => ("from", from.to_string()),
+        };
+        let sign = if transfer.from == Some(*key) {
+            '-'
+        } else {
+            '+'
+        };
+        out.push_str(&format!(
+            "{:>8} {sign}{:<12} balance {:<14} {} {direction} {other} ts {}\n",
+            entry.sequence,
+            transfer.amount,
+            entry.balance_after,
+            transfer.id,
+            transfer.timestamp_ns
+        ));
+    }
+    out
+}
