@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use tally::{Config, Durability, Ledger, LedgerError, Pubkey};
+use tally::{Config, Durability, Ledger, LedgerError, Pubkey, Receipt, TransferId};
 
 /// Under `--durability periodic`: how often the WAL is synced. The campaign never relies on it
 /// (a kill -9 keeps what was written), so any value does.
@@ -392,30 +392,28 @@ async fn worker_task(
         } else {
             1
         };
-        let ops: Vec<ModelOp> = (0..count)
-            .map(|_| random_op(&mut rng, &view, accounts))
+        let ops: Vec<(ModelOp, TransferId)> = (0..count)
+            .map(|_| (random_op(&mut rng, &view, accounts), TransferId::new()))
             .collect();
         let first = sequence + 1;
-        for op in &ops {
+        for (op, id) in &ops {
             sequence += 1;
-            emit(&format!("B {task} {sequence} {}\n", op.encode()));
+            emit(&format!("B {task} {sequence} {} {id}\n", op.encode()));
         }
         let results = call(&ledger, task, &ops).await?;
         let mut lines = String::new();
-        for ((op, result), seq) in ops.iter().zip(&results).zip(first..) {
-            let outcome = match result {
-                Ok(()) => "ok",
-                Err(
-                    error @ (LedgerError::Closed
-                    | LedgerError::Io { .. }
-                    | LedgerError::Full { .. }),
-                ) => return Err(format!("op {seq}: {error}")),
-                Err(error) => error_kind(error),
-            };
+        for (((op, _), result), seq) in ops.iter().zip(&results).zip(first..) {
+            if let Err(
+                error @ (LedgerError::Closed | LedgerError::Io { .. } | LedgerError::Full { .. }),
+            ) = result
+            {
+                return Err(format!("op {seq}: {error}"));
+            }
             if result.is_ok() {
                 op.apply_to_view(&mut view);
             }
-            lines.push_str(&format!("A {task} {seq} {outcome}\n"));
+            let (outcome, detail) = describe(result);
+            lines.push_str(&format!("A {task} {seq} {outcome} {detail}\n"));
         }
         emit(&lines);
     }
@@ -426,15 +424,30 @@ async fn worker_task(
 async fn call(
     ledger: &Ledger,
     task: u32,
-    ops: &[ModelOp],
-) -> Result<Vec<Result<(), LedgerError>>, String> {
-    if let [op] = ops {
-        return Ok(vec![single(ledger, task, *op).await]);
+    ops: &[(ModelOp, TransferId)],
+) -> Result<Vec<Result<Receipt, LedgerError>>, String> {
+    if let [(op, id)] = ops {
+        return Ok(vec![single(ledger, task, *op, *id).await]);
     }
-    let batch = ops.iter().map(|op| op.to_op(task)).collect();
-    match ledger.submit(batch).await {
-        Ok(results) => Ok(results.into_iter().map(|r| r.map(|_| ())).collect()),
-        Err(error) => Err(format!("submit: {error}")),
+    let batch = ops.iter().map(|(op, id)| op.to_op(task, *id)).collect();
+    ledger
+        .submit(batch)
+        .await
+        .map_err(|error| format!("submit: {error}"))
+}
+
+/// What an answer says, as the child prints it and the parent compares it: the outcome (the
+/// model's word) and its details (a receipt, or a refusal's figures).
+fn describe(result: &Result<Receipt, LedgerError>) -> (&'static str, String) {
+    match result {
+        Ok(receipt) => (
+            "ok",
+            format!("{}:{}:{}", receipt.shard, receipt.lsn, receipt.timestamp_ns),
+        ),
+        Err(LedgerError::InsufficientFunds { needed, available }) => {
+            ("insufficient", format!("{needed}:{available}"))
+        }
+        Err(error) => (error_kind(error), "-".to_string()),
     }
 }
 
@@ -462,25 +475,20 @@ fn random_op(rng: &mut rand::rngs::StdRng, view: &[u64], accounts: u32) -> Model
     }
 }
 
-async fn single(ledger: &Ledger, task: u32, op: ModelOp) -> Result<(), LedgerError> {
+async fn single(
+    ledger: &Ledger,
+    task: u32,
+    op: ModelOp,
+    id: TransferId,
+) -> Result<Receipt, LedgerError> {
     match op {
-        ModelOp::Mint { to, amount } => {
-            ledger
-                .mint(tally::TransferId::new(), task_key(task, to), amount)
-                .await
-        }
+        ModelOp::Mint { to, amount } => ledger.mint(id, task_key(task, to), amount).await,
         ModelOp::Transfer { from, to, amount } => {
             ledger
-                .transfer(
-                    tally::TransferId::new(),
-                    task_key(task, from),
-                    task_key(task, to),
-                    amount,
-                )
+                .transfer(id, task_key(task, from), task_key(task, to), amount)
                 .await
         }
     }
-    .map(|_| ())
 }
 
 fn error_kind(error: &LedgerError) -> &'static str {
@@ -504,16 +512,16 @@ enum ModelOp {
 }
 
 impl ModelOp {
-    fn to_op(self, task: u32) -> tally::Op {
+    fn to_op(self, task: u32, id: TransferId) -> tally::Op {
         match self {
             ModelOp::Mint { to, amount } => tally::Op::Mint {
-                id: tally::TransferId::new(),
+                id,
                 to: task_key(task, to),
                 amount,
                 user_data: 0,
             },
             ModelOp::Transfer { from, to, amount } => tally::Op::Transfer {
-                id: tally::TransferId::new(),
+                id,
                 from: task_key(task, from),
                 to: task_key(task, to),
                 amount,
@@ -752,6 +760,11 @@ pub struct CampaignReport {
     pub acknowledged_ops: u64,
     pub in_flight_applied: u64,
     pub in_flight_absent: u64,
+    /// Ops re-submitted with their ids after the crash (each twice), in-flight ones the
+    /// re-submission applied, and history entries checked.
+    pub resubmitted_ops: u64,
+    pub applied_on_retry: u64,
+    pub history_entries: u64,
     /// Per phase, in the order of [`Phase::ALL`].
     pub phases: [PhaseCount; 6],
     pub violations: Vec<String>,
@@ -826,6 +839,10 @@ pub fn summary(args: &CampaignArgs, report: &CampaignReport) -> String {
         report.violations.len(),
         report.elapsed.as_secs_f64()
     );
+    text.push_str(&format!(
+        "exactly once: {} ops re-submitted with their ids after each crash (twice each), {} in-flight ops applied by the retry, {} history entries checked\n",
+        report.resubmitted_ops, report.applied_on_retry, report.history_entries
+    ));
     let phases: Vec<String> = Phase::ALL
         .iter()
         .map(|phase| {
@@ -1059,6 +1076,24 @@ impl<'a> Campaign<'a> {
         let resends = PARENT_RESENDS.load(Ordering::Relaxed);
         let recovered = runtime.block_on(read_back(&copy, &self.worker))?;
         self.owes_credits = PARENT_RESENDS.load(Ordering::Relaxed) > resends;
+        // Every op of the cycle again, with its id, on the copy (which keeps the crash state
+        // read above for the checks below, and is then thrown away).
+        let log = ChildLog::parse(&run.lines);
+        let retried = runtime.block_on(resubmit(
+            &copy,
+            &self.worker,
+            &log,
+            &self.models,
+            &recovered.accounts,
+        ))?;
+        self.report.resubmitted_ops += retried.ops;
+        self.report.applied_on_retry += retried.applied_now;
+        self.report.history_entries += retried.entries;
+        for violation in retried.violations {
+            self.report
+                .violations
+                .push(format!("cycle {cycle}: {violation}"));
+        }
         let fallback = self.fallback_placement();
         let placement = self.placement.as_ref().unwrap_or(&fallback);
         check_cycle(
@@ -1318,6 +1353,307 @@ async fn read_back(dir: &Path, args: &WorkerArgs) -> Result<Recovered, LedgerErr
 }
 
 // ---------------------------------------------------------------------------------------------
+// Exactly once: re-submitting every op of a cycle after the crash
+
+/// One op of a cycle, as re-submitted.
+#[derive(Debug, Clone)]
+struct CycleOp {
+    op: ModelOp,
+    id: TransferId,
+    /// The acknowledgement's outcome and details; `None` for an op in flight at the kill.
+    ack: Option<(String, String)>,
+}
+
+/// What re-submitting a cycle's ops found.
+#[derive(Debug, Default)]
+struct Retried {
+    ops: u64,
+    applied_now: u64,
+    entries: u64,
+    violations: Vec<String>,
+}
+
+/// The exactly-once check, on a copy of the crashed directory: every op of the cycle is
+/// submitted again with its id, in each task's order. An acknowledged op must get the
+/// identical answer (receipt or refusal) and change nothing; an op in flight at the kill is
+/// decided once: if its record survived, the retry answers from it and changes nothing, else
+/// the retry decides it now (against the recovered state). The accounts must then equal the
+/// crash state plus exactly the in-flight ops the retry applied; a second round of the same
+/// submissions must answer identically and change nothing; and each account's history since the
+/// cycle began must hold exactly the cycle's applied ops that touch it, with balances that
+/// follow from one another.
+async fn resubmit(
+    dir: &Path,
+    args: &WorkerArgs,
+    log: &ChildLog,
+    before: &BTreeMap<u32, TaskModel>,
+    crashed: &BTreeMap<u32, TaskModel>,
+) -> Result<Retried, LedgerError> {
+    let ledger = Ledger::open(worker_config(dir, args)).await?;
+    let mut handles = Vec::new();
+    for task in 0..args.tasks {
+        let ops: Vec<CycleOp> = log
+            .begun
+            .get(&task)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|&((session, seq), op)| {
+                let key = (session, task, seq);
+                let id = *log.ids.get(&key)?;
+                let ack = log.acked.get(&key).map(|outcome| {
+                    let detail = log.details.get(&key).cloned().unwrap_or_default();
+                    (outcome.clone(), detail)
+                });
+                Some(CycleOp { op, id, ack })
+            })
+            .collect();
+        let (Some(start), Some(crash)) = (before.get(&task), crashed.get(&task)) else {
+            continue;
+        };
+        let check = RetryTask {
+            ledger: ledger.clone(),
+            task,
+            accounts: args.accounts_per_task,
+            start: start.clone(),
+            crash: crash.clone(),
+        };
+        handles.push(tokio::spawn(async move { check.run(ops).await }));
+    }
+    let mut retried = Retried::default();
+    let mut failure = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok(task)) => {
+                retried.ops += task.ops;
+                retried.applied_now += task.applied_now;
+                retried.entries += task.entries;
+                retried.violations.extend(task.violations);
+            }
+            Ok(Err(error)) => failure = Some(error),
+            Err(error) => retried
+                .violations
+                .push(format!("a re-submitting task panicked: {error}")),
+        }
+    }
+    ledger.shutdown().await?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(retried),
+    }
+}
+
+/// One task's share of [`resubmit`].
+struct RetryTask {
+    ledger: Ledger,
+    task: u32,
+    accounts: u32,
+    /// The task's accounts when the cycle began, and at the crash (read back).
+    start: TaskModel,
+    crash: TaskModel,
+}
+
+impl RetryTask {
+    async fn run(self, ops: Vec<CycleOp>) -> Result<Retried, LedgerError> {
+        let task = self.task;
+        let mut out = Retried::default();
+        let mut expected = self.crash.clone();
+        let mut answers = Vec::with_capacity(ops.len());
+        let mut applied: Vec<(ModelOp, TransferId)> = Vec::new();
+        for op in &ops {
+            let known = match op.ack {
+                Some(_) => None,
+                None => Some(self.ledger.lookup(op.id).await?),
+            };
+            let answer = single(&self.ledger, task, op.op, op.id).await;
+            if let Err(error @ (LedgerError::Closed | LedgerError::Io { .. })) = &answer {
+                return Err(error.clone());
+            }
+            let said = describe(&answer);
+            out.ops += 1;
+            match (&op.ack, known) {
+                (Some((outcome, detail)), _) => {
+                    if (said.0, &said.1) != (outcome.as_str(), detail) {
+                        out.violations.push(format!(
+                            "task {task}: {op:?} was answered {outcome} {detail}, its retry {} {}",
+                            said.0, said.1
+                        ));
+                    }
+                    if outcome == "ok" {
+                        applied.push((op.op, op.id));
+                        self.check_lookup(op, &mut out).await?;
+                    }
+                }
+                (None, Some(Some(_))) => {
+                    // Its record survived the crash: the retry answers from it.
+                    if answer.is_err() {
+                        out.violations.push(format!(
+                            "task {task}: in-flight {op:?} was applied before the crash, its retry says {} {}",
+                            said.0, said.1
+                        ));
+                    }
+                    applied.push((op.op, op.id));
+                }
+                (None, _) => {
+                    if answer.is_ok() {
+                        let model = model_apply(&mut expected, op.op);
+                        if model != "ok" {
+                            out.violations.push(format!(
+                                "task {task}: in-flight {op:?} applied by its retry, the model says {model}"
+                            ));
+                        }
+                        out.applied_now += 1;
+                        applied.push((op.op, op.id));
+                    }
+                }
+            }
+            answers.push(said);
+        }
+        let after = self.accounts_now().await?;
+        if after != expected {
+            out.violations.push(format!(
+                "task {task}: after the retries the accounts are {after:?}, the crash state plus the in-flight ops applied once is {expected:?}"
+            ));
+        }
+        for (op, first) in ops.iter().zip(&answers) {
+            let again = describe(&single(&self.ledger, task, op.op, op.id).await);
+            if again != *first {
+                out.violations.push(format!(
+                    "task {task}: {op:?} answered {first:?}, then {again:?}"
+                ));
+            }
+        }
+        if self.accounts_now().await? != after {
+            out.violations.push(format!(
+                "task {task}: a second round of retries changed the accounts"
+            ));
+        }
+        for account in 0..self.accounts {
+            self.check_history(account, &after, &applied, &mut out)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// `lookup` of an applied op names its accounts and amount.
+    async fn check_lookup(&self, op: &CycleOp, out: &mut Retried) -> Result<(), LedgerError> {
+        let found = self.ledger.lookup(op.id).await?;
+        let task = self.task;
+        let (from, to, amount) = match op.op {
+            ModelOp::Mint { to, amount } => (None, task_key(task, to), amount),
+            ModelOp::Transfer { from, to, amount } => {
+                (Some(task_key(task, from)), task_key(task, to), amount)
+            }
+        };
+        let fits = found
+            .as_ref()
+            .is_some_and(|t| t.id == op.id && t.from == from && t.to == to && t.amount == amount);
+        if !fits {
+            out.violations.push(format!(
+                "task {task}: lookup of applied {op:?} gives {found:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn accounts_now(&self) -> Result<TaskModel, LedgerError> {
+        let mut accounts = Vec::with_capacity(self.accounts as usize);
+        for index in 0..self.accounts {
+            let account = self.ledger.account(&task_key(self.task, index)).await?;
+            accounts.push(account.map(|a| AccountModel {
+                balance: a.balance,
+                sequence: a.sequence,
+            }));
+        }
+        Ok(accounts)
+    }
+
+    /// The account's entries since the cycle began: one per applied op of the cycle that
+    /// touches it (no more, no fewer), sequences one after another, each balance following
+    /// from the one before, the last one the account's state.
+    async fn check_history(
+        &self,
+        account: u32,
+        now: &TaskModel,
+        applied: &[(ModelOp, TransferId)],
+        out: &mut Retried,
+    ) -> Result<(), LedgerError> {
+        let task = self.task;
+        let key = task_key(task, account);
+        let zero = AccountModel {
+            balance: 0,
+            sequence: 0,
+        };
+        let start = self.start[account as usize].unwrap_or(zero);
+        let end = now[account as usize].unwrap_or(zero);
+        let mut entries = Vec::new();
+        loop {
+            let after = entries
+                .last()
+                .map_or(start.sequence, |e: &tally::Entry| e.sequence);
+            let page = self
+                .ledger
+                .history(&key, after, tally::MAX_HISTORY_LIMIT)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            entries.extend(page);
+        }
+        out.entries += entries.len() as u64;
+        let mut balance = start.balance;
+        let mut problems = Vec::new();
+        for (n, entry) in entries.iter().enumerate() {
+            let transfer = &entry.transfer;
+            if entry.sequence != start.sequence + n as u64 + 1 {
+                problems.push(format!("entry {n} has sequence {}", entry.sequence));
+            }
+            balance = if transfer.from == Some(key) {
+                balance.wrapping_sub(transfer.amount)
+            } else if transfer.to == key {
+                balance.wrapping_add(transfer.amount)
+            } else {
+                problems.push(format!("entry {n} does not name the account"));
+                balance
+            };
+            if entry.balance_after != balance {
+                problems.push(format!(
+                    "entry {n} has balance {}, its amounts give {balance}",
+                    entry.balance_after
+                ));
+            }
+        }
+        if start.sequence + entries.len() as u64 != end.sequence || balance != end.balance {
+            problems.push(format!(
+                "{} entries since sequence {} end at balance {balance}, the account is {end:?}",
+                entries.len(),
+                start.sequence
+            ));
+        }
+        let mut listed: Vec<TransferId> = entries.iter().map(|e| e.transfer.id).collect();
+        let mut wanted: Vec<TransferId> = applied
+            .iter()
+            .filter(|(op, _)| op.touches().contains(&account))
+            .map(|(_, id)| *id)
+            .collect();
+        listed.sort_unstable();
+        wanted.sort_unstable();
+        if listed != wanted {
+            problems.push(format!(
+                "its entries list {} transfers, the cycle applied {} touching it",
+                listed.len(),
+                wanted.len()
+            ));
+        }
+        for problem in problems {
+            out.violations
+                .push(format!("task {task} account {account}: history: {problem}"));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The checker
 
 /// What a child printed, sorted out.
@@ -1327,6 +1663,10 @@ struct ChildLog {
     begun: BTreeMap<u32, Vec<(SessionSeq, ModelOp)>>,
     /// The outcome of each acknowledged op, by (session, task, sequence number).
     acked: BTreeMap<(u32, u32, u64), String>,
+    /// What the acknowledgement said besides the outcome (a receipt, a refusal's figures).
+    details: BTreeMap<(u32, u32, u64), String>,
+    /// The transfer id of each op begun, where the child printed one.
+    ids: BTreeMap<(u32, u32, u64), TransferId>,
     /// (session, task) of every task that ran its time.
     done: BTreeSet<(u32, u32)>,
     /// Sessions ended by a clean shutdown.
@@ -1369,12 +1709,19 @@ impl ChildLog {
                 Some(op) => {
                     let begun = self.begun.entry(task as u32).or_default();
                     begun.push(((session, seq), op));
+                    let id_at = 3 + op.encode().split_whitespace().count();
+                    if let Some(id) = words.get(id_at).and_then(|w| w.parse().ok()) {
+                        self.ids.insert((session, task as u32, seq), id);
+                    }
                     true
                 }
                 None => false,
             },
             (Some("A"), Some(task), Some(seq)) => words.get(3).is_some_and(|outcome| {
                 let key = (session, task as u32, seq);
+                if let Some(detail) = words.get(4) {
+                    self.details.insert(key, detail.to_string());
+                }
                 self.acked.insert(key, outcome.to_string()).is_none()
             }),
             _ => false,
