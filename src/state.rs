@@ -217,7 +217,7 @@ impl ShardState {
     /// The LSN of the entry of the account in `slot` with sequence `sequence`, when it is a mark.
     pub fn mark(&self, slot: u64, sequence: u64) -> Option<u64> {
         let every = crate::history::MARK_EVERY;
-        if sequence == 0 || sequence % every != 0 {
+        if sequence == 0 || !sequence.is_multiple_of(every) {
             return None;
         }
         let index = (sequence / every - 1) as usize;
@@ -730,7 +730,7 @@ fn cached_of(image: &AfterImage, lsn: u64) -> Cached {
 /// Notes the entry of `slot` with `sequence`, written at `lsn`, if it is a mark.
 pub fn add_mark(marks: &mut Marks, slot: u64, sequence: u64, lsn: u64) {
     let every = crate::history::MARK_EVERY;
-    if sequence == 0 || sequence % every != 0 {
+    if sequence == 0 || !sequence.is_multiple_of(every) {
         return;
     }
     let index = (sequence / every - 1) as usize;
