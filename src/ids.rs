@@ -137,7 +137,7 @@ impl Ids {
             return Ok(None);
         }
         for file in sealed.files.iter().rev() {
-            if let Some(lsn) = file.idx.find(id) {
+            if let Some(lsn) = file.idx.find(id)? {
                 return Ok(Some(Location {
                     shard: file.shard,
                     lsn,

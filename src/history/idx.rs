@@ -205,9 +205,15 @@ pub struct SealedIdx {
     ids: Range<usize>,
     offsets: Range<usize>,
     marks: Vec<Mark>,
+    header: Header,
+    /// The id and offset tables are checked (CRC and contents) on first use, so that opening
+    /// a long history reads only headers, filters and marks.
+    ids_checked: std::sync::OnceLock<Result<()>>,
+    offsets_checked: std::sync::OnceLock<Result<()>>,
 }
 
 /// The header fields, read but not yet all checked.
+#[derive(Debug, Clone)]
 struct Header {
     shard: u32,
     first_lsn: u64,
@@ -230,8 +236,17 @@ struct Sections {
 }
 
 impl SealedIdx {
-    /// Opens and validates the index at `path` (mapped read-only).
+    /// Opens the index at `path` (mapped read-only) and validates all of it.
     pub fn open(path: &Path) -> Result<SealedIdx> {
+        let index = Self::open_lazy(path)?;
+        index.check_tables()?;
+        Ok(index)
+    }
+
+    /// Opens the index at `path` (mapped read-only), validating its header, filter and marks;
+    /// its id and offset tables are validated when first used (a lookup that needs a damaged
+    /// table fails with `Corrupt`), so that opening a ledger with a long history stays fast.
+    pub fn open_lazy(path: &Path) -> Result<SealedIdx> {
         let file = std::fs::File::open(path).map_err(|e| LedgerError::io(path, e))?;
         let len = file.metadata().map_err(|e| LedgerError::io(path, e))?.len();
         if len < HEADER_BYTES as u64 {
@@ -249,9 +264,43 @@ impl SealedIdx {
         Self::validate(path, Bytes::Mapped(map))
     }
 
-    /// Validates the index bytes `bytes` read from `path` (copied).
+    /// Validates the index bytes `bytes` read from `path` (copied), all of them.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<SealedIdx> {
-        Self::validate(path, Bytes::Owned(bytes.to_vec()))
+        let index = Self::validate(path, Bytes::Owned(bytes.to_vec()))?;
+        index.check_tables()?;
+        Ok(index)
+    }
+
+    /// Validates the id and offset tables now (they are otherwise checked on first use).
+    pub fn check_tables(&self) -> Result<()> {
+        self.ids_ok()?;
+        self.offsets_ok()
+    }
+
+    fn ids_ok(&self) -> Result<()> {
+        self.ids_checked
+            .get_or_init(|| {
+                let bytes = self.bytes.as_slice();
+                check_crc(&self.path, bytes, "ids", IDS_CRC_OFFSET, &self.ids)?;
+                check_ids(&self.path, bytes, &self.header, &self.ids, &self.bloom)
+            })
+            .clone()
+    }
+
+    fn offsets_ok(&self) -> Result<()> {
+        self.offsets_checked
+            .get_or_init(|| {
+                let bytes = self.bytes.as_slice();
+                check_crc(
+                    &self.path,
+                    bytes,
+                    "offsets",
+                    OFFSETS_CRC_OFFSET,
+                    &self.offsets,
+                )?;
+                check_offsets(&self.path, bytes, &self.header, &self.offsets)
+            })
+            .clone()
     }
 
     fn validate(path: &Path, bytes: Bytes) -> Result<SealedIdx> {
@@ -261,11 +310,12 @@ impl SealedIdx {
         let bloom_bytes = slice.get(sections.bloom.clone()).unwrap_or(&[]);
         let bloom = Bloom::from_bytes(bloom_bytes)
             .map_err(|reason| LedgerError::corrupt(path, sections.bloom.start as u64, reason))?;
-        check_ids(path, slice, &header, &sections.ids, &bloom)?;
-        check_offsets(path, slice, &header, &sections.offsets)?;
         let marks = decode_marks(path, slice, &header, &sections.marks)?;
         let id_range = (header.id_count > 0).then_some((header.min_id, header.max_id));
         Ok(SealedIdx {
+            header: header.clone(),
+            ids_checked: std::sync::OnceLock::new(),
+            offsets_checked: std::sync::OnceLock::new(),
             path: path.to_path_buf(),
             shard: header.shard,
             first_lsn: header.first_lsn,
@@ -322,27 +372,39 @@ impl SealedIdx {
         Some((read_u128(entry, 0), read_u64(entry, 16)))
     }
 
-    /// The LSN of the record carrying transfer id `id`, if this segment holds it.
-    pub fn find(&self, id: u128) -> Option<u64> {
-        let (min, max) = self.id_range?;
+    /// The LSN of the record carrying transfer id `id`, if this segment holds it. `Corrupt`
+    /// when the id table fails its check (on first use).
+    pub fn find(&self, id: u128) -> Result<Option<u64>> {
+        let Some((min, max)) = self.id_range else {
+            return Ok(None);
+        };
         if id < min || id > max || !self.bloom.may_contain(id) {
-            return None;
+            return Ok(None);
         }
+        self.ids_ok()?;
         let (mut low, mut high) = (0, self.len());
         while low < high {
             let middle = low + (high - low) / 2;
-            let (found, lsn) = self.id_entry(middle)?;
+            let Some((found, lsn)) = self.id_entry(middle) else {
+                return Ok(None);
+            };
             match found.cmp(&id) {
-                std::cmp::Ordering::Equal => return Some(lsn),
+                std::cmp::Ordering::Equal => return Ok(Some(lsn)),
                 std::cmp::Ordering::Less => low = middle + 1,
                 std::cmp::Ordering::Greater => high = middle,
             }
         }
-        None
+        Ok(None)
     }
 
-    /// The byte offset of record `lsn`'s header in the log, if the segment holds it.
-    pub fn offset_of(&self, lsn: u64) -> Option<u64> {
+    /// The byte offset of record `lsn`'s header in the log, if the segment holds it. `Corrupt`
+    /// when the offset table fails its check (on first use).
+    pub fn offset_of(&self, lsn: u64) -> Result<Option<u64>> {
+        self.offsets_ok()?;
+        Ok(self.offset_at(lsn))
+    }
+
+    fn offset_at(&self, lsn: u64) -> Option<u64> {
         let n = usize::try_from(lsn.checked_sub(self.first_lsn)?).ok()?;
         let start = self
             .offsets
@@ -371,7 +433,7 @@ impl SealedIdx {
             last_lsn: self.last_lsn,
             log_len: self.log_len,
             offsets: (self.first_lsn..=self.last_lsn)
-                .filter_map(|lsn| self.offset_of(lsn).map(|offset| offset as u32))
+                .filter_map(|lsn| self.offset_at(lsn).map(|offset| offset as u32))
                 .collect(),
             ids: (0..self.len()).filter_map(|n| self.id_entry(n)).collect(),
             marks: self.marks.clone(),
@@ -502,22 +564,28 @@ fn check_sections(path: &Path, bytes: &[u8], header: &Header) -> Result<Sections
         offsets: section(header.record_count as u128 * OFFSET_ENTRY_BYTES as u128),
         marks: section(header.mark_count as u128 * MARK_ENTRY_BYTES as u128),
     };
-    for (name, crc_offset, range) in [
-        ("bloom", BLOOM_CRC_OFFSET, &sections.bloom),
-        ("ids", IDS_CRC_OFFSET, &sections.ids),
-        ("offsets", OFFSETS_CRC_OFFSET, &sections.offsets),
-        ("marks", MARKS_CRC_OFFSET, &sections.marks),
-    ] {
-        let section_bytes = bytes.get(range.clone()).unwrap_or(&[]);
-        if crc32fast::hash(section_bytes) != read_u32(bytes, crc_offset) {
-            return Err(LedgerError::corrupt(
-                path,
-                range.start as u64,
-                format!("{name} section CRC mismatch"),
-            ));
-        }
-    }
+    check_crc(path, bytes, "bloom", BLOOM_CRC_OFFSET, &sections.bloom)?;
+    check_crc(path, bytes, "marks", MARKS_CRC_OFFSET, &sections.marks)?;
     Ok(sections)
+}
+
+/// Checks one section against the CRC the header keeps for it.
+fn check_crc(
+    path: &Path,
+    bytes: &[u8],
+    name: &str,
+    crc_offset: usize,
+    range: &Range<usize>,
+) -> Result<()> {
+    let section_bytes = bytes.get(range.clone()).unwrap_or(&[]);
+    if crc32fast::hash(section_bytes) != read_u32(bytes, crc_offset) {
+        return Err(LedgerError::corrupt(
+            path,
+            range.start as u64,
+            format!("{name} section CRC mismatch"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the id table: strictly increasing ids, each in the bloom filter, their LSNs in range
@@ -736,11 +804,14 @@ mod tests {
         assert_eq!((idx.shard(), idx.first_lsn(), idx.last_lsn()), (3, 10, 14));
         assert_eq!((idx.log_len(), idx.len()), (500, 3));
         assert_eq!(idx.id_range(), Some((5, u128::MAX)));
-        assert_eq!(idx.find(9), Some(10));
-        assert_eq!(idx.find(u128::MAX), Some(14));
-        assert_eq!((idx.find(4), idx.find(6)), (None, None));
-        assert_eq!(idx.offset_of(12), Some(200));
-        assert_eq!((idx.offset_of(9), idx.offset_of(15)), (None, None));
+        assert_eq!(idx.find(9).unwrap(), Some(10));
+        assert_eq!(idx.find(u128::MAX).unwrap(), Some(14));
+        assert_eq!((idx.find(4).unwrap(), idx.find(6).unwrap()), (None, None));
+        assert_eq!(idx.offset_of(12).unwrap(), Some(200));
+        assert_eq!(
+            (idx.offset_of(9).unwrap(), idx.offset_of(15).unwrap()),
+            (None, None)
+        );
         assert_eq!(idx.marks().len(), 3);
     }
 
@@ -752,7 +823,7 @@ mod tests {
         });
         let idx = SealedIdx::decode(&path(), &bytes).unwrap();
         assert_eq!(
-            (idx.id_range(), idx.find(0), idx.is_empty()),
+            (idx.id_range(), idx.find(0).unwrap(), idx.is_empty()),
             (None, None, true)
         );
     }
@@ -875,5 +946,35 @@ mod tests {
             SealedIdx::open(&path),
             Err(LedgerError::Corrupt { offset: 0, .. })
         ));
+    }
+
+    /// Opening lazily reads the header, filter and marks only; a damaged id or offset table is
+    /// found on first use, as `Corrupt` at the table, and never as a wrong answer.
+    #[test]
+    fn a_lazy_open_finds_a_damaged_table_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = crate::storage::io::real();
+        let path = super::super::idx_path(dir.path(), 10);
+        write(&*io, &path, &contents()).unwrap();
+        let clean = std::fs::read(&path).unwrap();
+        let ids_start = HEADER_BYTES + read_u64(&clean, BLOOM_LEN_OFFSET) as usize;
+        let offsets_start = ids_start + contents().ids.len() * ID_ENTRY_BYTES;
+        for (at, table) in [
+            (ids_start + 3, ids_start),
+            (offsets_start + 1, offsets_start),
+        ] {
+            let mut damaged = clean.clone();
+            damaged[at] ^= 0x10;
+            std::fs::write(&path, &damaged).unwrap();
+            assert!(SealedIdx::open(&path).is_err(), "a full open checks it");
+            let lazy = SealedIdx::open_lazy(&path).unwrap();
+            let uses = [lazy.find(9).map(|_| ()), lazy.offset_of(12).map(|_| ())];
+            let failed: Vec<_> = uses.into_iter().filter_map(Result::err).collect();
+            assert_eq!(failed.len(), 1, "exactly the damaged table's use fails");
+            assert!(
+                matches!(&failed[0], LedgerError::Corrupt { offset, .. } if *offset == table as u64),
+                "{failed:?}"
+            );
+        }
     }
 }

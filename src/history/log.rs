@@ -90,7 +90,7 @@ impl LogFile {
     fn read(&self, lsn: u64, written: Option<(u64, u64)>) -> Result<Option<RecordBody>> {
         let file = self.handle()?;
         if let Some(sealed) = self.sealed() {
-            return match sealed.offset_of(lsn) {
+            return match sealed.offset_of(lsn)? {
                 Some(offset) => reader::read_at(&file, &self.path, offset, lsn).map(Some),
                 None => Ok(None),
             };
@@ -171,7 +171,7 @@ impl ShardLog {
         let mut files = BTreeMap::new();
         for (&first, path) in &logs {
             let index = match idx_files.get(&first) {
-                Some(idx_path) => match SealedIdx::open(idx_path) {
+                Some(idx_path) => match SealedIdx::open_lazy(idx_path) {
                     Ok(index) if index.first_lsn() == first => Some(Arc::new(index)),
                     Ok(_) => {
                         damaged.push(LedgerError::corrupt(

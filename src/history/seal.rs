@@ -191,23 +191,23 @@ mod tests {
         let log = std::fs::File::open(&path).unwrap();
         let mut with_ids = 0;
         for lsn in 100..400 {
-            let offset = sealed.offset_of(lsn).unwrap();
+            let offset = sealed.offset_of(lsn).unwrap().unwrap();
             assert_eq!(
                 reader::read_at(&log, &path, offset, lsn).unwrap(),
                 body(lsn)
             );
             if let Some(id) = facts(&body(lsn)).id {
-                assert_eq!(sealed.find(id), Some(lsn));
+                assert_eq!(sealed.find(id).unwrap(), Some(lsn));
                 with_ids += 1;
             }
         }
         assert_eq!(sealed.len(), with_ids);
         let (min, max) = sealed.id_range().unwrap();
-        assert_eq!(sealed.find(min.wrapping_sub(1)), None);
-        assert_eq!(sealed.find(max.wrapping_add(1)), None);
+        assert_eq!(sealed.find(min.wrapping_sub(1)).unwrap(), None);
+        assert_eq!(sealed.find(max.wrapping_add(1)).unwrap(), None);
         // Ids of records elsewhere (credits here, other LSNs): not found.
         for lsn in (3..2000).step_by(4).chain(400..2000) {
-            assert_eq!(sealed.find(id_of(lsn)), None, "{lsn}");
+            assert_eq!(sealed.find(id_of(lsn)).unwrap(), None, "{lsn}");
         }
         // Every image at a multiple of the mark interval is marked, in LSN order.
         let expected: Vec<Mark> = (100..400)
