@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{LedgerError, Result};
+use crate::history::log::ShardLog;
 use crate::judge::{self, AccountsSource, IndexSource, JudgedShard, Judgement, OwedCredit};
 use crate::storage::accounts::{
     newest_valid, slot_offset, AccountsView, Header, SlotRead, HEADER_BYTES, HEADER_SLOT_BYTES,
@@ -350,6 +351,7 @@ fn describe(
         report.replayed_records += shard.replayed();
         report.balance_sum += shard.balance_sum;
         describe_shard(report, file.view(), shard);
+        check_history(report, file.view(), shard);
     }
     report.owed_credits = owed.len() as u64;
     report.owed_amount = owed.iter().map(|o| o.debit.amount as u128).sum();
@@ -433,6 +435,157 @@ fn check_slots_behind_the_index(
             format!(
                 "the slots hold {sum} units, the header says {}",
                 shard.balance_sum
+            ),
+        ));
+    }
+}
+
+/// The shard's history: every sealed index whole, the logs covering every LSN from 1 without a
+/// gap, and each account's newest entry holding its balance and sequence. Damage here does not
+/// stop `open` (lookups and histories that need the damaged part fail): it is a problem
+/// reported as "history damaged".
+fn check_history(report: &mut VerifyReport, view: AccountsView<'_>, shard: &JudgedShard) {
+    let damaged = |report: &mut VerifyReport, path: &Path, offset: u64, message: String| {
+        report.problems.push(Finding::at(
+            path,
+            offset,
+            format!("history damaged: {message}"),
+        ));
+    };
+    let opened = match ShardLog::open(&shard.dir, shard.shard) {
+        Ok(opened) => opened,
+        Err(error) => {
+            report
+                .problems
+                .push(Finding::from_error(&error, &shard.dir));
+            return;
+        }
+    };
+    for error in &opened.damaged {
+        let finding = Finding::from_error(error, &shard.dir);
+        damaged(
+            report,
+            &finding.path,
+            finding.offset.unwrap_or(0),
+            format!("{}; its log answers instead", finding.message),
+        );
+    }
+    for index in &opened.sealed {
+        if let Err(error) = index.check_tables() {
+            let finding = Finding::from_error(&error, index.path());
+            damaged(
+                report,
+                &finding.path,
+                finding.offset.unwrap_or(0),
+                finding.message,
+            );
+        }
+    }
+    for (_, path) in &opened.unindexed {
+        report.notes.push(Finding::file(
+            path,
+            "retired history without its index: the ledger reads it at open and seals it again",
+        ));
+    }
+    // Every retired log is read whole (every frame and record CRC); the live WAL was read by
+    // the judge. The logs must cover every LSN from 1 without a gap.
+    let mut expected = 1;
+    for (first, path, last) in opened.log.extents() {
+        if first != expected {
+            damaged(
+                report,
+                &path,
+                0,
+                format!("starts at LSN {first}; records {expected}..{first} are missing"),
+            );
+        }
+        let retired = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("history-"));
+        if !retired {
+            break;
+        }
+        match crate::history::seal::for_each_record(&path, first, |_, _, _| Ok(())) {
+            Ok(walked) => {
+                if last.is_some_and(|last| walked.next_lsn != last + 1) {
+                    damaged(
+                        report,
+                        &path,
+                        walked.end,
+                        format!(
+                            "the log ends before LSN {}, its index says it holds up to {}",
+                            walked.next_lsn,
+                            last.unwrap_or(0)
+                        ),
+                    );
+                }
+                expected = walked.next_lsn;
+            }
+            Err(error) => {
+                let finding = Finding::from_error(&error, &path);
+                damaged(
+                    report,
+                    &finding.path,
+                    finding.offset.unwrap_or(0),
+                    finding.message,
+                );
+                expected = last.map_or(first, |last| last + 1);
+            }
+        }
+    }
+    check_newest_entries(report, view, shard, &opened.log);
+}
+
+/// Each account's newest entry (the record its slot's LSN names) holds its balance and sequence.
+fn check_newest_entries(
+    report: &mut VerifyReport,
+    view: AccountsView<'_>,
+    shard: &JudgedShard,
+    log: &ShardLog,
+) {
+    let mut entries: Vec<_> = shard.index.iter().collect();
+    entries.sort_unstable_by_key(|(_, entry)| entry.slot);
+    let mut found = 0;
+    for (key, entry) in entries {
+        let (balance, sequence, lsn) = match entry.cached {
+            Some(cached) => (cached.balance, cached.sequence, cached.lsn),
+            None => match view.read_slot(entry.slot) {
+                SlotRead::Valid(state) => (state.balance, state.sequence, state.lsn),
+                // Reported by the slot checks.
+                _ => continue,
+            },
+        };
+        let (path, offset, problem) = match log.read(lsn) {
+            Ok(Some(body)) => match body.images().find(|image| image.slot == entry.slot) {
+                Some(image) if image.balance == balance && image.sequence == sequence => continue,
+                Some(image) => (shard.dir.clone(), lsn, format!(
+                    "the newest entry of {key} (LSN {lsn}) says balance {} and sequence {}, the account has {balance} and {sequence}",
+                    image.balance, image.sequence
+                )),
+                None => (shard.dir.clone(), lsn, format!("the record at LSN {lsn} is not an entry of {key}")),
+            },
+            Ok(None) => (shard.dir.clone(), lsn, format!("no log holds LSN {lsn}, the newest entry of {key}")),
+            Err(error) => {
+                let finding = Finding::from_error(&error, &shard.dir);
+                let message = format!("the newest entry of {key}: {}", finding.message);
+                (finding.path, finding.offset.unwrap_or(0), message)
+            }
+        };
+        found += 1;
+        if found <= 10 {
+            report.problems.push(Finding::at(
+                &path,
+                offset,
+                format!("history damaged: {problem}"),
+            ));
+        }
+    }
+    if found > 10 {
+        report.problems.push(Finding::file(
+            &shard.dir,
+            format!(
+                "history damaged: {} more accounts whose newest entry does not match",
+                found - 10
             ),
         ));
     }

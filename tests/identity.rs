@@ -287,3 +287,61 @@ async fn history_lists_every_entry_with_its_balance_across_shards_checkpoints_an
     );
     ledger.shutdown().await.unwrap();
 }
+
+/// Damage in sealed history does not stop `open`: the lookups and histories that need the
+/// damaged part fail with `Corrupt` naming the file, everything else works, and `verify`
+/// reports the history as damaged.
+#[tokio::test]
+async fn damaged_sealed_history_fails_only_what_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(dir.path())
+        .shards(1)
+        .wal_segment_bytes(64 << 10);
+    let ledger = Ledger::open(config.clone()).await.unwrap();
+    let old = TransferId::new();
+    ledger.mint(old, key(1), 1_000_000).await.unwrap();
+    for _ in 0..3_000 {
+        ledger
+            .transfer(TransferId::new(), key(1), key(2), 1)
+            .await
+            .unwrap();
+    }
+    ledger.shutdown().await.unwrap();
+    let shard = dir.path().join("shard-000");
+    let first_log = shard.join("history-00000000000000000001.log");
+    let first_idx = shard.join("history-00000000000000000001.idx");
+    assert!(first_log.exists() && first_idx.exists());
+    // Flip a byte of the first record (the mint) in the retired log.
+    let mut bytes = std::fs::read(&first_log).unwrap();
+    bytes[40] ^= 0x20;
+    std::fs::write(&first_log, &bytes).unwrap();
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("history damaged")),
+        "{:?}",
+        report.problems
+    );
+    let ledger = Ledger::open(config).await.unwrap();
+    let lookup = ledger.lookup(old).await;
+    assert!(
+        matches!(&lookup, Err(LedgerError::Corrupt { path, .. }) if *path == first_log),
+        "{lookup:?}"
+    );
+    let page = ledger.history(&key(1), 0, 10).await;
+    assert!(matches!(page, Err(LedgerError::Corrupt { .. })), "{page:?}");
+    // Recent history and new transfers are fine.
+    let account = ledger.account(&key(2)).await.unwrap().unwrap();
+    let recent = ledger
+        .history(&key(2), account.sequence - 5, 10)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 5);
+    ledger
+        .transfer(TransferId::new(), key(1), key(2), 1)
+        .await
+        .unwrap();
+    ledger.shutdown().await.unwrap();
+}

@@ -285,6 +285,17 @@ impl ShardLog {
         }
     }
 
+    /// Every log file as (first LSN, path, last LSN where its index says), oldest first.
+    pub fn extents(&self) -> Vec<(u64, PathBuf, Option<u64>)> {
+        self.files()
+            .values()
+            .map(|file| {
+                let last = file.sealed().map(|index| index.last_lsn());
+                (file.first_lsn, file.path.clone(), last)
+            })
+            .collect()
+    }
+
     /// The first LSNs of complete segments (a later one exists) that have no index yet.
     pub fn unsealed(&self) -> Result<Vec<u64>> {
         self.refresh()?;
