@@ -24,15 +24,20 @@
 //!   checkpoint, so a cleanly closed directory reopens without replaying anything.
 //! * Opening a directory takes its `LOCK`, replays each WAL above its checkpoint, settles owed
 //!   credits, and starts the actors on their own threads (actix runs inside; the host never sees it).
+//! * Every op carries a caller-chosen [`TransferId`], claimed ledger-wide before it is routed
+//!   and decided once: the WAL segments are kept as the **history** (sealed with an id index,
+//!   retired as `history-<LSN>.log`), which [`Ledger::lookup`] and [`Ledger::history`] read.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tally::LedgerError> {
-//! use tally::{Config, Ledger, Pubkey};
+//! use tally::{Config, Ledger, Pubkey, TransferId};
 //! let ledger = Ledger::open(Config::new("./tally-data")).await?;
 //! let (alice, bob) = (Pubkey([1; 32]), Pubkey([2; 32]));
-//! ledger.mint(alice, 1_000).await?;
-//! ledger.transfer(alice, bob, 250).await?;
+//! ledger.mint(TransferId::new(), alice, 1_000).await?;
+//! let pay = TransferId::new(); // keep it with the request: a retry never pays twice
+//! ledger.transfer(pay, alice, bob, 250).await?;
 //! assert_eq!(ledger.account(&bob).await?.map(|a| a.balance), Some(250));
+//! assert_eq!(ledger.lookup(pay).await?.map(|t| t.amount), Some(250));
 //! ledger.shutdown().await?;
 //! # Ok(()) }
 //! ```
@@ -418,8 +423,8 @@ impl Ledger {
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
         let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
-        let mut first_of: std::collections::HashMap<TransferId, usize> =
-            std::collections::HashMap::with_capacity(ops.len());
+        let mut first_of: std::collections::HashSet<TransferId> =
+            std::collections::HashSet::with_capacity(ops.len());
         let mut claimed = Vec::with_capacity(ops.len());
         let mut claimed_at = Vec::with_capacity(ops.len());
         let mut followers = Vec::new();
@@ -429,11 +434,10 @@ impl Ledger {
                 results[index] = Some(Err(error));
                 continue;
             }
-            if let Some(&first) = first_of.get(&op.id()) {
-                repeats.push((index, first));
+            if !first_of.insert(op.id()) {
+                repeats.push(index);
                 continue;
             }
-            first_of.insert(op.id(), index);
             match self.inner.history.ids.claim(*op) {
                 ids::Claimed::Leader(claim) => match self.check_decided(op, claim) {
                     Checked::Answer(answer) => results[index] = Some(answer),
@@ -470,15 +474,11 @@ impl Ledger {
             };
             results[index] = Some(answer);
         }
-        for (index, first) in repeats {
-            let answer = match &results[first] {
-                Some(answer) if ops[first] == ops[index] => answer.clone(),
-                Some(_) => Err(LedgerError::IdConflict {
-                    id: ops[index].id(),
-                }),
-                None => Err(LedgerError::Closed),
-            };
-            results[index] = Some(answer);
+        // A repeated id is a retry: of the op of this batch that decided it, or of whatever
+        // decided it before the batch (the first occurrence here may itself be a conflicting
+        // retry). Now that the batch is done, a retry finds that op's record and answers from it.
+        for index in repeats {
+            results[index] = Some(self.decide(ops[index]).await);
         }
         Ok(results
             .into_iter()

@@ -42,6 +42,8 @@ struct LogFile {
     /// For a file without an index: offsets of its records from `first_lsn` on, and where the
     /// walk stopped.
     live: Mutex<(Vec<u32>, u64)>,
+    /// Its index file is damaged: left as it is (never overwritten), so never sealed again.
+    damaged_index: bool,
 }
 
 impl LogFile {
@@ -52,6 +54,7 @@ impl LogFile {
             file: Mutex::new(None),
             sealed: RwLock::new(sealed),
             live: Mutex::new((Vec::new(), 0)),
+            damaged_index: false,
         }
     }
 
@@ -170,10 +173,12 @@ impl ShardLog {
         let mut unindexed = Vec::new();
         let mut files = BTreeMap::new();
         for (&first, path) in &logs {
+            let mut damaged_index = false;
             let index = match idx_files.get(&first) {
                 Some(idx_path) => match SealedIdx::open_lazy(idx_path) {
                     Ok(index) if index.first_lsn() == first => Some(Arc::new(index)),
                     Ok(_) => {
+                        damaged_index = true;
                         damaged.push(LedgerError::corrupt(
                             idx_path,
                             0,
@@ -182,6 +187,7 @@ impl ShardLog {
                         None
                     }
                     Err(error) => {
+                        damaged_index = true;
                         damaged.push(error);
                         None
                     }
@@ -197,7 +203,9 @@ impl ShardLog {
                 None if retired => unindexed.push((first, path.clone())),
                 None => {}
             }
-            files.insert(first, Arc::new(LogFile::new(first, path.clone(), index)));
+            let mut file = LogFile::new(first, path.clone(), index);
+            file.damaged_index = damaged_index;
+            files.insert(first, Arc::new(file));
         }
         Ok(Opened {
             log: ShardLog {
@@ -303,7 +311,7 @@ impl ShardLog {
         let mut unsealed = Vec::new();
         let mut iter = files.values().peekable();
         while let Some(file) = iter.next() {
-            if iter.peek().is_some() && file.sealed().is_none() {
+            if iter.peek().is_some() && file.sealed().is_none() && !file.damaged_index {
                 unsealed.push(file.first_lsn);
             }
         }
