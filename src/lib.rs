@@ -423,7 +423,7 @@ impl Ledger {
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
         let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
-        let mut first_of: std::collections::HashSet<TransferId> =
+        let mut seen_ids: std::collections::HashSet<TransferId> =
             std::collections::HashSet::with_capacity(ops.len());
         let mut claimed = Vec::with_capacity(ops.len());
         let mut claimed_at = Vec::with_capacity(ops.len());
@@ -434,7 +434,7 @@ impl Ledger {
                 results[index] = Some(Err(error));
                 continue;
             }
-            if !first_of.insert(op.id()) {
+            if !seen_ids.insert(op.id()) {
                 repeats.push(index);
                 continue;
             }
