@@ -10,7 +10,7 @@
 
 use tally::actix::prelude::*;
 use tally::messages::{Apply, GetAccount, GetStats, LedgerActor, Submit};
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 /// The application's actor: pays out a payroll through the ledger and reports balances.
 pub struct Teller {
@@ -39,6 +39,8 @@ impl Handler<Payroll> for Teller {
             let closed = |_| LedgerError::Closed;
             let funding = payroll.salary * payroll.employees.len() as u64;
             let mint = Op::Mint {
+                id: TransferId::new(),
+                user_data: 0,
                 to: payroll.treasury,
                 amount: funding,
             };
@@ -47,6 +49,8 @@ impl Handler<Payroll> for Teller {
                 .employees
                 .iter()
                 .map(|&employee| Op::Transfer {
+                    id: TransferId::new(),
+                    user_data: 0,
                     from: payroll.treasury,
                     to: employee,
                     amount: payroll.salary,

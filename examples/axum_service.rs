@@ -3,24 +3,31 @@
 //! ```text
 //! cargo run --release --example axum_service -- ./service-data 127.0.0.1:8080
 //! curl -X POST localhost:8080/mint -H 'content-type: application/json' -d '{"to":"<64 hex>","amount":100}'
-//! curl -X POST localhost:8080/transfer -H 'content-type: application/json' -d '{"from":"..","to":"..","amount":5}'
+//! curl -X POST localhost:8080/transfer -H 'content-type: application/json' \
+//!      -H "Idempotency-Key: $(openssl rand -hex 16)" -d '{"from":"..","to":"..","amount":5}'
 //! curl localhost:8080/account/<64 hex>
 //! curl localhost:8080/health
 //! curl localhost:8080/metrics            # Prometheus text, tally_* metrics included
 //! ```
+//!
+//! A transfer needs an `Idempotency-Key` header: 32 hex digits, the transfer's id. A client that
+//! did not hear the answer (a timeout, a dropped connection) sends the same request with the same
+//! key again and gets the identical receipt; the money moves once. The same key with a different
+//! body is refused with 409 Conflict. (A mint takes the header too; without it the mint gets a
+//! fresh id.)
 //!
 //! It binds to loopback only.
 
 use std::net::SocketAddr;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tally::{Config, Ledger, LedgerError, Pubkey};
+use tally::{Config, Ledger, LedgerError, Pubkey, Receipt, TransferId};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -52,6 +59,41 @@ fn parse_key(text: &str) -> Result<Pubkey, Reply> {
     })
 }
 
+/// The header that carries a transfer's id.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The transfer id in the `Idempotency-Key` header; a missing or malformed key is a 400.
+fn idempotency_key(headers: &HeaderMap) -> Result<TransferId, Reply> {
+    let bad = |why: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("Idempotency-Key: {why}") })),
+        )
+    };
+    let value = headers
+        .get(IDEMPOTENCY_KEY)
+        .ok_or_else(|| bad("missing (32 hex digits)".into()))?;
+    let text = value
+        .to_str()
+        .map_err(|_| bad("not 32 hex digits".into()))?;
+    let id: TransferId = text.parse().map_err(|e| bad(format!("{e}")))?;
+    if !id.is_valid() {
+        return Err(bad(format!("{id} is reserved")));
+    }
+    Ok(id)
+}
+
+fn receipt_reply(receipt: Receipt) -> Reply {
+    (
+        StatusCode::OK,
+        Json(json!({
+            "shard": receipt.shard,
+            "lsn": receipt.lsn,
+            "timestamp_ns": receipt.timestamp_ns,
+        })),
+    )
+}
+
 fn failure(error: LedgerError) -> Reply {
     let status = match error {
         LedgerError::InsufficientFunds { .. }
@@ -59,36 +101,54 @@ fn failure(error: LedgerError) -> Reply {
         | LedgerError::ZeroAmount
         | LedgerError::Overflow => StatusCode::UNPROCESSABLE_ENTITY,
         LedgerError::AccountNotFound(_) => StatusCode::NOT_FOUND,
+        LedgerError::IdConflict { .. } => StatusCode::CONFLICT,
+        LedgerError::InvalidId { .. } => StatusCode::BAD_REQUEST,
         LedgerError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(json!({ "error": error.to_string() })))
 }
 
-async fn mint(State(state): State<AppState>, Json(request): Json<MintRequest>) -> Reply {
+async fn mint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<MintRequest>,
+) -> Reply {
     let to = match parse_key(&request.to) {
         Ok(key) => key,
         Err(reply) => return reply,
     };
-    match state.ledger.mint(to, request.amount).await {
-        Ok(receipt) => (
-            StatusCode::OK,
-            Json(json!({ "shard": receipt.shard, "lsn": receipt.lsn })),
-        ),
+    let id = if headers.contains_key(IDEMPOTENCY_KEY) {
+        match idempotency_key(&headers) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        }
+    } else {
+        TransferId::new()
+    };
+    match state.ledger.mint(id, to, request.amount).await {
+        Ok(receipt) => receipt_reply(receipt),
         Err(error) => failure(error),
     }
 }
 
-async fn transfer(State(state): State<AppState>, Json(request): Json<TransferRequest>) -> Reply {
+/// A transfer, exactly once per `Idempotency-Key`: a retry with the same key and body gets the
+/// identical receipt (or the identical refusal), the same key with another body a 409.
+async fn transfer(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<TransferRequest>,
+) -> Reply {
+    let id = match idempotency_key(&headers) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
     let (from, to) = match (parse_key(&request.from), parse_key(&request.to)) {
         (Ok(from), Ok(to)) => (from, to),
         (Err(reply), _) | (_, Err(reply)) => return reply,
     };
-    match state.ledger.transfer(from, to, request.amount).await {
-        Ok(receipt) => (
-            StatusCode::OK,
-            Json(json!({ "shard": receipt.shard, "lsn": receipt.lsn })),
-        ),
+    match state.ledger.transfer(id, from, to, request.amount).await {
+        Ok(receipt) => receipt_reply(receipt),
         Err(error) => failure(error),
     }
 }

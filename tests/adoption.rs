@@ -8,7 +8,7 @@ mod actix_app;
 use std::time::Duration;
 
 use tally::messages::{Apply, GetAccount, GetStats, Submit};
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 fn key(n: u8) -> Pubkey {
     Pubkey([n; 32])
@@ -31,16 +31,20 @@ fn messages_answer_what_the_methods_answer() {
         .unwrap();
     let front = ledger.actor();
     let system = tally::actix::System::new();
-    let (minted, refused, batch, account, stats) = system.block_on(async {
-        let minted = front
-            .send(Apply(Op::Mint {
-                to: key(1),
-                amount: 100,
-            }))
-            .await
-            .unwrap();
+    let mint = Op::Mint {
+        id: TransferId::new(),
+        user_data: 0,
+        to: key(1),
+        amount: 100,
+    };
+    let (minted, again, refused, batch, account, stats) = system.block_on(async {
+        let minted = front.send(Apply(mint)).await.unwrap();
+        // A retry through a message: the identical receipt, and nothing minted twice.
+        let again = front.send(Apply(mint)).await.unwrap();
         let refused = front
             .send(Apply(Op::Transfer {
+                id: TransferId::new(),
+                user_data: 0,
                 from: key(1),
                 to: key(2),
                 amount: 500,
@@ -50,11 +54,15 @@ fn messages_answer_what_the_methods_answer() {
         let batch = front
             .send(Submit(vec![
                 Op::Transfer {
+                    id: TransferId::new(),
+                    user_data: 0,
                     from: key(1),
                     to: key(2),
                     amount: 40,
                 },
                 Op::Mint {
+                    id: TransferId::new(),
+                    user_data: 0,
                     to: key(3),
                     amount: 0,
                 },
@@ -64,9 +72,15 @@ fn messages_answer_what_the_methods_answer() {
             .unwrap();
         let account = front.send(GetAccount(key(2))).await.unwrap().unwrap();
         let stats = front.send(GetStats).await.unwrap().unwrap();
-        (minted, refused, batch, account, stats)
+        (minted, again, refused, batch, account, stats)
     });
-    assert!(minted.is_ok());
+    let receipt = minted.unwrap();
+    assert_eq!(again.unwrap(), receipt, "a retried Apply");
+    // The method answers a retry of the same id with the same receipt too.
+    let direct = runtime
+        .block_on(ledger.mint(mint.id(), key(1), 100))
+        .unwrap();
+    assert_eq!(direct, receipt, "a retry through the method");
     assert!(matches!(
         refused,
         Err(LedgerError::InsufficientFunds {
@@ -101,7 +115,7 @@ async fn a_dropped_ledger_lets_an_immediate_reopen_succeed() {
         let ledger = Ledger::open(Config::new(dir.path()).shards(2))
             .await
             .unwrap();
-        ledger.mint(key(7), 10).await.unwrap();
+        ledger.mint(TransferId::new(), key(7), 10).await.unwrap();
         assert_eq!(
             ledger.account(&key(7)).await.unwrap().map(|a| a.balance),
             Some(10 * round)
@@ -118,11 +132,11 @@ async fn shutdown_is_cancel_safe_and_idempotent() {
     let ledger = Ledger::open(Config::new(dir.path()).shards(2))
         .await
         .unwrap();
-    ledger.mint(key(9), 33).await.unwrap();
+    ledger.mint(TransferId::new(), key(9), 33).await.unwrap();
     let cancelled = tokio::time::timeout(Duration::from_nanos(1), ledger.shutdown()).await;
     assert!(cancelled.is_err(), "the first shutdown future was dropped");
     assert!(matches!(
-        ledger.mint(key(9), 1).await,
+        ledger.mint(TransferId::new(), key(9), 1).await,
         Err(LedgerError::Closed)
     ));
     let clone = ledger.clone();

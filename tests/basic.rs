@@ -1,6 +1,6 @@
 //! Black-box behaviour of one ledger through the public API.
 
-use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 fn key(n: u32) -> Pubkey {
     let mut bytes = [0u8; 32];
@@ -17,9 +17,12 @@ fn config(dir: &std::path::Path) -> Config {
 async fn mint_transfer_read_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(config(dir.path())).await.unwrap();
-    ledger.mint(key(1), 1_000).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 1_000).await.unwrap();
     for n in 2..50 {
-        ledger.transfer(key(1), key(n), 10).await.unwrap();
+        ledger
+            .transfer(TransferId::new(), key(1), key(n), 10)
+            .await
+            .unwrap();
     }
     assert_eq!(
         ledger.account(&key(1)).await.unwrap().unwrap().balance,
@@ -32,7 +35,7 @@ async fn mint_transfer_read_and_reopen() {
     assert_eq!(stats.total_supply, 1_000);
     ledger.shutdown().await.unwrap();
     assert!(matches!(
-        ledger.mint(key(1), 1).await,
+        ledger.mint(TransferId::new(), key(1), 1).await,
         Err(LedgerError::Closed)
     ));
 
@@ -48,28 +51,31 @@ async fn typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(config(dir.path())).await.unwrap();
     assert!(matches!(
-        ledger.mint(key(1), 0).await,
+        ledger.mint(TransferId::new(), key(1), 0).await,
         Err(LedgerError::ZeroAmount)
     ));
     assert!(matches!(
-        ledger.transfer(key(1), key(2), 5).await,
+        ledger.transfer(TransferId::new(), key(1), key(2), 5).await,
         Err(LedgerError::AccountNotFound(_))
     ));
-    ledger.mint(key(1), 10).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 10).await.unwrap();
     assert!(matches!(
-        ledger.transfer(key(1), key(1), 5).await,
+        ledger.transfer(TransferId::new(), key(1), key(1), 5).await,
         Err(LedgerError::SameAccount)
     ));
     assert!(matches!(
-        ledger.transfer(key(1), key(2), 11).await,
+        ledger.transfer(TransferId::new(), key(1), key(2), 11).await,
         Err(LedgerError::InsufficientFunds {
             needed: 11,
             available: 10
         })
     ));
-    ledger.mint(key(3), u64::MAX - 10).await.unwrap();
+    ledger
+        .mint(TransferId::new(), key(3), u64::MAX - 10)
+        .await
+        .unwrap();
     assert!(matches!(
-        ledger.mint(key(4), 1).await,
+        ledger.mint(TransferId::new(), key(4), 1).await,
         Err(LedgerError::Overflow)
     ));
     assert!(matches!(
@@ -92,25 +98,35 @@ async fn batch_is_sequential() {
             .unwrap();
     let ops = vec![
         Op::Mint {
+            id: TransferId::new(),
+            user_data: 0,
             to: key(1),
             amount: 100,
         },
         Op::Transfer {
+            id: TransferId::new(),
+            user_data: 0,
             from: key(1),
             to: key(2),
             amount: 60,
         },
         Op::Transfer {
+            id: TransferId::new(),
+            user_data: 0,
             from: key(2),
             to: key(3),
             amount: 50,
         },
         Op::Transfer {
+            id: TransferId::new(),
+            user_data: 0,
             from: key(3),
             to: key(1),
             amount: 50,
         },
         Op::Transfer {
+            id: TransferId::new(),
+            user_data: 0,
             from: key(2),
             to: key(3),
             amount: 11,
@@ -141,6 +157,8 @@ async fn account_file_grows_past_its_initial_size() {
     let initial_len = std::fs::metadata(&path).unwrap().len();
     let ops = (0..1000)
         .map(|n| Op::Mint {
+            id: TransferId::new(),
+            user_data: 0,
             to: key(n),
             amount: 1,
         })
@@ -158,7 +176,7 @@ async fn account_file_grows_past_its_initial_size() {
 async fn health_is_clean_while_open_and_degraded_after_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(config(dir.path())).await.unwrap();
-    ledger.mint(key(1), 5).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 5).await.unwrap();
     let health = ledger.health();
     assert!(!health.degraded, "{:?}", health.reasons);
     assert_eq!(health.shards.len(), 4);
@@ -176,9 +194,12 @@ async fn health_is_clean_while_open_and_degraded_after_shutdown() {
 async fn clean_shutdown_leaves_no_wal_records_to_replay() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(config(dir.path())).await.unwrap();
-    ledger.mint(key(1), 1_000).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 1_000).await.unwrap();
     for n in 2..40 {
-        ledger.transfer(key(1), key(n), 5).await.unwrap();
+        ledger
+            .transfer(TransferId::new(), key(1), key(n), 5)
+            .await
+            .unwrap();
     }
     ledger.shutdown().await.unwrap();
     for shard in 0..4 {
@@ -190,7 +211,10 @@ async fn clean_shutdown_leaves_no_wal_records_to_replay() {
     let ledger = Ledger::open(config(dir.path())).await.unwrap();
     assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 810);
     assert_eq!(ledger.stats().await.unwrap().total_supply, 1_000);
-    ledger.transfer(key(1), key(2), 10).await.unwrap();
+    ledger
+        .transfer(TransferId::new(), key(1), key(2), 10)
+        .await
+        .unwrap();
     ledger.shutdown().await.unwrap();
     let ledger = Ledger::open(config(dir.path())).await.unwrap();
     assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 15);

@@ -13,7 +13,7 @@ use common::{balance_sum, faulty_config, keys_on, reopen, settled_stats};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally::internals::io::{FaultEffect, FaultOp};
-use tally::{Ledger, LedgerError, Op, Pubkey, Stats};
+use tally::{Ledger, LedgerError, Op, Pubkey, Stats, TransferId};
 
 const SHARDS: u32 = 3;
 
@@ -115,9 +115,17 @@ async fn random_call(
 ) -> (CallOp, Option<Vec<Result<tally::Receipt, LedgerError>>>) {
     let call = async {
         match &op {
-            CallOp::One(Op::Mint { to, amount }) => vec![ledger.mint(*to, *amount).await],
-            CallOp::One(Op::Transfer { from, to, amount }) => {
-                vec![ledger.transfer(*from, *to, *amount).await]
+            CallOp::One(Op::Mint { id, to, amount, .. }) => {
+                vec![ledger.mint(*id, *to, *amount).await]
+            }
+            CallOp::One(Op::Transfer {
+                id,
+                from,
+                to,
+                amount,
+                ..
+            }) => {
+                vec![ledger.transfer(*id, *from, *to, *amount).await]
             }
             CallOp::Batch(ops) => ledger
                 .submit(ops.clone())
@@ -149,6 +157,8 @@ fn random_op(rng: &mut StdRng, model: &mut Model, keys: &[Pubkey]) -> Op {
     if rng.gen_bool(0.35) {
         if let Some(amount) = model.amount() {
             return Op::Mint {
+                id: TransferId::new(),
+                user_data: 0,
                 to: pick(rng),
                 amount,
             };
@@ -159,6 +169,8 @@ fn random_op(rng: &mut StdRng, model: &mut Model, keys: &[Pubkey]) -> Op {
         to = keys[(keys.iter().position(|k| *k == from).unwrap_or(0) + 1) % keys.len()];
     }
     Op::Transfer {
+        id: TransferId::new(),
+        user_data: 0,
         from,
         to,
         amount: rng.gen_range(1..=4),
@@ -253,9 +265,12 @@ async fn run_case(seed: u64) {
             .find(|&s| Some(s as u32) != failing)
             .unwrap();
         let room = u64::MAX - stats.total_supply as u64;
-        ledger.mint(placed[healthy][0], room).await.unwrap();
+        ledger
+            .mint(TransferId::new(), placed[healthy][0], room)
+            .await
+            .unwrap();
         assert!(matches!(
-            ledger.mint(placed[healthy][1], 1).await,
+            ledger.mint(TransferId::new(), placed[healthy][1], 1).await,
             Err(LedgerError::Overflow)
         ));
         let stats = check_books(&ledger, &placed, &format!("seed {seed}, full supply")).await;

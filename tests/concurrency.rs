@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{assert_matches, Model};
 use rand::{Rng, SeedableRng};
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 fn key(n: u64) -> Pubkey {
     let mut bytes = [0u8; 32];
@@ -26,12 +26,14 @@ type Tally = Arc<Mutex<BTreeMap<Pubkey, (i128, u64)>>>;
 fn acknowledge(tally: &Tally, op: Op) {
     let mut tally = tally.lock().unwrap();
     match op {
-        Op::Mint { to, amount } => {
+        Op::Mint { to, amount, .. } => {
             let entry = tally.entry(to).or_default();
             entry.0 += amount as i128;
             entry.1 += 1;
         }
-        Op::Transfer { from, to, amount } => {
+        Op::Transfer {
+            from, to, amount, ..
+        } => {
             let entry = tally.entry(from).or_default();
             entry.0 -= amount as i128;
             entry.1 += 1;
@@ -67,13 +69,27 @@ async fn two_hundred_tasks_match_the_tally_of_acknowledged_ops() {
                 let amount = rng.gen_range(1..500);
                 let results: Vec<(Op, Result<tally::Receipt, LedgerError>)> = match step % 10 {
                     0 => {
-                        let op = Op::Mint { to: from, amount };
-                        vec![(op, ledger.mint(from, amount).await)]
+                        let id = TransferId::new();
+                        let op = Op::Mint {
+                            id,
+                            to: from,
+                            amount,
+                            user_data: 0,
+                        };
+                        vec![(op, ledger.mint(id, from, amount).await)]
                     }
                     1 => {
                         let ops = vec![
-                            Op::Transfer { from, to, amount },
                             Op::Transfer {
+                                id: TransferId::new(),
+                                user_data: 0,
+                                from,
+                                to,
+                                amount,
+                            },
+                            Op::Transfer {
+                                id: TransferId::new(),
+                                user_data: 0,
                                 from: to,
                                 to: from,
                                 amount,
@@ -83,8 +99,15 @@ async fn two_hundred_tasks_match_the_tally_of_acknowledged_ops() {
                         ops.into_iter().zip(results).collect()
                     }
                     _ => {
-                        let op = Op::Transfer { from, to, amount };
-                        vec![(op, ledger.transfer(from, to, amount).await)]
+                        let id = TransferId::new();
+                        let op = Op::Transfer {
+                            id,
+                            from,
+                            to,
+                            amount,
+                            user_data: 0,
+                        };
+                        vec![(op, ledger.transfer(id, from, to, amount).await)]
                     }
                 };
                 for (op, result) in results {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tally::internals::io::{FaultEffect, FaultOp, FaultyIo};
 use tally::internals::storage::shard_dir;
 use tally::internals::wal::reader::list_segments;
-use tally::{Config, Ledger, LedgerError, Pubkey};
+use tally::{Config, Ledger, LedgerError, Pubkey, Receipt, TransferId};
 
 fn key(n: u32) -> Pubkey {
     let mut bytes = [0x5Cu8; 32];
@@ -48,6 +48,9 @@ struct History {
     acked: BTreeMap<u32, u64>,
     uncertain: BTreeMap<u32, u64>,
     errors: Vec<LedgerError>,
+    /// Each mint's transfer id, and the receipt of each acknowledged one.
+    ids: BTreeMap<u32, TransferId>,
+    receipts: BTreeMap<u32, Receipt>,
 }
 
 /// Mints `amount = n + 1` into `key(n)` for n in 0..count, one call at a time.
@@ -55,9 +58,12 @@ async fn mint_all(ledger: &Ledger, count: u32) -> History {
     let mut history = History::default();
     for n in 0..count {
         let amount = n as u64 + 1;
-        match ledger.mint(key(n), amount).await {
-            Ok(_) => {
+        let id = TransferId::new();
+        history.ids.insert(n, id);
+        match ledger.mint(id, key(n), amount).await {
+            Ok(receipt) => {
                 history.acked.insert(n, amount);
+                history.receipts.insert(n, receipt);
             }
             Err(error) => {
                 assert!(
@@ -73,7 +79,9 @@ async fn mint_all(ledger: &Ledger, count: u32) -> History {
 }
 
 /// After reopening: every acknowledged mint is there, every uncertain one is wholly there or
-/// wholly absent, nothing else exists, and the supply is the sum of the balances.
+/// wholly absent, nothing else exists, and the supply is the sum of the balances. Then every
+/// mint is retried with its id: an acknowledged one answers its receipt again, an uncertain one
+/// is `Ok` and, whether the reopen found it or the retry applied it, there exactly once.
 async fn check_recovered(dir: &Path, history: &History, count: u32) {
     let ledger = reopen(dir).await;
     let mut sum = 0u128;
@@ -96,8 +104,24 @@ async fn check_recovered(dir: &Path, history: &History, count: u32) {
         sum,
         "conservation"
     );
+    let mut all = 0u128;
+    for (&n, &amount) in history.acked.iter().chain(&history.uncertain) {
+        let retried = ledger.mint(history.ids[&n], key(n), amount).await;
+        match history.receipts.get(&n) {
+            Some(receipt) => assert_eq!(retried.unwrap(), *receipt, "retry of mint {n}"),
+            None => assert!(retried.is_ok(), "retry of uncertain mint {n}: {retried:?}"),
+        }
+        let balance = ledger.account(&key(n)).await.unwrap().map(|a| a.balance);
+        assert_eq!(balance, Some(amount), "mint {n} once retried");
+        all += amount as u128;
+    }
+    assert_eq!(
+        ledger.stats().await.unwrap().total_supply,
+        all,
+        "every mint exactly once"
+    );
     ledger
-        .mint(key(10_000), 1)
+        .mint(TransferId::new(), key(10_000), 1)
         .await
         .expect("the reopened ledger takes writes");
     ledger.shutdown().await.unwrap();
@@ -176,7 +200,7 @@ async fn failed_msync_in_a_checkpoint_stops_the_shard_and_loses_nothing() {
         "{error:?}"
     );
     assert!(matches!(
-        ledger.mint(key(0), 1).await,
+        ledger.mint(TransferId::new(), key(0), 1).await,
         Err(LedgerError::Io { .. })
     ));
     assert!(ledger.health().degraded);
@@ -238,16 +262,22 @@ async fn failed_growth_of_the_account_file_fails_only_that_op() {
     );
     let ledger = Ledger::open(config).await.unwrap();
     for n in 0..4 {
-        ledger.mint(key(n), 10).await.unwrap();
+        ledger.mint(TransferId::new(), key(n), 10).await.unwrap();
     }
-    let error = ledger.mint(key(4), 10).await.unwrap_err();
+    let error = ledger
+        .mint(TransferId::new(), key(4), 10)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&error, LedgerError::Full { path } if path.ends_with("accounts.dat")),
         "{error:?}"
     );
     // The shard still works: existing accounts, and new ones once space is back.
-    ledger.transfer(key(0), key(1), 5).await.unwrap();
-    ledger.mint(key(4), 10).await.unwrap();
+    ledger
+        .transfer(TransferId::new(), key(0), key(1), 5)
+        .await
+        .unwrap();
+    ledger.mint(TransferId::new(), key(4), 10).await.unwrap();
     assert!(!ledger.health().degraded);
     assert_eq!(ledger.stats().await.unwrap().total_supply, 50);
     ledger.shutdown().await.unwrap();
@@ -271,6 +301,6 @@ async fn failed_manifest_rename_at_creation_leaves_a_directory_that_opens() {
         "{error:?}"
     );
     let ledger = reopen(dir.path()).await;
-    ledger.mint(key(1), 1).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 1).await.unwrap();
     ledger.shutdown().await.unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use memmap2::MmapMut;
 use tally::internals::io::{FileIo, RealIo};
-use tally::{Config, Ledger, Pubkey};
+use tally::{Config, Ledger, Pubkey, TransferId};
 
 /// Real I/O whose WAL fdatasync takes 2 ms longer: a slow disk, so callers pile up behind it.
 #[derive(Debug)]
@@ -86,7 +86,10 @@ async fn sixty_four_callers_share_wal_syncs() {
             let mut bytes = [7u8; 32];
             bytes[..4].copy_from_slice(&caller.to_le_bytes());
             for _ in 0..MINTS_EACH {
-                ledger.mint(Pubkey(bytes), 1).await.unwrap();
+                ledger
+                    .mint(TransferId::new(), Pubkey(bytes), 1)
+                    .await
+                    .unwrap();
             }
         }));
     }

@@ -6,7 +6,7 @@ mod common;
 
 use common::keys_on;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_wal_checkpoints_and_recovery_are_measured() {
@@ -24,18 +24,27 @@ async fn operations_wal_checkpoints_and_recovery_are_measured() {
     // Three accounts on shard 0 and one on shard 1.
     let on_0 = keys_on(dir.path(), 0, 3, 0);
     let on_1 = keys_on(dir.path(), 1, 1, 0);
-    ledger.mint(on_0[0], 100).await.unwrap();
-    ledger.mint(on_1[0], 100).await.unwrap();
-    ledger.transfer(on_0[0], on_0[1], 10).await.unwrap();
-    let refused = ledger.transfer(Pubkey([9; 32]), on_0[0], 10).await;
+    ledger.mint(TransferId::new(), on_0[0], 100).await.unwrap();
+    ledger.mint(TransferId::new(), on_1[0], 100).await.unwrap();
+    ledger
+        .transfer(TransferId::new(), on_0[0], on_0[1], 10)
+        .await
+        .unwrap();
+    let refused = ledger
+        .transfer(TransferId::new(), Pubkey([9; 32]), on_0[0], 10)
+        .await;
     assert!(matches!(refused, Err(LedgerError::AccountNotFound(_))));
     let results = ledger
         .submit(vec![
             Op::Mint {
+                id: TransferId::new(),
+                user_data: 0,
                 to: on_0[2],
                 amount: 1,
             },
             Op::Transfer {
+                id: TransferId::new(),
+                user_data: 0,
                 from: on_0[2],
                 to: on_1[0],
                 amount: 5,

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tally::{Config, Ledger, LedgerError, Pubkey};
+use tally::{Config, Ledger, LedgerError, Pubkey, TransferId};
 
 struct Tmpfs {
     path: PathBuf,
@@ -86,7 +86,10 @@ async fn a_full_filesystem_gives_full_and_loses_nothing() {
     let ledger = Ledger::open(config(&dir)).await.unwrap();
     let mut acked = 0;
     let error = loop {
-        match ledger.mint(key(acked), acked as u64 + 1).await {
+        match ledger
+            .mint(TransferId::new(), key(acked), acked as u64 + 1)
+            .await
+        {
             Ok(_) => acked += 1,
             Err(error) => break error,
         }
@@ -101,7 +104,7 @@ async fn a_full_filesystem_gives_full_and_loses_nothing() {
     let ledger = reopen(&dir).await.unwrap();
     check(&ledger, acked).await;
     assert_eq!(ledger.stats().await.unwrap().accounts, acked as u64);
-    ledger.mint(key(acked), 1).await.unwrap();
+    ledger.mint(TransferId::new(), key(acked), 1).await.unwrap();
     ledger.shutdown().await.unwrap();
 }
 
@@ -112,7 +115,10 @@ async fn a_read_only_filesystem_is_a_clear_error_and_loses_nothing() {
     let dir = fs.path.join("data");
     let ledger = Ledger::open(config(&dir)).await.unwrap();
     for n in 0..50 {
-        ledger.mint(key(n), n as u64 + 1).await.unwrap();
+        ledger
+            .mint(TransferId::new(), key(n), n as u64 + 1)
+            .await
+            .unwrap();
     }
     ledger.shutdown().await.unwrap();
     fs.remount("ro");

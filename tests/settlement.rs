@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_matches, balance_sum, faulty_config, key, keys_on, reopen, Model};
 use tally::internals::io::{FaultEffect, FaultOp};
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 /// Runs `call`, failing the test if it takes 2 s or more (and never hanging: 10 s at most).
 async fn prompt<T>(what: &str, call: impl Future<Output = T>) -> T {
@@ -43,7 +43,7 @@ async fn fail_shard_1(ledger: &Ledger, faults: &tally::internals::io::FaultyIo, 
         0,
         FaultEffect::Errno(libc::EIO),
     );
-    assert!(is_io(&ledger.mint(victim, 5).await));
+    assert!(is_io(&ledger.mint(TransferId::new(), victim, 5).await));
     assert!(!ledger.health().shards[1].writable);
 }
 
@@ -58,25 +58,34 @@ async fn a_transfer_into_a_failed_shard_is_ok_and_its_credit_lands_at_reopen() {
     let [b, c, victim] = keys_on(dir.path(), 1, 3, 0)[..] else {
         unreachable!()
     };
-    ledger.mint(a, 100).await.unwrap();
-    ledger.mint(b, 10).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
+    ledger.mint(TransferId::new(), b, 10).await.unwrap();
     fail_shard_1(&ledger, &faults, victim).await;
 
-    let receipt = ledger.transfer(a, b, 30).await.unwrap();
+    let receipt = ledger.transfer(TransferId::new(), a, b, 30).await.unwrap();
     assert_eq!(receipt.shard, 0, "the source shard decided it");
     let results = ledger
         .submit(vec![
             Op::Transfer {
+                id: TransferId::new(),
+                user_data: 0,
                 from: a,
                 to: b,
                 amount: 5,
             },
             Op::Transfer {
+                id: TransferId::new(),
+                user_data: 0,
                 from: a,
                 to: c,
                 amount: 7,
             },
-            Op::Mint { to: c, amount: 1 },
+            Op::Mint {
+                id: TransferId::new(),
+                user_data: 0,
+                to: c,
+                amount: 1,
+            },
         ])
         .await
         .unwrap();
@@ -123,15 +132,15 @@ async fn a_credit_whose_round_fails_on_the_target_is_owed_and_lands_at_reopen() 
     let ledger = Ledger::open(config).await.unwrap();
     let a = keys_on(dir.path(), 0, 1, 0)[0];
     let b = keys_on(dir.path(), 1, 1, 0)[0];
-    ledger.mint(a, 100).await.unwrap();
-    ledger.mint(b, 1).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
+    ledger.mint(TransferId::new(), b, 1).await.unwrap();
     faults.inject(
         FaultOp::SyncData,
         "shard-001/wal-",
         0,
         FaultEffect::Errno(libc::EIO),
     );
-    let receipt = ledger.transfer(a, b, 30).await.unwrap();
+    let receipt = ledger.transfer(TransferId::new(), a, b, 30).await.unwrap();
     assert_eq!(receipt.shard, 0);
     let stats = ledger.stats().await.unwrap();
     assert!(!stats.shards[1].healthy);
@@ -157,7 +166,7 @@ async fn a_credit_refused_for_a_full_disk_is_ok_and_lands_at_reopen() {
     let ledger = Ledger::open(config).await.unwrap();
     let a = keys_on(dir.path(), 0, 1, 0)[0];
     let targets = keys_on(dir.path(), 1, 6, 0);
-    ledger.mint(a, 1_000).await.unwrap();
+    ledger.mint(TransferId::new(), a, 1_000).await.unwrap();
     // Shard 1 has 4 slots; the 5th new account needs the file to grow.
     faults.inject(
         FaultOp::Allocate,
@@ -166,7 +175,10 @@ async fn a_credit_refused_for_a_full_disk_is_ok_and_lands_at_reopen() {
         FaultEffect::Errno(libc::ENOSPC),
     );
     for (n, to) in targets.iter().enumerate() {
-        let receipt = ledger.transfer(a, *to, n as u64 + 1).await.unwrap();
+        let receipt = ledger
+            .transfer(TransferId::new(), a, *to, n as u64 + 1)
+            .await
+            .unwrap();
         assert_eq!(receipt.shard, 0);
         // A caller is answered once the target has applied the credit, before the target's own
         // sync: wait for that sync, so that the 5th credit's failure cannot take the 4th's
@@ -199,10 +211,13 @@ async fn reads_on_a_failed_shard_never_show_a_refused_mint() {
     let dir = tempfile::tempdir().unwrap();
     let (faults, config) = faulty_config(dir.path(), 1);
     let ledger = Ledger::open(config).await.unwrap();
-    ledger.mint(key(1), 10).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 10).await.unwrap();
     faults.inject(FaultOp::SyncData, "wal-", 0, FaultEffect::Errno(libc::EIO));
-    assert!(is_io(&ledger.mint(key(1), 5).await));
-    assert!(is_io(&ledger.mint(key(2), 7).await), "refused outright");
+    assert!(is_io(&ledger.mint(TransferId::new(), key(1), 5).await));
+    assert!(
+        is_io(&ledger.mint(TransferId::new(), key(2), 7).await),
+        "refused outright"
+    );
     assert!(is_io(&ledger.account(&key(1)).await), "not Some(15)");
     assert!(is_io(&ledger.account(&key(2)).await));
     let stats = ledger.stats().await.unwrap();
@@ -221,10 +236,18 @@ async fn calls_end_when_a_shard_stops_taking_writes() {
     let ledger = Ledger::open(config).await.unwrap();
     let on_0 = keys_on(dir.path(), 0, 4, 0);
     let on_1 = keys_on(dir.path(), 1, 4, 0);
-    ledger.mint(on_0[0], 1_000).await.unwrap();
-    ledger.mint(on_1[0], 1_000).await.unwrap();
+    ledger
+        .mint(TransferId::new(), on_0[0], 1_000)
+        .await
+        .unwrap();
+    ledger
+        .mint(TransferId::new(), on_1[0], 1_000)
+        .await
+        .unwrap();
     fail_shard_1(&ledger, &faults, on_1[3]).await;
     let transfer = |from: Pubkey, to: Pubkey| Op::Transfer {
+        id: TransferId::new(),
+        user_data: 0,
         from,
         to,
         amount: 10,
@@ -238,10 +261,14 @@ async fn calls_end_when_a_shard_stops_taking_writes() {
                 transfer(on_0[0], on_1[1]), // into the failed shard: Ok
                 transfer(on_1[1], on_0[1]), // out of it (speculative on the credit): refused
                 Op::Mint {
+                    id: TransferId::new(),
+                    user_data: 0,
                     to: on_0[2],
                     amount: 1,
                 },
                 Op::Mint {
+                    id: TransferId::new(),
+                    user_data: 0,
                     to: on_1[2],
                     amount: 1,
                 },
@@ -252,11 +279,21 @@ async fn calls_end_when_a_shard_stops_taking_writes() {
             assert!(is_io(&results[1]), "{round}: {results:?}");
             assert!(results[2].is_ok() && results[4].is_ok(), "{results:?}");
             assert!(is_io(&results[3]), "{results:?}");
-            let receipt = prompt("transfer", ledger.transfer(on_0[0], on_1[0], 1)).await;
+            let receipt = prompt(
+                "transfer",
+                ledger.transfer(TransferId::new(), on_0[0], on_1[0], 1),
+            )
+            .await;
             assert_eq!(receipt.unwrap().shard, 0);
-            assert!(is_io(&prompt("mint", ledger.mint(on_1[0], 1)).await));
             assert!(is_io(
-                &prompt("transfer", ledger.transfer(on_1[0], on_0[0], 1)).await
+                &prompt("mint", ledger.mint(TransferId::new(), on_1[0], 1)).await
+            ));
+            assert!(is_io(
+                &prompt(
+                    "transfer",
+                    ledger.transfer(TransferId::new(), on_1[0], on_0[0], 1)
+                )
+                .await
             ));
             assert!(is_io(&prompt("account", ledger.account(&on_1[0])).await));
             assert!(prompt("account", ledger.account(&on_0[0])).await.is_ok());
@@ -286,7 +323,10 @@ async fn calls_end_when_the_ledger_shuts_down() {
     let ledger = Ledger::open(Config::new(dir.path()).shards(2).mailbox_capacity(4))
         .await
         .unwrap();
-    ledger.mint(key(0), 1_000_000).await.unwrap();
+    ledger
+        .mint(TransferId::new(), key(0), 1_000_000)
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for task in 0..16u32 {
         let ledger = ledger.clone();
@@ -295,13 +335,23 @@ async fn calls_end_when_the_ledger_shuts_down() {
             loop {
                 let to = key(1 + task);
                 let outcome = match calls % 4 {
-                    0 => ledger.mint(to, 1).await.map(drop),
-                    1 => ledger.transfer(key(0), to, 1).await.map(drop),
+                    0 => ledger.mint(TransferId::new(), to, 1).await.map(drop),
+                    1 => ledger
+                        .transfer(TransferId::new(), key(0), to, 1)
+                        .await
+                        .map(drop),
                     2 => ledger.account(&to).await.map(drop),
                     _ => ledger
                         .submit(vec![
-                            Op::Mint { to, amount: 1 },
+                            Op::Mint {
+                                id: TransferId::new(),
+                                user_data: 0,
+                                to,
+                                amount: 1,
+                            },
                             Op::Transfer {
+                                id: TransferId::new(),
+                                user_data: 0,
                                 from: to,
                                 to: key(0),
                                 amount: 1,
@@ -348,10 +398,10 @@ async fn every_public_async_method_can_be_spawned() {
         .unwrap();
     let spawned = |ledger: &Ledger| Arc::new(ledger.clone());
     let l = spawned(&ledger);
-    let minted = tokio::spawn(async move { l.mint(key(1), 10).await });
+    let minted = tokio::spawn(async move { l.mint(TransferId::new(), key(1), 10).await });
     assert!(minted.await.unwrap().is_ok());
     let l = spawned(&ledger);
-    let moved = tokio::spawn(async move { l.transfer(key(1), key(2), 4).await });
+    let moved = tokio::spawn(async move { l.transfer(TransferId::new(), key(1), key(2), 4).await });
     assert!(moved.await.unwrap().is_ok());
     let l = spawned(&ledger);
     let read = tokio::spawn(async move { l.account(&key(2)).await });
@@ -359,6 +409,8 @@ async fn every_public_async_method_can_be_spawned() {
     let l = spawned(&ledger);
     let submitted = tokio::spawn(async move {
         l.submit(vec![Op::Mint {
+            id: TransferId::new(),
+            user_data: 0,
             to: key(3),
             amount: 5,
         }])
@@ -411,8 +463,14 @@ async fn owed_credits_are_resent_once_at_the_next_open_and_counted() {
     };
     let mut model = Model::default();
     for (to, amount) in [(a, 100), (b, 1)] {
-        ledger.mint(to, amount).await.unwrap();
-        model.acknowledged(Op::Mint { to, amount });
+        let id = TransferId::new();
+        ledger.mint(id, to, amount).await.unwrap();
+        model.acknowledged(Op::Mint {
+            id,
+            to,
+            amount,
+            user_data: 0,
+        });
     }
     faults.inject(
         FaultOp::Write,
@@ -421,9 +479,12 @@ async fn owed_credits_are_resent_once_at_the_next_open_and_counted() {
         FaultEffect::Errno(libc::EIO),
     );
     for (to, amount) in [(b, 30), (b, 20), (c, 5)] {
-        let receipt = ledger.transfer(a, to, amount).await.unwrap();
+        let id = TransferId::new();
+        let receipt = ledger.transfer(id, a, to, amount).await.unwrap();
         assert_eq!(receipt.shard, 0, "decided by the source");
         model.acknowledged(Op::Transfer {
+            id,
+            user_data: 0,
             from: a,
             to,
             amount,
@@ -460,16 +521,23 @@ async fn a_failed_source_write_refuses_a_batch_of_cross_shard_transfers_exactly(
         };
         let mut model = Model::default();
         for to in [a1, a2] {
-            ledger.mint(to, 100).await.unwrap();
-            model.acknowledged(Op::Mint { to, amount: 100 });
+            let id = TransferId::new();
+            ledger.mint(id, to, 100).await.unwrap();
+            model.acknowledged(Op::Mint {
+                id,
+                to,
+                amount: 100,
+                user_data: 0,
+            });
         }
         faults.inject(FaultOp::Write, "shard-000/wal-", 0, effect);
-        let transfer = |from, to, amount| Op::Transfer { from, to, amount };
+        let transfer = |from, to, amount| common::transfer(from, to, amount);
+        let kept = common::mint(b1, 7);
         let results = ledger
             .submit(vec![
                 transfer(a1, b1, 10),
                 transfer(a2, b2, 20),
-                Op::Mint { to: b1, amount: 7 },
+                kept,
                 transfer(a1, b2, 30),
             ])
             .await
@@ -479,7 +547,7 @@ async fn a_failed_source_write_refuses_a_batch_of_cross_shard_transfers_exactly(
         assert!(is_io(&results[1]), "{effect:?}: {results:?}");
         assert!(results[2].is_ok(), "{effect:?}: {results:?}");
         assert!(is_io(&results[3]), "{effect:?}: {results:?}");
-        model.acknowledged(Op::Mint { to: b1, amount: 7 });
+        model.acknowledged(kept);
         let stats = ledger.stats().await.unwrap();
         assert_eq!(stats.owed_credits, 0, "{effect:?}: no debit was accepted");
         assert_eq!(stats.shards[0].balance_sum, 200, "{effect:?}");
@@ -502,13 +570,22 @@ async fn a_torn_credit_write_on_the_target_is_cut_and_resent() {
     let b = keys_on(dir.path(), 1, 1, 0)[0];
     let mut model = Model::default();
     for (to, amount) in [(a, 100), (b, 1)] {
-        ledger.mint(to, amount).await.unwrap();
-        model.acknowledged(Op::Mint { to, amount });
+        let id = TransferId::new();
+        ledger.mint(id, to, amount).await.unwrap();
+        model.acknowledged(Op::Mint {
+            id,
+            to,
+            amount,
+            user_data: 0,
+        });
     }
     faults.inject(FaultOp::Write, "shard-001/wal-", 0, FaultEffect::Torn);
-    let receipt = ledger.transfer(a, b, 30).await.unwrap();
+    let id = TransferId::new();
+    let receipt = ledger.transfer(id, a, b, 30).await.unwrap();
     assert_eq!(receipt.shard, 0);
     model.acknowledged(Op::Transfer {
+        id,
+        user_data: 0,
         from: a,
         to: b,
         amount: 30,

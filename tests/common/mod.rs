@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: keys placed on chosen shards, fault-armed
-//! configurations, reopening, figures read once nothing is in flight, and the exact model
-//! (every account's balance and sequence) that ledgers are compared with.
+//! configurations, reopening, figures read once nothing is in flight, ops with fresh transfer
+//! ids, and the exact model (every account's balance, sequence and history, and the outcome of
+//! every transfer id) that ledgers are compared with.
 
 #![allow(dead_code)]
 
@@ -12,12 +13,33 @@ use std::time::{Duration, Instant};
 use tally::internals::io::FaultyIo;
 use tally::internals::shard_of;
 use tally::internals::storage::manifest::Manifest;
-use tally::{Config, Ledger, LedgerError, Op, Pubkey, Stats};
+use tally::{Config, Entry, Ledger, LedgerError, Op, Pubkey, Stats, TransferId, MAX_HISTORY_LIMIT};
 
 pub fn key(n: u32) -> Pubkey {
     let mut bytes = [0xB0u8; 32];
     bytes[..4].copy_from_slice(&n.to_le_bytes());
     Pubkey(bytes)
+}
+
+/// A mint with a fresh transfer id (and no `user_data`).
+pub fn mint(to: Pubkey, amount: u64) -> Op {
+    Op::Mint {
+        id: TransferId::new(),
+        to,
+        amount,
+        user_data: 0,
+    }
+}
+
+/// A transfer with a fresh transfer id (and no `user_data`).
+pub fn transfer(from: Pubkey, to: Pubkey, amount: u64) -> Op {
+    Op::Transfer {
+        id: TransferId::new(),
+        from,
+        to,
+        amount,
+        user_data: 0,
+    }
 }
 
 /// A configuration whose file operations go through `faults` (armed later by the test).
@@ -121,11 +143,30 @@ pub fn balance_sum(stats: &Stats) -> u128 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
-    Insufficient { needed: u64, available: u64 },
+    Insufficient {
+        needed: u64,
+        available: u64,
+    },
     NotFound,
     Same,
     Zero,
     Overflow,
+    /// The id was used before with other fields.
+    Conflict,
+    /// The id is 0 or `u128::MAX`.
+    InvalidId,
+}
+
+impl Outcome {
+    /// Whether the ledger remembers this answer for the op's id: it applied the op, or refused
+    /// it for the state (a logged refusal). Stateless refusals leave the id free, and a conflict
+    /// is an answer about an id decided before.
+    pub fn decides_id(self) -> bool {
+        matches!(
+            self,
+            Outcome::Ok | Outcome::Insufficient { .. } | Outcome::NotFound | Outcome::Overflow
+        )
+    }
 }
 
 /// The ledger's answer as an [`Outcome`]; any other error fails the test.
@@ -140,34 +181,102 @@ pub fn outcome<T>(result: &Result<T, LedgerError>) -> Outcome {
         Err(LedgerError::SameAccount) => Outcome::Same,
         Err(LedgerError::ZeroAmount) => Outcome::Zero,
         Err(LedgerError::Overflow) => Outcome::Overflow,
+        Err(LedgerError::IdConflict { .. }) => Outcome::Conflict,
+        Err(LedgerError::InvalidId { .. }) => Outcome::InvalidId,
         Err(other) => panic!("unexpected error: {other:?}"),
     }
+}
+
+/// One entry of an account's history as the model keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The account's sequence after it.
+    pub sequence: u64,
+    /// The account's balance after it.
+    pub balance_after: u64,
+    /// The transfer that made it.
+    pub id: TransferId,
+    /// The `submit` batch it came from (see [`Model::apply_batch`]), or `None` for a single op.
+    pub batch: Option<u64>,
 }
 
 /// The reference ledger: every account's (balance, sequence) in a `BTreeMap`, kept by the test
 /// from the ops it saw acknowledged, with the ledger's rules for refusing an op. The sequence
 /// counts the mints, debits and credits that changed the account, as `Account::sequence` does.
+///
+/// It also knows every transfer id the ledger has decided (applied, or refused for the state)
+/// with the op that decided it and its outcome, and each account's history: what a retry of an
+/// id must answer, and what `Ledger::history` must list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
     pub accounts: BTreeMap<Pubkey, (u64, u64)>,
     pub supply: u64,
+    /// The first op of each decided id and its outcome.
+    pub decided: BTreeMap<TransferId, (Op, Outcome)>,
+    /// Per account, every change made through [`Model::apply`], oldest first.
+    pub history: BTreeMap<Pubkey, Vec<ModelEntry>>,
+    /// The batch that [`Model::apply_batch`] is applying, and the number of the last one.
+    pub batch: Option<u64>,
+    pub batches: u64,
 }
 
 impl Model {
-    /// Applies `op` as the ledger would and says what the caller should be told.
+    /// Applies `op` as the ledger would and says what the caller should be told: an invalid id
+    /// or a stateless refusal (zero amount, same account) changes nothing and leaves the id
+    /// free; an id decided before answers its first outcome again if `op` is that same op (and
+    /// changes nothing), or a conflict if any field differs; a new id is decided by the state,
+    /// and remembered whether applied or refused.
     pub fn apply(&mut self, op: Op) -> Outcome {
+        let id = op.id();
+        if !id.is_valid() {
+            return Outcome::InvalidId;
+        }
         match op {
-            Op::Mint { amount: 0, .. } | Op::Transfer { amount: 0, .. } => Outcome::Zero,
-            Op::Mint { to, amount } => match self.supply.checked_add(amount) {
+            Op::Mint { amount: 0, .. } | Op::Transfer { amount: 0, .. } => return Outcome::Zero,
+            Op::Transfer { from, to, .. } if from == to => return Outcome::Same,
+            _ => {}
+        }
+        if let Some((first, outcome)) = self.decided.get(&id) {
+            return if *first == op {
+                *outcome
+            } else {
+                Outcome::Conflict
+            };
+        }
+        let outcome = self.decide(op);
+        self.decided.insert(id, (op, outcome));
+        outcome
+    }
+
+    /// Applies a `submit` batch op by op (as the ledger answers it: as if one after another),
+    /// and marks the history entries it makes as that batch's.
+    pub fn apply_batch(&mut self, ops: &[Op]) -> Vec<Outcome> {
+        self.batches += 1;
+        self.batch = Some(self.batches);
+        let outcomes = ops.iter().map(|op| self.apply(*op)).collect();
+        self.batch = None;
+        outcomes
+    }
+
+    /// Decides a new id's op by the state.
+    fn decide(&mut self, op: Op) -> Outcome {
+        match op {
+            Op::Mint { id, to, amount, .. } => match self.supply.checked_add(amount) {
                 None => Outcome::Overflow,
                 Some(supply) => {
                     self.supply = supply;
                     self.credit(to, amount);
+                    self.record(to, id);
                     Outcome::Ok
                 }
             },
-            Op::Transfer { from, to, .. } if from == to => Outcome::Same,
-            Op::Transfer { from, to, amount } => {
+            Op::Transfer {
+                id,
+                from,
+                to,
+                amount,
+                ..
+            } => {
                 let Some(&(available, _)) = self.accounts.get(&from) else {
                     return Outcome::NotFound;
                 };
@@ -178,10 +287,24 @@ impl Model {
                     };
                 }
                 self.debit(from, amount);
+                self.record(from, id);
                 self.credit(to, amount);
+                self.record(to, id);
                 Outcome::Ok
             }
         }
+    }
+
+    /// Appends `key`'s current (sequence, balance) to its history, made by `id`.
+    fn record(&mut self, key: Pubkey, id: TransferId) {
+        let (balance_after, sequence) = self.accounts[&key];
+        let batch = self.batch;
+        self.history.entry(key).or_default().push(ModelEntry {
+            sequence,
+            balance_after,
+            id,
+            batch,
+        });
     }
 
     /// Applies an op the ledger acknowledged; panics if the model would have refused it.
@@ -189,12 +312,20 @@ impl Model {
         assert_eq!(self.apply(op), Outcome::Ok, "the model refuses {op:?}");
     }
 
+    /// The outcome the model knows for `id`, if it decided it.
+    pub fn outcome_of(&self, id: TransferId) -> Option<Outcome> {
+        self.decided.get(&id).map(|(_, outcome)| *outcome)
+    }
+
+    /// A credit of the balance and sequence only (no history entry, no id): for tests that
+    /// build a model from WAL records.
     pub fn credit(&mut self, to: Pubkey, amount: u64) {
         let account = self.accounts.entry(to).or_default();
         account.0 += amount;
         account.1 += 1;
     }
 
+    /// A debit of the balance and sequence only (see [`Model::credit`]).
     pub fn debit(&mut self, from: Pubkey, amount: u64) {
         let account = self
             .accounts
@@ -206,6 +337,132 @@ impl Model {
 
     pub fn balance(&self, key: &Pubkey) -> Option<u64> {
         self.accounts.get(key).map(|a| a.0)
+    }
+}
+
+/// Every entry of `key`'s history, read in pages of `page` entries.
+pub async fn read_history(ledger: &Ledger, key: &Pubkey, page: usize) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = Vec::new();
+    loop {
+        let after = entries.last().map_or(0, |e| e.sequence);
+        let next = ledger.history(key, after, page).await.unwrap();
+        if next.is_empty() {
+            return entries;
+        }
+        assert!(next.len() <= page, "a page of {page} held {}", next.len());
+        entries.extend(next);
+    }
+}
+
+/// The change `op` made to `key`'s balance: +amount for a mint or credit, -amount for a debit.
+fn delta(op: &Op, key: &Pubkey) -> i128 {
+    match *op {
+        Op::Mint { amount, .. } => amount as i128,
+        Op::Transfer { from, amount, .. } if from == *key => -(amount as i128),
+        Op::Transfer { amount, .. } => amount as i128,
+    }
+}
+
+/// Asserts that `ledger`'s history of every account the model knows is the model's: one entry
+/// per change, numbered 1, 2, 3..., each with the transfer's own fields those of the op that
+/// made it (`from` only for a transfer) and its balance after it the balance before it plus
+/// the op's change. Entries of single ops are exactly the model's (same place, same balance
+/// after). A batch runs its ops on disjoint shards in parallel and a cross-shard credit lands
+/// when it lands, so inside the run of one batch's entries the order may differ from the
+/// batch's: there the entries must be exactly the model's set of transfers, and the balance
+/// after the run the model's. Each account is read in pages of [`MAX_HISTORY_LIMIT`] (one call
+/// unless the history is longer) and again in pages of 64, which must agree.
+pub async fn assert_histories(ledger: &Ledger, model: &Model, what: &str) {
+    for key in model.accounts.keys() {
+        let want = model.history.get(key).cloned().unwrap_or_default();
+        let entries = read_history(ledger, key, MAX_HISTORY_LIMIT).await;
+        let got: Vec<(u64, u64, TransferId)> = entries
+            .iter()
+            .map(|e| (e.sequence, e.balance_after, e.transfer.id))
+            .collect();
+        let context = || {
+            let want: Vec<_> = want
+                .iter()
+                .map(|e| (e.sequence, e.balance_after, e.id, e.batch))
+                .collect();
+            format!("{what}: history of {key}\n  ledger {got:?}\n  model  {want:?}")
+        };
+        assert_eq!(entries.len(), want.len(), "{}", context());
+        let mut balance = 0i128;
+        let mut start = 0;
+        while start < want.len() {
+            // The run of entries from one batch (or one single op).
+            let batch = want[start].batch;
+            let end = match batch {
+                None => start + 1,
+                Some(_) => want[start..]
+                    .iter()
+                    .position(|e| e.batch != batch)
+                    .map_or(want.len(), |n| start + n),
+            };
+            let mut got_ids: Vec<TransferId> = Vec::new();
+            for (n, entry) in entries.iter().enumerate().take(end).skip(start) {
+                assert_eq!(entry.sequence, n as u64 + 1, "{}", context());
+                let (op, _) = model.decided.get(&entry.transfer.id).unwrap_or_else(|| {
+                    panic!("{}: entry {} of an unknown id", context(), entry.sequence)
+                });
+                let (from, to, amount, user_data) = match *op {
+                    Op::Mint {
+                        to,
+                        amount,
+                        user_data,
+                        ..
+                    } => (None, to, amount, user_data),
+                    Op::Transfer {
+                        from,
+                        to,
+                        amount,
+                        user_data,
+                        ..
+                    } => (Some(from), to, amount, user_data),
+                };
+                let transfer = &entry.transfer;
+                assert_eq!(
+                    (
+                        transfer.from,
+                        transfer.to,
+                        transfer.amount,
+                        transfer.user_data
+                    ),
+                    (from, to, amount, user_data),
+                    "{}: entry {}",
+                    context(),
+                    entry.sequence
+                );
+                balance += delta(op, key);
+                assert_eq!(
+                    entry.balance_after as i128,
+                    balance,
+                    "{}: entry {}'s balance after",
+                    context(),
+                    entry.sequence
+                );
+                got_ids.push(transfer.id);
+            }
+            let mut want_ids: Vec<TransferId> = want[start..end].iter().map(|e| e.id).collect();
+            if batch.is_some() {
+                got_ids.sort();
+                want_ids.sort();
+            }
+            assert_eq!(got_ids, want_ids, "{}", context());
+            assert_eq!(
+                entries[end - 1].balance_after,
+                want[end - 1].balance_after,
+                "{}",
+                context()
+            );
+            start = end;
+        }
+        assert_eq!(
+            read_history(ledger, key, 64).await,
+            entries,
+            "{what}: {key}'s history read in pages"
+        );
     }
 }
 
