@@ -8,15 +8,27 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use tally::internals::storage::accounts::{AccountsFile, SlotState};
 use tally::internals::wal::frame::push_record;
 use tally::internals::wal::reader::scan;
-use tally::internals::wal::record::{encode_into, AfterImage, RecordBody};
+use tally::internals::wal::record::{encode_into, AfterImage, Meta, RecordBody};
 use tally::internals::wal::writer::{
     spawn_group_commit, Batch, Command, SyncPolicy, WalShared, WalWriter,
 };
 use tally::internals::{plan_waves, shard_of};
-use tally::{Config, Ledger, Op};
+use tally::{Config, Ledger, Op, TransferId};
 
 mod common;
 use common::{key, mint_accounts};
+
+/// The meta of the record at `lsn`: a time-ordered id (as `TransferId::new` makes), user
+/// data, and a nanosecond timestamp, each as wide as a real record's.
+fn meta(lsn: u64) -> Meta {
+    let timestamp = 1_700_000_000_000_000_000 + lsn;
+    Meta {
+        id: ((timestamp / 1_000_000) as u128) << 80
+            | (lsn as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        user_data: lsn as u128,
+        timestamp,
+    }
+}
 
 /// WAL frames of `count` records from `first_lsn`, as a shard builds them.
 fn records(first_lsn: u64, count: u64) -> Vec<u8> {
@@ -27,12 +39,14 @@ fn records(first_lsn: u64, count: u64) -> Vec<u8> {
             key: key(lsn).0,
             balance: lsn,
             sequence: 1,
+            prev_lsn: lsn - 1,
         };
         push_record(
             &mut bytes,
             &mut frame_start,
             lsn,
             &RecordBody::Transfer {
+                meta: meta(lsn),
                 from: image,
                 to: image,
                 amount: 1,
@@ -52,6 +66,7 @@ fn wal(c: &mut Criterion) {
             key: [3; 32],
             balance: 1_000,
             sequence: 9,
+            prev_lsn: 1_000_000,
         };
         let mut lsn = 0;
         b.iter(|| {
@@ -63,6 +78,7 @@ fn wal(c: &mut Criterion) {
                 &mut buffer,
                 lsn,
                 &RecordBody::Transfer {
+                    meta: meta(lsn),
                     from: image,
                     to: image,
                     amount: 1,
@@ -152,9 +168,11 @@ fn routing(c: &mut Criterion) {
     });
     let ops: Vec<Op> = (0..8192u64)
         .map(|n| Op::Transfer {
+            id: TransferId(n as u128 + 1),
             from: key(n * 2),
             to: key(n * 2 + 1),
             amount: 1,
+            user_data: 0,
         })
         .collect();
     group.throughput(Throughput::Elements(8192));
@@ -192,7 +210,7 @@ fn end_to_end(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             let (from, to) = pair();
             let ledger = ledger.clone();
-            async move { ledger.transfer(from, to, 1).await }
+            async move { ledger.transfer(TransferId::new(), from, to, 1).await }
         })
     });
     group.throughput(Throughput::Elements(8192));
@@ -203,9 +221,11 @@ fn end_to_end(c: &mut Criterion) {
                     .map(|_| {
                         let (from, to) = pair();
                         Op::Transfer {
+                            id: TransferId::new(),
                             from,
                             to,
                             amount: 1,
+                            user_data: 0,
                         }
                     })
                     .collect::<Vec<_>>()

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 mod common;
 use common::{env_or, key, mint_accounts, peak_rss_mb, status_mb};
-use tally::{Config, Durability, Ledger, Op};
+use tally::{Config, Durability, Ledger, Op, TransferId};
 
 struct Latencies(Vec<Duration>);
 
@@ -61,8 +61,9 @@ async fn sequential(ledger: &Ledger, accounts: u64, count: usize) -> Latencies {
         if from == to {
             continue;
         }
+        let id = TransferId::new();
         let started = Instant::now();
-        ledger.transfer(key(from), key(to), 1).await.unwrap();
+        ledger.transfer(id, key(from), key(to), 1).await.unwrap();
         latencies.push(started.elapsed());
     }
     Latencies(latencies)
@@ -81,8 +82,9 @@ async fn concurrent(ledger: &Ledger, accounts: u64, tasks: u64, per_task: u64) -
                 if from == to {
                     continue;
                 }
+                let id = TransferId::new();
                 let op_started = Instant::now();
-                ledger.transfer(key(from), key(to), 1).await.unwrap();
+                ledger.transfer(id, key(from), key(to), 1).await.unwrap();
                 latencies.push(op_started.elapsed());
             }
             latencies
@@ -120,9 +122,11 @@ async fn batches(
                         let from = rng.gen_range(0..accounts);
                         let to = (from + rng.gen_range(1..accounts)) % accounts;
                         Op::Transfer {
+                            id: TransferId::new(),
                             from: key(from),
                             to: key(to),
                             amount: 1,
+                            user_data: 0,
                         }
                     })
                     .collect();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_matches, keys_on, open_unlocked, wait_unlocked, Model};
 use tally::internals::storage::accounts::slot_offset;
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 const ACCOUNTS: u8 = 40;
 
@@ -34,17 +34,27 @@ fn config(dir: &Path) -> Config {
 async fn fill(ledger: &Ledger) -> Model {
     let mut model = Model::default();
     for n in 0..ACCOUNTS {
+        let id = TransferId::new();
         let op = Op::Mint {
+            id,
             to: key(n),
             amount: 1_000,
+            user_data: 0,
         };
-        ledger.mint(key(n), 1_000).await.unwrap();
+        ledger.mint(id, key(n), 1_000).await.unwrap();
         model.acknowledged(op);
     }
     for n in 0..ACCOUNTS {
         let (from, to, amount) = (key(n), key((n + 7) % ACCOUNTS), 100 + n as u64);
-        ledger.transfer(from, to, amount).await.unwrap();
-        model.acknowledged(Op::Transfer { from, to, amount });
+        let id = TransferId::new();
+        ledger.transfer(id, from, to, amount).await.unwrap();
+        model.acknowledged(Op::Transfer {
+            id,
+            from,
+            to,
+            amount,
+            user_data: 0,
+        });
     }
     model
 }
@@ -135,10 +145,13 @@ async fn torn_wal_tail_is_cut_and_every_acknowledged_op_recovers() {
     std::fs::write(&segment, &torn).unwrap();
     let ledger = open(dir.path()).await.unwrap();
     assert_matches(&ledger, &model, all_keys(), "after the cut").await;
-    ledger.mint(key(0), 1).await.unwrap();
+    let id = TransferId::new();
+    ledger.mint(id, key(0), 1).await.unwrap();
     model.acknowledged(Op::Mint {
+        id,
         to: key(0),
         amount: 1,
+        user_data: 0,
     });
     ledger.shutdown().await.unwrap();
     let reopened = open(dir.path()).await.unwrap();
@@ -206,10 +219,10 @@ async fn a_lost_debit_that_its_target_credited_is_corrupt() {
     let [b, c] = keys_on(dir.path(), 1, 2, 0)[..] else {
         unreachable!()
     };
-    ledger.mint(a, 100).await.unwrap();
-    ledger.transfer(a, b, 40).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
+    ledger.transfer(TransferId::new(), a, b, 40).await.unwrap();
     // A synced mint after the credit on shard 1: the credit's record is durable before it.
-    ledger.mint(c, 1).await.unwrap();
+    ledger.mint(TransferId::new(), c, 1).await.unwrap();
     drop(ledger);
     wait_unlocked(dir.path());
     zero_slot(dir.path(), 0, 0);
@@ -240,15 +253,18 @@ async fn a_lost_tail_record_with_no_evidence_is_cut_like_a_torn_write() {
     let ledger = Ledger::open(single(dir.path())).await.unwrap();
     let mut model = Model::default();
     for n in 0..5 {
+        let id = TransferId::new();
         let op = Op::Mint {
+            id,
             to: key(n),
             amount: 10 + n as u64,
+            user_data: 0,
         };
-        ledger.mint(key(n), 10 + n as u64).await.unwrap();
+        ledger.mint(id, key(n), 10 + n as u64).await.unwrap();
         model.acknowledged(op);
     }
     // Acknowledged, hence synced; the damage below makes it the op that is lost.
-    ledger.mint(key(5), 99).await.unwrap();
+    ledger.mint(TransferId::new(), key(5), 99).await.unwrap();
     drop(ledger);
     wait_unlocked(dir.path());
     zero_slot(dir.path(), 0, 5);

@@ -19,8 +19,8 @@ use tally::internals::shard_of;
 use tally::internals::storage::accounts::{Header, SlotState};
 use tally::internals::storage::{index, manifest::Manifest};
 use tally::internals::wal::frame;
-use tally::internals::wal::record::{self, AfterImage, RecordBody};
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::internals::wal::record::{self, AfterImage, Meta, RecordBody};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -36,11 +36,17 @@ fn valid_record() -> Vec<u8> {
         key: [7; 32],
         balance: 99,
         sequence: 2,
+        prev_lsn: 4,
     };
     record::encode_into(
         &mut bytes,
         5,
         &RecordBody::Transfer {
+            meta: Meta {
+                id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                user_data: 42,
+                timestamp: 1_700_000_000_000_000_005,
+            },
             from: image,
             to: image,
             amount: 1,
@@ -58,8 +64,14 @@ fn valid_frame() -> Vec<u8> {
             key: [7; 32],
             balance: 99,
             sequence: 2,
+            prev_lsn: lsn - 1,
         };
         let body = RecordBody::Mint {
+            meta: Meta {
+                id: lsn as u128,
+                user_data: 0,
+                timestamp: 1_700_000_000_000_000_000 + lsn,
+            },
             to: image,
             amount: lsn,
         };
@@ -197,8 +209,10 @@ async fn build(path: &Path) -> Vec<Logged> {
     let mut logged = Vec::new();
     let mints: Vec<Op> = (0..KEYS)
         .map(|n| Op::Mint {
+            id: TransferId::new(),
             to: key(n),
             amount: 1_000,
+            user_data: 0,
         })
         .collect();
     let receipts = ledger.submit(mints.clone()).await.unwrap();
@@ -214,8 +228,15 @@ async fn build(path: &Path) -> Vec<Logged> {
     ledger.checkpoint().await.unwrap();
     for n in 0..KEYS {
         let (from, to, amount) = (key(n), key((n + 5) % KEYS), 10 + n as u64);
-        let op = Op::Transfer { from, to, amount };
-        let receipt = ledger.transfer(from, to, amount).await.unwrap();
+        let id = TransferId::new();
+        let op = Op::Transfer {
+            id,
+            from,
+            to,
+            amount,
+            user_data: 0,
+        };
+        let receipt = ledger.transfer(id, from, to, amount).await.unwrap();
         let (source, target) = (shard(&from), shard(&to));
         let lsn = take(source);
         assert_eq!((receipt.shard, receipt.lsn), (source, lsn), "{op:?}");
@@ -248,7 +269,7 @@ fn frames_of(path: &Path, logged: &[Logged]) -> (Vec<Framed>, Vec<u64>) {
         match *entry {
             Logged::Local { op, shard, lsn } => {
                 let (kind, to, amount) = match op {
-                    Op::Mint { to, amount } => (1, to, amount),
+                    Op::Mint { to, amount, .. } => (1, to, amount),
                     Op::Transfer { to, amount, .. } => (2, to, amount),
                 };
                 expected.insert((shard, lsn), (kind, to, amount));
@@ -274,11 +295,12 @@ fn frames_of(path: &Path, logged: &[Logged]) -> (Vec<Framed>, Vec<u64>) {
         let mut found = 0;
         for (lsn, body) in &scan.records {
             let (to, amount) = match body {
-                RecordBody::Mint { to, amount } | RecordBody::Transfer { to, amount, .. } => {
+                RecordBody::Mint { to, amount, .. } | RecordBody::Transfer { to, amount, .. } => {
                     (Pubkey(to.key), *amount)
                 }
                 RecordBody::Debit { to, amount, .. } => (Pubkey(*to), *amount),
                 RecordBody::Credit { to, amount, .. } => (Pubkey(to.key), *amount),
+                RecordBody::Refused { .. } => panic!("shard {shard} LSN {lsn}: nothing is refused"),
             };
             assert_eq!(
                 expected.get(&(shard, *lsn)),
@@ -425,7 +447,9 @@ fn model_at(prefix: &[u64]) -> (common::Model, common::Model, u64) {
             }
             Logged::Local { .. } => {}
             Logged::Cross {
-                op: Op::Transfer { from, to, amount },
+                op: Op::Transfer {
+                    from, to, amount, ..
+                },
                 source,
                 debit_lsn,
                 target,

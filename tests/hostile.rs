@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use tally::{Config, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 fn key(n: u8) -> Pubkey {
     Pubkey([n; 32])
@@ -19,26 +19,32 @@ async fn extreme_amounts() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     assert!(matches!(
-        ledger.mint(key(1), 0).await,
+        ledger.mint(TransferId::new(), key(1), 0).await,
         Err(LedgerError::ZeroAmount)
     ));
     assert!(matches!(
-        ledger.transfer(key(1), key(2), 0).await,
+        ledger.transfer(TransferId::new(), key(1), key(2), 0).await,
         Err(LedgerError::ZeroAmount)
     ));
-    ledger.mint(key(1), u64::MAX).await.unwrap();
+    ledger
+        .mint(TransferId::new(), key(1), u64::MAX)
+        .await
+        .unwrap();
     // The supply is full: any further mint overflows, and nothing changes.
     assert!(matches!(
-        ledger.mint(key(2), 1).await,
+        ledger.mint(TransferId::new(), key(2), 1).await,
         Err(LedgerError::Overflow)
     ));
     assert!(matches!(
-        ledger.mint(key(1), u64::MAX).await,
+        ledger.mint(TransferId::new(), key(1), u64::MAX).await,
         Err(LedgerError::Overflow)
     ));
     // Moving the whole supply around never overflows a credit (keys 1..=8 spread over shards).
     for n in 2..=8 {
-        ledger.transfer(key(n - 1), key(n), u64::MAX).await.unwrap();
+        ledger
+            .transfer(TransferId::new(), key(n - 1), key(n), u64::MAX)
+            .await
+            .unwrap();
     }
     assert_eq!(
         ledger.account(&key(8)).await.unwrap().unwrap().balance,
@@ -46,7 +52,7 @@ async fn extreme_amounts() {
     );
     assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 0);
     assert!(matches!(
-        ledger.transfer(key(1), key(2), 1).await,
+        ledger.transfer(TransferId::new(), key(1), key(2), 1).await,
         Err(LedgerError::InsufficientFunds {
             needed: 1,
             available: 0
@@ -61,11 +67,11 @@ async fn bad_transfers() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     assert!(
-        matches!(ledger.transfer(key(9), key(2), 5).await, Err(LedgerError::AccountNotFound(k)) if k == key(9))
+        matches!(ledger.transfer(TransferId::new(), key(9), key(2), 5).await, Err(LedgerError::AccountNotFound(k)) if k == key(9))
     );
-    ledger.mint(key(1), 10).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 10).await.unwrap();
     assert!(matches!(
-        ledger.transfer(key(1), key(1), 5).await,
+        ledger.transfer(TransferId::new(), key(1), key(1), 5).await,
         Err(LedgerError::SameAccount)
     ));
     assert!(
@@ -76,6 +82,57 @@ async fn bad_transfers() {
     ledger.shutdown().await.unwrap();
 }
 
+/// `0` and `u128::MAX` are not transfer ids: every call that names one is refused before
+/// anything else is checked, uses no id and changes nothing (not even the WAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_transfer_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path()).await;
+    ledger.mint(TransferId::new(), key(1), 10).await.unwrap();
+    let before = ledger.stats().await.unwrap();
+    for id in [TransferId(0), TransferId(u128::MAX)] {
+        assert!(!id.is_valid());
+        let invalid = |result: Result<tally::Receipt, LedgerError>| {
+            assert!(
+                matches!(result, Err(LedgerError::InvalidId { id: found }) if found == id),
+                "{id}: {result:?}"
+            )
+        };
+        invalid(ledger.mint(id, key(1), 5).await);
+        // The id is checked first: an amount of zero or a transfer to itself is still InvalidId.
+        invalid(ledger.mint(id, key(1), 0).await);
+        invalid(ledger.transfer(id, key(1), key(2), 5).await);
+        invalid(ledger.transfer(id, key(1), key(1), 5).await);
+        invalid(ledger.transfer(id, key(9), key(2), 5).await);
+        let results = ledger
+            .submit(vec![
+                Op::Mint {
+                    id,
+                    to: key(3),
+                    amount: 1,
+                    user_data: 7,
+                },
+                Op::Transfer {
+                    id,
+                    from: key(1),
+                    to: key(3),
+                    amount: 1,
+                    user_data: 7,
+                },
+            ])
+            .await
+            .unwrap();
+        for result in results {
+            invalid(result);
+        }
+        assert_eq!(ledger.lookup(id).await.unwrap(), None, "{id}");
+    }
+    assert_eq!(ledger.stats().await.unwrap(), before, "nothing changed");
+    assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 10);
+    assert!(ledger.account(&key(3)).await.unwrap().is_none());
+    ledger.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_and_oversized_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,8 +140,10 @@ async fn empty_and_oversized_batches() {
     assert!(ledger.submit(Vec::new()).await.unwrap().is_empty());
     let too_many: Vec<Op> = (0..1001)
         .map(|_| Op::Mint {
+            id: TransferId::new(),
             to: key(1),
             amount: 1,
+            user_data: 0,
         })
         .collect();
     assert!(matches!(
@@ -101,8 +160,10 @@ async fn empty_and_oversized_batches() {
     );
     let at_limit: Vec<Op> = (0..1000)
         .map(|n| Op::Mint {
+            id: TransferId::new(),
             to: key((n % 50) as u8),
             amount: 1,
+            user_data: 0,
         })
         .collect();
     let results = ledger.submit(at_limit).await.unwrap();
@@ -116,14 +177,14 @@ async fn every_call_after_shutdown_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
     let clone = ledger.clone();
-    ledger.mint(key(1), 10).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 10).await.unwrap();
     ledger.shutdown().await.unwrap();
     assert!(matches!(
-        clone.mint(key(1), 1).await,
+        clone.mint(TransferId::new(), key(1), 1).await,
         Err(LedgerError::Closed)
     ));
     assert!(matches!(
-        clone.transfer(key(1), key(2), 1).await,
+        clone.transfer(TransferId::new(), key(1), key(2), 1).await,
         Err(LedgerError::Closed)
     ));
     assert!(matches!(
@@ -132,6 +193,14 @@ async fn every_call_after_shutdown_is_closed() {
     ));
     assert!(matches!(
         clone.submit(vec![]).await,
+        Err(LedgerError::Closed)
+    ));
+    assert!(matches!(
+        clone.lookup(TransferId::new()).await,
+        Err(LedgerError::Closed)
+    ));
+    assert!(matches!(
+        clone.history(&key(1), 0, 10).await,
         Err(LedgerError::Closed)
     ));
     assert!(matches!(clone.stats().await, Err(LedgerError::Closed)));
@@ -150,7 +219,7 @@ async fn concurrent_shutdown_while_writing() {
         writers.push(tokio::spawn(async move {
             let mut acked = 0u64;
             for _ in 0..200 {
-                match ledger.mint(key(task), 1).await {
+                match ledger.mint(TransferId::new(), key(task), 1).await {
                     Ok(_) => acked += 1,
                     Err(LedgerError::Closed) => break,
                     Err(other) => panic!("unexpected {other}"),
@@ -184,7 +253,7 @@ async fn concurrent_shutdown_while_writing() {
 async fn files_are_private_and_the_lock_is_held_for_the_whole_life() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path()).await;
-    ledger.mint(key(1), 1).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 1).await.unwrap();
     assert!(matches!(
         open_err(dir.path()).await,
         LedgerError::Locked { .. }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tally::internals::io::{FaultEffect, FaultOp, FaultyIo};
-use tally::{Config, Ledger, LedgerError, Pubkey};
+use tally::{Config, Ledger, LedgerError, Pubkey, TransferId};
 
 fn key(n: u8) -> Pubkey {
     Pubkey([n.wrapping_mul(13).wrapping_add(3); 32])
@@ -49,8 +49,13 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
 
 /// Opens a directory that must be refused; returns the error after checking no byte changed.
 async fn refused(dir: &Path) -> LedgerError {
+    refused_with(dir, config(dir)).await
+}
+
+/// [`refused`], opening with `config`.
+async fn refused_with(dir: &Path, config: Config) -> LedgerError {
     let before = snapshot(dir);
-    let error = open(config(dir))
+    let error = open(config)
         .await
         .expect_err("the directory must be refused");
     assert_eq!(
@@ -66,7 +71,10 @@ async fn clean_ledger(dir: &Path) -> BTreeMap<Pubkey, u64> {
     let ledger = open(config(dir)).await.unwrap();
     let mut model = BTreeMap::new();
     for n in 0..10 {
-        ledger.mint(key(n), 1_000 + n as u64).await.unwrap();
+        ledger
+            .mint(TransferId::new(), key(n), 1_000 + n as u64)
+            .await
+            .unwrap();
         model.insert(key(n), 1_000 + n as u64);
     }
     ledger.shutdown().await.unwrap();
@@ -105,7 +113,7 @@ async fn a_clean_ledger_whose_manifest_is_lost_is_refused_not_wiped() {
 async fn a_crashed_ledger_whose_manifest_is_lost_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(config(dir.path())).await.unwrap();
-    ledger.mint(key(1), 5).await.unwrap();
+    ledger.mint(TransferId::new(), key(1), 5).await.unwrap();
     drop(ledger);
     // Wait for the dropped ledger to let go of the directory before removing its MANIFEST.
     open(config(dir.path()))
@@ -188,7 +196,7 @@ async fn a_creation_stopped_at_each_step_starts_over() {
             .await
             .unwrap_or_else(|e| panic!("{op:?} on {path}: {e}"));
         assert_eq!(ledger.stats().await.unwrap().accounts, 0);
-        ledger.mint(key(7), 70).await.unwrap();
+        ledger.mint(TransferId::new(), key(7), 70).await.unwrap();
         ledger.shutdown().await.unwrap();
         let ledger = open(config(dir.path())).await.unwrap();
         assert_eq!(
@@ -246,7 +254,37 @@ async fn crc_valid_headers_with_impossible_numbers_are_corrupt_not_a_panic() {
 
 // ---- CRC-valid records that are not true ----
 
-use tally::internals::wal::record::{AfterImage, RecordBody};
+use tally::internals::storage::accounts::AccountsView;
+use tally::internals::wal::record::{AfterImage, Meta, RecordBody};
+
+/// The timestamp just after every one shard `shard` holds (its WAL records' and its account
+/// file header's): a crafted record must be later than all of them to be true.
+fn next_timestamp(dir: &Path, shard: u32) -> u64 {
+    let shard_dir = dir.join(format!("shard-{shard:03}"));
+    let manifest = Manifest::read(&dir.join("MANIFEST")).unwrap();
+    let path = shard_dir.join("accounts.dat");
+    let bytes = std::fs::read(&path).unwrap();
+    let header = AccountsView::new(&path, &bytes)
+        .unwrap()
+        .newest_header(shard, manifest.shard_count)
+        .unwrap();
+    let scan = tally::internals::wal::reader::scan(&shard_dir, 1).unwrap();
+    scan.records
+        .iter()
+        .filter_map(|(_, body)| body.meta())
+        .map(|meta| meta.timestamp)
+        .fold(header.last_timestamp, u64::max)
+        + 1
+}
+
+/// The meta of a true crafted record: a fresh id, no user data, and `timestamp`.
+fn meta(timestamp: u64) -> Meta {
+    Meta {
+        id: TransferId::new().0,
+        user_data: 0,
+        timestamp,
+    }
+}
 
 /// A one-shard ledger dropped without shutdown after minting 100 into `key(0..4)` (slots 0..4,
 /// LSNs 1..=4), with the lock released.
@@ -254,7 +292,7 @@ async fn crashed_single_shard() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(config(dir.path()).shards(1)).await.unwrap();
     for n in 0..4 {
-        ledger.mint(key(n), 100).await.unwrap();
+        ledger.mint(TransferId::new(), key(n), 100).await.unwrap();
     }
     drop(ledger);
     wait_unlocked(dir.path()).await;
@@ -294,95 +332,168 @@ fn append_record(dir: &Path, body: RecordBody) -> PathBuf {
     writer.path().to_path_buf()
 }
 
-fn image(slot: u64, n: u8, balance: u64, sequence: u64) -> AfterImage {
+/// The after-image of `key(n)`; `prev_lsn` is the LSN of its previous record (0: new).
+fn image(slot: u64, n: u8, balance: u64, sequence: u64, prev_lsn: u64) -> AfterImage {
     AfterImage {
         slot,
         key: key(n).0,
         balance,
         sequence,
+        prev_lsn,
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
-    let mint = |to: AfterImage, amount: u64| RecordBody::Mint { to, amount };
-    let cases: Vec<(&str, RecordBody, &str)> = vec![
+/// CRC-valid records that are not true, each built on the one-shard ledger of
+/// [`crashed_single_shard`] (where `key(n)` lives in slot `n`, written by LSN `n + 1`): each is
+/// a true mint or transfer but for the one lie its name says. `meta` is the true meta of the
+/// record at LSN 5 and `timestamp` its true timestamp (after every record the shard holds).
+fn untrue_records(meta: Meta) -> Vec<(&'static str, RecordBody, String)> {
+    let mint = |to: AfterImage, amount: u64| RecordBody::Mint { meta, to, amount };
+    let with_meta = |changed: Meta| RecordBody::Mint {
+        meta: changed,
+        to: image(1, 1, 105, 2, 2),
+        amount: 5,
+    };
+    vec![
         (
             "a new account in slot u64::MAX",
-            mint(image(u64::MAX, 9, 5, 1), 5),
-            "next free slot is 4",
+            mint(image(u64::MAX, 9, 5, 1, 0), 5),
+            "next free slot is 4".to_string(),
         ),
         (
             "a new account past the next free slot",
-            mint(image(6, 9, 5, 1), 5),
-            "next free slot is 4",
+            mint(image(6, 9, 5, 1, 0), 5),
+            "next free slot is 4".to_string(),
         ),
         (
             "an account moved to another slot",
-            mint(image(2, 1, 105, 2), 5),
-            "lives in slot 1",
+            mint(image(2, 1, 105, 2, 2), 5),
+            "lives in slot 1".to_string(),
         ),
         (
             "a balance that does not follow",
-            mint(image(1, 1, 999, 2), 5),
-            "does not follow",
+            mint(image(1, 1, 999, 2, 2), 5),
+            "does not follow".to_string(),
         ),
         (
             "a sequence that jumps",
-            mint(image(1, 1, 105, 7), 5),
-            "does not follow",
+            mint(image(1, 1, 105, 7, 2), 5),
+            "does not follow".to_string(),
         ),
         (
             "an amount of zero",
-            mint(image(1, 1, 100, 2), 0),
-            "amount of zero",
+            mint(image(1, 1, 100, 2, 2), 0),
+            "amount of zero".to_string(),
         ),
         (
             "a balance past the supply",
-            mint(image(4, 9, u64::MAX, 1), u64::MAX),
-            "sum of balances",
+            mint(image(4, 9, u64::MAX, 1, 0), u64::MAX),
+            "sum of balances".to_string(),
         ),
         (
             "a transfer from an account to itself",
             RecordBody::Transfer {
-                from: image(0, 0, 90, 2),
-                to: image(0, 0, 110, 2),
+                meta,
+                from: image(0, 0, 90, 2, 1),
+                to: image(0, 0, 110, 2, 1),
                 amount: 10,
             },
-            "to itself",
+            "to itself".to_string(),
         ),
         (
             "a debit beyond the balance",
             RecordBody::Transfer {
-                from: image(0, 0, 0, 2),
-                to: image(1, 1, 600, 2),
+                meta,
+                from: image(0, 0, 0, 2, 1),
+                to: image(1, 1, 600, 2, 2),
                 amount: 500,
             },
-            "does not follow",
+            "does not follow".to_string(),
         ),
         (
             "a debit towards this very shard",
             RecordBody::Debit {
-                from: image(0, 0, 90, 2),
+                meta,
+                from: image(0, 0, 90, 2, 1),
                 to: key(9).0,
                 target_shard: 0,
                 amount: 10,
             },
-            "names shard 0",
+            "names shard 0".to_string(),
         ),
         (
             "a credit from a shard that does not exist",
             RecordBody::Credit {
                 source_shard: 3,
                 source_lsn: 1,
-                to: image(1, 1, 110, 2),
+                to: image(1, 1, 110, 2, 2),
                 amount: 10,
             },
-            "names shard 3",
+            "names shard 3".to_string(),
         ),
-    ];
-    for (name, body, expected) in cases {
+        // The identity of a deciding record: a valid id, a timestamp after the shard's last
+        // one, and after-images that point back at the account's previous entry.
+        (
+            "transfer id 0",
+            with_meta(Meta { id: 0, ..meta }),
+            "invalid transfer id 0x0".to_string(),
+        ),
+        (
+            "transfer id u128::MAX",
+            with_meta(Meta {
+                id: u128::MAX,
+                ..meta
+            }),
+            "invalid transfer id 0xffffffffffffffffffffffffffffffff".to_string(),
+        ),
+        (
+            "the previous record's timestamp again",
+            with_meta(Meta {
+                timestamp: meta.timestamp - 1,
+                ..meta
+            }),
+            format!(
+                "timestamp {} is not after the shard's previous one, {}",
+                meta.timestamp - 1,
+                meta.timestamp - 1
+            ),
+        ),
+        (
+            "a timestamp that goes backwards",
+            with_meta(Meta {
+                timestamp: 1,
+                ..meta
+            }),
+            format!(
+                "timestamp 1 is not after the shard's previous one, {}",
+                meta.timestamp - 1
+            ),
+        ),
+        (
+            "an after-image that points back at another account's entry",
+            mint(image(1, 1, 105, 2, 1), 5),
+            "points back at LSN 1, but its previous entry is at LSN 2".to_string(),
+        ),
+        (
+            "an after-image that points back at itself",
+            mint(image(1, 1, 105, 2, 5), 5),
+            "points back at LSN 5, but its previous entry is at LSN 2".to_string(),
+        ),
+        (
+            "a new account that points back at an entry",
+            mint(image(4, 9, 5, 1, 3), 5),
+            "points back at LSN 3, but its previous entry is at LSN 0".to_string(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
+    let count = untrue_records(meta(1 << 62)).len();
+    for case in 0..count {
         let dir = crashed_single_shard().await;
+        let timestamp = next_timestamp(dir.path(), 0);
+        let (name, body, expected) = untrue_records(meta(timestamp)).swap_remove(case);
         let segment = append_record(dir.path(), body);
         let before = snapshot(dir.path());
         let error = Ledger::open(config(dir.path()).shards(1))
@@ -399,7 +510,7 @@ async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
                 offset,
                 reason,
             } => {
-                assert!(reason.contains(expected), "{name}: {reason}");
+                assert!(reason.contains(&expected), "{name}: {reason}");
                 assert_eq!(path, segment, "{name}");
                 assert!(offset > 0, "{name}: the record's own offset");
             }
@@ -414,11 +525,14 @@ async fn crc_valid_records_that_are_not_true_are_corrupt_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_true_crafted_record_opens() {
     let dir = crashed_single_shard().await;
+    let timestamp = next_timestamp(dir.path(), 0);
+    let meta = meta(timestamp);
     append_record(
         dir.path(),
         RecordBody::Transfer {
-            from: image(0, 0, 90, 2),
-            to: image(4, 9, 10, 1),
+            meta,
+            from: image(0, 0, 90, 2, 1),
+            to: image(4, 9, 10, 1, 0),
             amount: 10,
         },
     );
@@ -438,6 +552,73 @@ async fn a_true_crafted_record_opens() {
             .unwrap()
             .map(|a| (a.balance, a.sequence)),
         Some((10, 1))
+    );
+    // The crafted record is the transfer its id names, at the time it says.
+    let found = ledger.lookup(TransferId(meta.id)).await.unwrap().unwrap();
+    assert_eq!(
+        (found.from, found.to, found.amount, found.timestamp_ns),
+        (Some(key(0)), key(9), 10, timestamp)
+    );
+    ledger.shutdown().await.unwrap();
+}
+
+/// After a clean shutdown the WAL may hold no record at all: the account file's header keeps
+/// the newest timestamp, and a record above the checkpoint that is not later is `Corrupt`
+/// (and one that is later opens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_no_later_than_the_checkpoint_header_is_corrupt() {
+    let make = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+        for n in 0..4 {
+            ledger.mint(TransferId::new(), key(n), 100).await.unwrap();
+        }
+        ledger.shutdown().await.unwrap();
+        dir
+    };
+    let dir = make().await;
+    let shard_dir = dir.path().join("shard-000");
+    let scan = tally::internals::wal::reader::scan(&shard_dir, 1).unwrap();
+    assert!(
+        scan.records.is_empty(),
+        "only the header knows the newest timestamp"
+    );
+    let next = next_timestamp(dir.path(), 0);
+    let stale = RecordBody::Mint {
+        meta: meta(next - 1),
+        to: image(1, 1, 105, 2, 2),
+        amount: 5,
+    };
+    let segment = append_records(dir.path(), 0, &[stale]);
+    match refused_with(dir.path(), config(dir.path()).shards(1)).await {
+        LedgerError::Corrupt { path, reason, .. } => {
+            assert_eq!(path, segment, "{reason}");
+            assert!(
+                reason.contains(&format!(
+                    "is not after the shard's previous one, {}",
+                    next - 1
+                )),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let dir = make().await;
+    let next = next_timestamp(dir.path(), 0);
+    let fresh = RecordBody::Mint {
+        meta: meta(next),
+        to: image(1, 1, 105, 2, 2),
+        amount: 5,
+    };
+    append_records(dir.path(), 0, &[fresh]);
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    assert_eq!(
+        ledger
+            .account(&key(1))
+            .await
+            .unwrap()
+            .map(|a| (a.balance, a.sequence)),
+        Some((105, 2))
     );
     ledger.shutdown().await.unwrap();
 }
@@ -490,12 +671,13 @@ fn append_records(dir: &Path, shard: u32, records: &[RecordBody]) -> PathBuf {
     writer.path().to_path_buf()
 }
 
-fn image_of(slot: u64, key: Pubkey, balance: u64, sequence: u64) -> AfterImage {
+fn image_of(slot: u64, key: Pubkey, balance: u64, sequence: u64, prev_lsn: u64) -> AfterImage {
     AfterImage {
         slot,
         key: key.0,
         balance,
         sequence,
+        prev_lsn,
     }
 }
 
@@ -504,7 +686,7 @@ async fn two_shards_after_a_mint() -> (tempfile::TempDir, Pubkey, Pubkey) {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(config(dir.path())).await.unwrap();
     let (a, b) = (key_on(dir.path(), 0, 0), key_on(dir.path(), 1, 0));
-    ledger.mint(a, 100).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
     drop(ledger);
     wait_unlocked(dir.path()).await;
     (dir, a, b)
@@ -515,7 +697,9 @@ async fn two_shards_after_a_mint() -> (tempfile::TempDir, Pubkey, Pubkey) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watermark_that_skips_a_debit_is_corrupt() {
     let (dir, a, b) = two_shards_after_a_mint().await;
-    let debit = |from: AfterImage| RecordBody::Debit {
+    let timestamp = next_timestamp(dir.path(), 0);
+    let debit = |meta: Meta, from: AfterImage| RecordBody::Debit {
+        meta,
         from,
         to: b.0,
         target_shard: 1,
@@ -524,12 +708,15 @@ async fn a_watermark_that_skips_a_debit_is_corrupt() {
     append_records(
         dir.path(),
         0,
-        &[debit(image_of(0, a, 90, 2)), debit(image_of(0, a, 80, 3))],
+        &[
+            debit(meta(timestamp), image_of(0, a, 90, 2, 1)),
+            debit(meta(timestamp + 1), image_of(0, a, 80, 3, 2)),
+        ],
     );
     let credit = RecordBody::Credit {
         source_shard: 0,
         source_lsn: 3,
-        to: image_of(0, b, 10, 1),
+        to: image_of(0, b, 10, 1, 0),
         amount: 10,
     };
     append_records(dir.path(), 1, &[credit]);
@@ -549,8 +736,9 @@ async fn a_watermark_that_skips_a_debit_is_corrupt() {
 async fn an_account_written_on_another_shard_is_corrupt() {
     let (dir, a, b) = two_shards_after_a_mint().await;
     let transfer = RecordBody::Transfer {
-        from: image_of(0, a, 90, 2),
-        to: image_of(1, b, 10, 1),
+        meta: meta(next_timestamp(dir.path(), 0)),
+        from: image_of(0, a, 90, 2, 1),
+        to: image_of(1, b, 10, 1, 0),
         amount: 10,
     };
     append_records(dir.path(), 0, &[transfer]);
@@ -563,7 +751,8 @@ async fn an_account_written_on_another_shard_is_corrupt() {
     let (dir, a, _) = two_shards_after_a_mint().await;
     let other_on_0 = key_on(dir.path(), 0, 1);
     let debit = RecordBody::Debit {
-        from: image_of(0, a, 90, 2),
+        meta: meta(next_timestamp(dir.path(), 0)),
+        from: image_of(0, a, 90, 2, 1),
         to: other_on_0.0,
         target_shard: 1,
         amount: 10,
@@ -584,15 +773,16 @@ async fn an_owed_credit_to_a_damaged_slot_is_refused_before_any_write() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(config(dir.path())).await.unwrap();
     let (a, b) = (key_on(dir.path(), 0, 0), key_on(dir.path(), 1, 0));
-    ledger.mint(a, 100).await.unwrap();
-    ledger.mint(b, 100).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
+    ledger.mint(TransferId::new(), b, 100).await.unwrap();
     ledger.shutdown().await.unwrap();
     let path = dir.path().join("shard-001/accounts.dat");
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8192 + 40] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let debit = RecordBody::Debit {
-        from: image_of(0, a, 90, 2),
+        meta: meta(next_timestamp(dir.path(), 0)),
+        from: image_of(0, a, 90, 2, 1),
         to: b.0,
         target_shard: 1,
         amount: 10,
@@ -625,7 +815,7 @@ async fn impossible_sequences_and_generations_are_corrupt_not_an_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(config(dir.path()).shards(1)).await.unwrap();
     let a = key_on(dir.path(), 0, 0);
-    ledger.mint(a, 100).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
     ledger.shutdown().await.unwrap();
     let path = dir.path().join("shard-000/accounts.dat");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -662,7 +852,7 @@ async fn a_slot_stamped_after_a_clean_checkpoint_fails_to_read() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(config(dir.path()).shards(1)).await.unwrap();
     let a = key_on(dir.path(), 0, 0);
-    ledger.mint(a, 100).await.unwrap();
+    ledger.mint(TransferId::new(), a, 100).await.unwrap();
     ledger.shutdown().await.unwrap();
     let path = dir.path().join("shard-000/accounts.dat");
     let mut bytes = std::fs::read(&path).unwrap();

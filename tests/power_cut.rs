@@ -12,8 +12,11 @@
 //! The check is exact: every account's balance and sequence equal a model of the ops kept, and
 //! the supply is the sum of the balances with no credit owed.
 //!
-//! Defaults (a debug build): every sync boundary of a 30-op single-shard run (37 cut points)
-//! and of a short 2-shard run of cross-shard transfers and batches (about 40), 40 random cuts
+//! Under `Sync` the reopened ledger is also asked every op it answered again, by its id: each
+//! retry must get the identical receipt or refusal and change nothing.
+//!
+//! Defaults (a debug build): every sync boundary of a 30-op single-shard run (38 cut points)
+//! and of a short 2-shard run of cross-shard transfers and batches (about 35), 40 random cuts
 //! of a 2-shard cross-shard run, 30 of a batch run, 30 of a periodic run and 24 of random
 //! model-style runs. Random cuts fall half on a random seam call, half on a random sync, three
 //! times in four after the ledger's creation. Each test prints what its cuts covered: writes
@@ -30,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally::internals::io::{CutReport, PowerCutIo, Trigger};
 use tally::internals::verify::Verdict;
-use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 const KEYS: u8 = 6;
 
@@ -68,6 +71,9 @@ struct Record {
 #[derive(Debug, Default)]
 struct History {
     records: Vec<Record>,
+    /// Every op the ledger answered with a receipt or a refusal of the rules, with that answer
+    /// (debug-printed): a retry of its id must get it again.
+    answers: Vec<(Op, String)>,
     /// key -> shard, learnt from receipts of mints.
     shards: BTreeMap<Pubkey, u32>,
     /// Index of the first record not covered by a clean shutdown.
@@ -92,6 +98,9 @@ impl History {
     }
 
     fn push(&mut self, op: Op, result: &Result<tally::Receipt, LedgerError>) -> bool {
+        if result.is_ok() || matches!(result, Err(error) if business(error)) {
+            self.answers.push((op, format!("{result:?}")));
+        }
         match result {
             Ok(receipt) => {
                 if let Op::Mint { to, .. } = op {
@@ -156,8 +165,14 @@ async fn run(
         let going = match step {
             Step::One(op) => {
                 let result = match *op {
-                    Op::Mint { to, amount } => ledger.mint(to, amount).await,
-                    Op::Transfer { from, to, amount } => ledger.transfer(from, to, amount).await,
+                    Op::Mint { id, to, amount, .. } => ledger.mint(id, to, amount).await,
+                    Op::Transfer {
+                        id,
+                        from,
+                        to,
+                        amount,
+                        ..
+                    } => ledger.transfer(id, from, to, amount).await,
                 };
                 history.push(*op, &result)
             }
@@ -225,7 +240,7 @@ impl Model {
     fn apply(&mut self, op: &Op) -> bool {
         match *op {
             Op::Mint { amount: 0, .. } | Op::Transfer { amount: 0, .. } => false,
-            Op::Mint { to, amount } => match self.supply.checked_add(amount) {
+            Op::Mint { to, amount, .. } => match self.supply.checked_add(amount) {
                 None => false,
                 Some(supply) => {
                     self.supply = supply;
@@ -235,7 +250,9 @@ impl Model {
                 }
             },
             Op::Transfer { from, to, .. } if from == to => false,
-            Op::Transfer { from, to, amount } => {
+            Op::Transfer {
+                from, to, amount, ..
+            } => {
                 let Some(&(balance, sequence)) = self.accounts.get(&from) else {
                     return false;
                 };
@@ -381,6 +398,23 @@ async fn check_cut(
             kept.display()
         );
     }
+    if !periodic {
+        // Under `Sync` every answer was durable before it was given: a retry of each id gets
+        // the identical receipt or refusal, and changes nothing.
+        for (op, answer) in &history.answers {
+            let again = ledger.submit(vec![*op]).await.unwrap().pop().unwrap();
+            assert_eq!(
+                &format!("{again:?}"),
+                answer,
+                "{label}: after a cut at {trigger:?} (seed {seed}), a retry of {op:?}"
+            );
+        }
+        assert_eq!(
+            observed(&ledger).await,
+            found,
+            "{label}: after a cut at {trigger:?} (seed {seed}), the retries changed something"
+        );
+    }
     ledger.shutdown().await.unwrap();
     (report, verdict, io)
 }
@@ -423,8 +457,10 @@ fn mints() -> Vec<Step> {
     (0..KEYS)
         .map(|n| {
             Step::One(Op::Mint {
+                id: TransferId::new(),
                 to: key(n),
                 amount: 1_000,
+                user_data: 0,
             })
         })
         .collect()
@@ -437,10 +473,23 @@ fn random_op(rng: &mut StdRng) -> Op {
         1 => 5_000,
         _ => rng.gen_range(1..300),
     };
+    // Every op has an id of its own (drawn outside `rng`, so the workloads stay the same).
+    let id = TransferId::new();
     if rng.gen_range(0..4) == 0 {
-        Op::Mint { to, amount }
+        Op::Mint {
+            id,
+            to,
+            amount,
+            user_data: 0,
+        }
     } else {
-        Op::Transfer { from, to, amount }
+        Op::Transfer {
+            id,
+            from,
+            to,
+            amount,
+            user_data: 0,
+        }
     }
 }
 
@@ -515,7 +564,8 @@ async fn random_cuts(
 }
 
 /// 1. Every sync boundary of a single-shard `Sync` run of 30 single mints and transfers
-///    (37 cut points: the creation's syncs, one per op the rules accept, and the end).
+///    (38 cut points: the creation's syncs, one per op the rules accept or refuse for the state
+///    they find (such a refusal is logged, and synced before it is answered), and the end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sync_boundary_of_a_single_shard_run() {
     let runs = (cases(0) / 20).max(1);
@@ -548,7 +598,7 @@ async fn every_sync_boundary_of_a_single_shard_run() {
         );
         assert!(
             syncs >= 20,
-            "{syncs} syncs: the run syncs once per op it applies"
+            "{syncs} syncs: the run syncs once per op it applies or logs as refused"
         );
         assert!(
             coverage.torn > 0 && coverage.entries_undone > 0,
@@ -565,9 +615,11 @@ async fn random_cuts_of_cross_shard_transfers() {
     steps.extend((0..30).map(|_| {
         let (from, to) = (key(rng.gen_range(0..KEYS)), key(rng.gen_range(0..KEYS)));
         Step::One(Op::Transfer {
+            id: TransferId::new(),
             from,
             to,
             amount: rng.gen_range(1..400),
+            user_data: 0,
         })
     }));
     random_cuts("cross-shard", &steps, 2, Durability::Sync, cases(40), 2_000).await;
@@ -627,7 +679,7 @@ async fn random_cuts_of_model_workloads() {
 }
 
 /// 6. Every sync boundary of a short 2-shard `Sync` run of cross-shard transfers and batches
-///    (about 40 cut points; the syncs of two shards interleave, so a boundary is counted in the
+///    (about 35 cut points; the syncs of two shards interleave, so a boundary is counted in the
 ///    order they happen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sync_boundary_of_a_cross_shard_and_batch_run() {
@@ -635,17 +687,21 @@ async fn every_sync_boundary_of_a_cross_shard_and_batch_run() {
     let mut steps = vec![Step::Batch(
         (0..KEYS)
             .map(|n| Op::Mint {
+                id: TransferId::new(),
                 to: key(n),
                 amount: 1_000,
+                user_data: 0,
             })
             .collect(),
     )];
     for round in 0..8 {
         steps.push(match round % 2 {
             0 => Step::One(Op::Transfer {
+                id: TransferId::new(),
                 from: key(rng.gen_range(0..KEYS)),
                 to: key(rng.gen_range(0..KEYS)),
                 amount: rng.gen_range(1..400),
+                user_data: 0,
             }),
             _ => Step::Batch((0..4).map(|_| random_op(&mut rng)).collect()),
         });

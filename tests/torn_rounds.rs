@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tally::internals::storage::manifest::{self, Manifest};
 use tally::internals::wal::frame::{self, FrameHeader};
-use tally::{Config, Durability, Ledger, LedgerError, Pubkey};
+use tally::{Config, Durability, Ledger, LedgerError, Pubkey, TransferId};
 
 const MINTS: u8 = 200;
 const PAGE: usize = 4096;
@@ -44,18 +44,28 @@ async fn written_dir(durability: Durability) -> (tempfile::TempDir, Vec<u64>) {
     let ledger = Ledger::open(config(dir.path(), durability)).await.unwrap();
     let mut lsns = Vec::new();
     for n in 0..MINTS {
-        lsns.push(ledger.mint(key(n), 1_000).await.unwrap().lsn);
+        lsns.push(
+            ledger
+                .mint(TransferId::new(), key(n), 1_000)
+                .await
+                .unwrap()
+                .lsn,
+        );
     }
     drop(ledger);
     (dir, lsns)
 }
 
+/// The shard's one live WAL segment (`wal-*.log`; retired `history-*` files are not the WAL).
 fn segment(dir: &Path) -> PathBuf {
     let shard = dir.join("shard-000");
     let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard)
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("wal-") && name.ends_with(".log")
+        })
         .collect();
     assert_eq!(segments.len(), 1, "{segments:?}");
     segments.pop().unwrap()
@@ -119,7 +129,7 @@ async fn periodic_zeroed_page_in_the_unsynced_rounds_loses_only_those_rounds() {
     }
     assert!(kept > 0 && kept < MINTS as u128 * 1_000);
     assert_eq!(ledger.stats().await.unwrap().total_supply, kept);
-    ledger.mint(key(MINTS), 7).await.unwrap();
+    ledger.mint(TransferId::new(), key(MINTS), 7).await.unwrap();
     ledger.shutdown().await.unwrap();
 
     let reopened = open(dir.path(), PERIODIC).await.unwrap();
@@ -176,34 +186,41 @@ fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
+/// Every older format version (1, and 2: the format before transfer ids and history) is refused
+/// with `UnsupportedFormat` naming both versions, and not a byte of the directory changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_manifest_is_refused_naming_both_versions_and_nothing_changes() {
+async fn an_older_manifest_version_is_refused_naming_both_versions_and_nothing_changes() {
+    assert_eq!(manifest::VERSION, 3, "this build's format version");
     let (dir, _) = written_dir(Durability::Sync).await;
     let manifest_path = dir.path().join("MANIFEST");
-    let mut old = Manifest::read(&manifest_path).unwrap();
-    old.version = 1;
-    std::fs::write(&manifest_path, old.encode()).unwrap();
-    let before = contents(dir.path());
-    let error = open(dir.path(), Durability::Sync).await.unwrap_err();
-    match &error {
-        LedgerError::UnsupportedFormat {
-            path,
-            found,
-            supported,
-        } => {
-            assert_eq!(path, &manifest_path);
-            assert_eq!((*found, *supported), (1, manifest::VERSION));
+    let current = Manifest::read(&manifest_path).unwrap();
+    for version in 1..manifest::VERSION {
+        let mut old = current;
+        old.version = version;
+        std::fs::write(&manifest_path, old.encode()).unwrap();
+        let before = contents(dir.path());
+        let error = open(dir.path(), Durability::Sync).await.unwrap_err();
+        match &error {
+            LedgerError::UnsupportedFormat {
+                path,
+                found,
+                supported,
+            } => {
+                assert_eq!(path, &manifest_path);
+                assert_eq!((*found, *supported), (version, manifest::VERSION));
+            }
+            other => panic!("version {version}: expected UnsupportedFormat, got {other:?}"),
         }
-        other => panic!("expected UnsupportedFormat, got {other:?}"),
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("format version {version};"))
+                && message.contains(&format!("format version {} only", manifest::VERSION)),
+            "{message}"
+        );
+        assert_eq!(
+            contents(dir.path()),
+            before,
+            "version {version}: a byte of the directory changed"
+        );
     }
-    let message = error.to_string();
-    assert!(
-        message.contains("format version 1") && message.contains("format version 2"),
-        "{message}"
-    );
-    assert_eq!(
-        contents(dir.path()),
-        before,
-        "a byte of the directory changed"
-    );
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the benches (each bench is its own crate and takes what it needs).
 #![allow(dead_code)]
 
-use tally::{Ledger, Op, Pubkey};
+use tally::{Ledger, Op, Pubkey, TransferId};
 
 /// The key of account `n` (the same keys as bench-peers uses).
 pub fn key(n: u64) -> Pubkey {
@@ -17,7 +17,12 @@ pub async fn mint_accounts(ledger: &Ledger, accounts: u64, amount: u64) {
     while next < accounts {
         let end = (next + 8192).min(accounts);
         let ops = (next..end)
-            .map(|n| Op::Mint { to: key(n), amount })
+            .map(|n| Op::Mint {
+                id: TransferId::new(),
+                to: key(n),
+                amount,
+                user_data: 0,
+            })
             .collect();
         for result in ledger.submit(ops).await.unwrap() {
             result.unwrap();
