@@ -325,7 +325,7 @@ fn verify_and_inspect_a_directory_after_load() {
     assert!(
         verify
             .stdout
-            .contains("format version 2, 3 shards, 300 accounts, lock free"),
+            .contains("format version 3, 3 shards, 300 accounts, lock free"),
         "{}",
         verify.stdout
     );
@@ -344,7 +344,7 @@ fn verify_and_inspect_a_directory_after_load() {
     let inspect = data.run("inspect", &[]);
     assert_eq!(inspect.code, 0, "{}", inspect.stderr);
     for expected in [
-        "format version   2",
+        "format version   3",
         "shards           3",
         "lock             free",
         "shutdown         clean (every shard)",
@@ -628,6 +628,78 @@ fn mint_transfer_and_account_by_hand() {
         account.stdout,
         format!("account {alice}\nbalance 70\nsequence 2\n")
     );
+}
+
+/// `--id` makes a command exactly-once: run again, it changes nothing and prints the same
+/// receipt; with other fields it is a conflict. `lookup` and `history` read the history.
+#[test]
+fn ids_lookup_and_history_by_hand() {
+    let data = Data::new();
+    let (alice, bob) = (key(0xA1), key(0xB0));
+    let minted = data.run("mint", &[&alice, "100"]);
+    assert_eq!(minted.code, 0, "{}", minted.stderr);
+    let new_id = minted
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("id "))
+        .expect("a new id is printed");
+    assert_eq!(new_id.len(), 32, "{}", minted.stdout);
+    let id = "0000000000000000000000000000abcd";
+    let first = data.run("transfer", &["--id", id, &alice, &bob, "30"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let receipt = |run: &Run| {
+        run.stdout
+            .lines()
+            .filter(|line| {
+                line.starts_with("shard ")
+                    || line.starts_with("lsn ")
+                    || line.starts_with("timestamp_ns ")
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(receipt(&first).len(), 3, "{}", first.stdout);
+    let again = data.run("transfer", &["--id", id, &alice, &bob, "30"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(receipt(&again), receipt(&first));
+    assert!(again.stdout.contains("(balance 70)"), "{}", again.stdout);
+    assert_error(
+        &data.run("transfer", &["--id", id, &alice, &bob, "31"]),
+        &format!("transfer id {id} was already used with different fields"),
+    );
+    assert_error(
+        &data.run("transfer", &["--id", "xyz", &alice, &bob, "1"]),
+        "bad transfer id \"xyz\"",
+    );
+    let lookup = data.run("lookup", &[id]);
+    assert_eq!(lookup.code, 0, "{}", lookup.stderr);
+    assert!(
+        lookup.stdout.starts_with(&format!(
+            "id {id}\nfrom {alice}\nto {bob}\namount 30\nuser_data 0\ntimestamp_ns "
+        )),
+        "{}",
+        lookup.stdout
+    );
+    assert_error(
+        &data.run("lookup", &["00000000000000000000000000000001"]),
+        "no transfer with id 00000000000000000000000000000001",
+    );
+    let history = data.run("history", &[&alice]);
+    assert_eq!(history.code, 0, "{}", history.stderr);
+    let lines: Vec<&str> = history.stdout.lines().collect();
+    assert_eq!(lines[0], format!("history of {alice}: 2 entries"));
+    assert!(
+        lines[1].contains("+100") && lines[1].contains("balance 100"),
+        "{}",
+        history.stdout
+    );
+    assert!(
+        lines[2].contains("-30") && lines[2].contains("balance 70") && lines[2].contains(id),
+        "{}",
+        history.stdout
+    );
+    let later = data.run("history", &[&alice, "--after", "1", "--limit", "5"]);
+    assert_eq!(later.stdout.lines().count(), 2, "{}", later.stdout);
 }
 
 #[test]
