@@ -153,11 +153,16 @@ fn problem_offset(stdout: &str, path: &Path) -> u64 {
         .unwrap()
 }
 
+/// The live WAL segments of a shard (`wal-*.log`; the retired `history-*.log` are not read by
+/// recovery).
 fn wal_segments(shard_dir: &Path) -> Vec<PathBuf> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(shard_dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("wal-") && name.ends_with(".log")
+        })
         .collect();
     segments.sort();
     segments
