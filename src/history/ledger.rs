@@ -63,6 +63,7 @@ pub fn open_shard(
             }
             Err(error) => {
                 tracing::error!(shard, %error, "a history file cannot be read; lookups that may need it fail");
+                log.mark_unsealable(first);
                 ids.add_damaged(error);
             }
         }
@@ -110,9 +111,24 @@ impl LedgerHistory {
         let mut sealed = 0;
         for log in self.logs.iter() {
             for first in log.unsealed()? {
-                if let Some((index, ids)) = log.seal(&*self.io, first)? {
-                    self.ids.add_sealed(log.shard(), index, &ids);
-                    sealed += 1;
+                match log.seal(&*self.io, first) {
+                    Ok(Some((index, ids))) => {
+                        self.ids.add_sealed(log.shard(), index, &ids);
+                        sealed += 1;
+                    }
+                    Ok(None) => {}
+                    // A log that cannot be read whole stays unsealed: its ids stay where they
+                    // are (the hot map, or unknown and answered `Corrupt`), a WAL segment stays
+                    // in the WAL, and checkpoints go on. `verify` reports the damage.
+                    Err(LedgerError::Corrupt {
+                        path,
+                        offset,
+                        reason,
+                    }) => {
+                        tracing::error!(shard = log.shard(), path = %path.display(), offset, reason, "a complete segment cannot be sealed");
+                        log.mark_unsealable(first);
+                    }
+                    Err(error) => return Err(error),
                 }
             }
         }

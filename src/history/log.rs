@@ -42,8 +42,9 @@ struct LogFile {
     /// For a file without an index: offsets of its records from `first_lsn` on, and where the
     /// walk stopped.
     live: Mutex<(Vec<u32>, u64)>,
-    /// Its index file is damaged: left as it is (never overwritten), so never sealed again.
-    damaged_index: bool,
+    /// Its index file is damaged (left as it is, never overwritten), or the log itself cannot
+    /// be read whole: never sealed (again).
+    unsealable: std::sync::atomic::AtomicBool,
 }
 
 impl LogFile {
@@ -54,7 +55,7 @@ impl LogFile {
             file: Mutex::new(None),
             sealed: RwLock::new(sealed),
             live: Mutex::new((Vec::new(), 0)),
-            damaged_index: false,
+            unsealable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -203,8 +204,9 @@ impl ShardLog {
                 None if retired => unindexed.push((first, path.clone())),
                 None => {}
             }
-            let mut file = LogFile::new(first, path.clone(), index);
-            file.damaged_index = damaged_index;
+            let file = LogFile::new(first, path.clone(), index);
+            file.unsealable
+                .store(damaged_index, std::sync::atomic::Ordering::Relaxed);
             files.insert(first, Arc::new(file));
         }
         Ok(Opened {
@@ -311,11 +313,20 @@ impl ShardLog {
         let mut unsealed = Vec::new();
         let mut iter = files.values().peekable();
         while let Some(file) = iter.next() {
-            if iter.peek().is_some() && file.sealed().is_none() && !file.damaged_index {
+            let unsealable = file.unsealable.load(std::sync::atomic::Ordering::Relaxed);
+            if iter.peek().is_some() && file.sealed().is_none() && !unsealable {
                 unsealed.push(file.first_lsn);
             }
         }
         Ok(unsealed)
+    }
+
+    /// Leaves the log starting at `first_lsn` unsealed for good (it cannot be read whole).
+    pub fn mark_unsealable(&self, first_lsn: u64) {
+        if let Some(file) = self.files().get(&first_lsn) {
+            file.unsealable
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Seals the complete segment starting at `first_lsn`: reads it once, writes its index
