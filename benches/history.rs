@@ -68,7 +68,7 @@ fn main() {
             let ops: Vec<Op> = (0..BATCH.min(transfers - n))
                 .map(|i| {
                     let other = key(rng.gen_range(1..accounts));
-                    let (from, to) = if (n + i) % hot_every != 0 {
+                    let (from, to) = if !(n + i).is_multiple_of(hot_every) {
                         (other, key(rng.gen_range(1..accounts)))
                     } else if rng.gen_bool(0.5) {
                         (hot, other)
