@@ -651,6 +651,9 @@ pub struct ShardInspection {
     pub last_lsn: Option<u64>,
     /// Where a segment stops making sense, if anywhere (`verify` says whether that matters).
     pub wal_damage: Option<String>,
+    /// History files (`history-*.log` and `.idx`) and their bytes.
+    pub history_files: u64,
+    pub history_bytes: u64,
 }
 
 impl ShardInspection {
@@ -698,7 +701,18 @@ fn inspect_shard(dir: &Path, shard: u32) -> ShardInspection {
         wal_records: 0,
         last_lsn: None,
         wal_damage: None,
+        history_files: 0,
+        history_bytes: 0,
     };
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if crate::history::parse_name(&name.to_string_lossy()).is_some() {
+                inspection.history_files += 1;
+                inspection.history_bytes += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
     let floor = inspection
         .header
         .as_ref()

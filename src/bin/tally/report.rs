@@ -171,7 +171,7 @@ fn write_totals(inspection: &Inspection, f: &mut String, headers: &[&Header]) ->
 fn write_table(inspection: &Inspection, f: &mut String) -> fmt::Result {
     writeln!(
         f,
-        "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>14} {:>12} {:>5}",
+        "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>12} {:>14} {:>12} {:>5}",
         "shard",
         "accounts",
         "slots",
@@ -180,6 +180,7 @@ fn write_table(inspection: &Inspection, f: &mut String) -> fmt::Result {
         "segs",
         "WAL used / file",
         "WAL records",
+        "history",
         "checkpoint LSN",
         "last LSN",
         "clean"
@@ -215,7 +216,7 @@ fn write_row(f: &mut String, shard: &ShardInspection) -> fmt::Result {
     let dash = || "-".to_string();
     writeln!(
         f,
-        "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>14} {:>12} {:>5}",
+        "{:>5} {:>12} {:>9} {:>12} {:>10} {:>4} {:>21} {:>12} {:>12} {:>14} {:>12} {:>5}",
         format!("{:03}", shard.shard),
         header.map_or_else(dash, |h| group_digits(h.slot_count as u128)),
         capacity.map_or_else(dash, |c| group_digits(c as u128)),
@@ -228,6 +229,7 @@ fn write_row(f: &mut String, shard: &ShardInspection) -> fmt::Result {
             human_bytes(shard.wal_file_bytes)
         ),
         group_digits(shard.wal_records as u128),
+        human_bytes(shard.history_bytes),
         header.map_or_else(dash, |h| group_digits(h.checkpoint_lsn as u128)),
         // An empty WAL (as a clean shutdown leaves it) ends at the checkpoint.
         shard
