@@ -1,24 +1,26 @@
 //! Transfer ids, ledger-wide: the claims of ids in flight, and where the deciding record of
 //! every decided id is.
 //!
-//! * **Claims.** The first submission of an id claims it in a [`DashMap`] before it is routed,
-//!   so two concurrent submissions of one id — even to different source shards — cannot both
-//!   be decided: the second waits for the first's outcome. The claim is settled by the shard
-//!   that decides the op (never by a caller dropping its future): *decided* when its record is
-//!   written, *unknown* when that write failed (the id stays claimed for the session; the next
-//!   open decides it from the WAL), *freed* when the op was refused before it reached any WAL.
-//! * **Where decided ids are.** Ids whose records are in WAL segments not yet sealed are in a
-//!   hot map (id → shard and LSN). A sealed segment has an index file with the id range, a
-//!   filter and a sorted id table ([`crate::history::idx`]); ids leave the hot map once their
-//!   segment is sealed. A new time-ordered id is above every sealed file's range, so the check
-//!   costs one hash lookup and one comparison however long the history.
+//! One [`DashMap`] holds both, keyed by id:
+//!
+//! * **In flight.** The first submission of an id claims it (an entry `InFlight`) before it is
+//!   routed, so two concurrent submissions of one id — even to different source shards — cannot
+//!   both be decided: the second finds the claim and waits for the first's outcome. The claim is
+//!   settled by the shard that decides the op (never by a caller dropping its future): the entry
+//!   becomes `Decided` when its record is written; `Unknown` when that write failed (the id stays
+//!   claimed for the session; the next open decides it from the WAL); it is removed (*freed*)
+//!   when the op was refused before it reached any WAL.
+//! * **Decided, hot.** A `Decided` entry says which shard and LSN hold the deciding record: the
+//!   ids of WAL segments not yet sealed. A sealed segment has an index file with the id range, a
+//!   filter and a sorted id table ([`crate::history::idx`]); its ids leave the map once it is
+//!   sealed. A new time-ordered id is above every sealed file's range, so the check costs one
+//!   map entry and one comparison however long the history.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use tokio::sync::watch;
 
 use crate::error::{LedgerError, Result};
 use crate::history::idx::SealedIdx;
@@ -43,11 +45,37 @@ pub enum Settled {
     Unknown(LedgerError),
 }
 
-/// One id in flight: the op that claimed it and, once known, how it ended.
+/// One submission of an id in flight: its op and, once known, how it ended.
 #[derive(Debug)]
 pub struct Claim {
     pub op: Op,
-    settled: watch::Sender<Option<Settled>>,
+    settled: OnceLock<Settled>,
+    /// Set by a submission that waits, so that settling wakes waiters only when there are any.
+    waited: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Claim {
+    fn settle(&self, settled: Settled) {
+        let _ = self.settled.set(settled);
+        if self.waited.load(Ordering::SeqCst) {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Waits until the claim is settled.
+    pub async fn settled(&self) -> Settled {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            self.waited.store(true, Ordering::SeqCst);
+            if let Some(settled) = self.settled.get() {
+                return settled.clone();
+            }
+            woken.await;
+        }
+    }
 }
 
 type Map<V> = DashMap<u128, V, ahash::RandomState>;
@@ -59,21 +87,6 @@ pub struct SealedIds {
     pub idx: Arc<SealedIdx>,
 }
 
-/// A history file whose ids cannot be read: any lookup that may need it fails with `error`.
-#[derive(Debug, Clone)]
-pub struct DamagedIds {
-    pub error: LedgerError,
-}
-
-#[derive(Debug, Default)]
-pub struct Ids {
-    inflight: Map<Arc<Claim>>,
-    hot: Map<Location>,
-    sealed: RwLock<SealedSet>,
-    damaged: RwLock<Vec<DamagedIds>>,
-    any_damaged: AtomicBool,
-}
-
 /// The sealed files, and the highest id of any of them: a new time-ordered id is above it, so
 /// no file needs a probe.
 #[derive(Debug, Default)]
@@ -82,31 +95,75 @@ struct SealedSet {
     max_id: u128,
 }
 
-/// What claiming an id gave.
-pub enum Claimed {
-    /// This submission decides the id: the guard goes with the op to the shard that decides it.
-    Leader(ClaimGuard),
-    /// Another submission of the id is in flight: wait for its outcome.
-    Follower(Arc<Claim>, watch::Receiver<Option<Settled>>),
+#[derive(Debug)]
+pub struct Ids {
+    /// Ids in flight (and, for the rest of the session, ids whose outcome is unknown): few, so
+    /// claiming and releasing one stays in cache.
+    claims: Map<Arc<Claim>>,
+    /// Decided ids of segments not yet sealed: where their records are.
+    hot: Map<Location>,
+    sealed: RwLock<SealedSet>,
+    /// The high 64 bits of the largest sealed id (`u64::MAX` while a new file is being added):
+    /// an id above it skips every sealed file without taking the lock.
+    sealed_max_high: std::sync::atomic::AtomicU64,
+    /// History files whose ids cannot be read: an id check that may need them fails.
+    damaged: RwLock<Vec<LedgerError>>,
+    any_damaged: AtomicBool,
 }
 
+/// What claiming an id gave.
+pub enum Claimed {
+    /// This submission decides the id (unless a sealed file shows it decided): the guard goes
+    /// with the op to the shard that decides it.
+    Leader(ClaimGuard),
+    /// Another submission of the id is in flight (or ended unknown): wait for its outcome.
+    Follower(Arc<Claim>),
+    /// The id was decided by the record at this location (in a segment not yet sealed).
+    Decided(Location),
+}
+
+/// Map shards: many, so that each grows (and rehashes) in small steps under load.
+const MAP_SHARDS: usize = 64;
+
 impl Ids {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Ids::default())
+    /// `hot_capacity`: decided ids expected in unsealed segments (the map is sized for them up
+    /// front, so it does not rehash under load).
+    pub fn new(hot_capacity: usize) -> Arc<Self> {
+        Arc::new(Ids {
+            claims: DashMap::with_capacity_and_hasher_and_shard_amount(
+                1024,
+                ahash::RandomState::new(),
+                MAP_SHARDS,
+            ),
+            hot: DashMap::with_capacity_and_hasher_and_shard_amount(
+                hot_capacity,
+                ahash::RandomState::new(),
+                MAP_SHARDS,
+            ),
+            sealed: RwLock::default(),
+            sealed_max_high: std::sync::atomic::AtomicU64::new(0),
+            damaged: RwLock::default(),
+            any_damaged: AtomicBool::new(false),
+        })
     }
 
-    /// Claims `op`'s id, or finds the submission that holds it.
+    /// Claims `op`'s id, or finds the submission that holds it, or where it was decided.
     pub fn claim(self: &Arc<Self>, op: Op) -> Claimed {
         let id = op.id().0;
-        match self.inflight.entry(id) {
-            MapEntry::Occupied(held) => {
-                let claim = held.get().clone();
-                let receiver = claim.settled.subscribe();
-                Claimed::Follower(claim, receiver)
-            }
+        match self.claims.entry(id) {
+            MapEntry::Occupied(held) => Claimed::Follower(held.get().clone()),
             MapEntry::Vacant(vacant) => {
-                let (settled, _) = watch::channel(None);
-                let claim = Arc::new(Claim { op, settled });
+                // Decided and not sealed yet? (Checked under the claim's shard lock: a decider
+                // inserts here before it releases its claim, so no decision slips between.)
+                if let Some(location) = self.hot.get(&id).map(|entry| *entry) {
+                    return Claimed::Decided(location);
+                }
+                let claim = Arc::new(Claim {
+                    op,
+                    settled: OnceLock::new(),
+                    waited: AtomicBool::new(false),
+                    wake: tokio::sync::Notify::new(),
+                });
                 vacant.insert(claim.clone());
                 Claimed::Leader(ClaimGuard {
                     ids: self.clone(),
@@ -118,16 +175,28 @@ impl Ids {
         }
     }
 
-    /// Where the record that decided `id` is, if any: the hot map, then every sealed file whose
+    /// Where the record that decided `id` is, if any: the map, then every sealed file whose
     /// range holds the id and whose filter may. A damaged history file answers `Corrupt`.
     pub fn locate(&self, id: u128) -> Result<Option<Location>> {
-        if let Some(location) = self.hot.get(&id) {
-            return Ok(Some(*location));
+        if let Some(location) = self.hot.get(&id).map(|entry| *entry) {
+            return Ok(Some(location));
         }
+        self.locate_sealed(id)
+    }
+
+    /// Where a sealed file holds `id`'s deciding record, if one does.
+    pub fn locate_sealed(&self, id: u128) -> Result<Option<Location>> {
         if self.any_damaged.load(Ordering::Acquire) {
-            if let Some(damaged) = self.read_damaged().first() {
-                return Err(damaged.error.clone());
+            let damaged = match self.damaged.read() {
+                Ok(guard) => guard.first().cloned(),
+                Err(poisoned) => poisoned.into_inner().first().cloned(),
+            };
+            if let Some(error) = damaged {
+                return Err(error);
             }
+        }
+        if (id >> 64) as u64 > self.sealed_max_high.load(Ordering::Acquire) {
+            return Ok(None);
         }
         let sealed = match self.sealed.read() {
             Ok(guard) => guard,
@@ -147,19 +216,12 @@ impl Ids {
         Ok(None)
     }
 
-    fn read_damaged(&self) -> Vec<DamagedIds> {
-        match self.damaged.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Notes an id decided in a segment not yet sealed.
+    /// Notes an id decided in a segment not yet sealed (at open, from the WAL).
     pub fn insert_hot(&self, id: u128, location: Location) {
         self.hot.insert(id, location);
     }
 
-    /// Adds a sealed file, then forgets the hot ids it now answers for.
+    /// Adds a sealed file, then forgets the decided ids it now answers for.
     pub fn add_sealed(&self, shard: u32, idx: Arc<SealedIdx>, hot_ids: &[u128]) {
         {
             let mut sealed = match self.sealed.write() {
@@ -167,9 +229,16 @@ impl Ids {
                 Err(poisoned) => poisoned.into_inner(),
             };
             if let Some((_, max)) = idx.id_range() {
-                sealed.max_id = sealed.max_id.max(max);
+                if max > sealed.max_id {
+                    // Readers that skip by the high bits alone must never skip this file:
+                    // raise the bound to "probe everything" until the file is in the list.
+                    self.sealed_max_high.store(u64::MAX, Ordering::Release);
+                    sealed.max_id = max;
+                }
             }
             sealed.files.push(SealedIds { shard, idx });
+            self.sealed_max_high
+                .store((sealed.max_id >> 64) as u64, Ordering::Release);
         }
         for id in hot_ids {
             self.hot.remove(id);
@@ -182,21 +251,13 @@ impl Ids {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        damaged.push(DamagedIds { error });
+        damaged.push(error);
         self.any_damaged.store(true, Ordering::Release);
     }
-}
 
-/// Waits until the claim another submission holds is settled.
-pub async fn settled(mut receiver: watch::Receiver<Option<Settled>>) -> Settled {
-    loop {
-        if let Some(settled) = receiver.borrow_and_update().clone() {
-            return settled;
-        }
-        if receiver.changed().await.is_err() {
-            // The guard is gone without a word (it always sends one): treat the id as free.
-            return Settled::Freed;
-        }
+    /// Decided ids not yet sealed.
+    pub fn hot_len(&self) -> usize {
+        self.hot.len()
     }
 }
 
@@ -211,6 +272,10 @@ pub struct ClaimGuard {
 }
 
 impl ClaimGuard {
+    fn id(&self) -> u128 {
+        self.claim.op.id().0
+    }
+
     /// The op's record is in the shard's log buffer: from now on its outcome depends on the WAL.
     pub fn mark_logged(&mut self) {
         self.logged = true;
@@ -218,28 +283,35 @@ impl ClaimGuard {
 
     /// The op's record at `location` is written: every later submission finds it there.
     pub fn decide(mut self, location: Location, result: Result<Receipt>) {
-        self.ids.insert_hot(self.claim.op.id().0, location);
-        self.finish(Settled::Decided(result));
+        self.done = true;
+        let id = self.id();
+        // Hot first, then the claim goes: a new submission finds one or the other.
+        self.ids.hot.insert(id, location);
+        self.ids.claims.remove(&id);
+        self.claim.settle(Settled::Decided(result));
     }
 
     /// The op's record may be lost or kept: the id stays claimed for this session.
     pub fn unknown(mut self, error: LedgerError) {
+        self.set_unknown(error);
+    }
+
+    fn set_unknown(&mut self, error: LedgerError) {
+        // The claim stays in the map for the session: every submission follows it.
         self.done = true;
-        self.claim
-            .settled
-            .send_replace(Some(Settled::Unknown(error)));
+        self.claim.settle(Settled::Unknown(error));
     }
 
     /// Settles as freed: nothing was logged for this submission (or the id turned out decided
-    /// already, so later submissions find its record).
+    /// in a sealed file, where later submissions find it).
     pub fn free(mut self) {
-        self.finish(Settled::Freed);
+        self.set_freed();
     }
 
-    fn finish(&mut self, settled: Settled) {
+    fn set_freed(&mut self) {
         self.done = true;
-        self.ids.inflight.remove(&self.claim.op.id().0);
-        self.claim.settled.send_replace(Some(settled));
+        self.ids.claims.remove(&self.id());
+        self.claim.settle(Settled::Freed);
     }
 }
 
@@ -249,13 +321,9 @@ impl Drop for ClaimGuard {
             return;
         }
         if self.logged {
-            self.done = true;
-            let error = LedgerError::Closed;
-            self.claim
-                .settled
-                .send_replace(Some(Settled::Unknown(error)));
+            self.set_unknown(LedgerError::Closed);
         } else {
-            self.finish(Settled::Freed);
+            self.set_freed();
         }
     }
 }

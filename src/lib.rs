@@ -340,8 +340,11 @@ impl Ledger {
                         Checked::New(claim) => self.send_claimed(op, claim).await,
                     };
                 }
-                ids::Claimed::Follower(claim, settled) => {
-                    if let Some(answer) = follow(&claim.op, &op, ids::settled(settled).await) {
+                ids::Claimed::Decided(location) => {
+                    return self.inner.history.answer(location, &op);
+                }
+                ids::Claimed::Follower(claim) => {
+                    if let Some(answer) = follow(&claim.op, &op, claim.settled().await) {
                         return answer;
                     }
                 }
@@ -349,10 +352,10 @@ impl Ledger {
         }
     }
 
-    /// Whether the id this submission has just claimed was decided before: then the claim is
-    /// released and the answer is the one its record gives.
+    /// Whether the id this submission has just claimed was decided in a sealed segment: then
+    /// the claim is released and the answer is the one its record gives.
     fn check_decided(&self, op: &Op, claim: ids::ClaimGuard) -> Checked {
-        match self.inner.history.ids.locate(op.id().0) {
+        match self.inner.history.ids.locate_sealed(op.id().0) {
             Ok(None) => Checked::New(claim),
             Ok(Some(location)) => {
                 claim.free();
@@ -446,7 +449,10 @@ impl Ledger {
                         claimed_at.push(index);
                     }
                 },
-                ids::Claimed::Follower(claim, settled) => followers.push((index, claim, settled)),
+                ids::Claimed::Decided(location) => {
+                    results[index] = Some(self.inner.history.answer(location, op))
+                }
+                ids::Claimed::Follower(claim) => followers.push((index, claim)),
             }
         }
         if !claimed.is_empty() {
@@ -466,9 +472,9 @@ impl Ledger {
         }
         // Ops whose ids another call holds: they change nothing here unless that call's op was
         // refused before any WAL, when they run on their own.
-        for (index, claim, settled) in followers {
+        for (index, claim) in followers {
             let op = ops[index];
-            let answer = match follow(&claim.op, &op, ids::settled(settled).await) {
+            let answer = match follow(&claim.op, &op, claim.settled().await) {
                 Some(answer) => answer,
                 None => self.decide(op).await,
             };

@@ -53,7 +53,10 @@ pub fn open(config: &Config) -> Result<Recovered> {
         open_accounts(config, shard, shard_count)
     })?;
     // Judged: from here on the directory is written.
-    let ids = Ids::new();
+    // About two segments per shard of ~150-byte records: the current one and one being sealed.
+    let shard_count = config.shards.unwrap_or_else(Config::default_shards) as u64;
+    let hot_capacity = (config.wal_segment_bytes / 150).saturating_mul(2 * shard_count);
+    let ids = Ids::new(hot_capacity.min(1 << 24) as usize);
     let (manifest, shards, resent_credits) = match judgement {
         Judgement::Create => {
             let (manifest, shards) = create(config)?;

@@ -287,7 +287,7 @@ mod tests {
         let ids = running.history.ids.clone();
         let claim = move |op: Op| match ids.claim(op) {
             crate::ids::Claimed::Leader(claim) => claim,
-            crate::ids::Claimed::Follower(..) => panic!("ids are unique here"),
+            _ => panic!("ids are unique here"),
         };
         let claim_one = claim.clone();
         let one = move |op: Op| {

@@ -171,7 +171,15 @@ pub fn encode(contents: &IdxContents) -> Vec<u8> {
 /// a sealed index is trusted by every later open, so nothing invalid may reach the disk.
 pub fn write(io: &dyn FileIo, path: &Path, contents: &IdxContents) -> Result<()> {
     let bytes = encode(contents);
-    SealedIdx::decode(path, &bytes)?;
+    // The contents come from a segment that was just read and checked; a full check of the
+    // encoding (every id against the filter) costs as much again, so only debug builds and
+    // tests pay for it. Readers check the tables on first use regardless.
+    if cfg!(debug_assertions) {
+        SealedIdx::decode(path, &bytes)?;
+    } else {
+        let header = check_header(path, &bytes)?;
+        check_sections(path, &bytes, &header)?;
+    }
     write_atomic(io, path, &bytes)
 }
 

@@ -115,6 +115,13 @@ impl LedgerHistory {
                     Ok(Some((index, ids))) => {
                         self.ids.add_sealed(log.shard(), index, &ids);
                         sealed += 1;
+                        tracing::debug!(
+                            shard = log.shard(),
+                            first,
+                            ids = ids.len(),
+                            hot = self.ids.hot_len(),
+                            "sealed a history segment"
+                        );
                     }
                     Ok(None) => {}
                     // A log that cannot be read whole stays unsealed: its ids stay where they

@@ -354,7 +354,8 @@ impl ShardLog {
         };
         let idx_path = super::idx_path(&self.dir, first_lsn);
         idx::write(io, &idx_path, &contents)?;
-        let index = Arc::new(SealedIdx::open(&idx_path)?);
+        // `write` checked the bytes it wrote; the tables are checked again on first use.
+        let index = Arc::new(SealedIdx::open_lazy(&idx_path)?);
         let ids = contents.ids.iter().map(|(id, _)| *id).collect();
         let mut sealed = match file.sealed.write() {
             Ok(guard) => guard,
