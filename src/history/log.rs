@@ -252,6 +252,13 @@ impl ShardLog {
 
     /// Notes WAL segments created since the last look (a rotation).
     fn refresh(&self) -> Result<()> {
+        // Segments are only ever created by the writer's rotation: when its current segment is
+        // known, so is every other one, and the directory need not be listed.
+        if let Some((current, _)) = self.written() {
+            if self.files().contains_key(&current) {
+                return Ok(());
+            }
+        }
         let mut found = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|e| LedgerError::io(&self.dir, e))?;
         for entry in entries {

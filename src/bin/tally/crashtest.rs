@@ -1209,6 +1209,12 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
+        } else if entry.file_name().to_string_lossy().starts_with("history-") {
+            // History files are never written once in place (a ledger only reads them, and
+            // writes new ones under new names), so the copy shares them: the history grows
+            // with every cycle and copying it whole would make the campaign quadratic.
+            std::fs::hard_link(entry.path(), &target)
+                .or_else(|_| std::fs::copy(entry.path(), &target).map(|_| ()))?;
         } else {
             std::fs::copy(entry.path(), &target)?;
         }
