@@ -269,6 +269,9 @@ impl SealedIdx {
         // lock) runs; the map is read-only, and every access goes through bounds-checked
         // slices of the length validated here.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LedgerError::io(path, e))?;
+        // Lookups touch a few pages of a large table: no read-ahead or fault-around, so that a
+        // sealed index costs memory only for what is read (its filter and marks, at open).
+        let _ = map.advise(memmap2::Advice::Random);
         Self::validate(path, Bytes::Mapped(map))
     }
 
