@@ -183,18 +183,40 @@ pub fn write(io: &dyn FileIo, path: &Path, contents: &IdxContents) -> Result<()>
     write_atomic(io, path, &bytes)
 }
 
-/// The bytes of an open index: mapped from its file, or owned.
+/// The bytes of an open index: owned (decoded from bytes), or read from its file on demand.
+///
+/// A file is read with `pread`, never mapped: mapping a file maps whole page-cache folios (up
+/// to 2 MiB on this kernel) around every page touched, so a mapped index would cost resident
+/// memory far beyond the few entries a lookup reads.
 #[derive(Debug)]
 enum Bytes {
     Owned(Vec<u8>),
-    Mapped(memmap2::Mmap),
+    File(std::fs::File),
 }
 
 impl Bytes {
-    fn as_slice(&self) -> &[u8] {
+    /// `len` bytes at `start` (`None` past the end or on a read error).
+    fn read(&self, start: usize, len: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
         match self {
-            Bytes::Owned(bytes) => bytes,
-            Bytes::Mapped(map) => map,
+            Bytes::Owned(bytes) => bytes
+                .get(start..start.checked_add(len)?)
+                .map(std::borrow::Cow::Borrowed),
+            Bytes::File(file) => {
+                use std::os::unix::fs::FileExt;
+                let mut buffer = vec![0u8; len];
+                file.read_exact_at(&mut buffer, start as u64).ok()?;
+                Some(std::borrow::Cow::Owned(buffer))
+            }
+        }
+    }
+
+    /// Every byte of the index (read whole for a check of its tables; a transient copy).
+    fn whole(&self, path: &Path) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Bytes::Owned(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
+            Bytes::File(_) => std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| LedgerError::io(path, e)),
         }
     }
 }
@@ -264,15 +286,20 @@ impl SealedIdx {
                 format!("index of {len} bytes is shorter than its header"),
             ));
         }
-        // SAFETY: an index file is written once under a temporary name and renamed into place,
-        // and never written, truncated or removed while its ledger (which holds the directory
-        // lock) runs; the map is read-only, and every access goes through bounds-checked
-        // slices of the length validated here.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LedgerError::io(path, e))?;
-        // Lookups touch a few pages of a large table: no read-ahead or fault-around, so that a
-        // sealed index costs memory only for what is read (its filter and marks, at open).
-        let _ = map.advise(memmap2::Advice::Random);
-        Self::validate(path, Bytes::Mapped(map))
+        let len = usize::try_from(len).map_err(|_| {
+            LedgerError::corrupt(path, 0, format!("index of {len} bytes is too large"))
+        })?;
+        // An image of the file holding only what open needs (header, filter, marks): the rest
+        // stays zero, and untouched zero pages of a fresh allocation are not resident.
+        let mut image = vec![0u8; len];
+        read_into(&file, path, &mut image, 0..HEADER_BYTES)?;
+        let header = check_header(path, &image)?;
+        let sections = section_ranges(path, image.len(), &header)?;
+        read_into(&file, path, &mut image, sections.bloom.clone())?;
+        read_into(&file, path, &mut image, sections.marks.clone())?;
+        let mut index = Self::validate(path, Bytes::Owned(image))?;
+        index.bytes = Bytes::File(file);
+        Ok(index)
     }
 
     /// Validates the index bytes `bytes` read from `path` (copied), all of them.
@@ -291,9 +318,9 @@ impl SealedIdx {
     fn ids_ok(&self) -> Result<()> {
         self.ids_checked
             .get_or_init(|| {
-                let bytes = self.bytes.as_slice();
-                check_crc(&self.path, bytes, "ids", IDS_CRC_OFFSET, &self.ids)?;
-                check_ids(&self.path, bytes, &self.header, &self.ids, &self.bloom)
+                let bytes = self.bytes.whole(&self.path)?;
+                check_crc(&self.path, &bytes, "ids", IDS_CRC_OFFSET, &self.ids)?;
+                check_ids(&self.path, &bytes, &self.header, &self.ids, &self.bloom)
             })
             .clone()
     }
@@ -301,21 +328,30 @@ impl SealedIdx {
     fn offsets_ok(&self) -> Result<()> {
         self.offsets_checked
             .get_or_init(|| {
-                let bytes = self.bytes.as_slice();
+                let bytes = self.bytes.whole(&self.path)?;
                 check_crc(
                     &self.path,
-                    bytes,
+                    &bytes,
                     "offsets",
                     OFFSETS_CRC_OFFSET,
                     &self.offsets,
                 )?;
-                check_offsets(&self.path, bytes, &self.header, &self.offsets)
+                check_offsets(&self.path, &bytes, &self.header, &self.offsets)
             })
             .clone()
     }
 
+    /// Checks the header, the filter and the marks of `bytes` (owned: the whole file, or an
+    /// image holding those parts).
     fn validate(path: &Path, bytes: Bytes) -> Result<SealedIdx> {
-        let slice = bytes.as_slice();
+        let Bytes::Owned(image) = &bytes else {
+            return Err(LedgerError::corrupt(
+                path,
+                0,
+                "an index is validated from its bytes",
+            ));
+        };
+        let slice = image.as_slice();
         let header = check_header(path, slice)?;
         let sections = check_sections(path, slice, &header)?;
         let bloom_bytes = slice.get(sections.bloom.clone()).unwrap_or(&[]);
@@ -379,8 +415,8 @@ impl SealedIdx {
     /// The `n`th entry of the id table.
     fn id_entry(&self, n: usize) -> Option<(u128, u64)> {
         let start = self.ids.start.checked_add(n.checked_mul(ID_ENTRY_BYTES)?)?;
-        let entry = self.bytes.as_slice().get(start..start + ID_ENTRY_BYTES)?;
-        Some((read_u128(entry, 0), read_u64(entry, 16)))
+        let entry = self.bytes.read(start, ID_ENTRY_BYTES)?;
+        Some((read_u128(&entry, 0), read_u64(&entry, 16)))
     }
 
     /// The LSN of the record carrying transfer id `id`, if this segment holds it. `Corrupt`
@@ -424,11 +460,8 @@ impl SealedIdx {
         if start >= self.offsets.end {
             return None;
         }
-        let entry = self
-            .bytes
-            .as_slice()
-            .get(start..start + OFFSET_ENTRY_BYTES)?;
-        Some(read_u32(entry, 0) as u64)
+        let entry = self.bytes.read(start, OFFSET_ENTRY_BYTES)?;
+        Some(read_u32(&entry, 0) as u64)
     }
 
     /// Every mark, in LSN order.
@@ -547,19 +580,24 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<Header> {
 
 /// Checks that the sections exactly fill the file and that each matches its CRC.
 fn check_sections(path: &Path, bytes: &[u8], header: &Header) -> Result<Sections> {
+    let sections = section_ranges(path, bytes.len(), header)?;
+    check_crc(path, bytes, "bloom", BLOOM_CRC_OFFSET, &sections.bloom)?;
+    check_crc(path, bytes, "marks", MARKS_CRC_OFFSET, &sections.marks)?;
+    Ok(sections)
+}
+
+/// Where the sections lie in a file of `len` bytes, which the header's counts must fill exactly.
+fn section_ranges(path: &Path, len: usize, header: &Header) -> Result<Sections> {
     let expected = HEADER_BYTES as u128
         + header.bloom_len as u128
         + header.id_count as u128 * ID_ENTRY_BYTES as u128
         + header.record_count as u128 * OFFSET_ENTRY_BYTES as u128
         + header.mark_count as u128 * MARK_ENTRY_BYTES as u128;
-    if expected != bytes.len() as u128 {
+    if expected != len as u128 {
         return Err(LedgerError::corrupt(
             path,
             ID_COUNT_OFFSET as u64,
-            format!(
-                "the header's counts make {expected} bytes, the index has {}",
-                bytes.len()
-            ),
+            format!("the header's counts make {expected} bytes, the index has {len}"),
         ));
     }
     // Every size below is part of the file's length, so it fits in usize.
@@ -569,15 +607,32 @@ fn check_sections(path: &Path, bytes: &[u8], header: &Header) -> Result<Sections
         next = range.end;
         range
     };
-    let sections = Sections {
+    Ok(Sections {
         bloom: section(header.bloom_len as u128),
         ids: section(header.id_count as u128 * ID_ENTRY_BYTES as u128),
         offsets: section(header.record_count as u128 * OFFSET_ENTRY_BYTES as u128),
         marks: section(header.mark_count as u128 * MARK_ENTRY_BYTES as u128),
+    })
+}
+
+/// Reads the bytes of `range` of `file` into the same range of `image`.
+fn read_into(
+    file: &std::fs::File,
+    path: &Path,
+    image: &mut [u8],
+    range: std::ops::Range<usize>,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let start = range.start as u64;
+    let Some(target) = image.get_mut(range) else {
+        return Err(LedgerError::corrupt(
+            path,
+            start,
+            "section outside the index",
+        ));
     };
-    check_crc(path, bytes, "bloom", BLOOM_CRC_OFFSET, &sections.bloom)?;
-    check_crc(path, bytes, "marks", MARKS_CRC_OFFSET, &sections.marks)?;
-    Ok(sections)
+    file.read_exact_at(target, start)
+        .map_err(|e| LedgerError::io(path, e))
 }
 
 /// Checks one section against the CRC the header keeps for it.
