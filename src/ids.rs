@@ -58,6 +58,9 @@ pub struct Claim {
 impl Claim {
     fn settle(&self, settled: Settled) {
         let _ = self.settled.set(settled);
+        // With the fence in `settled`: either this load sees a waiter's flag, or that waiter
+        // sees the outcome set above (no wake-up can be lost between the two).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.waited.load(Ordering::SeqCst) {
             self.wake.notify_waiters();
         }
@@ -70,6 +73,7 @@ impl Claim {
             tokio::pin!(woken);
             woken.as_mut().enable();
             self.waited.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             if let Some(settled) = self.settled.get() {
                 return settled.clone();
             }
