@@ -180,6 +180,35 @@ pub struct Transfer {
     pub timestamp_ns: u64,
 }
 
+impl Transfer {
+    /// The transfer `op` made, decided at `timestamp_ns`.
+    pub(crate) fn of(op: Op, timestamp_ns: u64) -> Transfer {
+        let (from, to, amount, user_data) = match op {
+            Op::Mint {
+                to,
+                amount,
+                user_data,
+                ..
+            } => (None, to, amount, user_data),
+            Op::Transfer {
+                from,
+                to,
+                amount,
+                user_data,
+                ..
+            } => (Some(from), to, amount, user_data),
+        };
+        Transfer {
+            id: op.id(),
+            from,
+            to,
+            amount,
+            user_data,
+            timestamp_ns,
+        }
+    }
+}
+
 /// One change of one account's balance: see [`crate::Ledger::history`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -20,7 +20,7 @@ mod common;
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::BTreeMap;
 
-use common::{assert_histories, assert_matches, open_unlocked, outcome, Model, Outcome};
+use common::{assert_histories, assert_matches, op_fields, open_unlocked, outcome, Model, Outcome};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Receipt, TransferId};
@@ -385,21 +385,7 @@ impl Run {
                 continue;
             }
             let transfer = found.unwrap_or_else(|| panic!("{op:?} applied, lookup finds none"));
-            let (from, to, amount, user_data) = match *op {
-                Op::Mint {
-                    to,
-                    amount,
-                    user_data,
-                    ..
-                } => (None, to, amount, user_data),
-                Op::Transfer {
-                    from,
-                    to,
-                    amount,
-                    user_data,
-                    ..
-                } => (Some(from), to, amount, user_data),
-            };
+            let (from, to, amount, user_data) = op_fields(op);
             assert_eq!(
                 (transfer.id, transfer.from, transfer.to, transfer.amount),
                 (*id, from, to, amount),

@@ -12,7 +12,7 @@ use crate::error::{LedgerError, Result};
 use crate::ids::{Ids, Location};
 use crate::state::{add_mark, Marks};
 use crate::storage::io::SharedIo;
-use crate::types::{Op, Pubkey, Receipt, Transfer};
+use crate::types::{Op, Receipt, Transfer};
 use crate::wal::reader::WalScan;
 use crate::wal::record::RecordBody;
 
@@ -194,7 +194,7 @@ impl LedgerHistory {
                 "an id points at a credit",
             ));
         };
-        if !same_fields(&body, op) {
+        if body.decided_op() != Some(*op) {
             return Err(LedgerError::IdConflict { id: op.id() });
         }
         match body {
@@ -204,59 +204,6 @@ impl LedgerHistory {
                 lsn: location.lsn,
                 timestamp_ns: meta.timestamp,
             }),
-        }
-    }
-}
-
-/// Whether a deciding record was made for exactly `op`'s fields.
-fn same_fields(body: &RecordBody, op: &Op) -> bool {
-    let (from, to, amount, user_data) = match *body {
-        RecordBody::Mint { meta, to, amount } => (None, to.key, amount, meta.user_data),
-        RecordBody::Transfer {
-            meta,
-            from,
-            to,
-            amount,
-        } => (Some(from.key), to.key, amount, meta.user_data),
-        RecordBody::Debit {
-            meta,
-            from,
-            to,
-            amount,
-            ..
-        } => (Some(from.key), to, amount, meta.user_data),
-        RecordBody::Refused {
-            meta,
-            from,
-            to,
-            amount,
-            ..
-        } => (from, to, amount, meta.user_data),
-        RecordBody::Credit { .. } => return false,
-    };
-    match *op {
-        Op::Mint {
-            to: op_to,
-            amount: op_amount,
-            user_data: op_user_data,
-            ..
-        } => {
-            from.is_none()
-                && Pubkey(to) == op_to
-                && amount == op_amount
-                && user_data == op_user_data
-        }
-        Op::Transfer {
-            from: op_from,
-            to: op_to,
-            amount: op_amount,
-            user_data: op_user_data,
-            ..
-        } => {
-            from == Some(op_from.0)
-                && Pubkey(to) == op_to
-                && amount == op_amount
-                && user_data == op_user_data
         }
     }
 }

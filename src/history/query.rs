@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::log::ShardLog;
 use crate::error::{LedgerError, Result};
 use crate::state::ShardState;
-use crate::types::{Entry, Pubkey, Transfer, TransferId};
+use crate::types::{Entry, Pubkey, Transfer};
 use crate::wal::record::{AfterImage, RecordBody};
 
 /// The most entries one `history` call returns; a larger `limit` is clamped to it.
@@ -25,75 +25,39 @@ pub fn transfer_of(
     body: &RecordBody,
     logs: &[Arc<ShardLog>],
 ) -> Result<Option<Transfer>> {
-    let transfer = match *body {
-        RecordBody::Mint { meta, to, amount } => Transfer {
-            id: TransferId(meta.id),
-            from: None,
-            to: Pubkey(to.key),
-            amount,
-            user_data: meta.user_data,
-            timestamp_ns: meta.timestamp,
-        },
-        RecordBody::Transfer {
-            meta,
-            from,
-            to,
-            amount,
-        } => Transfer {
-            id: TransferId(meta.id),
-            from: Some(Pubkey(from.key)),
-            to: Pubkey(to.key),
-            amount,
-            user_data: meta.user_data,
-            timestamp_ns: meta.timestamp,
-        },
-        RecordBody::Debit {
-            meta,
-            from,
-            to,
-            amount,
-            ..
-        } => Transfer {
-            id: TransferId(meta.id),
-            from: Some(Pubkey(from.key)),
-            to: Pubkey(to),
-            amount,
-            user_data: meta.user_data,
-            timestamp_ns: meta.timestamp,
-        },
-        RecordBody::Credit {
-            source_shard,
-            source_lsn,
-            ..
-        } => {
-            let source = logs.get(source_shard as usize).ok_or_else(|| {
-                LedgerError::corrupt(
-                    "",
-                    lsn,
-                    format!(
-                        "credit at LSN {lsn} of shard {shard} names unknown shard {source_shard}"
-                    ),
-                )
-            })?;
-            let debit = source.read(source_lsn)?;
-            match debit {
-                Some(debit @ RecordBody::Debit { .. }) => {
-                    return transfer_of(source_shard, source_lsn, &debit, logs)
-                }
-                _ => {
-                    return Err(LedgerError::corrupt(
-                        source.dir(),
-                        source_lsn,
-                        format!(
-                            "credit at LSN {lsn} of shard {shard} names LSN {source_lsn} of shard {source_shard}, which is not a debit"
-                        ),
-                    ))
-                }
-            }
-        }
-        RecordBody::Refused { .. } => return Ok(None),
+    if let RecordBody::Refused { .. } = body {
+        return Ok(None);
+    }
+    if let (Some(op), Some(meta)) = (body.decided_op(), body.meta()) {
+        return Ok(Some(Transfer::of(op, meta.timestamp)));
+    }
+    let RecordBody::Credit {
+        source_shard,
+        source_lsn,
+        ..
+    } = *body
+    else {
+        return Ok(None);
     };
-    Ok(Some(transfer))
+    let source = logs.get(source_shard as usize).ok_or_else(|| {
+        LedgerError::corrupt(
+            "",
+            lsn,
+            format!("credit at LSN {lsn} of shard {shard} names unknown shard {source_shard}"),
+        )
+    })?;
+    match source.read(source_lsn)? {
+        Some(debit @ RecordBody::Debit { .. }) => {
+            transfer_of(source_shard, source_lsn, &debit, logs)
+        }
+        _ => Err(LedgerError::corrupt(
+            source.dir(),
+            source_lsn,
+            format!(
+                "credit at LSN {lsn} of shard {shard} names LSN {source_lsn} of shard {source_shard}, which is not a debit"
+            ),
+        )),
+    }
 }
 
 /// One record of `state`'s shard: from memory while it is not in the account file yet (it may

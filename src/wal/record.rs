@@ -132,6 +132,41 @@ impl RecordBody {
         }
     }
 
+    /// The op whose id this record decided, as it was submitted (`None` for a credit).
+    pub fn decided_op(&self) -> Option<crate::types::Op> {
+        use crate::types::{Op, Pubkey, TransferId};
+        let meta = self.meta()?;
+        let (id, user_data) = (TransferId(meta.id), meta.user_data);
+        let op = |from: Option<[u8; 32]>, to: [u8; 32], amount: u64| match from {
+            None => Op::Mint {
+                id,
+                to: Pubkey(to),
+                amount,
+                user_data,
+            },
+            Some(from) => Op::Transfer {
+                id,
+                from: Pubkey(from),
+                to: Pubkey(to),
+                amount,
+                user_data,
+            },
+        };
+        Some(match *self {
+            RecordBody::Mint { to, amount, .. } => op(None, to.key, amount),
+            RecordBody::Transfer {
+                from, to, amount, ..
+            } => op(Some(from.key), to.key, amount),
+            RecordBody::Debit {
+                from, to, amount, ..
+            } => op(Some(from.key), to, amount),
+            RecordBody::Refused {
+                from, to, amount, ..
+            } => op(from, to, amount),
+            RecordBody::Credit { .. } => return None,
+        })
+    }
+
     /// How this record changes the shard's sum of balances.
     pub fn balance_delta(&self) -> i128 {
         match self {

@@ -406,21 +406,7 @@ pub async fn assert_histories(ledger: &Ledger, model: &Model, what: &str) {
                 let (op, _) = model.decided.get(&entry.transfer.id).unwrap_or_else(|| {
                     panic!("{}: entry {} of an unknown id", context(), entry.sequence)
                 });
-                let (from, to, amount, user_data) = match *op {
-                    Op::Mint {
-                        to,
-                        amount,
-                        user_data,
-                        ..
-                    } => (None, to, amount, user_data),
-                    Op::Transfer {
-                        from,
-                        to,
-                        amount,
-                        user_data,
-                        ..
-                    } => (Some(from), to, amount, user_data),
-                };
+                let (from, to, amount, user_data) = op_fields(op);
                 let transfer = &entry.transfer;
                 assert_eq!(
                     (
@@ -515,4 +501,23 @@ pub async fn assert_matches(
         stats.total_supply, model.supply as u128,
         "{what}: total supply"
     );
+}
+
+/// An op's source (`None` for a mint), target, amount and user data.
+pub fn op_fields(op: &Op) -> (Option<Pubkey>, Pubkey, u64, u128) {
+    match *op {
+        Op::Mint {
+            to,
+            amount,
+            user_data,
+            ..
+        } => (None, to, amount, user_data),
+        Op::Transfer {
+            from,
+            to,
+            amount,
+            user_data,
+            ..
+        } => (Some(from), to, amount, user_data),
+    }
 }
