@@ -116,6 +116,7 @@ fn wal(c: &mut Criterion) {
                 bytes,
                 first_lsn: lsn,
                 last_lsn: lsn + 1023,
+                index: None,
                 acks: vec![lsn],
                 urgent: false,
             };

@@ -171,7 +171,7 @@ fn apply_shard(
         &tail,
         config.wal_segment_bytes,
     )?;
-    history.log.attach_progress(wal.progress());
+    history.log.attach_writer(wal.progress(), wal.completed());
     Ok(RecoveredShard {
         state,
         wal,
@@ -221,7 +221,7 @@ fn create_shard(config: &Config, shard: u32, shard_count: u32) -> Result<Recover
         config.wal_segment_bytes,
     )?;
     let log = Arc::new(ShardLog::open(&dir, shard)?.log);
-    log.attach_progress(wal.progress());
+    log.attach_writer(wal.progress(), wal.completed());
     Ok(RecoveredShard {
         state,
         wal,
@@ -262,10 +262,15 @@ fn resolve_credits(shards: &mut [RecoveredShard], owed: &[OwedCredit]) -> Result
         }
     }
     for shard in shards.iter_mut() {
-        if let Some((mut bytes, first_lsn, last_lsn)) = shard.state.take_records() {
-            shard.wal.append(&mut bytes, first_lsn, last_lsn)?;
+        if let Some(mut records) = shard.state.take_records() {
+            shard.wal.append(
+                &mut records.bytes,
+                records.first_lsn,
+                records.last_lsn,
+                Some(records.index),
+            )?;
             shard.wal.sync()?;
-            shard.state.mark_durable(last_lsn)?;
+            shard.state.mark_durable(records.last_lsn)?;
         }
     }
     Ok(resent)

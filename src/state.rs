@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use crate::error::{LedgerError, Result};
+use crate::history::gather::BatchIndex;
+use crate::history::idx::Mark;
 use crate::judge::JudgedShard;
 use crate::storage::accounts::{slot_offset, AccountsFile, Header, SlotRead, SlotState};
 use crate::storage::index::{self, Cached, Index, IndexEntry};
@@ -63,6 +65,15 @@ pub struct OpMeta {
 /// the nearest mark, so it reads at most `limit + MARK_EVERY` records at any depth.
 pub type Marks = std::collections::HashMap<u64, Vec<u64>, ahash::RandomState>;
 
+/// Records encoded since the last hand-over: WAL frames whose headers the writer completes
+/// (records `first_lsn..=last_lsn`), and what they add to their segment's history index.
+pub struct Records {
+    pub bytes: Vec<u8>,
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub index: BatchIndex,
+}
+
 pub struct ShardState {
     shard: u32,
     accounts: AccountsFile,
@@ -90,6 +101,8 @@ pub struct ShardState {
     buffer_first_lsn: u64,
     /// Where the frame that the next record joins starts in `buffer`.
     frame_start: usize,
+    /// What the records in `buffer` add to their WAL segment's history index.
+    buffer_index: BatchIndex,
     checkpoints: u64,
     /// The newest timestamp given to a record (the next one is strictly greater).
     last_timestamp: u64,
@@ -131,6 +144,7 @@ impl ShardState {
             buffer: Vec::with_capacity(1 << 16),
             buffer_first_lsn: 0,
             frame_start: 0,
+            buffer_index: BatchIndex::default(),
             checkpoints: 0,
             last_timestamp: header.last_timestamp,
             marks: Marks::default(),
@@ -176,6 +190,7 @@ impl ShardState {
             buffer: Vec::with_capacity(1 << 16),
             buffer_first_lsn: 0,
             frame_start: 0,
+            buffer_index: BatchIndex::default(),
             checkpoints: 0,
             last_timestamp: judged.last_timestamp,
             marks,
@@ -497,7 +512,9 @@ impl ShardState {
         if self.buffer.is_empty() {
             self.buffer_first_lsn = lsn;
         }
-        frame::push_record(&mut self.buffer, &mut self.frame_start, lsn, &body);
+        let offset = frame::push_record(&mut self.buffer, &mut self.frame_start, lsn, &body);
+        self.buffer_index
+            .push(offset, body.meta().map(|meta| meta.id));
         self.balance_sum = apply_delta(self.balance_sum, body.balance_delta());
         if let RecordBody::Credit {
             source_shard,
@@ -508,20 +525,30 @@ impl ShardState {
             self.applied[source_shard as usize] = source_lsn;
         }
         for image in body.images() {
-            add_mark(&mut self.marks, image.slot, image.sequence, lsn);
+            if add_mark(&mut self.marks, image.slot, image.sequence, lsn) {
+                self.buffer_index.marks.push(Mark {
+                    slot: image.slot,
+                    sequence: image.sequence,
+                    lsn,
+                });
+            }
         }
         self.pending.push_back(PendingRecord { lsn, body });
         lsn
     }
 
     /// Hands over the records encoded since the last call, as WAL frames whose headers the writer
-    /// completes: (bytes, first LSN, last LSN).
-    pub fn take_records(&mut self) -> Option<(Vec<u8>, u64, u64)> {
+    /// completes.
+    pub fn take_records(&mut self) -> Option<Records> {
         if self.buffer.is_empty() {
             return None;
         }
-        let bytes = std::mem::replace(&mut self.buffer, Vec::with_capacity(1 << 16));
-        Some((bytes, self.buffer_first_lsn, self.next_lsn - 1))
+        Some(Records {
+            bytes: std::mem::replace(&mut self.buffer, Vec::with_capacity(1 << 16)),
+            first_lsn: self.buffer_first_lsn,
+            last_lsn: self.next_lsn - 1,
+            index: std::mem::take(&mut self.buffer_index),
+        })
     }
 
     /// Every record up to `durable_lsn` is on disk: move their images into the account file.
@@ -728,10 +755,10 @@ fn cached_of(image: &AfterImage, lsn: u64) -> Cached {
 }
 
 /// Notes the entry of `slot` with `sequence`, written at `lsn`, if it is a mark.
-pub fn add_mark(marks: &mut Marks, slot: u64, sequence: u64, lsn: u64) {
+pub fn add_mark(marks: &mut Marks, slot: u64, sequence: u64, lsn: u64) -> bool {
     let every = crate::history::MARK_EVERY;
     if sequence == 0 || !sequence.is_multiple_of(every) {
-        return;
+        return false;
     }
     let index = (sequence / every - 1) as usize;
     let list = marks.entry(slot).or_default();
@@ -739,4 +766,5 @@ pub fn add_mark(marks: &mut Marks, slot: u64, sequence: u64, lsn: u64) {
         list.resize(index + 1, 0);
     }
     list[index] = lsn;
+    true
 }

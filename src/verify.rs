@@ -505,21 +505,39 @@ fn check_history(report: &mut VerifyReport, view: AccountsView<'_>, shard: &Judg
         if !retired {
             break;
         }
-        match crate::history::seal::for_each_record(&path, first, |_, _, _| Ok(())) {
-            Ok(walked) => {
-                if last.is_some_and(|last| walked.next_lsn != last + 1) {
+        let index = opened
+            .sealed
+            .iter()
+            .find(|index| index.first_lsn() == first);
+        match crate::history::seal::build(&path, shard.shard, first, crate::history::log::facts) {
+            Ok(built) => {
+                let (next_lsn, end) = built
+                    .as_ref()
+                    .map_or((first, 0), |built| (built.last_lsn + 1, built.log_len));
+                if last.is_some_and(|last| next_lsn != last + 1) {
                     damaged(
                         report,
                         &path,
-                        walked.end,
+                        end,
                         format!(
-                            "the log ends before LSN {}, its index says it holds up to {}",
-                            walked.next_lsn,
+                            "the log ends before LSN {next_lsn}, its index says it holds up to {}",
                             last.unwrap_or(0)
                         ),
                     );
+                } else if let (Some(index), Some(built)) = (index, &built) {
+                    // An index that opened and whose tables check must say what its log holds.
+                    if index.check_tables().is_ok() {
+                        if let Some(field) = index_mismatch(&index.contents(), built) {
+                            damaged(
+                                report,
+                                index.path(),
+                                0,
+                                format!("its {field} do not match what its log holds"),
+                            );
+                        }
+                    }
                 }
-                expected = walked.next_lsn;
+                expected = next_lsn;
             }
             Err(error) => {
                 let finding = Finding::from_error(&error, &path);
@@ -534,6 +552,26 @@ fn check_history(report: &mut VerifyReport, view: AccountsView<'_>, shard: &Judg
         }
     }
     check_newest_entries(report, view, shard, &opened.log);
+}
+
+/// Which part of an index differs from the one its log gives, if any.
+fn index_mismatch(
+    index: &crate::history::idx::IdxContents,
+    log: &crate::history::idx::IdxContents,
+) -> Option<&'static str> {
+    if (index.shard, index.first_lsn, index.last_lsn, index.log_len)
+        != (log.shard, log.first_lsn, log.last_lsn, log.log_len)
+    {
+        Some("shard, LSN range or length")
+    } else if index.offsets != log.offsets {
+        Some("record offsets")
+    } else if index.ids != log.ids {
+        Some("transfer ids")
+    } else if index.marks != log.marks {
+        Some("sequence marks")
+    } else {
+        None
+    }
 }
 
 /// Each account's newest entry (the record its slot's LSN names) holds its balance and sequence.

@@ -368,7 +368,7 @@ fn craft(dir: &Path, damage: &Damage) {
     };
     let (mut bytes, mut frame_start) = (Vec::new(), 0);
     tally::internals::wal::frame::push_record(&mut bytes, &mut frame_start, next, &body);
-    writer.append(&mut bytes, next, next).unwrap();
+    writer.append(&mut bytes, next, next, None).unwrap();
     writer.sync().unwrap();
 }
 

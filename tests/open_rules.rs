@@ -327,7 +327,7 @@ fn append_record(dir: &Path, body: RecordBody) -> PathBuf {
     .unwrap();
     let (mut bytes, mut frame_start) = (Vec::new(), 0);
     tally::internals::wal::frame::push_record(&mut bytes, &mut frame_start, 5, &body);
-    writer.append(&mut bytes, 5, 5).unwrap();
+    writer.append(&mut bytes, 5, 5, None).unwrap();
     writer.sync().unwrap();
     writer.path().to_path_buf()
 }
@@ -666,7 +666,7 @@ fn append_records(dir: &Path, shard: u32, records: &[RecordBody]) -> PathBuf {
         );
     }
     let last = first + records.len() as u64 - 1;
-    writer.append(&mut bytes, first, last).unwrap();
+    writer.append(&mut bytes, first, last, None).unwrap();
     writer.sync().unwrap();
     writer.path().to_path_buf()
 }

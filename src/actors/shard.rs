@@ -384,7 +384,15 @@ impl ShardActor {
         if records.is_none() && self.acks.is_empty() && self.logged.is_empty() {
             return;
         }
-        let (bytes, first_lsn, last_lsn) = records.unwrap_or((Vec::new(), 0, 0));
+        let (bytes, first_lsn, last_lsn, index) = match records {
+            Some(records) => (
+                records.bytes,
+                records.first_lsn,
+                records.last_lsn,
+                Some(records.index),
+            ),
+            None => (Vec::new(), 0, 0, None),
+        };
         let acks = Acks {
             logged: std::mem::replace(&mut self.logged, Logged::new(self.context.books.clone())),
             items: std::mem::take(&mut self.acks),
@@ -393,6 +401,7 @@ impl ShardActor {
             bytes,
             first_lsn,
             last_lsn,
+            index,
             acks: vec![acks],
             urgent: std::mem::take(&mut self.urgent),
         };

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::gather::{Completed, Gathered};
 use super::idx::{self, SealedIdx};
 use super::{parse_name, reader, seal, FileKind, RecordFacts};
 use crate::error::{LedgerError, Result};
@@ -132,6 +133,8 @@ pub struct ShardLog {
     files: RwLock<BTreeMap<u64, Arc<LogFile>>>,
     /// The WAL writer's position, once it runs.
     progress: std::sync::OnceLock<Progress>,
+    /// Segments the writer completed, with the indexes it gathered while writing them.
+    completed: std::sync::OnceLock<Completed>,
 }
 
 /// What opening a shard's history found.
@@ -215,6 +218,7 @@ impl ShardLog {
                 dir: dir.to_path_buf(),
                 files: RwLock::new(files),
                 progress: std::sync::OnceLock::new(),
+                completed: std::sync::OnceLock::new(),
             },
             sealed,
             unindexed,
@@ -230,9 +234,22 @@ impl ShardLog {
         &self.dir
     }
 
-    /// Tells the log where its WAL writer is (set once, when the writer is opened).
-    pub fn attach_progress(&self, progress: Progress) {
+    /// Tells the log where its WAL writer is, and where it leaves the indexes it gathers (set
+    /// once, when the writer is opened).
+    pub fn attach_writer(&self, progress: Progress, completed: Completed) {
         let _ = self.progress.set(progress);
+        let _ = self.completed.set(completed);
+    }
+
+    /// The index the writer gathered for the segment starting at `first_lsn`, if it did.
+    fn take_gathered(&self, first_lsn: u64) -> Option<Gathered> {
+        let completed = self.completed.get()?;
+        let mut list = match completed.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let position = list.iter().position(|g| g.first_lsn() == first_lsn)?;
+        Some(list.swap_remove(position))
     }
 
     fn written(&self) -> Option<(u64, u64)> {
@@ -356,7 +373,18 @@ impl ShardLog {
         } else {
             super::log_path(&self.dir, first_lsn)
         };
-        let Some(contents) = seal::build(&path, self.shard, first_lsn, facts)? else {
+        // The writer's gathered index when it has one, else the segment read back.
+        let contents = match self.take_gathered(first_lsn) {
+            Some(gathered) => {
+                let contents = gathered.finish(self.shard);
+                if let Some(contents) = &contents {
+                    seal::check_unique(&path, first_lsn, &contents.offsets, &contents.ids)?;
+                }
+                contents
+            }
+            None => seal::build(&path, self.shard, first_lsn, facts)?,
+        };
+        let Some(contents) = contents else {
             return Ok(None);
         };
         let idx_path = super::idx_path(&self.dir, first_lsn);

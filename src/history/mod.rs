@@ -1,7 +1,9 @@
 //! The durable transfer history: retired WAL segments (`history-<first LSN>.log`, the segment's
 //! bytes trimmed to its written length) and the sealed index of every full segment
-//! (`history-<first LSN>.idx`), built by reading the segment once.
+//! (`history-<first LSN>.idx`), gathered while the segment is written ([`gather`]) or built by
+//! reading it once.
 //!
+//! * [`gather`] is what the shard and the WAL writer note of each record as they write it;
 //! * [`seal`] reads a segment (a `wal-*` that is not the current one, or a `history-*.log`)
 //!   frame by frame and gathers what its index holds;
 //! * [`idx`] is the index file: its byte layout, its writer and [`idx::SealedIdx`], which
@@ -15,6 +17,7 @@
 //! through a closure returning [`RecordFacts`].
 
 pub mod bloom;
+pub mod gather;
 pub mod idx;
 pub mod ledger;
 pub mod log;

@@ -138,7 +138,12 @@ pub fn build(
 
 /// A transfer id is applied once: two records of a segment carrying it is corruption, reported
 /// at the later record.
-fn check_unique(path: &Path, first_lsn: u64, offsets: &[u32], ids: &[(u128, u64)]) -> Result<()> {
+pub fn check_unique(
+    path: &Path,
+    first_lsn: u64,
+    offsets: &[u32],
+    ids: &[(u128, u64)],
+) -> Result<()> {
     let Some(pair) = ids.windows(2).find(|pair| pair[0].0 == pair[1].0) else {
         return Ok(());
     };

@@ -210,7 +210,13 @@ fn decode_records(header: &FrameHeader, bytes: &[u8]) -> Result<Vec<FrameRecord>
 /// Appends record `lsn` to the frames being built in `buffer`, in the frame that starts at
 /// `*frame_start`, or in a new one when `buffer` is empty or that frame is full. The header is
 /// reserved in place so that the writer can send the buffer as is; [`seal`] completes it.
-pub fn push_record(buffer: &mut Vec<u8>, frame_start: &mut usize, lsn: u64, body: &RecordBody) {
+/// Returns where the record's header starts in `buffer`.
+pub fn push_record(
+    buffer: &mut Vec<u8>,
+    frame_start: &mut usize,
+    lsn: u64,
+    body: &RecordBody,
+) -> usize {
     let open_len = buffer
         .len()
         .checked_sub(*frame_start)
@@ -223,6 +229,7 @@ pub fn push_record(buffer: &mut Vec<u8>, frame_start: &mut usize, lsn: u64, body
         write_u32(header, MAGIC_OFFSET, MAGIC);
         write_u64(header, FIRST_LSN_OFFSET, lsn);
     }
+    let record_start = buffer.len();
     record::encode_into(buffer, lsn, body);
     let len = buffer.len() - *frame_start - HEADER_BYTES;
     let header = &mut buffer[*frame_start..];
@@ -230,6 +237,7 @@ pub fn push_record(buffer: &mut Vec<u8>, frame_start: &mut usize, lsn: u64, body
     write_u32(header, COUNT_OFFSET, count);
     // At most MAX_FRAME_BYTES, which fits in a u32 (asserted above).
     write_u32(header, LEN_OFFSET, len as u32);
+    record_start
 }
 
 /// Completes the headers of the frames in `frames` (built by [`push_record`]) with the LSN the

@@ -686,7 +686,7 @@ mod tests {
         for lsn in next..next + 3 {
             push_record(&mut fresh, &mut start, lsn, &body(lsn));
         }
-        writer.append(&mut fresh, next, next + 2).unwrap();
+        writer.append(&mut fresh, next, next + 2, None).unwrap();
         writer.sync().unwrap();
         let again = super::scan(dir, 1).unwrap();
         assert!(again.tail.torn.is_none(), "{:?}", again.tail.torn);
@@ -772,7 +772,7 @@ mod tests {
             for lsn in first..first + 5 {
                 push_record(&mut bytes, &mut start, lsn, &body(lsn));
             }
-            writer.append(&mut bytes, first, first + 4).unwrap();
+            writer.append(&mut bytes, first, first + 4, None).unwrap();
             bytes.len()
         };
         let mut offsets = vec![0];

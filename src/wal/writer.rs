@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::reader::{Segment, Tail};
 use super::{frame, segment_path};
 use crate::error::{LedgerError, Result};
+use crate::history::gather::{BatchIndex, Completed, Gathered};
 use crate::storage::io::SharedIo;
 use crate::storage::{open_private_file, preallocate, sync_dir};
 
@@ -43,10 +44,22 @@ pub struct WalWriter {
     /// The current segment's first LSN and how many of its bytes are written, for readers of
     /// the history (they must not read a frame while it is being written).
     progress: Progress,
+    /// The current segment's history index, gathered as its batches are written (`None` when
+    /// this writer did not write it from its first byte, or gathering was abandoned).
+    gathering: Option<Gathered>,
+    /// Segments this writer completed with their gathered indexes, for the sealer.
+    completed: Completed,
 }
 
 /// Where the writer is: (first LSN of the current segment, bytes written in it).
 pub type Progress = Arc<std::sync::Mutex<(u64, u64)>>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
 
 fn set_progress(progress: &Progress, first_lsn: u64, offset: u64) {
     match progress.lock() {
@@ -79,7 +92,7 @@ impl WalWriter {
                 segment_bytes,
                 live,
                 synced_lsn,
-                Progress::default(),
+                (Progress::default(), Completed::default()),
             );
         };
         let file = open_private_file(&*io, &last.path, false)?;
@@ -107,6 +120,9 @@ impl WalWriter {
             written_lsn: synced_lsn,
             synced_lsn,
             progress,
+            // Records before `tail.offset` were written by an earlier writer.
+            gathering: None,
+            completed: Completed::default(),
         })
     }
 
@@ -117,7 +133,7 @@ impl WalWriter {
         segment_bytes: u64,
         mut live: VecDeque<(u64, PathBuf, u64)>,
         synced_lsn: u64,
-        progress: Progress,
+        (progress, completed): (Progress, Completed),
     ) -> Result<Self> {
         let path = segment_path(dir, first_lsn);
         let file = open_private_file(&*io, &path, true)?;
@@ -138,14 +154,23 @@ impl WalWriter {
             written_lsn: synced_lsn,
             synced_lsn,
             progress,
+            gathering: Some(Gathered::new(first_lsn)),
+            completed,
         })
     }
 
     /// Writes the frames of records `first_lsn..=last_lsn`, built by
     /// [`super::frame::push_record`], with one `write_at`; completes their headers first (see
     /// the module docs). Starts a new segment first if they would not fit in the current one.
-    /// Writes nothing for an empty batch. Does not sync.
-    pub fn append(&mut self, frames: &mut [u8], first_lsn: u64, last_lsn: u64) -> Result<()> {
+    /// Writes nothing for an empty batch. Does not sync. `index` is what the records add to
+    /// the segment's history index (without it, sealing reads the segment back).
+    pub fn append(
+        &mut self,
+        frames: &mut [u8],
+        first_lsn: u64,
+        last_lsn: u64,
+        index: Option<BatchIndex>,
+    ) -> Result<()> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -159,9 +184,20 @@ impl WalWriter {
             let error = std::io::Error::new(std::io::ErrorKind::InvalidInput, reason);
             LedgerError::io(&self.path, error)
         })?;
-        self.io
+        if let Err(e) = self
+            .io
             .write_at(&self.file, &self.path, frames, self.offset)
-            .map_err(|e| LedgerError::io(&self.path, e))?;
+        {
+            self.gathering = None;
+            return Err(LedgerError::io(&self.path, e));
+        }
+        let gathered = match (self.gathering.as_mut(), index) {
+            (Some(gathering), Some(index)) => gathering.add(self.offset, first_lsn, index),
+            _ => false,
+        };
+        if !gathered {
+            self.gathering = None;
+        }
         self.offset += frames.len() as u64;
         self.written_lsn = last_lsn;
         if let Some(entry) = self.segments.back_mut() {
@@ -183,6 +219,11 @@ impl WalWriter {
     /// Where the writer is, shared with the history's readers.
     pub fn progress(&self) -> Progress {
         self.progress.clone()
+    }
+
+    /// The segments this writer completed, with the history indexes it gathered for them.
+    pub fn completed(&self) -> Completed {
+        self.completed.clone()
     }
 
     /// The LSN the last successful sync covered: what the next frame claims.
@@ -231,6 +272,7 @@ impl WalWriter {
     pub fn try_rotate(&mut self, first_lsn: u64) -> Result<Option<LedgerError>> {
         self.sync()?;
         let live = self.segments.clone();
+        let log_len = self.offset;
         let error = match Self::create(
             self.io.clone(),
             &self.dir,
@@ -238,10 +280,13 @@ impl WalWriter {
             self.segment_bytes,
             live,
             self.synced_lsn,
-            self.progress.clone(),
+            (self.progress.clone(), self.completed.clone()),
         ) {
             Ok(next) => {
-                *self = next;
+                let finished = std::mem::replace(self, next).gathering;
+                if let Some(gathered) = finished {
+                    lock(&self.completed).push(gathered.complete(log_len));
+                }
                 return Ok(None);
             }
             Err(error) => error,
@@ -276,6 +321,8 @@ pub struct Batch<A> {
     pub bytes: Vec<u8>,
     pub first_lsn: u64,
     pub last_lsn: u64,
+    /// What the records add to their segment's history index.
+    pub index: Option<BatchIndex>,
     pub acks: Vec<A>,
     /// Under periodic durability: sync this round now (it carries credits waiting to be sent).
     pub urgent: bool,
@@ -508,6 +555,7 @@ impl GroupCommit<'_> {
             mut bytes,
             first_lsn,
             last_lsn,
+            index,
             acks: batch_acks,
             urgent: batch_urgent,
         } = batch;
@@ -524,7 +572,7 @@ impl GroupCommit<'_> {
         }
         let _span =
             tracing::trace_span!("wal_write", bytes = bytes.len(), first_lsn, last_lsn).entered();
-        match self.writer.append(&mut bytes, first_lsn, last_lsn) {
+        match self.writer.append(&mut bytes, first_lsn, last_lsn, index) {
             Ok(()) => {
                 self.unsynced_lsn = Some(last_lsn);
                 self.shared.written_lsn.store(last_lsn, Ordering::Release);
@@ -670,7 +718,9 @@ mod tests {
         .unwrap();
         let mut lsn = 1;
         for _ in 0..40 {
-            writer.append(&mut records(lsn, 50), lsn, lsn + 49).unwrap();
+            writer
+                .append(&mut records(lsn, 50), lsn, lsn + 49, None)
+                .unwrap();
             lsn += 50;
         }
         writer.sync().unwrap();
@@ -734,6 +784,7 @@ mod tests {
                 bytes: records(lsn, 1),
                 first_lsn: lsn,
                 last_lsn: lsn,
+                index: None,
                 acks: vec![lsn],
                 urgent: false,
             };

@@ -1,0 +1,120 @@
+//! A segment's index gathered while it is written, so that sealing it need not read it back.
+//!
+//! The shard notes, for every record it encodes, where the record starts in its batch, the id it
+//! decides and its marks ([`BatchIndex`]). The WAL writer adds each batch it writes to the
+//! [`Gathered`] index of its current segment, at the offset where the batch landed; when it
+//! moves to a new segment it hands the finished one to the history ([`Gathered::finish`] is left
+//! to the sealer, off the write path). A segment the writer did not write from its first byte
+//! (the one recovery resumes) has no gathered index: sealing reads it, as it reads any segment
+//! whose gathering was abandoned.
+
+use std::sync::{Arc, Mutex};
+
+use super::idx::{IdxContents, Mark};
+
+/// What one batch of records adds to its segment's index.
+#[derive(Debug, Default)]
+pub struct BatchIndex {
+    /// Where each record's header starts in the batch's bytes, in LSN order.
+    pub offsets: Vec<u32>,
+    /// The id each record decides, 0 for none (a credit), in LSN order.
+    pub ids: Vec<u128>,
+    pub marks: Vec<Mark>,
+}
+
+impl BatchIndex {
+    /// Notes the record that starts at `offset` in the batch.
+    pub fn push(&mut self, offset: usize, id: Option<u128>) {
+        self.offsets.push(u32::try_from(offset).unwrap_or(u32::MAX));
+        self.ids.push(id.unwrap_or(0));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+}
+
+/// The index of one segment, as its records were written.
+#[derive(Debug)]
+pub struct Gathered {
+    first_lsn: u64,
+    offsets: Vec<u32>,
+    ids: Vec<u128>,
+    marks: Vec<Mark>,
+    /// Bytes of frames written (set when the segment is complete).
+    log_len: u64,
+}
+
+/// Segments the writer completed, with their gathered indexes, waiting for the sealer.
+pub type Completed = Arc<Mutex<Vec<Gathered>>>;
+
+impl Gathered {
+    /// A segment whose first record will be `first_lsn`, written from its first byte.
+    pub fn new(first_lsn: u64) -> Self {
+        Gathered {
+            first_lsn,
+            offsets: Vec::new(),
+            ids: Vec::new(),
+            marks: Vec::new(),
+            log_len: 0,
+        }
+    }
+
+    pub fn first_lsn(&self) -> u64 {
+        self.first_lsn
+    }
+
+    /// Adds records `first_lsn..` whose batch was written at byte `base` of the segment. `false`
+    /// when they cannot be indexed (they do not follow the records before, or a record starts
+    /// past 4 GiB): the caller drops this index and sealing reads the segment instead.
+    pub fn add(&mut self, base: u64, first_lsn: u64, batch: BatchIndex) -> bool {
+        let expected = self.first_lsn + self.offsets.len() as u64;
+        if first_lsn != expected || batch.offsets.len() != batch.ids.len() {
+            return false;
+        }
+        let mut offsets = Vec::with_capacity(batch.offsets.len());
+        for offset in batch.offsets {
+            match u32::try_from(base + offset as u64) {
+                Ok(offset) => offsets.push(offset),
+                Err(_) => return false,
+            }
+        }
+        self.offsets.extend(offsets);
+        self.ids.extend(batch.ids);
+        self.marks.extend(batch.marks);
+        true
+    }
+
+    /// The segment is complete: `log_len` bytes of frames.
+    pub fn complete(mut self, log_len: u64) -> Self {
+        self.log_len = log_len;
+        self
+    }
+
+    /// The index contents of shard `shard`'s complete segment (`None` when it holds no
+    /// record); ids sorted. Uniqueness is the sealer's check.
+    pub fn finish(self, shard: u32) -> Option<IdxContents> {
+        let count = self.offsets.len() as u64;
+        if count == 0 {
+            return None;
+        }
+        let first = self.first_lsn;
+        let mut ids: Vec<(u128, u64)> = self
+            .ids
+            .iter()
+            .zip(first..)
+            .filter(|(&id, _)| id != 0)
+            .map(|(&id, lsn)| (id, lsn))
+            .collect();
+        ids.sort_unstable();
+        Some(IdxContents {
+            shard,
+            first_lsn: first,
+            last_lsn: first + count - 1,
+            log_len: self.log_len,
+            offsets: self.offsets,
+            ids,
+            marks: self.marks,
+        })
+    }
+}
