@@ -36,6 +36,20 @@ pub struct CheckpointInfo {
     pub debit_max: Vec<u64>,
 }
 
+/// A checkpoint under way: what the account file held when it began (what its header will
+/// say), and how much of the file is flushed.
+#[derive(Debug)]
+pub struct CheckpointPlan {
+    checkpoint_lsn: u64,
+    slot_count: u64,
+    balance_sum: u128,
+    applied: Vec<u64>,
+    last_timestamp: u64,
+    debit_max: Vec<u64>,
+    flushed: usize,
+    end: usize,
+}
+
 /// The deciding record of an operation: its LSN and the timestamp it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Logged {
@@ -606,32 +620,78 @@ impl ShardState {
 
     /// Applies everything durable, msyncs the account file and writes a new header.
     pub fn checkpoint(&mut self, durable_lsn: u64, clean: bool) -> Result<CheckpointInfo> {
-        self.mark_durable(durable_lsn)?;
+        let plan = self.begin_checkpoint(durable_lsn)?;
         self.accounts.sync()?;
-        let header = Header {
-            shard: self.shard,
-            shard_count: self.header.shard_count,
-            clean,
-            generation: self.header.generation + 1,
+        self.write_checkpoint(plan, clean)
+    }
+
+    /// Starts a checkpoint that flushes the account file a part at a time
+    /// ([`Self::checkpoint_step`]) while the shard goes on: every record up to `durable_lsn`
+    /// enters the file now, and the header [`Self::finish_checkpoint`] writes will say what the
+    /// file holds at this moment. Records applied while the parts are flushed are newer than the
+    /// checkpoint: replay from it rewrites their slots whether or not they reached the disk.
+    pub fn begin_checkpoint(&mut self, durable_lsn: u64) -> Result<CheckpointPlan> {
+        self.mark_durable(durable_lsn)?;
+        Ok(CheckpointPlan {
             checkpoint_lsn: self.file_lsn,
             slot_count: self.file_slot_count,
             balance_sum: self.file_balance_sum,
             applied: self.file_applied.clone(),
             last_timestamp: self.file_last_timestamp,
+            debit_max: self.file_debit_max.clone(),
+            flushed: 0,
+            end: self.accounts.mapped_len(),
+        })
+    }
+
+    /// Flushes the next part of the account file for `plan`: `1 / parts` of it, in whole
+    /// pages, at most `part_max` bytes. `true` once all of it (as long as it was when the
+    /// checkpoint began) is flushed.
+    pub fn checkpoint_step(
+        &mut self,
+        plan: &mut CheckpointPlan,
+        part_max: usize,
+        parts: usize,
+    ) -> Result<bool> {
+        const PAGE: usize = 4096;
+        if plan.flushed < plan.end {
+            let part = (plan.end / parts.max(1)).next_multiple_of(PAGE);
+            let len = part
+                .clamp(PAGE, part_max.max(PAGE))
+                .min(plan.end - plan.flushed);
+            self.accounts.flush_range(plan.flushed, len)?;
+            plan.flushed += len;
+        }
+        Ok(plan.flushed >= plan.end)
+    }
+
+    /// Ends a checkpoint whose every part is flushed: the file's length, then the header.
+    pub fn finish_checkpoint(&mut self, plan: CheckpointPlan) -> Result<CheckpointInfo> {
+        self.accounts.sync_len()?;
+        self.write_checkpoint(plan, false)
+    }
+
+    fn write_checkpoint(&mut self, plan: CheckpointPlan, clean: bool) -> Result<CheckpointInfo> {
+        let header = Header {
+            shard: self.shard,
+            shard_count: self.header.shard_count,
+            clean,
+            generation: self.header.generation + 1,
+            checkpoint_lsn: plan.checkpoint_lsn,
+            slot_count: plan.slot_count,
+            balance_sum: plan.balance_sum,
+            applied: plan.applied,
+            last_timestamp: plan.last_timestamp,
         };
         self.accounts.write_header(&header)?;
         self.header = header;
         self.checkpoints += 1;
-        Ok(self.checkpoint_info())
-    }
-
-    pub fn checkpoint_info(&self) -> CheckpointInfo {
-        CheckpointInfo {
+        Ok(CheckpointInfo {
             shard: self.shard,
             checkpoint_lsn: self.header.checkpoint_lsn,
             applied: self.header.applied.clone(),
-            debit_max: self.file_debit_max.clone(),
-        }
+            debit_max: plan.debit_max,
+        })
     }
 
     /// Clean shutdown, after every record is durable: checkpoint, persist the index, mark clean.

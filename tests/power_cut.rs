@@ -56,6 +56,9 @@ enum Step {
     One(Op),
     Batch(Vec<Op>),
     Checkpoint,
+    /// A checkpoint, and these single ops submitted while it flushes the account files a part
+    /// at a time.
+    CheckpointDuring(Vec<Op>),
     Reopen,
 }
 
@@ -163,21 +166,21 @@ async fn run(
     for step in steps {
         let Some(ledger) = current.take() else { break };
         let going = match step {
-            Step::One(op) => {
-                let result = match *op {
-                    Op::Mint { id, to, amount, .. } => ledger.mint(id, to, amount).await,
-                    Op::Transfer {
-                        id,
-                        from,
-                        to,
-                        amount,
-                        ..
-                    } => ledger.transfer(id, from, to, amount).await,
-                };
-                history.push(*op, &result)
-            }
+            Step::One(op) => one(&ledger, op, &mut history).await,
             Step::Batch(ops) => batch(&ledger, ops, &mut history).await,
             Step::Checkpoint => ledger.checkpoint().await.is_ok(),
+            Step::CheckpointDuring(ops) => {
+                let checkpointing = ledger.clone();
+                let checkpoint = tokio::spawn(async move { checkpointing.checkpoint().await });
+                let mut going = true;
+                for op in ops {
+                    going = one(&ledger, op, &mut history).await;
+                    if !going {
+                        break;
+                    }
+                }
+                checkpoint.await.unwrap().is_ok() && going
+            }
             Step::Reopen => {
                 current = reopen(ledger, &config, &mut history).await;
                 continue;
@@ -192,6 +195,20 @@ async fn run(
     drop(current);
     io.cut().expect("the cut rewrote the directory");
     history
+}
+
+async fn one(ledger: &Ledger, op: &Op, history: &mut History) -> bool {
+    let result = match *op {
+        Op::Mint { id, to, amount, .. } => ledger.mint(id, to, amount).await,
+        Op::Transfer {
+            id,
+            from,
+            to,
+            amount,
+            ..
+        } => ledger.transfer(id, from, to, amount).await,
+    };
+    history.push(*op, &result)
 }
 
 async fn batch(ledger: &Ledger, ops: &[Op], history: &mut History) -> bool {
@@ -664,7 +681,12 @@ async fn random_cuts_of_model_workloads() {
                     let len = rng.gen_range(0..6);
                     Step::Batch((0..len).map(|_| random_op(&mut rng)).collect())
                 }
-                13 => Step::Checkpoint,
+                13 if rng.gen_bool(0.5) => Step::Checkpoint,
+                13 => Step::CheckpointDuring(
+                    (0..rng.gen_range(1..6))
+                        .map(|_| random_op(&mut rng))
+                        .collect(),
+                ),
                 _ => Step::Reopen,
             })
             .collect();

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -17,7 +17,9 @@ use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
 use crate::ids::{ClaimGuard, Location};
-use crate::state::{CheckpointInfo, Logged as Decided, OpMeta, ShardState, TransferOutcome};
+use crate::state::{
+    CheckpointInfo, CheckpointPlan, Logged as Decided, OpMeta, ShardState, TransferOutcome,
+};
 use crate::types::{Account, Entry, Pubkey, Receipt, ShardStats};
 use crate::wal::record::Refusal;
 use crate::wal::writer::{
@@ -101,6 +103,7 @@ pub struct ShardActor {
     acks: Vec<Ack>,
     urgent: bool,
     flush_scheduled: bool,
+    checkpointing: Option<Checkpointing>,
 }
 
 impl ShardActor {
@@ -134,6 +137,7 @@ impl ShardActor {
             acks: Vec::new(),
             urgent: false,
             flush_scheduled: false,
+            checkpointing: None,
         })
     }
 
@@ -542,30 +546,103 @@ impl Handler<ReadHistory> for ShardActor {
     }
 }
 
-impl Handler<CheckpointShard> for ShardActor {
-    type Result = Result<CheckpointInfo>;
+/// Most bytes of the account file a checkpoint flushes at once: on the test VM a part takes
+/// ~25 ms of writeback, so the shard never stalls for the whole file. A file is flushed in at
+/// least 8 parts (of whole pages).
+const CHECKPOINT_PART_MAX: usize = 2 << 20;
 
-    fn handle(&mut self, _: CheckpointShard, _: &mut Context<Self>) -> Self::Result {
-        let _span = tracing::debug_span!("checkpoint_shard", shard = self.state.shard()).entered();
+/// Longest rest between two parts of a checkpoint.
+const CHECKPOINT_REST_MAX: Duration = Duration::from_millis(100);
+
+/// A checkpoint under way, and who waits for it.
+struct Checkpointing {
+    plan: CheckpointPlan,
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<CheckpointInfo>>>,
+}
+
+/// Flush the next part of the account file for the checkpoint under way.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckpointStep;
+
+impl ShardActor {
+    /// Stops the shard after a failed account-file flush. After a failed msync the kernel may
+    /// have dropped dirty pages of the file; a later "successful" checkpoint could then drop WAL
+    /// segments those pages needed. Stop, exactly as after a failed WAL sync; reopening replays
+    /// the WAL.
+    fn checkpoint_failed(&mut self, error: &LedgerError) {
+        tracing::error!(shard = self.state.shard(), %error, "checkpoint failed; shard stops");
+        self.context.wal.failed.store(true, Ordering::Release);
+    }
+}
+
+impl Handler<CheckpointShard> for ShardActor {
+    type Result = ResponseFuture<Result<CheckpointInfo>>;
+
+    fn handle(&mut self, _: CheckpointShard, ctx: &mut Context<Self>) -> Self::Result {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let answer = Box::pin(async move { answer.await.unwrap_or(Err(LedgerError::Closed)) });
+        if let Some(checkpointing) = &mut self.checkpointing {
+            checkpointing.waiting.push(done);
+            return answer;
+        }
         self.flush();
         if self.failed() {
-            return Err(self.refuse());
+            let _ = done.send(Err(self.refuse()));
+            return answer;
         }
-        let info = match self.state.checkpoint(self.durable_lsn(), false) {
-            Ok(info) => info,
-            Err(error) => {
-                // After a failed msync the kernel may have dropped dirty pages of the account
-                // file; a later "successful" checkpoint could then drop WAL segments those pages
-                // needed. Stop, exactly as after a failed WAL sync; reopening replays the WAL.
-                tracing::error!(shard = self.state.shard(), %error, "checkpoint failed; shard stops");
-                self.context.wal.failed.store(true, Ordering::Release);
-                return Err(error);
+        match self.state.begin_checkpoint(self.durable_lsn()) {
+            Ok(plan) => {
+                self.checkpointing = Some(Checkpointing {
+                    plan,
+                    waiting: vec![done],
+                });
+                ctx.address().do_send(CheckpointStep);
             }
+            Err(error) => {
+                self.checkpoint_failed(&error);
+                let _ = done.send(Err(error));
+            }
+        }
+        answer
+    }
+}
+
+impl Handler<CheckpointStep> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckpointStep, ctx: &mut Context<Self>) {
+        let Some(mut checkpointing) = self.checkpointing.take() else {
+            return;
         };
-        self.context.gauges.mark_checkpoint();
-        metrics::gauge!("tally_accounts", "shard" => self.state.shard().to_string())
-            .set(self.state.stats().accounts as f64);
-        Ok(info)
+        let _span = tracing::debug_span!("checkpoint_step", shard = self.state.shard()).entered();
+        let started = Instant::now();
+        let stepped = self
+            .state
+            .checkpoint_step(&mut checkpointing.plan, CHECKPOINT_PART_MAX, 8);
+        let result = match stepped {
+            Ok(false) => {
+                // Rest as long as the part took: the WAL's syncs share the disk, and a
+                // checkpoint that takes all of it stalls every commit until it ends.
+                self.checkpointing = Some(checkpointing);
+                let rest = started.elapsed().min(CHECKPOINT_REST_MAX);
+                ctx.run_later(rest, |_, ctx| ctx.address().do_send(CheckpointStep));
+                return;
+            }
+            Ok(true) => self.state.finish_checkpoint(checkpointing.plan),
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(_) => {
+                self.context.gauges.mark_checkpoint();
+                metrics::gauge!("tally_accounts", "shard" => self.state.shard().to_string())
+                    .set(self.state.stats().accounts as f64);
+            }
+            Err(error) => self.checkpoint_failed(error),
+        }
+        for done in checkpointing.waiting {
+            let _ = done.send(result.clone());
+        }
     }
 }
 
@@ -635,6 +712,13 @@ impl Handler<CloseShard> for ShardActor {
         Box::pin(wait.into_actor(self).map(|stopped, actor, _| {
             stopped?;
             actor.stop_wal();
+            // A checkpoint under way is overtaken by the closing one (its older header must
+            // not be written after the clean one).
+            if let Some(checkpointing) = actor.checkpointing.take() {
+                for done in checkpointing.waiting {
+                    let _ = done.send(Err(LedgerError::Closed));
+                }
+            }
             let durable = actor.durable_lsn();
             actor.state.close(durable)
         }))

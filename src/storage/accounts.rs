@@ -442,6 +442,8 @@ pub struct AccountsFile {
     file: File,
     map: MmapMut,
     capacity: u64,
+    /// The file length the last fdatasync made durable.
+    synced_len: u64,
 }
 
 impl std::fmt::Debug for AccountsFile {
@@ -485,7 +487,8 @@ impl AccountsFile {
         // What a crashed process left in the page cache must be on disk before we build on it.
         io.sync_all(&file, path)
             .map_err(|e| LedgerError::io(path, e))?;
-        let accounts = Self::map(io, path, file)?;
+        let mut accounts = Self::map(io, path, file)?;
+        accounts.synced_len = accounts.file_len();
         let header = accounts.view().newest_header(shard, shard_count)?;
         Ok((accounts, header))
     }
@@ -506,6 +509,8 @@ impl AccountsFile {
             file,
             capacity: (len - HEADER_BYTES) / SLOT_BYTES as u64,
             map,
+            // Not known to be durable until a sync (`open` records its own).
+            synced_len: 0,
         })
     }
 
@@ -587,9 +592,38 @@ impl AccountsFile {
         self.io
             .flush_map(&self.map, None, &self.path)
             .map_err(|e| LedgerError::io(&self.path, e))?;
+        self.sync_len()
+    }
+
+    /// Makes the bytes `[start, start + len)` (clamped to the file) as they are now durable:
+    /// an msync of that part of the map. A checkpoint flushes the file this way a part at a
+    /// time, so that the shard goes on between parts.
+    pub fn flush_range(&mut self, start: usize, len: usize) -> Result<()> {
+        let end = start.saturating_add(len).min(self.map.len());
+        if start >= end {
+            return Ok(());
+        }
+        self.io
+            .flush_map(&self.map, Some((start, end - start)), &self.path)
+            .map_err(|e| LedgerError::io(&self.path, e))
+    }
+
+    /// Bytes mapped (the file's length).
+    pub fn mapped_len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Makes the file's length durable if it grew since the last fdatasync.
+    pub fn sync_len(&mut self) -> Result<()> {
+        let len = self.file_len();
+        if len == self.synced_len {
+            return Ok(());
+        }
         self.io
             .sync_data(&self.file, &self.path)
-            .map_err(|e| LedgerError::io(&self.path, e))
+            .map_err(|e| LedgerError::io(&self.path, e))?;
+        self.synced_len = len;
+        Ok(())
     }
 
     /// The file operations this file goes through (shared with the rest of its shard).
