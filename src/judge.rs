@@ -186,11 +186,11 @@ fn check_owed_targets<F: AccountsSource>(
             continue;
         };
         let key = credit.debit.to;
-        let Some(entry) = target.index.get(&key).filter(|e| e.cached.is_none()) else {
+        let Some(entry) = target.index.get(&key).filter(|e| e.cached().is_none()) else {
             continue;
         };
         let view = file.view();
-        let problem = match view.read_slot(entry.slot) {
+        let problem = match view.read_slot(entry.slot()) {
             SlotRead::Valid(state) if state.key == key => continue,
             SlotRead::Valid(_) => "slot holds another key than the index says",
             SlotRead::Empty => "index points at an empty slot",
@@ -198,7 +198,7 @@ fn check_owed_targets<F: AccountsSource>(
         };
         return Err(LedgerError::corrupt(
             view.path(),
-            slot_offset(entry.slot),
+            slot_offset(entry.slot()),
             format!("{problem}, and an owed credit must be applied to {key}"),
         ));
     }
@@ -554,10 +554,7 @@ fn scan_slots(view: AccountsView<'_>, header: &Header, placement: &Placement) ->
                         format!("slot holds {}, an account of another shard", state.key),
                     ));
                 }
-                let entry = IndexEntry {
-                    slot,
-                    cached: Some(cached_of_slot(&state)),
-                };
+                let entry = IndexEntry::new(slot, Some(cached_of_slot(&state)));
                 if slots.index.insert(state.key, entry).is_some() {
                     return Err(LedgerError::corrupt(
                         view.path(),
@@ -947,21 +944,19 @@ impl<'a> Replay<'a> {
     /// new, takes the next free one (or rewrites a damaged slot in use).
     fn previous(&mut self, lsn: u64, image: &AfterImage, key: &Pubkey) -> Result<Previous> {
         if let Some(entry) = self.slots.index.get(key) {
-            if entry.slot != image.slot {
+            if entry.slot() != image.slot {
                 return Err(self.bad_record(
                     lsn,
                     format!(
                         "puts {key} in slot {}, but it lives in slot {}",
-                        image.slot, entry.slot
+                        image.slot,
+                        entry.slot()
                     ),
                 ));
             }
             return self.previous_in_slot(lsn, image.slot, key);
         }
-        let entry = IndexEntry {
-            slot: image.slot,
-            cached: None,
-        };
+        let entry = IndexEntry::new(image.slot, None);
         if image.slot == self.slot_count {
             self.slot_count += 1;
             self.slots.index.insert(*key, entry);
@@ -1087,7 +1082,7 @@ impl<'a> Replay<'a> {
         let mut writes: Vec<(u64, SlotState)> = Vec::with_capacity(self.overlay.len());
         for (&slot, state) in &self.overlay {
             if let Some(entry) = self.slots.index.get_mut(&state.key) {
-                entry.cached = Some(cached_of_slot(state));
+                entry.set_cached(cached_of_slot(state));
             }
             let current = matches!(self.view.read_slot(slot), SlotRead::Valid(s) if s == *state);
             if !current {

@@ -273,7 +273,7 @@ impl ShardState {
             return Ok(None);
         };
         let cached = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
-        Ok(Some((entry.slot, cached)))
+        Ok(Some((entry.slot(), cached)))
     }
 
     // ---- writes ----
@@ -400,14 +400,14 @@ impl ShardState {
         let next_lsn = self.next_lsn;
         let from_image = Self::image(
             &from,
-            from_entry.slot,
+            from_entry.slot(),
             from_state,
             from_state.balance - amount,
             next_lsn,
         );
-        let to_image = Self::image(&to, to_entry.slot, to_state, to_balance, next_lsn);
-        from_entry.cached = Some(cached_of(&from_image, next_lsn));
-        to_entry.cached = Some(cached_of(&to_image, next_lsn));
+        let to_image = Self::image(&to, to_entry.slot(), to_state, to_balance, next_lsn);
+        from_entry.set_cached(cached_of(&from_image, next_lsn));
+        to_entry.set_cached(cached_of(&to_image, next_lsn));
         let meta = self.meta(op);
         let logged = self.log_decided(RecordBody::Transfer {
             meta,
@@ -456,12 +456,12 @@ impl ShardState {
         check_funds(state, amount)?;
         let image = Self::image(
             key,
-            entry.slot,
+            entry.slot(),
             state,
             state.balance - amount,
             self.next_lsn,
         );
-        entry.cached = Some(cached_of(&image, self.next_lsn));
+        entry.set_cached(cached_of(&image, self.next_lsn));
         Ok(image)
     }
 
@@ -475,8 +475,8 @@ impl ShardState {
                 .balance
                 .checked_add(amount)
                 .ok_or(LedgerError::Overflow)?;
-            let image = Self::image(key, entry.slot, state, balance, self.next_lsn);
-            entry.cached = Some(cached_of(&image, self.next_lsn));
+            let image = Self::image(key, entry.slot(), state, balance, self.next_lsn);
+            entry.set_cached(cached_of(&image, self.next_lsn));
             return Ok(image);
         }
         let slot = self.slot_count;
@@ -491,10 +491,7 @@ impl ShardState {
         let image = Self::image(key, slot, new, amount, self.next_lsn);
         self.index.insert(
             *key,
-            IndexEntry {
-                slot,
-                cached: Some(cached_of(&image, self.next_lsn)),
-            },
+            IndexEntry::new(slot, Some(cached_of(&image, self.next_lsn))),
         );
         Ok(image)
     }
@@ -503,7 +500,7 @@ impl ShardState {
     fn set_cached(&mut self, image: &AfterImage) {
         let lsn = self.next_lsn;
         if let Some(entry) = self.index.get_mut(&Pubkey(image.key)) {
-            entry.cached = Some(cached_of(image, lsn));
+            entry.set_cached(cached_of(image, lsn));
         }
     }
 
@@ -768,10 +765,10 @@ fn cached_state(
     key: &Pubkey,
     checkpoint_lsn: u64,
 ) -> Result<Cached> {
-    if let Some(cached) = entry.cached {
+    if let Some(cached) = entry.cached() {
         return Ok(cached);
     }
-    let reason = match accounts.read_slot(entry.slot) {
+    let reason = match accounts.read_slot(entry.slot()) {
         SlotRead::Valid(state) if state.key == *key && state.lsn > checkpoint_lsn => {
             "slot stamped with an LSN above the checkpoint its index was written at"
         }
@@ -781,7 +778,7 @@ fn cached_state(
                 sequence: state.sequence,
                 lsn: state.lsn,
             };
-            entry.cached = Some(cached);
+            entry.set_cached(cached);
             return Ok(cached);
         }
         SlotRead::Valid(_) => "slot holds another key than the index says",
@@ -790,7 +787,7 @@ fn cached_state(
     };
     Err(LedgerError::corrupt(
         accounts.path(),
-        slot_offset(entry.slot),
+        slot_offset(entry.slot()),
         reason,
     ))
 }

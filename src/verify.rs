@@ -320,9 +320,9 @@ pub fn replayed_accounts(data_dir: &Path) -> Result<Vec<ReplayedAccount>> {
     for (file, shard) in &shards {
         let view = file.view();
         for (key, entry) in &shard.index {
-            let state = match entry.cached {
+            let state = match entry.cached() {
                 Some(cached) => Some((cached.balance, cached.sequence)),
-                None => match view.read_slot(entry.slot) {
+                None => match view.read_slot(entry.slot()) {
                     SlotRead::Valid(state) if state.key == *key => {
                         Some((state.balance, state.sequence))
                     }
@@ -404,11 +404,11 @@ fn check_slots_behind_the_index(
     shard: &JudgedShard,
 ) {
     let mut entries: Vec<_> = shard.index.iter().collect();
-    entries.sort_unstable_by_key(|(_, entry)| entry.slot);
+    entries.sort_unstable_by_key(|(_, entry)| entry.slot());
     let problems_before = report.problems.len();
     let mut sum = 0u128;
     for (key, entry) in entries {
-        let problem = match view.read_slot(entry.slot) {
+        let problem = match view.read_slot(entry.slot()) {
             SlotRead::Valid(state)
                 if state.key == *key && state.lsn > shard.header.checkpoint_lsn =>
             {
@@ -424,7 +424,7 @@ fn check_slots_behind_the_index(
         };
         report.problems.push(Finding::at(
             view.path(),
-            slot_offset(entry.slot),
+            slot_offset(entry.slot()),
             format!("{problem}: reading account {key} fails"),
         ));
     }
@@ -582,19 +582,19 @@ fn check_newest_entries(
     log: &ShardLog,
 ) {
     let mut entries: Vec<_> = shard.index.iter().collect();
-    entries.sort_unstable_by_key(|(_, entry)| entry.slot);
+    entries.sort_unstable_by_key(|(_, entry)| entry.slot());
     let mut found = 0;
     for (key, entry) in entries {
-        let (balance, sequence, lsn) = match entry.cached {
+        let (balance, sequence, lsn) = match entry.cached() {
             Some(cached) => (cached.balance, cached.sequence, cached.lsn),
-            None => match view.read_slot(entry.slot) {
+            None => match view.read_slot(entry.slot()) {
                 SlotRead::Valid(state) => (state.balance, state.sequence, state.lsn),
                 // Reported by the slot checks.
                 _ => continue,
             },
         };
         let (path, offset, problem) = match log.read(lsn) {
-            Ok(Some(body)) => match body.images().find(|image| image.slot == entry.slot) {
+            Ok(Some(body)) => match body.images().find(|image| image.slot == entry.slot()) {
                 Some(image) if image.balance == balance && image.sequence == sequence => continue,
                 Some(image) => (shard.dir.clone(), lsn, format!(
                     "the newest entry of {key} (LSN {lsn}) says balance {} and sequence {}, the account has {balance} and {sequence}",

@@ -14,9 +14,9 @@
 //! | 32          | 40 * n   | entries: public key (32), slot (u64)     |
 //! | 32 + 40 * n | 4        | CRC32 of everything before it            |
 
-use std::collections::HashMap;
 use std::path::Path;
 
+use super::huge::{HugeAlloc, HugeMap};
 use super::{read_u32, read_u64, write_u32, write_u64};
 use crate::error::{LedgerError, Result};
 use crate::types::Pubkey;
@@ -35,10 +35,51 @@ const ENTRY_BYTES: usize = 40;
 ///
 /// Keeping the state here makes the hot path one hash lookup: operations never read the mmap
 /// after the first touch, and the mmap only ever receives durable states.
+///
+/// 32 bytes: with its 32-byte key a bucket of the index is one 64-byte cache line (an
+/// `Option<Cached>` beside a `u64` slot took 40, and buckets straddled lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
-    pub slot: u64,
-    pub cached: Option<Cached>,
+    /// The slot, with [`CACHED`] set once `state` holds the account's state.
+    slot_and_flag: u64,
+    state: Cached,
+}
+
+const CACHED: u64 = 1 << 63;
+
+const _: () = assert!(std::mem::size_of::<IndexEntry>() == 32);
+
+impl IndexEntry {
+    /// An account at `slot` whose state is still only in the account file. A slot number
+    /// above 2^63 cannot occur: the file would be 2^70 bytes long.
+    pub fn new(slot: u64, cached: Option<Cached>) -> Self {
+        let mut entry = IndexEntry {
+            slot_and_flag: slot & !CACHED,
+            state: Cached {
+                balance: 0,
+                sequence: 0,
+                lsn: 0,
+            },
+        };
+        if let Some(cached) = cached {
+            entry.set_cached(cached);
+        }
+        entry
+    }
+
+    pub fn slot(&self) -> u64 {
+        self.slot_and_flag & !CACHED
+    }
+
+    /// The account's newest state, once it has been read or written since open.
+    pub fn cached(&self) -> Option<Cached> {
+        (self.slot_and_flag & CACHED != 0).then_some(self.state)
+    }
+
+    pub fn set_cached(&mut self, cached: Cached) {
+        self.state = cached;
+        self.slot_and_flag |= CACHED;
+    }
 }
 
 /// The newest state of an account, counting records not yet durable.
@@ -51,16 +92,19 @@ pub struct Cached {
 }
 
 /// Public keys are chosen by users, so the map uses a fast hasher with a random per-process key.
-pub type Index = HashMap<Pubkey, IndexEntry, ahash::RandomState>;
+/// Its table lives in huge pages ([`super::huge`]).
+pub type Index = HugeMap<Pubkey, IndexEntry, ahash::RandomState>;
 
 pub fn new_index(capacity: usize) -> Index {
-    HashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new())
+    HugeMap::with_capacity_and_hasher_in(capacity, ahash::RandomState::new(), HugeAlloc)
 }
 
 /// Serializes the index for `checkpoint_lsn`, entries in slot order.
 pub fn encode(index: &Index, shard: u32, checkpoint_lsn: u64) -> Vec<u8> {
-    let mut entries: Vec<(&Pubkey, u64)> =
-        index.iter().map(|(key, entry)| (key, entry.slot)).collect();
+    let mut entries: Vec<(&Pubkey, u64)> = index
+        .iter()
+        .map(|(key, entry)| (key, entry.slot()))
+        .collect();
     entries.sort_unstable_by_key(|(_, slot)| *slot);
     let mut bytes = vec![0u8; PREFIX_BYTES + ENTRY_BYTES * entries.len() + 4];
     bytes[..VERSION_OFFSET].copy_from_slice(MAGIC);
@@ -133,7 +177,7 @@ pub fn decode(bytes: &[u8], path: &Path, slot_limit: u64) -> Result<Persisted> {
             ));
         }
         if index
-            .insert(Pubkey(key), IndexEntry { slot, cached: None })
+            .insert(Pubkey(key), IndexEntry::new(slot, None))
             .is_some()
         {
             return Err(corrupt(start, "duplicate key".into()));
@@ -182,13 +226,7 @@ mod tests {
     fn sample() -> Index {
         let mut index = new_index(4);
         for n in 0..5u8 {
-            index.insert(
-                Pubkey([n; 32]),
-                IndexEntry {
-                    slot: n as u64,
-                    cached: None,
-                },
-            );
+            index.insert(Pubkey([n; 32]), IndexEntry::new(n as u64, None));
         }
         index
     }

@@ -2,6 +2,7 @@
 //! and the directory lock. Nothing here knows about actors.
 
 pub mod accounts;
+pub mod huge;
 pub mod index;
 pub mod io;
 pub mod lock;

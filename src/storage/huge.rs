@@ -1,0 +1,143 @@
+//! An allocator that puts big in-memory tables in transparent huge pages.
+//!
+//! A shard's account index and the ledger's map of recent transfer ids are tens of megabytes of
+//! hash buckets probed at random, once or more per operation. With 4 KiB pages nearly every probe
+//! misses the TLB as well as the cache; with 2 MiB pages the page walk mostly stays cached.
+//! Allocations of 2 MiB and more are mapped anonymously and advised `MADV_HUGEPAGE` (Linux
+//! aligns anonymous mappings of that size to 2 MiB); smaller ones go to the global allocator.
+//! Where huge pages are off, the advice does nothing and the mapping is an ordinary one.
+//! Measured under `tally load` (1M accounts, batches of 1,000): see the README.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use allocator_api2::alloc::{AllocError, Allocator, Global};
+
+/// The size from which an allocation gets a mapping of its own, and that mapping's granule.
+const HUGE: usize = 2 << 20;
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HugeAlloc;
+
+/// Whether `layout` gets a mapping of its own (its length rounded up to whole huge pages).
+fn mapped_len(layout: Layout) -> Option<usize> {
+    if cfg!(unix) && layout.size() >= HUGE && layout.align() <= 4096 {
+        layout.size().checked_next_multiple_of(HUGE)
+    } else {
+        None
+    }
+}
+
+// SAFETY: a block comes from `mmap` (a fresh private anonymous mapping of `mapped_len` bytes,
+// page-aligned, so aligned for any `align <= 4096`, valid until `munmap`) or from `Global`; which
+// one is decided by the layout alone, so `deallocate` (which gets the same layout) returns each
+// block to where it came from. Blocks are never shared between allocator values, and moving or
+// cloning `HugeAlloc` (a unit struct) keeps every block valid.
+unsafe impl Allocator for HugeAlloc {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let Some(len) = mapped_len(layout) else {
+            return Global.allocate(layout);
+        };
+        map(len)
+            .map(|ptr| NonNull::slice_from_raw_parts(ptr, len))
+            .ok_or(AllocError)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        match mapped_len(layout) {
+            // SAFETY: the caller passes a block this allocator returned for `layout`, so it is
+            // a mapping of exactly `len` bytes made by `map`, not used after this call.
+            Some(len) => unsafe { unmap(ptr, len) },
+            // SAFETY: as above, a block `Global` returned for `layout`.
+            None => unsafe { Global.deallocate(ptr, layout) },
+        }
+    }
+}
+
+#[cfg(unix)]
+fn map(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: a new private anonymous mapping at an address of the kernel's choosing: it aliases
+    // no existing memory. Failure is checked below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice on the mapping just made, which only this allocation uses; if it fails the
+    // mapping simply keeps small pages.
+    unsafe {
+        libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
+    }
+    NonNull::new(ptr.cast())
+}
+
+#[cfg(not(unix))]
+fn map(_: usize) -> Option<NonNull<u8>> {
+    None
+}
+
+/// # Safety
+/// `ptr` and `len` are a mapping made by [`map`], not used afterwards.
+#[cfg(unix)]
+unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller's promise. A failed munmap (impossible for a whole mapping we made)
+    // would only leak it.
+    unsafe {
+        libc::munmap(ptr.as_ptr().cast(), len);
+    }
+}
+
+#[cfg(not(unix))]
+unsafe fn unmap(_: NonNull<u8>, _: usize) {}
+
+/// A hash map whose table lives in huge pages once it is big enough.
+pub type HugeMap<K, V, S> = hashbrown::HashMap<K, V, S, HugeAlloc>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_and_small_tables_work_and_grow() {
+        let mut map: HugeMap<u64, [u64; 4], ahash::RandomState> =
+            HugeMap::with_capacity_and_hasher_in(16, ahash::RandomState::new(), HugeAlloc);
+        for n in 0..300_000u64 {
+            map.insert(n, [n; 4]);
+        }
+        for n in (0..300_000u64).step_by(7) {
+            assert_eq!(map.get(&n), Some(&[n; 4]));
+            map.remove(&n);
+        }
+        assert_eq!(map.len(), 300_000 - 300_000usize.div_ceil(7));
+        map.shrink_to_fit();
+        assert!(map.get(&7).is_none() && map.get(&8) == Some(&[8; 4]));
+    }
+
+    #[test]
+    fn only_big_layouts_are_mapped() {
+        assert_eq!(
+            mapped_len(Layout::from_size_align(HUGE - 1, 8).unwrap()),
+            None
+        );
+        if cfg!(unix) {
+            assert_eq!(
+                mapped_len(Layout::from_size_align(HUGE + 1, 16).unwrap()),
+                Some(2 * HUGE)
+            );
+        }
+        assert_eq!(
+            mapped_len(Layout::from_size_align(HUGE, 8192).unwrap()),
+            None
+        );
+    }
+}
