@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey};
+use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 use crate::peer::Measured;
 use crate::workload::{index_of, Latencies, Transfer};
@@ -25,8 +25,10 @@ pub async fn create_accounts(ledger: &Ledger, keys: &[Pubkey], balance: u64) -> 
         let ops = chunk
             .iter()
             .map(|&to| Op::Mint {
+                id: TransferId::new(),
                 to,
                 amount: balance,
+                user_data: 0,
             })
             .collect();
         for result in ledger.submit(ops).await? {
@@ -50,9 +52,11 @@ fn outcome<T>(result: Result<T, LedgerError>, rejected: &mut u64) -> anyhow::Res
 
 fn op(keys: &[Pubkey], t: &Transfer) -> Op {
     Op::Transfer {
+        id: TransferId::new(),
         from: keys[t.from as usize],
         to: keys[t.to as usize],
         amount: t.amount,
+        user_data: 0,
     }
 }
 
@@ -74,7 +78,12 @@ pub async fn concurrent_single(
             for t in transfers.iter().skip(task).step_by(tasks) {
                 let call_started = Instant::now();
                 let result = ledger
-                    .transfer(keys[t.from as usize], keys[t.to as usize], t.amount)
+                    .transfer(
+                        TransferId::new(),
+                        keys[t.from as usize],
+                        keys[t.to as usize],
+                        t.amount,
+                    )
                     .await;
                 latencies.push(call_started.elapsed());
                 outcome(result, &mut rejected)?;
@@ -97,7 +106,12 @@ pub async fn sequential_single(
     for t in transfers {
         let call_started = Instant::now();
         let result = ledger
-            .transfer(keys[t.from as usize], keys[t.to as usize], t.amount)
+            .transfer(
+                TransferId::new(),
+                keys[t.from as usize],
+                keys[t.to as usize],
+                t.amount,
+            )
             .await;
         latencies.0.push(call_started.elapsed());
         outcome(result, &mut rejected)?;
