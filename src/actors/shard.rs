@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use crate::state::{
 use crate::types::{Account, Entry, Pubkey, Receipt, ShardStats};
 use crate::wal::record::Refusal;
 use crate::wal::writer::{
-    spawn_group_commit, Batch, Command, Round, SyncPolicy, WalShared, WalWriter,
+    spawn_group_commit, Batch, Command, Round, SyncPolicy, WalHandle, WalShared, WalWriter,
 };
 
 /// Everything one flush hands to the WAL thread besides the bytes. Field order matters: if the
@@ -95,7 +94,7 @@ pub struct ShardContext {
 
 pub struct ShardActor {
     state: ShardState,
-    wal: Option<Sender<Command<Acks>>>,
+    wal: Option<WalHandle<Acks>>,
     wal_thread: Option<std::thread::JoinHandle<()>>,
     context: ShardContext,
     /// The books of the records logged since the last flush, and what to do with each op.
@@ -397,6 +396,7 @@ impl ShardActor {
             ),
             None => (Vec::new(), 0, 0, None),
         };
+        let inline = self.acks.len() <= INLINE_OPS_MAX;
         let acks = Acks {
             logged: std::mem::replace(&mut self.logged, Logged::new(self.context.books.clone())),
             items: std::mem::take(&mut self.acks),
@@ -410,6 +410,13 @@ impl ShardActor {
             urgent: std::mem::take(&mut self.urgent),
         };
         let unsent = match &self.wal {
+            // A flush of a few ops when the WAL is idle (one caller, or a quiet shard) is
+            // committed on this thread: no hand-off to the WAL thread and back. A busy shard's
+            // flushes go to the thread, which groups them while this thread applies the next.
+            Some(wal) if inline => match wal.commit_inline(batch) {
+                None => None,
+                Some(batch) => wal.send(Command::Append(batch)).err().map(|e| e.0),
+            },
             Some(wal) => wal.send(Command::Append(batch)).err().map(|e| e.0),
             None => Some(Command::Append(batch)),
         };
@@ -545,6 +552,9 @@ impl Handler<ReadHistory> for ShardActor {
         )
     }
 }
+
+/// Most ops in a flush that the shard commits on its own thread when the WAL is idle.
+const INLINE_OPS_MAX: usize = 4;
 
 /// Most bytes of the account file a checkpoint flushes at once: on the test VM a part takes
 /// ~25 ms of writeback, so the shard never stalls for the whole file. A file is flushed in at
