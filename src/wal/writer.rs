@@ -880,16 +880,13 @@ mod tests {
         assert_eq!(after.tail.next_lsn, lsn);
     }
 
-    /// A producer that commits inline when the WAL is idle and sends to the thread otherwise
-    /// (as a shard does) gets every round reported in LSN order, and the log holds every record
-    /// in order.
-    #[test]
-    fn inline_commits_and_the_thread_keep_lsn_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let initial = scan(dir.path(), 1).unwrap();
+    /// A `Sync` WAL in `dir` whose rounds must succeed and whose acknowledgements (LSNs) arrive
+    /// on the receiver, in the order rounds report them.
+    fn reporting_wal(dir: &Path) -> (WalHandle<u64>, Arc<WalShared>, mpsc::Receiver<u64>) {
+        let initial = scan(dir, 1).unwrap();
         let writer = WalWriter::open(
             crate::storage::io::real(),
-            dir.path(),
+            dir,
             &initial.segments,
             &initial.tail,
             1 << 20,
@@ -910,6 +907,16 @@ mod tests {
             },
         )
         .unwrap();
+        (handle, shared, reports)
+    }
+
+    /// A producer that commits inline when the WAL is idle and sends to the thread otherwise
+    /// (as a shard does) gets every round reported in LSN order, and the log holds every record
+    /// in order.
+    #[test]
+    fn inline_commits_and_the_thread_keep_lsn_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, shared, reports) = reporting_wal(dir.path());
         let (mut inline, mut sent) = (0, 0);
         let mut lsn = 1;
         for n in 0..600u64 {
@@ -948,30 +955,7 @@ mod tests {
     #[test]
     fn group_commit_thread_reports_rounds_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let initial = scan(dir.path(), 1).unwrap();
-        let writer = WalWriter::open(
-            crate::storage::io::real(),
-            dir.path(),
-            &initial.segments,
-            &initial.tail,
-            1 << 20,
-        )
-        .unwrap();
-        let shared = Arc::new(WalShared::default());
-        let (report, reports) = mpsc::channel();
-        let (sender, _thread) = spawn_group_commit(
-            0,
-            writer,
-            SyncPolicy::Always,
-            shared.clone(),
-            move |round: Round<u64>| {
-                assert!(round.result.is_ok());
-                for ack in round.acks {
-                    report.send(ack).unwrap();
-                }
-            },
-        )
-        .unwrap();
+        let (sender, shared, reports) = reporting_wal(dir.path());
         for lsn in 1..=100u64 {
             let batch = Batch {
                 bytes: records(lsn, 1),
