@@ -49,6 +49,8 @@ pub fn open(config: &Config) -> Result<Recovered> {
     let data_dir = config.data_dir.as_path();
     create_private_dir(&*config.io, data_dir)?;
     let lock = DirLock::acquire(&*config.io, data_dir)?;
+    // Tables built while reopening stay in small pages until it is done (see storage::huge).
+    let _small_pages = crate::storage::huge::defer();
     let judgement = judge::judge_directory(data_dir, |shard, shard_count| {
         open_accounts(config, shard, shard_count)
     })?;

@@ -6,10 +6,19 @@
 //! Allocations of 2 MiB and more are mapped anonymously and advised `MADV_HUGEPAGE` (Linux
 //! aligns anonymous mappings of that size to 2 MiB); smaller ones go to the global allocator.
 //! Where huge pages are off, the advice does nothing and the mapping is an ordinary one.
+//!
+//! Recovery defers the advice ([`defer`]): a huge-page fault may compact memory synchronously
+//! (`defrag = madvise`), and right after a crash the page cache is full and fragmented: the tables
+//! built while reopening 1M accounts cost 150–600 ms more in huge pages. Mappings made meanwhile
+//! are advised when the last deferral ends, and the kernel's background `khugepaged` collapses
+//! them later; tables allocated afterwards (growth included) get huge pages at once.
 //! Measured under `tally load` (1M accounts, batches of 1,000): see the README.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 
@@ -19,6 +28,39 @@ const HUGE: usize = 2 << 20;
 /// See the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HugeAlloc;
+
+/// Deferrals in force, and the mappings (address, length) made while one was.
+static DEFERRALS: AtomicUsize = AtomicUsize::new(0);
+static DEFERRED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+fn deferred() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
+    match DEFERRED.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Holds back the huge-page advice for new mappings until the returned guard (and every other
+/// one) is dropped; see the module docs.
+pub fn defer() -> Deferral {
+    DEFERRALS.fetch_add(1, Ordering::SeqCst);
+    Deferral(())
+}
+
+/// See [`defer`].
+#[derive(Debug)]
+pub struct Deferral(());
+
+impl Drop for Deferral {
+    fn drop(&mut self) {
+        let mut mappings = deferred();
+        if DEFERRALS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            for (address, len) in mappings.drain(..) {
+                advise(address as *mut std::ffi::c_void, len);
+            }
+        }
+    }
+}
 
 /// Whether `layout` gets a mapping of its own (its length rounded up to whole huge pages).
 fn mapped_len(layout: Layout) -> Option<usize> {
@@ -72,13 +114,30 @@ fn map(len: usize) -> Option<NonNull<u8>> {
     if ptr == libc::MAP_FAILED {
         return None;
     }
+    if DEFERRALS.load(Ordering::SeqCst) > 0 {
+        let mut mappings = deferred();
+        // Checked again under the lock: the last deferral drains the list under it.
+        if DEFERRALS.load(Ordering::SeqCst) > 0 {
+            mappings.push((ptr as usize, len));
+            return NonNull::new(ptr.cast());
+        }
+    }
+    advise(ptr, len);
+    NonNull::new(ptr.cast())
+}
+
+/// Advises huge pages for a mapping made by [`map`] and not unmapped since; if the advice fails
+/// the mapping simply keeps small pages.
+#[cfg(unix)]
+fn advise(ptr: *mut std::ffi::c_void, len: usize) {
     #[cfg(target_os = "linux")]
-    // SAFETY: advice on the mapping just made, which only this allocation uses; if it fails the
-    // mapping simply keeps small pages.
+    // SAFETY: madvise changes no memory contents and takes no ownership; the range is a live
+    // mapping of ours (unmapping removes it from the deferred list first, under its lock).
     unsafe {
         libc::madvise(ptr, len, libc::MADV_HUGEPAGE);
     }
-    NonNull::new(ptr.cast())
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
 }
 
 #[cfg(not(unix))]
@@ -86,12 +145,18 @@ fn map(_: usize) -> Option<NonNull<u8>> {
     None
 }
 
+#[cfg(not(unix))]
+fn advise(_: *mut std::ffi::c_void, _: usize) {}
+
 /// # Safety
 /// `ptr` and `len` are a mapping made by [`map`], not used afterwards.
 #[cfg(unix)]
 unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    let mut mappings = deferred();
+    mappings.retain(|&(address, _)| address != ptr.as_ptr() as usize);
     // SAFETY: the caller's promise. A failed munmap (impossible for a whole mapping we made)
-    // would only leak it.
+    // would only leak it. The deferred list's lock is held, so no deferred advice can reach the
+    // range after it is unmapped.
     unsafe {
         libc::munmap(ptr.as_ptr().cast(), len);
     }
@@ -121,6 +186,24 @@ mod tests {
         assert_eq!(map.len(), 300_000 - 300_000usize.div_ceil(7));
         map.shrink_to_fit();
         assert!(map.get(&7).is_none() && map.get(&8) == Some(&[8; 4]));
+    }
+
+    #[test]
+    fn deferred_mappings_are_listed_until_unmapped() {
+        if !cfg!(unix) {
+            return;
+        }
+        let layout = Layout::from_size_align(HUGE, 8).unwrap();
+        let guard = defer();
+        let block = HugeAlloc.allocate(layout).unwrap();
+        let address = block.cast::<u8>().as_ptr() as usize;
+        assert!(deferred()
+            .iter()
+            .any(|&(a, len)| a == address && len == HUGE));
+        drop(guard);
+        // SAFETY: the block was allocated just above with this layout and is not used again.
+        unsafe { HugeAlloc.deallocate(block.cast(), layout) };
+        assert!(!deferred().iter().any(|&(a, _)| a == address));
     }
 
     #[test]
