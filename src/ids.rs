@@ -130,8 +130,12 @@ pub enum Claimed {
 /// Map shards: many, so that each grows (and rehashes) in small steps under load.
 const MAP_SHARDS: usize = 64;
 
-/// Parts of the hot map: few, so that each part's table is big enough for huge pages.
-const HOT_PARTS: usize = 8;
+/// Parts of the hot map: at least this many (each under its own lock) ...
+const HOT_PARTS_MIN: usize = 8;
+/// ... and each sized for at most this many ids: 2^17 buckets of 24 bytes, a table of 3.1 MiB
+/// (huge pages for its first 2 MiB). Tables have power-of-two sizes, so a few parts sized to
+/// the hot set waste far less than one table rounded up to the next power of two.
+const HOT_PART_IDS: usize = (1 << 17) / 8 * 7;
 
 /// The hot map: decided ids of unsealed segments and where their records are, in parts under
 /// their own locks, each a table in huge pages ([`crate::storage::huge`]). A `DashMap` spread
@@ -144,6 +148,9 @@ const HOT_PARTS: usize = 8;
 #[derive(Debug)]
 struct HotMap {
     parts: Box<[RwLock<HugeMap<Id, u64, ahash::RandomState>>]>,
+    /// The ids each part is sized for: a part that grew past it (a burst of ids, such as the
+    /// mints of a new ledger) shrinks back when a seal empties it.
+    part_capacity: usize,
     hasher: ahash::RandomState,
     overflow: Map<Location>,
 }
@@ -171,12 +178,14 @@ fn unpack(packed: u64) -> Location {
 
 impl HotMap {
     fn new(capacity: usize) -> Self {
+        let parts = capacity.div_ceil(HOT_PART_IDS).max(HOT_PARTS_MIN);
+        let part_capacity = capacity.div_ceil(parts);
         // The tables hash with keys of their own: a part's ids then spread over all of their
         // buckets and tags.
-        let parts = (0..HOT_PARTS)
+        let parts = (0..parts)
             .map(|_| {
                 RwLock::new(HugeMap::with_capacity_and_hasher_in(
-                    capacity.div_ceil(HOT_PARTS),
+                    part_capacity,
                     ahash::RandomState::new(),
                     HugeAlloc,
                 ))
@@ -184,6 +193,7 @@ impl HotMap {
             .collect();
         HotMap {
             parts,
+            part_capacity,
             hasher: ahash::RandomState::new(),
             overflow: DashMap::with_hasher(ahash::RandomState::new()),
         }
@@ -218,24 +228,46 @@ impl HotMap {
         }
     }
 
-    /// Removes `ids`, taking each part's lock once per thousand ids.
-    fn remove_all(&self, ids: &[u128]) {
+    /// Removes `ids` (a sealed segment's: hundreds of thousands), a chunk at a time, taking
+    /// each part's lock once a chunk; a part that had grown past its planned size and is now
+    /// small enough shrinks back to it.
+    fn remove_all(&self, ids: impl IntoIterator<Item = u128>) {
+        const CHUNK: usize = 1 << 12;
         let mut by_part: Vec<Vec<u128>> = vec![Vec::new(); self.parts.len()];
-        for &id in ids {
+        let mut chunked = 0;
+        for id in ids {
             by_part[self.part_of(id)].push(id);
+            chunked += 1;
+            if chunked == CHUNK {
+                self.remove_chunk(&mut by_part);
+                chunked = 0;
+            }
         }
-        for (part, ids) in self.parts.iter().zip(by_part) {
-            for chunk in ids.chunks(1024) {
-                let mut map = write(part);
-                for &id in chunk {
-                    map.remove(&split(id));
+        self.remove_chunk(&mut by_part);
+        for part in self.parts.iter() {
+            let mut map = write(part);
+            if map.capacity() >= 2 * self.part_capacity && map.len() <= self.part_capacity / 2 {
+                map.shrink_to(self.part_capacity);
+            }
+        }
+    }
+
+    fn remove_chunk(&self, by_part: &mut [Vec<u128>]) {
+        for (part, ids) in self.parts.iter().zip(by_part.iter_mut()) {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut map = write(part);
+            for id in ids.iter() {
+                map.remove(&split(*id));
+            }
+            drop(map);
+            if !self.overflow.is_empty() {
+                for id in ids.iter() {
+                    self.overflow.remove(id);
                 }
             }
-        }
-        if !self.overflow.is_empty() {
-            for id in ids {
-                self.overflow.remove(id);
-            }
+            ids.clear();
         }
     }
 
@@ -355,7 +387,12 @@ impl Ids {
     }
 
     /// Adds a sealed file, then forgets the decided ids it now answers for.
-    pub fn add_sealed(&self, shard: u32, idx: Arc<SealedIdx>, hot_ids: &[u128]) {
+    pub fn add_sealed(
+        &self,
+        shard: u32,
+        idx: Arc<SealedIdx>,
+        hot_ids: impl IntoIterator<Item = u128>,
+    ) {
         {
             let mut sealed = match self.sealed.write() {
                 Ok(guard) => guard,
@@ -464,6 +501,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_hot_map_part_that_grew_past_its_plan_shrinks_back_when_emptied() {
+        let hot = HotMap::new(8 * 1000);
+        let planned: Vec<usize> = hot.parts.iter().map(|part| read(part).capacity()).collect();
+        let ids: Vec<u128> = (1..=40_000u128)
+            .map(|n| n * 0x9E37_79B9_7F4A_7C15)
+            .collect();
+        for (n, &id) in ids.iter().enumerate() {
+            hot.insert(
+                id,
+                Location {
+                    shard: 0,
+                    lsn: n as u64 + 1,
+                },
+            );
+        }
+        assert!(hot
+            .parts
+            .iter()
+            .all(|part| read(part).capacity() >= 4 * 1000));
+        hot.remove_all(ids[1000..].iter().copied());
+        for (part, planned) in hot.parts.iter().zip(planned) {
+            assert_eq!(read(part).capacity(), planned);
+        }
+        assert_eq!(hot.len(), 1000);
+        for (n, &id) in ids[..1000].iter().enumerate() {
+            assert_eq!(
+                hot.get(id),
+                Some(Location {
+                    shard: 0,
+                    lsn: n as u64 + 1
+                })
+            );
+        }
+        assert_eq!(hot.get(ids[1000]), None);
+    }
+
+    #[test]
     fn the_hot_map_keeps_every_location_packed_or_not() {
         let hot = HotMap::new(16);
         let locations = [
@@ -493,7 +567,7 @@ mod tests {
             assert_eq!(hot.get(id), Some(location));
         }
         assert_eq!(hot.get(7 << 65), None);
-        hot.remove_all(&[1, 7]);
+        hot.remove_all([1, 7]);
         assert_eq!((hot.get(1), hot.get(7)), (None, None));
         assert_eq!(hot.get(7 << 64), Some(locations[2].1));
         assert_eq!(hot.len(), 2);

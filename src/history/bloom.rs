@@ -83,7 +83,16 @@ impl Bloom {
 
     /// The filter's bytes: its words, u64 LE.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
+        let mut bytes = Vec::with_capacity(self.byte_len());
+        self.extend_into(&mut bytes);
+        bytes
+    }
+
+    /// Appends [`Bloom::to_bytes`] to `out`.
+    pub fn extend_into(&self, out: &mut impl Extend<u8>) {
+        for word in &self.words {
+            out.extend(word.to_le_bytes());
+        }
     }
 
     /// A filter from [`Bloom::to_bytes`]; its size is that of `bytes`, which must be a

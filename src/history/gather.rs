@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::idx::{IdxContents, Mark};
+use crate::storage::huge::{HugeAlloc, Table};
 
 /// What one batch of records adds to its segment's index.
 #[derive(Debug, Default)]
@@ -38,8 +39,10 @@ impl BatchIndex {
 #[derive(Debug)]
 pub struct Gathered {
     first_lsn: u64,
-    offsets: Vec<u32>,
-    ids: Vec<u128>,
+    offsets: Table<u32>,
+    /// `(id, LSN)` of every record that decides an id, in LSN order: the table the index file
+    /// holds, so that sealing sorts it where it lies instead of building a copy.
+    ids: Table<(u128, u64)>,
     marks: Vec<Mark>,
     /// Bytes of frames written (set when the segment is complete).
     log_len: u64,
@@ -53,11 +56,20 @@ impl Gathered {
     pub fn new(first_lsn: u64) -> Self {
         Gathered {
             first_lsn,
-            offsets: Vec::new(),
-            ids: Vec::new(),
+            offsets: Table::new_in(HugeAlloc),
+            ids: Table::new_in(HugeAlloc),
             marks: Vec::new(),
             log_len: 0,
         }
+    }
+
+    /// Reserves room for as many records and ids as `previous` (the segment before) held, and
+    /// an eighth more: a segment's tables then seldom grow (and copy) while the WAL is written.
+    pub fn reserve_like(&mut self, previous: &Gathered) {
+        let records = previous.offsets.len();
+        let ids = previous.ids.len();
+        self.offsets.reserve(records + records / 8);
+        self.ids.reserve(ids + ids / 8);
     }
 
     pub fn first_lsn(&self) -> u64 {
@@ -72,15 +84,29 @@ impl Gathered {
         if first_lsn != expected || batch.offsets.len() != batch.ids.len() {
             return false;
         }
-        let mut offsets = Vec::with_capacity(batch.offsets.len());
-        for offset in batch.offsets {
-            match u32::try_from(base + offset as u64) {
-                Ok(offset) => offsets.push(offset),
-                Err(_) => return false,
-            }
+        let Some(last) = batch.offsets.last() else {
+            self.marks.extend(batch.marks);
+            return true;
+        };
+        // (`u32::MAX` stands for an offset the shard could not note.)
+        if *last == u32::MAX || u32::try_from(base + u64::from(*last)).is_err() {
+            return false;
         }
-        self.offsets.extend(offsets);
-        self.ids.extend(batch.ids);
+        // Offsets grow within a batch, so the last one bounds them all.
+        self.offsets.extend(
+            batch
+                .offsets
+                .iter()
+                .map(|&offset| (base + u64::from(offset)) as u32),
+        );
+        self.ids.extend(
+            batch
+                .ids
+                .iter()
+                .zip(first_lsn..)
+                .filter(|(&id, _)| id != 0)
+                .map(|(&id, lsn)| (id, lsn)),
+        );
         self.marks.extend(batch.marks);
         true
     }
@@ -99,13 +125,7 @@ impl Gathered {
             return None;
         }
         let first = self.first_lsn;
-        let mut ids: Vec<(u128, u64)> = self
-            .ids
-            .iter()
-            .zip(first..)
-            .filter(|(&id, _)| id != 0)
-            .map(|(&id, lsn)| (id, lsn))
-            .collect();
+        let mut ids = self.ids;
         ids.sort_unstable();
         Some(IdxContents {
             shard,

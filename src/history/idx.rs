@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use super::bloom::Bloom;
 use super::{parse_name, FileKind, MARK_EVERY};
 use crate::error::{LedgerError, Result};
+use crate::storage::huge::{table, HugeAlloc, Table};
 use crate::storage::io::FileIo;
 use crate::storage::{read_u32, read_u64, write_atomic, write_u32, write_u64};
 use crate::wal::{record, LSN_MAX};
@@ -97,9 +98,9 @@ pub struct IdxContents {
     /// Bytes of frames in the log file (its written length).
     pub log_len: u64,
     /// Byte offset in the log of record `first_lsn + n`'s header.
-    pub offsets: Vec<u32>,
+    pub offsets: Table<u32>,
     /// `(transfer id, LSN)` of every record with an id, sorted by id; ids unique.
-    pub ids: Vec<(u128, u64)>,
+    pub ids: Table<(u128, u64)>,
     /// In LSN order.
     pub marks: Vec<Mark>,
 }
@@ -112,13 +113,21 @@ fn read_u128(bytes: &[u8], offset: usize) -> u128 {
 
 /// Serializes `contents`. It is trusted to be valid: [`write`] checks the bytes before they
 /// reach the disk.
-pub fn encode(contents: &IdxContents) -> Vec<u8> {
+pub fn encode(contents: &IdxContents) -> Table<u8> {
     let mut bloom = Bloom::with_capacity(contents.ids.len());
     for &(id, _) in &contents.ids {
         bloom.insert(id);
     }
-    let mut bytes = vec![0u8; HEADER_BYTES];
-    bytes.extend(bloom.to_bytes());
+    // Sized up front: a segment's index is megabytes, and growing it by doubling would hold
+    // two copies at once.
+    let len = HEADER_BYTES
+        + bloom.byte_len()
+        + contents.ids.len() * ID_ENTRY_BYTES
+        + contents.offsets.len() * OFFSET_ENTRY_BYTES
+        + contents.marks.len() * MARK_ENTRY_BYTES;
+    let mut bytes = Table::with_capacity_in(len, HugeAlloc);
+    bytes.resize(HEADER_BYTES, 0);
+    bloom.extend_into(&mut bytes);
     let ids_start = bytes.len();
     for &(id, lsn) in &contents.ids {
         bytes.extend(id.to_le_bytes());
@@ -164,6 +173,7 @@ pub fn encode(contents: &IdxContents) -> Vec<u8> {
     }
     let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
     write_u32(&mut bytes, HEADER_CRC_OFFSET, crc);
+    debug_assert_eq!(bytes.len(), len);
     bytes
 }
 
@@ -476,10 +486,11 @@ impl SealedIdx {
             first_lsn: self.first_lsn,
             last_lsn: self.last_lsn,
             log_len: self.log_len,
-            offsets: (self.first_lsn..=self.last_lsn)
-                .filter_map(|lsn| self.offset_at(lsn).map(|offset| offset as u32))
-                .collect(),
-            ids: (0..self.len()).filter_map(|n| self.id_entry(n)).collect(),
+            offsets: table(
+                (self.first_lsn..=self.last_lsn)
+                    .filter_map(|lsn| self.offset_at(lsn).map(|offset| offset as u32)),
+            ),
+            ids: table((0..self.len()).filter_map(|n| self.id_entry(n))),
             marks: self.marks.clone(),
         }
     }
@@ -822,8 +833,8 @@ mod tests {
             first_lsn: 10,
             last_lsn: 14,
             log_len: 500,
-            offsets: vec![32, 80, 200, 250, 400],
-            ids: vec![(5, 12), (9, 10), (u128::MAX, 14)],
+            offsets: table([32, 80, 200, 250, 400]),
+            ids: table([(5, 12), (9, 10), (u128::MAX, 14)]),
             marks: vec![
                 Mark {
                     slot: 1,
@@ -860,7 +871,7 @@ mod tests {
     fn forged(change: impl FnOnce(&mut IdxContents)) -> Vec<u8> {
         let mut contents = contents();
         change(&mut contents);
-        encode(&contents)
+        encode(&contents).to_vec()
     }
 
     #[test]
@@ -943,7 +954,7 @@ mod tests {
             (forged(|c| c.marks.swap(0, 2)), (marks_start + 24) as u64),
             (forged(|c| c.marks[0].sequence = 33), marks_start as u64),
             (
-                forged(|c| c.ids = (0..6).map(|n| (n, 10 + n as u64)).collect()),
+                forged(|c| c.ids = table((0..6).map(|n| (n, 10 + n as u64)))),
                 ID_COUNT_OFFSET as u64,
             ),
         ];

@@ -171,7 +171,7 @@ mod tests {
         let file = File::open(&path).unwrap();
         let contents = build(&path, 0, 40, facts).unwrap().unwrap();
         let (scanned, end) = scan_offsets(&file, &path, 0, 40, u64::MAX).unwrap();
-        assert_eq!(scanned, contents.offsets);
+        assert_eq!(scanned[..], contents.offsets[..]);
         assert_eq!(end, contents.log_len);
         // From a frame in the middle, up to the end of a later frame.
         let frame_of = |n: usize| offsets[n] - 32;

@@ -11,6 +11,7 @@ use super::idx::{IdxContents, Mark};
 use super::window::{file_len, Window};
 use super::{RecordFacts, MARK_EVERY};
 use crate::error::{LedgerError, Result};
+use crate::storage::huge::{HugeAlloc, Table};
 use crate::wal::frame::{self, Decoded};
 use crate::wal::record::RecordBody;
 
@@ -94,8 +95,8 @@ pub fn build(
     expected_first_lsn: u64,
     facts: impl Fn(&RecordBody) -> RecordFacts,
 ) -> Result<Option<IdxContents>> {
-    let mut offsets = Vec::new();
-    let mut ids = Vec::new();
+    let mut offsets = Table::new_in(HugeAlloc);
+    let mut ids = Table::new_in(HugeAlloc);
     let mut marks = Vec::new();
     let walked = for_each_record(log_path, expected_first_lsn, |lsn, offset, body| {
         let offset = u32::try_from(offset).map_err(|_| {
@@ -243,7 +244,7 @@ mod tests {
         let idx_file = idx_path(dir.path(), 7);
         idx::write(&*crate::storage::io::real(), &idx_file, &contents).unwrap();
         let clean = std::fs::read(&idx_file).unwrap();
-        assert_eq!(clean, idx::encode(&contents));
+        assert_eq!(clean[..], idx::encode(&contents)[..]);
         for index in 0..clean.len() {
             let mut damaged = clean.clone();
             damaged[index] ^= 1 << (index % 8);

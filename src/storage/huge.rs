@@ -3,8 +3,10 @@
 //! A shard's account index and the ledger's map of recent transfer ids are tens of megabytes of
 //! hash buckets probed at random, once or more per operation. With 4 KiB pages nearly every probe
 //! misses the TLB as well as the cache; with 2 MiB pages the page walk mostly stays cached.
-//! Allocations of 2 MiB and more are mapped anonymously and advised `MADV_HUGEPAGE` (Linux
-//! aligns anonymous mappings of that size to 2 MiB); smaller ones go to the global allocator.
+//! Allocations of 2 MiB and more are mapped anonymously, their length rounded up to 2 MiB (Linux
+//! aligns such mappings to 2 MiB), and the whole 2 MiB pages the allocation fills are advised
+//! `MADV_HUGEPAGE`; its tail keeps small pages, so the rounding never becomes resident (a table
+//! of 3.1 MiB costs 3.1 MiB, not 4). Smaller allocations go to the global allocator.
 //! Where huge pages are off, the advice does nothing and the mapping is an ordinary one.
 //!
 //! Recovery defers the advice ([`defer`]): a huge-page fault may compact memory synchronously
@@ -81,7 +83,10 @@ unsafe impl Allocator for HugeAlloc {
         let Some(len) = mapped_len(layout) else {
             return Global.allocate(layout);
         };
-        map(len)
+        // Huge pages for the whole 2 MiB pages the block fills; its tail keeps small pages, so
+        // the part of the mapping past the block (rounding) is never made resident.
+        let huge = layout.size() / HUGE * HUGE;
+        map(len, huge)
             .map(|ptr| NonNull::slice_from_raw_parts(ptr, len))
             .ok_or(AllocError)
     }
@@ -98,7 +103,7 @@ unsafe impl Allocator for HugeAlloc {
 }
 
 #[cfg(unix)]
-fn map(len: usize) -> Option<NonNull<u8>> {
+fn map(len: usize, huge: usize) -> Option<NonNull<u8>> {
     // SAFETY: a new private anonymous mapping at an address of the kernel's choosing: it aliases
     // no existing memory. Failure is checked below.
     let ptr = unsafe {
@@ -118,11 +123,11 @@ fn map(len: usize) -> Option<NonNull<u8>> {
         let mut mappings = deferred();
         // Checked again under the lock: the last deferral drains the list under it.
         if DEFERRALS.load(Ordering::SeqCst) > 0 {
-            mappings.push((ptr as usize, len));
+            mappings.push((ptr as usize, huge));
             return NonNull::new(ptr.cast());
         }
     }
-    advise(ptr, len);
+    advise(ptr, huge);
     NonNull::new(ptr.cast())
 }
 
@@ -141,7 +146,7 @@ fn advise(ptr: *mut std::ffi::c_void, len: usize) {
 }
 
 #[cfg(not(unix))]
-fn map(_: usize) -> Option<NonNull<u8>> {
+fn map(_: usize, _: usize) -> Option<NonNull<u8>> {
     None
 }
 
@@ -167,6 +172,20 @@ unsafe fn unmap(_: NonNull<u8>, _: usize) {}
 
 /// A hash map whose table lives in huge pages once it is big enough.
 pub type HugeMap<K, V, S> = hashbrown::HashMap<K, V, S, HugeAlloc>;
+
+/// A vector for the big tables that come and go with WAL segments (a segment's gathered index,
+/// an index file's bytes): from 2 MiB on, a mapping of its own that goes back to the system
+/// when freed. From `malloc` they would leave megabytes behind in the arena of whichever thread
+/// made them (the WAL thread grows them, the sealer frees them), each arena holding on to the
+/// high-water mark of its own.
+pub type Table<T> = allocator_api2::vec::Vec<T, HugeAlloc>;
+
+/// A [`Table`] of `items`.
+pub fn table<T>(items: impl IntoIterator<Item = T>) -> Table<T> {
+    let mut table = Table::new_in(HugeAlloc);
+    table.extend(items);
+    table
+}
 
 #[cfg(test)]
 mod tests {

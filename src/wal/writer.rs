@@ -285,6 +285,9 @@ impl WalWriter {
             Ok(next) => {
                 let finished = std::mem::replace(self, next).gathering;
                 if let Some(gathered) = finished {
+                    if let Some(gathering) = self.gathering.as_mut() {
+                        gathering.reserve_like(&gathered);
+                    }
                     lock(&self.completed).push(gathered.complete(log_len));
                 }
                 return Ok(None);
