@@ -153,6 +153,9 @@ struct HotMap {
     part_capacity: usize,
     hasher: ahash::RandomState,
     overflow: Map<Location>,
+    /// Whether anything ever went to `overflow` (which `DashMap::is_empty` would find out by
+    /// visiting all of its shards, on every probe of an id that is not hot).
+    overflowed: AtomicBool,
 }
 
 /// An id as two words: 8-byte aligned, so a hot-map entry is 24 bytes, not 32.
@@ -196,6 +199,7 @@ impl HotMap {
             part_capacity,
             hasher: ahash::RandomState::new(),
             overflow: DashMap::with_hasher(ahash::RandomState::new()),
+            overflowed: AtomicBool::new(false),
         }
     }
 
@@ -211,7 +215,7 @@ impl HotMap {
         if let Some(&packed) = read(self.part(id)).get(&split(id)) {
             return Some(unpack(packed));
         }
-        if self.overflow.is_empty() {
+        if !self.overflowed.load(Ordering::Acquire) {
             return None;
         }
         self.overflow.get(&id).map(|entry| *entry)
@@ -224,6 +228,7 @@ impl HotMap {
             }
             None => {
                 self.overflow.insert(id, location);
+                self.overflowed.store(true, Ordering::Release);
             }
         }
     }
@@ -262,7 +267,7 @@ impl HotMap {
                 map.remove(&split(*id));
             }
             drop(map);
-            if !self.overflow.is_empty() {
+            if self.overflowed.load(Ordering::Acquire) {
                 for id in ids.iter() {
                     self.overflow.remove(id);
                 }
