@@ -426,8 +426,13 @@ impl Ledger {
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
         let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
-        let mut seen_ids: std::collections::HashSet<TransferId> =
-            std::collections::HashSet::with_capacity(ops.len());
+        // Ids are the callers' own, so the set hashes with a random key (ahash, not SipHash:
+        // one insert per op of every batch).
+        let mut seen_ids: std::collections::HashSet<TransferId, ahash::RandomState> =
+            std::collections::HashSet::with_capacity_and_hasher(
+                ops.len(),
+                ahash::RandomState::new(),
+            );
         let mut claimed = Vec::with_capacity(ops.len());
         let mut claimed_at = Vec::with_capacity(ops.len());
         let mut followers = Vec::new();
