@@ -138,3 +138,64 @@ impl Gathered {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(records: &[(usize, Option<u128>)], marks: Vec<Mark>) -> BatchIndex {
+        let mut index = BatchIndex::default();
+        for &(offset, id) in records {
+            index.push(offset, id);
+        }
+        index.marks = marks;
+        index
+    }
+
+    #[test]
+    fn batches_add_up_to_the_segments_index_with_ids_sorted_in_place() {
+        let mark = Mark {
+            slot: 4,
+            sequence: 64,
+            lsn: 12,
+        };
+        let mut gathered = Gathered::new(10);
+        assert!(gathered.add(32, 10, batch(&[(0, Some(9)), (60, None)], vec![])));
+        assert!(gathered.add(200, 12, batch(&[(0, Some(5)), (40, Some(7))], vec![mark])));
+        let mut next = Gathered::new(14);
+        next.reserve_like(&gathered);
+        assert!(next.offsets.capacity() >= 4 && next.ids.capacity() >= 3);
+        let contents = gathered.complete(300).finish(2).unwrap();
+        assert_eq!(
+            (contents.shard, contents.first_lsn, contents.last_lsn),
+            (2, 10, 13)
+        );
+        assert_eq!(contents.log_len, 300);
+        assert_eq!(contents.offsets[..], [32, 92, 200, 240]);
+        assert_eq!(contents.ids[..], [(5, 12), (7, 13), (9, 10)]);
+        assert_eq!(contents.marks, vec![mark]);
+        assert!(Gathered::new(1).complete(0).finish(0).is_none());
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_indexed_is_refused() {
+        let mut gathered = Gathered::new(10);
+        // Not the records that follow.
+        assert!(!gathered.add(32, 11, batch(&[(0, Some(1))], vec![])));
+        // A record starting past 4 GiB, or one the shard could not note.
+        assert!(!gathered.add(
+            u64::from(u32::MAX),
+            10,
+            batch(&[(0, None), (40, Some(1))], vec![])
+        ));
+        assert!(!gathered.add(0, 10, batch(&[(usize::MAX, Some(1))], vec![])));
+        // Offsets and ids that do not pair up.
+        let mut uneven = batch(&[(0, Some(1))], vec![]);
+        uneven.ids.push(2);
+        assert!(!gathered.add(32, 10, uneven));
+        // Nothing was added by the refusals.
+        assert!(gathered.add(32, 10, batch(&[(0, Some(1))], vec![])));
+        let contents = gathered.complete(100).finish(0).unwrap();
+        assert_eq!((contents.offsets.len(), contents.ids.len()), (1, 1));
+    }
+}
