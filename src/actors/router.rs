@@ -207,14 +207,19 @@ impl Routing {
         let mut members: Vec<usize> = (0..ops.len())
             .filter(|&i| run.routed[i].is_some())
             .collect();
+        let (mut plans, mut waves) = (0usize, 0usize);
         while !members.is_empty() {
+            plans += 1;
             for wave in plan_waves(&ops, &members, crosses) {
+                waves += 1;
                 if self.run_wave(&wave, &mut run).await {
                     break;
                 }
             }
             members.retain(|&index| run.results[index].is_none());
         }
+        // Each wave waits for its slowest shard's commit: the count says how a batch was paced.
+        tracing::debug!(ops = ops.len(), plans, waves, "batch routed");
         run.results
             .into_iter()
             .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
