@@ -1,16 +1,15 @@
 //! Transfer ids, ledger-wide: the claims of ids in flight, and where the deciding record of
 //! every decided id is.
 //!
-//! Two maps, keyed by id:
-//!
-//! * **In flight.** The first submission of an id claims it (an entry `InFlight`) before it is
-//!   routed, so two concurrent submissions of one id — even to different source shards — cannot
-//!   both be decided: the second finds the claim and waits for the first's outcome. The claim is
-//!   settled by the shard that decides the op (never by a caller dropping its future): the entry
-//!   becomes `Decided` when its record is written; `Unknown` when that write failed (the id stays
-//!   claimed for the session; the next open decides it from the WAL); it is removed (*freed*)
-//!   when the op was refused before it reached any WAL.
-//! * **Decided, hot.** A `Decided` entry says which shard and LSN hold the deciding record: the
+//! * **In flight.** The first submission of an id claims it (an entry *in flight* in the hot
+//!   map) before it is routed, so two concurrent submissions of one id — even to different
+//!   source shards — cannot both be decided: the second finds the claim and waits for the
+//!   first's outcome. The claim is settled by the shard that decides the op (never by a caller
+//!   dropping its future): the entry becomes the record's location when its record is written;
+//!   *unknown* when that write failed (the id stays claimed for the session; the next open
+//!   decides it from the WAL); it is removed (*freed*) when the op was refused before it
+//!   reached any WAL.
+//! * **Decided, hot.** A decided entry says which shard and LSN hold the deciding record: the
 //!   ids of WAL segments not yet sealed. A sealed segment has an index file with the id range, a
 //!   filter and a sorted id table ([`crate::history::idx`]); its ids leave the map once it is
 //!   sealed. A new time-ordered id is above every sealed file's range, so the check costs one
@@ -19,13 +18,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+use hashbrown::hash_map::Entry as MapEntry;
 
 use crate::error::{LedgerError, Result};
 use crate::history::idx::SealedIdx;
 use crate::storage::huge::{HugeAlloc, HugeMap};
-use crate::types::{Op, Receipt};
+use crate::types::Op;
 
 /// Where a decided id's record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,47 +33,39 @@ pub struct Location {
     pub lsn: u64,
 }
 
-/// How a claim ended.
+/// How a claim ended, as a submission that waited for it learns.
 #[derive(Debug, Clone)]
 pub enum Settled {
-    /// The op was decided: this is what its caller was told.
-    Decided(Result<Receipt>),
+    /// The op was decided by the record at this location: the answer is that record's.
+    Decided(Location),
     /// Refused before it reached any WAL: the id is free again.
     Freed,
     /// Its record may or may not be on disk (the WAL failed): the id stays claimed until the
-    /// ledger is reopened, and every submission of it gets this error.
-    Unknown(LedgerError),
+    /// ledger is reopened, and every submission of it gets `error` (`held` is the op that
+    /// claimed it, so a submission with other fields is told `IdConflict`).
+    Unknown { held: Op, error: LedgerError },
 }
 
-/// One submission of an id in flight: its op and, once known, how it ended.
-#[derive(Debug)]
-pub struct Claim {
-    pub op: Op,
+/// What a submission of an id that another submission holds waits on. Only such submissions
+/// make one: a claim nobody follows costs no allocation.
+#[derive(Debug, Default)]
+pub struct Waiter {
     settled: OnceLock<Settled>,
-    /// Set by a submission that waits, so that settling wakes waiters only when there are any.
-    waited: AtomicBool,
     wake: tokio::sync::Notify,
 }
 
-impl Claim {
+impl Waiter {
     fn settle(&self, settled: Settled) {
         let _ = self.settled.set(settled);
-        // With the fence in `settled`: either this load sees a waiter's flag, or that waiter
-        // sees the outcome set above (no wake-up can be lost between the two).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.waited.load(Ordering::SeqCst) {
-            self.wake.notify_waiters();
-        }
+        self.wake.notify_waiters();
     }
 
     /// Waits until the claim is settled.
     pub async fn settled(&self) -> Settled {
         loop {
+            // Created before the check: `notify_waiters` wakes every `Notified` that exists
+            // when it is called, so an outcome set after the check cannot be missed.
             let woken = self.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            self.waited.store(true, Ordering::SeqCst);
-            std::sync::atomic::fence(Ordering::SeqCst);
             if let Some(settled) = self.settled.get() {
                 return settled.clone();
             }
@@ -102,10 +93,7 @@ struct SealedSet {
 
 #[derive(Debug)]
 pub struct Ids {
-    /// Ids in flight (and, for the rest of the session, ids whose outcome is unknown): few, so
-    /// claiming and releasing one stays in cache.
-    claims: Map<Arc<Claim>>,
-    /// Decided ids of segments not yet sealed: where their records are.
+    /// Ids in flight, ids whose outcome is unknown, and decided ids of segments not yet sealed.
     hot: HotMap,
     sealed: RwLock<SealedSet>,
     /// The high 64 bits of the largest sealed id (`u64::MAX` while a new file is being added):
@@ -122,13 +110,10 @@ pub enum Claimed {
     /// with the op to the shard that decides it.
     Leader(ClaimGuard),
     /// Another submission of the id is in flight (or ended unknown): wait for its outcome.
-    Follower(Arc<Claim>),
+    Follower(Arc<Waiter>),
     /// The id was decided by the record at this location (in a segment not yet sealed).
     Decided(Location),
 }
-
-/// Map shards: many, so that each grows (and rehashes) in small steps under load.
-const MAP_SHARDS: usize = 64;
 
 /// Parts of the hot map: at least this many (each under its own lock) ...
 const HOT_PARTS_MIN: usize = 8;
@@ -137,17 +122,22 @@ const HOT_PARTS_MIN: usize = 8;
 /// the hot set waste far less than one table rounded up to the next power of two.
 const HOT_PART_IDS: usize = (1 << 17) / 8 * 7;
 
-/// The hot map: decided ids of unsealed segments and where their records are, in parts under
-/// their own locks, each a table in huge pages ([`crate::storage::huge`]). A `DashMap` spread
-/// over 64 small tables cost a TLB miss or more per probe, and probes are three per op (the
-/// claim's check, the decision's insert, the seal's removal).
+/// The hot map: every id in flight and every decided id of the unsealed segments, with where
+/// its record is, in parts under their own locks, each a table in huge pages
+/// ([`crate::storage::huge`]).
 ///
-/// A location is packed into 8 bytes (shard in the top 8 bits, LSN below: 2^56 records per
-/// shard, 2,000 years at a million a second), so an entry is 24 bytes; a location that does not
-/// pack goes to `overflow`.
+/// One entry serves an id from its claim to its seal: the claim inserts it *in flight*, the
+/// decision overwrites it with the record's location in place, the seal removes it. (A
+/// separate map of claims cost two more probes and an allocation per op, ~10% of `tally load`.)
+/// A batch's ids are claimed, and a round's decided, a part at a time under one lock: the
+/// probes of one part then overlap their cache misses instead of each waiting behind a lock.
+///
+/// A value is 8 bytes, so an entry is 24: a location packed with the shard in the top 8 bits
+/// (below `0xFE`) and the LSN below (2^56 records per shard, 2,000 years at a million a
+/// second), or [`IN_FLIGHT`] / [`UNKNOWN`]. A location that does not pack goes to `overflow`.
 #[derive(Debug)]
 struct HotMap {
-    parts: Box<[RwLock<HugeMap<Id, u64, ahash::RandomState>>]>,
+    parts: Box<[RwLock<Part>]>,
     /// The ids each part is sized for: a part that grew past it (a burst of ids, such as the
     /// mints of a new ledger) shrinks back when a seal empties it.
     part_capacity: usize,
@@ -156,7 +146,12 @@ struct HotMap {
     /// Whether anything ever went to `overflow` (which `DashMap::is_empty` would find out by
     /// visiting all of its shards, on every probe of an id that is not hot).
     overflowed: AtomicBool,
+    /// Submissions waiting for an id in flight (entries marked [`FOLLOWED`]), and the outcome
+    /// of every id whose outcome is unknown (kept for the session).
+    waiters: Map<Arc<Waiter>>,
 }
+
+type Part = HugeMap<Id, u64, ahash::RandomState>;
 
 /// An id as two words: 8-byte aligned, so a hot-map entry is 24 bytes, not 32.
 type Id = [u64; 2];
@@ -166,17 +161,32 @@ fn split(id: u128) -> Id {
 }
 
 const LSN_BITS: u32 = 56;
+/// The top byte of a value that is not a location.
+const STATE: u64 = 0xFF << LSN_BITS;
+/// Claimed by a submission that has not been decided yet ...
+const IN_FLIGHT: u64 = 0xFF << LSN_BITS;
+/// ... and another submission of the id waits in `waiters`.
+const FOLLOWED: u64 = 1;
+/// The record may or may not be on disk: claimed for the rest of the session.
+const UNKNOWN: u64 = 0xFE << LSN_BITS;
 
 fn pack(location: Location) -> Option<u64> {
-    (location.shard < 1 << (64 - LSN_BITS) && location.lsn < 1 << LSN_BITS)
+    (location.shard < 0xFE && location.lsn < 1 << LSN_BITS)
         .then(|| (u64::from(location.shard) << LSN_BITS) | location.lsn)
 }
 
-fn unpack(packed: u64) -> Location {
-    Location {
+fn unpack(packed: u64) -> Option<Location> {
+    (packed >> LSN_BITS < 0xFE).then_some(Location {
         shard: (packed >> LSN_BITS) as u32,
         lsn: packed & ((1 << LSN_BITS) - 1),
-    }
+    })
+}
+
+/// What a claim found in the map.
+enum Probe {
+    New,
+    Decided(Location),
+    Follow(Arc<Waiter>),
 }
 
 impl HotMap {
@@ -200,10 +210,11 @@ impl HotMap {
             hasher: ahash::RandomState::new(),
             overflow: DashMap::with_hasher(ahash::RandomState::new()),
             overflowed: AtomicBool::new(false),
+            waiters: DashMap::with_hasher(ahash::RandomState::new()),
         }
     }
 
-    fn part(&self, id: u128) -> &RwLock<HugeMap<Id, u64, ahash::RandomState>> {
+    fn part(&self, id: u128) -> &RwLock<Part> {
         &self.parts[self.part_of(id)]
     }
 
@@ -211,9 +222,31 @@ impl HotMap {
         (self.hasher.hash_one(id) % self.parts.len() as u64) as usize
     }
 
+    /// The positions of `ids` grouped by part: `order[starts[p]..starts[p + 1]]` are part
+    /// `p`'s, in their order in `ids`.
+    fn grouped(&self, ids: impl ExactSizeIterator<Item = u128>) -> (Vec<u32>, Vec<usize>) {
+        let count = self.parts.len();
+        let part_of: Vec<u32> = ids.map(|id| self.part_of(id) as u32).collect();
+        let mut starts = vec![0usize; count + 1];
+        for &part in &part_of {
+            starts[part as usize + 1] += 1;
+        }
+        for part in 0..count {
+            starts[part + 1] += starts[part];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![0u32; part_of.len()];
+        for (position, &part) in part_of.iter().enumerate() {
+            order[next[part as usize]] = position as u32;
+            next[part as usize] += 1;
+        }
+        (order, starts)
+    }
+
+    /// Where `id`'s deciding record is, if it is decided and hot.
     fn get(&self, id: u128) -> Option<Location> {
-        if let Some(&packed) = read(self.part(id)).get(&split(id)) {
-            return Some(unpack(packed));
+        if let Some(&value) = read(self.part(id)).get(&split(id)) {
+            return unpack(value);
         }
         if !self.overflowed.load(Ordering::Acquire) {
             return None;
@@ -221,21 +254,104 @@ impl HotMap {
         self.overflow.get(&id).map(|entry| *entry)
     }
 
-    fn insert(&self, id: u128, location: Location) {
-        match pack(location) {
-            Some(packed) => {
-                write(self.part(id)).insert(split(id), packed);
+    /// Claims `id` in its part (locked by the caller), or finds where it was decided, or the
+    /// waiter of the submission that holds it.
+    fn claim_in(&self, map: &mut Part, id: u128) -> Probe {
+        match map.entry(split(id)) {
+            MapEntry::Occupied(mut entry) => {
+                let value = *entry.get();
+                if let Some(location) = unpack(value) {
+                    return Probe::Decided(location);
+                }
+                if value & STATE == IN_FLIGHT {
+                    *entry.get_mut() = value | FOLLOWED;
+                }
+                // In flight: the holder's decision wakes it. Unknown: it was settled then.
+                Probe::Follow(self.waiters.entry(id).or_default().clone())
             }
-            None => {
-                self.overflow.insert(id, location);
-                self.overflowed.store(true, Ordering::Release);
+            MapEntry::Vacant(entry) => {
+                // Decided where the location did not pack? (Checked under the part's lock,
+                // which the decision held when it moved the id there.)
+                if self.overflowed.load(Ordering::Acquire) {
+                    if let Some(location) = self.overflow.get(&id) {
+                        return Probe::Decided(*location);
+                    }
+                }
+                entry.insert(IN_FLIGHT);
+                Probe::New
             }
         }
     }
 
+    /// Notes `id` decided at `location` (in its part, locked by the caller); returns the
+    /// waiter to wake, if a submission follows the id.
+    fn decide_in(&self, map: &mut Part, id: u128, location: Location) -> Option<Arc<Waiter>> {
+        let old = match pack(location) {
+            Some(packed) => map.insert(split(id), packed),
+            None => {
+                self.overflow.insert(id, location);
+                self.overflowed.store(true, Ordering::Release);
+                map.remove(&split(id))
+            }
+        };
+        if old == Some(IN_FLIGHT | FOLLOWED) {
+            return self.waiters.remove(&id).map(|(_, waiter)| waiter);
+        }
+        None
+    }
+
+    /// Notes ids decided: a part at a time under its lock; then wakes whoever waited.
+    fn decide_all(&self, decided: &[(u128, Location)]) {
+        let (order, starts) = self.grouped(decided.iter().map(|&(id, _)| id));
+        let mut woken = Vec::new();
+        for (part, lock) in self.parts.iter().enumerate() {
+            let positions = &order[starts[part]..starts[part + 1]];
+            if positions.is_empty() {
+                continue;
+            }
+            let mut map = write(lock);
+            for &position in positions {
+                let (id, location) = decided[position as usize];
+                if let Some(waiter) = self.decide_in(&mut map, id, location) {
+                    woken.push((waiter, location));
+                }
+            }
+        }
+        for (waiter, location) in woken {
+            waiter.settle(Settled::Decided(location));
+        }
+    }
+
+    /// Frees a claimed id (its op never reached a WAL).
+    fn free(&self, id: u128) {
+        let old = write(self.part(id)).remove(&split(id));
+        if old == Some(IN_FLIGHT | FOLLOWED) {
+            if let Some((_, waiter)) = self.waiters.remove(&id) {
+                waiter.settle(Settled::Freed);
+            }
+        }
+    }
+
+    /// Marks a claimed id unknown for the session: every later submission of it follows.
+    fn unknown(&self, id: u128, held: Op, error: LedgerError) {
+        let waiter = {
+            let mut map = write(self.part(id));
+            map.insert(split(id), UNKNOWN);
+            self.waiters.entry(id).or_default().clone()
+        };
+        waiter.settle(Settled::Unknown { held, error });
+    }
+
+    /// Notes a decided id (at open, from the WAL).
+    fn insert(&self, id: u128, location: Location) {
+        let mut map = write(self.part(id));
+        let _ = self.decide_in(&mut map, id, location);
+    }
+
     /// Removes `ids` (a sealed segment's: hundreds of thousands), a chunk at a time, taking
     /// each part's lock once a chunk; a part that had grown past its planned size and is now
-    /// small enough shrinks back to it.
+    /// small enough shrinks back to it. Only decided entries go: an id whose outcome is
+    /// unknown stays claimed whatever was sealed.
     fn remove_all(&self, ids: impl IntoIterator<Item = u128>) {
         const CHUNK: usize = 1 << 12;
         let mut by_part: Vec<Vec<u128>> = vec![Vec::new(); self.parts.len()];
@@ -264,7 +380,11 @@ impl HotMap {
             }
             let mut map = write(part);
             for id in ids.iter() {
-                map.remove(&split(*id));
+                if let MapEntry::Occupied(entry) = map.entry(split(*id)) {
+                    if unpack(*entry.get()).is_some() {
+                        entry.remove();
+                    }
+                }
             }
             drop(map);
             if self.overflowed.load(Ordering::Acquire) {
@@ -304,11 +424,6 @@ impl Ids {
     /// front, so it does not rehash under load).
     pub fn new(hot_capacity: usize) -> Arc<Self> {
         Arc::new(Ids {
-            claims: DashMap::with_capacity_and_hasher_and_shard_amount(
-                1024,
-                ahash::RandomState::new(),
-                MAP_SHARDS,
-            ),
             hot: HotMap::new(hot_capacity),
             sealed: RwLock::default(),
             sealed_max_high: std::sync::atomic::AtomicU64::new(0),
@@ -320,28 +435,46 @@ impl Ids {
     /// Claims `op`'s id, or finds the submission that holds it, or where it was decided.
     pub fn claim(self: &Arc<Self>, op: Op) -> Claimed {
         let id = op.id().0;
-        match self.claims.entry(id) {
-            MapEntry::Occupied(held) => Claimed::Follower(held.get().clone()),
-            MapEntry::Vacant(vacant) => {
-                // Decided and not sealed yet? (Checked under the claim's shard lock: a decider
-                // inserts here before it releases its claim, so no decision slips between.)
-                if let Some(location) = self.hot.get(id) {
-                    return Claimed::Decided(location);
-                }
-                let claim = Arc::new(Claim {
-                    op,
-                    settled: OnceLock::new(),
-                    waited: AtomicBool::new(false),
-                    wake: tokio::sync::Notify::new(),
-                });
-                vacant.insert(claim.clone());
-                Claimed::Leader(ClaimGuard {
-                    ids: self.clone(),
-                    claim,
-                    logged: false,
-                    done: false,
-                })
+        let probe = self.hot.claim_in(&mut write(self.hot.part(id)), id);
+        self.claimed(probe, op)
+    }
+
+    /// [`Ids::claim`] for each of `ops` (whose ids are distinct), a part of the map at a time.
+    pub fn claim_all(self: &Arc<Self>, ops: &[Op]) -> Vec<Claimed> {
+        let (order, starts) = self.hot.grouped(ops.iter().map(|op| op.id().0));
+        let mut probes: Vec<Option<Probe>> = Vec::with_capacity(ops.len());
+        probes.resize_with(ops.len(), || None);
+        for (part, lock) in self.hot.parts.iter().enumerate() {
+            let positions = &order[starts[part]..starts[part + 1]];
+            if positions.is_empty() {
+                continue;
             }
+            let mut map = write(lock);
+            for &position in positions {
+                let id = ops[position as usize].id().0;
+                probes[position as usize] = Some(self.hot.claim_in(&mut map, id));
+            }
+        }
+        ops.iter()
+            .zip(probes)
+            .map(|(&op, probe)| match probe {
+                Some(probe) => self.claimed(probe, op),
+                // Unreachable (every position is in one part); claiming alone is still right.
+                None => self.claim(op),
+            })
+            .collect()
+    }
+
+    fn claimed(self: &Arc<Self>, probe: Probe, op: Op) -> Claimed {
+        match probe {
+            Probe::New => Claimed::Leader(ClaimGuard {
+                ids: self.clone(),
+                op,
+                logged: false,
+                done: false,
+            }),
+            Probe::Decided(location) => Claimed::Decided(location),
+            Probe::Follow(waiter) => Claimed::Follower(waiter),
         }
     }
 
@@ -434,34 +567,25 @@ impl Ids {
     }
 }
 
-/// The claim of one id, held by the op that decides it. Settling consumes it; dropping it
-/// unsettled frees the id if the op was never logged, and leaves it unknown if it was.
+/// The claim of one id, held by the op that decides it. Settling consumes it (or, for a round's
+/// decisions, disarms it into [`Decisions`]); dropping it unsettled frees the id if the op was
+/// never logged, and leaves it unknown if it was.
 #[derive(Debug)]
 pub struct ClaimGuard {
     ids: Arc<Ids>,
-    claim: Arc<Claim>,
+    op: Op,
     logged: bool,
     done: bool,
 }
 
 impl ClaimGuard {
     fn id(&self) -> u128 {
-        self.claim.op.id().0
+        self.op.id().0
     }
 
     /// The op's record is in the shard's log buffer: from now on its outcome depends on the WAL.
     pub fn mark_logged(&mut self) {
         self.logged = true;
-    }
-
-    /// The op's record at `location` is written: every later submission finds it there.
-    pub fn decide(mut self, location: Location, result: Result<Receipt>) {
-        self.done = true;
-        let id = self.id();
-        // Hot first, then the claim goes: a new submission finds one or the other.
-        self.ids.hot.insert(id, location);
-        self.ids.claims.remove(&id);
-        self.claim.settle(Settled::Decided(result));
     }
 
     /// The op's record may be lost or kept: the id stays claimed for this session.
@@ -470,9 +594,8 @@ impl ClaimGuard {
     }
 
     fn set_unknown(&mut self, error: LedgerError) {
-        // The claim stays in the map for the session: every submission follows it.
         self.done = true;
-        self.claim.settle(Settled::Unknown(error));
+        self.ids.hot.unknown(self.id(), self.op, error);
     }
 
     /// Settles as freed: nothing was logged for this submission (or the id turned out decided
@@ -483,8 +606,7 @@ impl ClaimGuard {
 
     fn set_freed(&mut self) {
         self.done = true;
-        self.ids.claims.remove(&self.id());
-        self.claim.settle(Settled::Freed);
+        self.ids.hot.free(self.id());
     }
 }
 
@@ -498,6 +620,47 @@ impl Drop for ClaimGuard {
         } else {
             self.set_freed();
         }
+    }
+}
+
+/// The decisions of one WAL round, noted in the hot map together (a part at a time) when the
+/// round is applied or this is dropped: every later submission of those ids then finds their
+/// records.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    ids: Option<Arc<Ids>>,
+    decided: Vec<(u128, Location)>,
+}
+
+impl Decisions {
+    /// Takes over `claim`'s obligation: its id is decided by the record at `location`.
+    pub fn add(&mut self, claim: &mut ClaimGuard, location: Location) {
+        if claim.done {
+            return;
+        }
+        claim.done = true;
+        if self.ids.is_none() {
+            self.ids = Some(claim.ids.clone());
+        }
+        self.decided.push((claim.id(), location));
+    }
+
+    /// Notes every decision in the hot map and wakes the submissions that follow them.
+    pub fn apply(mut self) {
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if let Some(ids) = &self.ids {
+            ids.hot.decide_all(&self.decided);
+        }
+        self.decided.clear();
+    }
+}
+
+impl Drop for Decisions {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -550,8 +713,15 @@ mod tests {
             (
                 u128::MAX - 1,
                 Location {
-                    shard: 255,
+                    shard: 0xFD,
                     lsn: (1 << 56) - 1,
+                },
+            ),
+            (
+                9,
+                Location {
+                    shard: 0xFE,
+                    lsn: 1,
                 },
             ),
             (
@@ -566,15 +736,115 @@ mod tests {
         for (id, location) in locations {
             hot.insert(id, location);
         }
-        assert_eq!(hot.len(), 4);
-        assert_eq!(hot.overflow.len(), 2);
+        assert_eq!(hot.len(), 5);
+        assert_eq!(hot.overflow.len(), 3);
         for (id, location) in locations {
             assert_eq!(hot.get(id), Some(location));
         }
         assert_eq!(hot.get(7 << 65), None);
         hot.remove_all([1, 7]);
         assert_eq!((hot.get(1), hot.get(7)), (None, None));
-        assert_eq!(hot.get(7 << 64), Some(locations[2].1));
-        assert_eq!(hot.len(), 2);
+        assert_eq!(hot.get(7 << 64), Some(locations[3].1));
+        assert_eq!(hot.len(), 3);
+    }
+
+    fn mint(id: u128) -> Op {
+        Op::Mint {
+            id: crate::types::TransferId(id),
+            to: crate::types::Pubkey([7; 32]),
+            amount: 5,
+            user_data: 0,
+        }
+    }
+
+    fn leader(claimed: Claimed) -> ClaimGuard {
+        match claimed {
+            Claimed::Leader(guard) => guard,
+            _ => panic!("expected to lead"),
+        }
+    }
+
+    fn follower(claimed: Claimed) -> Arc<Waiter> {
+        match claimed {
+            Claimed::Follower(waiter) => waiter,
+            _ => panic!("expected to follow"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_entry_serves_an_id_from_claim_to_decision_and_wakes_who_followed() {
+        let ids = Ids::new(64);
+        let at = Location { shard: 1, lsn: 42 };
+        let mut claim = leader(ids.claim(mint(5)));
+        let waiter = follower(ids.claim(mint(5)));
+        // A second follower shares the waiter.
+        assert!(Arc::ptr_eq(&waiter, &follower(ids.claim(mint(5)))));
+        assert_eq!(ids.locate(5).unwrap(), None, "in flight is not decided");
+        let woken = tokio::spawn({
+            let waiter = waiter.clone();
+            async move { waiter.settled().await }
+        });
+        claim.mark_logged();
+        let mut decisions = Decisions::default();
+        decisions.add(&mut claim, at);
+        drop(claim); // disarmed: neither freed nor unknown
+        decisions.apply();
+        assert!(matches!(woken.await.unwrap(), Settled::Decided(location) if location == at));
+        assert!(matches!(ids.claim(mint(5)), Claimed::Decided(location) if location == at));
+        assert_eq!(ids.locate(5).unwrap(), Some(at));
+        assert!(ids.hot.waiters.is_empty());
+        assert_eq!(ids.hot_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_freed_claim_wakes_its_followers_and_frees_the_id() {
+        let ids = Ids::new(64);
+        let claim = leader(ids.claim(mint(6)));
+        let waiter = follower(ids.claim(mint(6)));
+        drop(claim); // never logged: freed
+        assert!(matches!(waiter.settled().await, Settled::Freed));
+        assert_eq!(ids.hot_len(), 0);
+        let _again = leader(ids.claim(mint(6)));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_keeps_the_id_claimed_through_seals() {
+        let ids = Ids::new(64);
+        let mut claim = leader(ids.claim(mint(8)));
+        claim.mark_logged();
+        drop(claim); // logged, never settled: unknown (Closed)
+        let waiter = follower(ids.claim(mint(8)));
+        assert!(matches!(
+            waiter.settled().await,
+            Settled::Unknown { held, error: LedgerError::Closed } if held == mint(8)
+        ));
+        // A seal of a segment that held its record does not release it.
+        ids.hot.remove_all([8]);
+        let _ = follower(ids.claim(mint(8)));
+        assert_eq!(ids.locate(8).unwrap(), None);
+    }
+
+    #[test]
+    fn a_batch_claims_each_id_once_across_parts() {
+        let ids = Ids::new(8 * 1000);
+        let decided = Location { shard: 0, lsn: 3 };
+        ids.insert_hot(3, decided);
+        let held = leader(ids.claim(mint(4)));
+        let ops: Vec<Op> = (1..=500u128).map(mint).collect();
+        let claims = ids.claim_all(&ops);
+        assert_eq!(claims.len(), 500);
+        for (op, claimed) in ops.iter().zip(&claims) {
+            match (op.id().0, claimed) {
+                (3, Claimed::Decided(location)) => assert_eq!(*location, decided),
+                (4, Claimed::Follower(_)) => {}
+                (3 | 4, _) => panic!("id {} claimed wrongly", op.id().0),
+                (_, Claimed::Leader(guard)) => assert_eq!(guard.id(), op.id().0),
+                (id, _) => panic!("id {id} should lead"),
+            }
+        }
+        assert_eq!(ids.hot_len(), 500);
+        drop(claims);
+        drop(held);
+        assert_eq!(ids.hot_len(), 1, "the unlogged claims are freed");
     }
 }

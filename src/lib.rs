@@ -343,8 +343,8 @@ impl Ledger {
                 ids::Claimed::Decided(location) => {
                     return self.inner.history.answer(location, &op);
                 }
-                ids::Claimed::Follower(claim) => {
-                    if let Some(answer) = follow(&claim.op, &op, claim.settled().await) {
+                ids::Claimed::Follower(waiter) => {
+                    if let Some(answer) = self.follow(&op, waiter.settled().await) {
                         return answer;
                     }
                 }
@@ -365,6 +365,20 @@ impl Ledger {
                 claim.free();
                 Checked::Answer(Err(error))
             }
+        }
+    }
+
+    /// The answer to `op` once the submission that held its id has settled: the answer of the
+    /// record that decided it (`IdConflict` if its fields differ); `None` when that submission
+    /// was refused before any WAL, so `op` must claim the id itself.
+    fn follow(&self, op: &Op, settled: ids::Settled) -> Option<Result<Receipt, LedgerError>> {
+        match settled {
+            ids::Settled::Freed => None,
+            ids::Settled::Decided(location) => Some(self.inner.history.answer(location, op)),
+            ids::Settled::Unknown { held, .. } if held != *op => {
+                Some(Err(LedgerError::IdConflict { id: op.id() }))
+            }
+            ids::Settled::Unknown { error, .. } => Some(Err(error)),
         }
     }
 
@@ -437,6 +451,8 @@ impl Ledger {
         let mut claimed_at = Vec::with_capacity(ops.len());
         let mut followers = Vec::new();
         let mut repeats = Vec::new();
+        let mut first_at = Vec::with_capacity(ops.len());
+        let mut firsts = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
             if let Err(error) = check_stateless(op) {
                 results[index] = Some(Err(error));
@@ -446,7 +462,13 @@ impl Ledger {
                 repeats.push(index);
                 continue;
             }
-            match self.inner.history.ids.claim(*op) {
+            first_at.push(index);
+            firsts.push(*op);
+        }
+        // The batch's distinct ids, claimed a part of the id map at a time.
+        let claims = self.inner.history.ids.claim_all(&firsts);
+        for ((index, op), claim) in first_at.into_iter().zip(firsts.iter()).zip(claims) {
+            match claim {
                 ids::Claimed::Leader(claim) => match self.check_decided(op, claim) {
                     Checked::Answer(answer) => results[index] = Some(answer),
                     Checked::New(claim) => {
@@ -457,7 +479,7 @@ impl Ledger {
                 ids::Claimed::Decided(location) => {
                     results[index] = Some(self.inner.history.answer(location, op))
                 }
-                ids::Claimed::Follower(claim) => followers.push((index, claim)),
+                ids::Claimed::Follower(waiter) => followers.push((index, waiter)),
             }
         }
         if !claimed.is_empty() {
@@ -477,9 +499,9 @@ impl Ledger {
         }
         // Ops whose ids another call holds: they change nothing here unless that call's op was
         // refused before any WAL, when they run on their own.
-        for (index, claim) in followers {
+        for (index, waiter) in followers {
             let op = ops[index];
-            let answer = match follow(&claim.op, &op, claim.settled().await) {
+            let answer = match self.follow(&op, waiter.settled().await) {
                 Some(answer) => answer,
                 None => self.decide(op).await,
             };
@@ -679,20 +701,6 @@ fn check_stateless(op: &Op) -> Result<(), LedgerError> {
         Op::Transfer { from, to, .. } if from == to => Err(LedgerError::SameAccount),
         _ => Ok(()),
     }
-}
-
-/// The answer to `op` once the submission `held` of the same id has settled; `None` when that
-/// one was refused before any WAL, so `op` must claim the id itself.
-fn follow(held: &Op, op: &Op, settled: ids::Settled) -> Option<Result<Receipt, LedgerError>> {
-    let answer = match settled {
-        ids::Settled::Freed => return None,
-        ids::Settled::Decided(answer) => answer,
-        ids::Settled::Unknown(error) => Err(error),
-    };
-    if held != op {
-        return Some(Err(LedgerError::IdConflict { id: op.id() }));
-    }
-    Some(answer)
 }
 
 /// Opening ran on a blocking thread that did not finish: it panicked (a bug) or its runtime is

@@ -120,6 +120,9 @@ pub struct ShardState {
     checkpoints: u64,
     /// The newest timestamp given to a record (the next one is strictly greater).
     last_timestamp: u64,
+    /// The wall clock read once for a whole message of ops ([`ShardState::read_clock`]); the
+    /// records it decides take it, or their predecessor's timestamp + 1 ns.
+    clock: Option<u64>,
     marks: Marks,
 }
 
@@ -161,6 +164,7 @@ impl ShardState {
             buffer_index: BatchIndex::default(),
             checkpoints: 0,
             last_timestamp: header.last_timestamp,
+            clock: None,
             marks: Marks::default(),
             header,
         }
@@ -207,6 +211,7 @@ impl ShardState {
             buffer_index: BatchIndex::default(),
             checkpoints: 0,
             last_timestamp: judged.last_timestamp,
+            clock: None,
             marks,
         })
     }
@@ -308,11 +313,21 @@ impl ShardState {
         })
     }
 
+    /// Reads the wall clock for the ops of one message: a message of hundreds of ops reads it
+    /// once (reading it per op was ~1.5% of `tally load`'s CPU), and its records are stamped
+    /// strictly increasing from there.
+    pub fn read_clock(&mut self) {
+        self.clock = Some(unix_nanos_now());
+    }
+
+    /// Ends the message's reading: records decided later read the clock themselves.
+    pub fn release_clock(&mut self) {
+        self.clock = None;
+    }
+
     /// The id, user data and a fresh timestamp for a deciding record.
     fn meta(&mut self, op: OpMeta) -> Meta {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos().min(u64::MAX as u128) as u64);
+        let now = self.clock.unwrap_or_else(unix_nanos_now);
         self.last_timestamp = now.max(self.last_timestamp.saturating_add(1));
         Meta {
             id: op.id,
@@ -824,4 +839,11 @@ pub fn add_mark(marks: &mut Marks, slot: u64, sequence: u64, lsn: u64) -> bool {
     }
     list[index] = lsn;
     true
+}
+
+/// Nanoseconds since the UNIX epoch (0 if the clock is before it).
+fn unix_nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos().min(u64::MAX as u128) as u64)
 }

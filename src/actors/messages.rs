@@ -50,7 +50,9 @@ impl Completion {
     /// which plans it again.
     pub fn defer(mut self, op: ShardOp) {
         match self.0.take() {
-            Some(Target::Batch { results, index }) => results.fill(index, Slot::Deferred(op)),
+            Some(Target::Batch { results, index }) => {
+                results.fill(index, Slot::Deferred(Box::new(op)))
+            }
             // Only batch members run speculatively, and only they can be held up behind one.
             Some(target @ Target::Single(_)) => {
                 debug_assert!(false, "a single op was deferred");
@@ -90,8 +92,9 @@ impl Drop for Completion {
 #[derive(Debug)]
 pub enum Slot {
     Done(Result<Receipt>),
-    /// Not run: the op comes back (with the supply a mint reserved) to be planned again.
-    Deferred(ShardOp),
+    /// Not run: the op comes back (with the supply a mint reserved) to be planned again. Boxed:
+    /// deferrals are rare (speculative debits under skew) and a wave holds a slot per op.
+    Deferred(Box<ShardOp>),
 }
 
 /// Results of one wave of a batch, filled in by whichever shard finishes each op. The router

@@ -264,7 +264,7 @@ impl Routing {
                 (Some(Slot::Done(result)), _) => run.results[planned.index] = Some(result),
                 (Some(Slot::Deferred(op)), Some(shard)) => {
                     deferred = true;
-                    run.routed[planned.index] = Some((shard, op));
+                    run.routed[planned.index] = Some((shard, *op));
                 }
                 (Some(Slot::Deferred(_)) | None, _) => {
                     run.results[planned.index] = Some(Err(LedgerError::Closed))

@@ -15,7 +15,7 @@ use super::books::{Logged, ShardBooks};
 use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
-use crate::ids::{ClaimGuard, Location};
+use crate::ids::{ClaimGuard, Decisions, Location};
 use crate::state::{
     CheckpointInfo, CheckpointPlan, Logged as Decided, OpMeta, ShardState, TransferOutcome,
 };
@@ -484,9 +484,11 @@ impl Handler<ShardOps> for ShardActor {
         let ShardOps { ops, queued } = message;
         drop(queued);
         let mut held = HashSet::new();
+        self.state.read_clock();
         for (op, completion) in ops {
             self.apply(op, completion, &mut held);
         }
+        self.state.release_clock();
         self.schedule_flush(ctx);
     }
 }
@@ -776,21 +778,37 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
         fail_acks(acks, &error);
         return;
     }
+    // The round's ids are decided (their records written, and durable where required) before
+    // any caller hears of it, all together: a retry that follows an answer finds its record.
+    let mut acks = acks;
+    let mut decisions = Decisions::default();
+    for ack in acks.iter_mut().flat_map(|acks| acks.items.iter_mut()) {
+        match ack {
+            Ack::Reply {
+                claim: Some((claim, location)),
+                ..
+            } => decisions.add(claim, *location),
+            Ack::SendCredit {
+                source_lsn, claim, ..
+            } => {
+                let location = Location {
+                    shard,
+                    lsn: *source_lsn,
+                };
+                decisions.add(claim, location);
+            }
+            Ack::Reply { claim: None, .. } | Ack::Barrier(_) => {}
+        }
+    }
+    decisions.apply();
     let mut credits: Vec<Vec<CreditItem>> = Vec::new();
     for Acks { logged, items } in acks {
         logged.keep();
         for ack in items {
             match ack {
                 Ack::Reply {
-                    completion,
-                    result,
-                    claim,
-                } => {
-                    if let Some((claim, location)) = claim {
-                        claim.decide(location, result.clone());
-                    }
-                    completion.complete(result)
-                }
+                    completion, result, ..
+                } => completion.complete(result),
                 Ack::SendCredit {
                     target_shard,
                     source_lsn,
@@ -798,14 +816,9 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     amount,
                     receipt,
                     completion,
-                    claim,
+                    ..
                 } => {
                     // Committed: the debit is written (and durable where required).
-                    let location = Location {
-                        shard,
-                        lsn: source_lsn,
-                    };
-                    claim.decide(location, Ok(receipt));
                     let target = target_shard as usize;
                     if credits.len() <= target {
                         credits.resize_with(target + 1, Vec::new);
