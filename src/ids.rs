@@ -583,6 +583,11 @@ impl ClaimGuard {
         self.op.id().0
     }
 
+    /// The op that holds the claim.
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
+
     /// The op's record is in the shard's log buffer: from now on its outcome depends on the WAL.
     pub fn mark_logged(&mut self) {
         self.logged = true;

@@ -13,7 +13,6 @@ use super::messages::*;
 use super::shard::{ShardActor, ShardGauges};
 use crate::error::{LedgerError, Result};
 use crate::ids::ClaimGuard;
-use crate::state::OpMeta;
 use crate::types::{Account, Entry, Op, Pubkey, Receipt};
 use crate::wal::record::Refusal;
 
@@ -84,31 +83,13 @@ impl Routing {
         (shard, target_shard): (u32, u32),
     ) -> Result<(u32, ShardOp)> {
         match op {
-            Op::Mint {
-                id,
-                to,
-                amount,
-                user_data,
-            } => {
-                let meta = OpMeta {
-                    id: id.0,
-                    user_data,
-                };
+            Op::Mint { amount, .. } => {
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
                 }
                 let op = match self.books.reserve(amount) {
-                    Ok(reservation) => ShardOp::Mint {
-                        meta,
-                        to,
-                        reservation,
-                        claim,
-                    },
+                    Ok(reservation) => ShardOp::Mint { reservation, claim },
                     Err(LedgerError::Overflow) => ShardOp::Refuse {
-                        meta,
-                        from: None,
-                        to,
-                        amount,
                         refusal: Refusal::Overflow,
                         claim,
                     },
@@ -117,11 +98,7 @@ impl Routing {
                 Ok((shard, op))
             }
             Op::Transfer {
-                id,
-                from,
-                to,
-                amount,
-                user_data,
+                from, to, amount, ..
             } => {
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
@@ -130,13 +107,6 @@ impl Routing {
                     return Err(LedgerError::SameAccount);
                 }
                 let op = ShardOp::Transfer {
-                    meta: OpMeta {
-                        id: id.0,
-                        user_data,
-                    },
-                    from,
-                    to,
-                    amount,
                     target_shard,
                     speculative: false,
                     claim,

@@ -196,31 +196,23 @@ impl ShardActor {
             return;
         }
         match op {
-            ShardOp::Mint {
-                meta,
-                to,
-                reservation,
-                claim,
-            } => match self.state.mint(meta, to, reservation.amount()) {
-                Ok(decided) => {
-                    self.logged.add_mint(reservation);
-                    let result = Ok(self.receipt(decided));
-                    self.reply_decided(completion, result, claim, decided.lsn);
+            ShardOp::Mint { reservation, claim } => {
+                let (meta, _, to, _) = fields(claim.op());
+                match self.state.mint(meta, to, reservation.amount()) {
+                    Ok(decided) => {
+                        self.logged.add_mint(reservation);
+                        let result = Ok(self.receipt(decided));
+                        self.reply_decided(completion, result, claim, decided.lsn);
+                    }
+                    Err(error) => {
+                        let amount = reservation.amount();
+                        drop(reservation);
+                        self.refuse_or_fail(completion, error, claim, meta, None, to, amount);
+                    }
                 }
-                Err(error) => {
-                    let amount = reservation.amount();
-                    drop(reservation);
-                    self.refuse_or_fail(completion, error, claim, meta, None, to, amount);
-                }
-            },
-            ShardOp::Refuse {
-                meta,
-                from,
-                to,
-                amount,
-                refusal,
-                claim,
-            } => {
+            }
+            ShardOp::Refuse { refusal, claim } => {
+                let (meta, from, to, amount) = fields(claim.op());
                 let decided = self.state.refuse(meta, from, to, amount, refusal);
                 let result = Err(refusal_error(refusal));
                 self.reply_decided(completion, result, claim, decided.lsn);
@@ -274,18 +266,20 @@ impl ShardActor {
 
     /// The accounts of this shard an op touches.
     fn touched(&self, op: &ShardOp) -> [Option<Pubkey>; 2] {
-        match *op {
-            ShardOp::Mint { to, .. } => [Some(to), None],
-            ShardOp::Refuse { from, to, .. } => [from, Some(to)],
+        match op {
+            ShardOp::Mint { claim, .. } => [Some(fields(claim.op()).2), None],
+            ShardOp::Refuse { claim, .. } => {
+                let (_, from, to, _) = fields(claim.op());
+                [from, Some(to)]
+            }
             ShardOp::Transfer {
-                from,
-                to,
                 target_shard,
+                claim,
                 ..
-            } => [
-                Some(from),
-                (target_shard == self.state.shard()).then_some(to),
-            ],
+            } => {
+                let (_, from, to, _) = fields(claim.op());
+                [from, (*target_shard == self.state.shard()).then_some(to)]
+            }
         }
     }
 
@@ -297,16 +291,17 @@ impl ShardActor {
         held: &mut HashSet<Pubkey>,
     ) {
         let ShardOp::Transfer {
-            meta,
-            from,
-            to,
-            amount,
             target_shard,
             speculative,
             claim,
         } = op
         else {
             debug_assert!(false, "apply_transfer takes transfers");
+            return;
+        };
+        let (meta, from, to, amount) = fields(claim.op());
+        let Some(from) = from else {
+            debug_assert!(false, "a transfer has a source");
             return;
         };
         match self.state.transfer(meta, from, to, amount, target_shard) {
@@ -317,10 +312,6 @@ impl ShardActor {
             {
                 held.extend(touched.into_iter().flatten());
                 let op = ShardOp::Transfer {
-                    meta,
-                    from,
-                    to,
-                    amount,
                     target_shard,
                     speculative,
                     claim,
