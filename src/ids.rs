@@ -348,51 +348,25 @@ impl HotMap {
         let _ = self.decide_in(&mut map, id, location);
     }
 
-    /// Removes `ids` (a sealed segment's: hundreds of thousands), a chunk at a time, taking
-    /// each part's lock once a chunk; a part that had grown past its planned size and is now
-    /// small enough shrinks back to it. Only decided entries go: an id whose outcome is
-    /// unknown stays claimed whatever was sealed.
-    fn remove_all(&self, ids: impl IntoIterator<Item = u128>) {
-        const CHUNK: usize = 1 << 12;
-        let mut by_part: Vec<Vec<u128>> = vec![Vec::new(); self.parts.len()];
-        let mut chunked = 0;
-        for id in ids {
-            by_part[self.part_of(id)].push(id);
-            chunked += 1;
-            if chunked == CHUNK {
-                self.remove_chunk(&mut by_part);
-                chunked = 0;
-            }
-        }
-        self.remove_chunk(&mut by_part);
+    /// Removes the decided ids whose records are `shard`'s LSNs `first..=last` (a sealed
+    /// segment's: hundreds of thousands) in one pass over each part, under its lock; a part that
+    /// had grown past its planned size and is now small enough shrinks back to it. In flight
+    /// and unknown entries stay. (Removing the segment's ids one by one missed the cache on
+    /// each: ~1.5% of `tally load`'s samples; a pass reads each table in order.)
+    fn remove_range(&self, shard: u32, first: u64, last: u64) {
+        let sealed = |value: u64| {
+            unpack(value).is_some_and(|at| at.shard == shard && (first..=last).contains(&at.lsn))
+        };
         for part in self.parts.iter() {
             let mut map = write(part);
+            map.retain(|_, value| !sealed(*value));
             if map.capacity() >= 2 * self.part_capacity && map.len() <= self.part_capacity / 2 {
                 map.shrink_to(self.part_capacity);
             }
         }
-    }
-
-    fn remove_chunk(&self, by_part: &mut [Vec<u128>]) {
-        for (part, ids) in self.parts.iter().zip(by_part.iter_mut()) {
-            if ids.is_empty() {
-                continue;
-            }
-            let mut map = write(part);
-            for id in ids.iter() {
-                if let MapEntry::Occupied(entry) = map.entry(split(*id)) {
-                    if unpack(*entry.get()).is_some() {
-                        entry.remove();
-                    }
-                }
-            }
-            drop(map);
-            if self.overflowed.load(Ordering::Acquire) {
-                for id in ids.iter() {
-                    self.overflow.remove(id);
-                }
-            }
-            ids.clear();
+        if self.overflowed.load(Ordering::Acquire) {
+            self.overflow
+                .retain(|_, at| !(at.shard == shard && (first..=last).contains(&at.lsn)));
         }
     }
 
@@ -524,13 +498,10 @@ impl Ids {
         self.hot.insert(id, location);
     }
 
-    /// Adds a sealed file, then forgets the decided ids it now answers for.
-    pub fn add_sealed(
-        &self,
-        shard: u32,
-        idx: Arc<SealedIdx>,
-        hot_ids: impl IntoIterator<Item = u128>,
-    ) {
+    /// Adds a sealed file; with `forget_hot`, then forgets the decided ids it now answers for
+    /// (a file found at open has none in the map: its ids were never hot).
+    pub fn add_sealed(&self, shard: u32, idx: Arc<SealedIdx>, forget_hot: bool) {
+        let range = (idx.first_lsn(), idx.last_lsn());
         {
             let mut sealed = match self.sealed.write() {
                 Ok(guard) => guard,
@@ -548,7 +519,9 @@ impl Ids {
             self.sealed_max_high
                 .store((sealed.max_id >> 64) as u64, Ordering::Release);
         }
-        self.hot.remove_all(hot_ids);
+        if forget_hot {
+            self.hot.remove_range(shard, range.0, range.1);
+        }
     }
 
     /// A history file whose ids cannot be read.
@@ -693,7 +666,7 @@ mod tests {
             .parts
             .iter()
             .all(|part| read(part).capacity() >= 4 * 1000));
-        hot.remove_all(ids[1000..].iter().copied());
+        hot.remove_range(0, 1001, 40_000);
         for (part, planned) in hot.parts.iter().zip(planned) {
             assert_eq!(read(part).capacity(), planned);
         }
@@ -747,7 +720,8 @@ mod tests {
             assert_eq!(hot.get(id), Some(location));
         }
         assert_eq!(hot.get(7 << 65), None);
-        hot.remove_all([1, 7]);
+        hot.remove_range(0, 1, 1);
+        hot.remove_range(256, 9, 9);
         assert_eq!((hot.get(1), hot.get(7)), (None, None));
         assert_eq!(hot.get(7 << 64), Some(locations[3].1));
         assert_eq!(hot.len(), 3);
@@ -824,7 +798,9 @@ mod tests {
             Settled::Unknown { held, error: LedgerError::Closed } if held == mint(8)
         ));
         // A seal of a segment that held its record does not release it.
-        ids.hot.remove_all([8]);
+        for shard in 0..256 {
+            ids.hot.remove_range(shard, 0, u64::MAX);
+        }
         let _ = follower(ids.claim(mint(8)));
         assert_eq!(ids.locate(8).unwrap(), None);
     }

@@ -52,7 +52,7 @@ pub fn open_shard(
             add_mark(&mut marks, mark.slot, mark.sequence, mark.lsn);
         }
         sealed_firsts.push(index.first_lsn());
-        ids.add_sealed(shard, index, std::iter::empty());
+        ids.add_sealed(shard, index, false);
     }
     for (first, path) in unindexed {
         match seal::read_records(&path, first) {
@@ -113,8 +113,7 @@ impl LedgerHistory {
             for first in log.unsealed()? {
                 match log.seal(&*self.io, first) {
                     Ok(Some((index, ids))) => {
-                        self.ids
-                            .add_sealed(log.shard(), index, ids.iter().map(|&(id, _)| id));
+                        self.ids.add_sealed(log.shard(), index, true);
                         sealed += 1;
                         tracing::debug!(
                             shard = log.shard(),
