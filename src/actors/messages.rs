@@ -179,37 +179,26 @@ pub enum ShardOp {
 /// the destination and the amount. A `ShardOp` carries its op once, in its claim (the claim
 /// needs it, and a copy beside it made every op ~100 bytes longer to move).
 pub fn fields(op: &Op) -> (OpMeta, Option<Pubkey>, Pubkey, u64) {
-    match *op {
+    let (from, to, amount, user_data) = match *op {
         Op::Mint {
-            id,
             to,
             amount,
             user_data,
-        } => (
-            OpMeta {
-                id: id.0,
-                user_data,
-            },
-            None,
-            to,
-            amount,
-        ),
+            ..
+        } => (None, to, amount, user_data),
         Op::Transfer {
-            id,
             from,
             to,
             amount,
             user_data,
-        } => (
-            OpMeta {
-                id: id.0,
-                user_data,
-            },
-            Some(from),
-            to,
-            amount,
-        ),
-    }
+            ..
+        } => (Some(from), to, amount, user_data),
+    };
+    let meta = OpMeta {
+        id: op.id().0,
+        user_data,
+    };
+    (meta, from, to, amount)
 }
 
 /// Operations for one shard, applied in order. Each op drops (releasing a mint's reservation)

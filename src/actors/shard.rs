@@ -761,7 +761,7 @@ impl ShardActor {
 /// tell the shard which records may now enter the account file.
 fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
     let Round {
-        acks,
+        mut acks,
         result,
         durable_lsn,
     } = round;
@@ -771,7 +771,6 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
     }
     // The round's ids are decided (their records written, and durable where required) before
     // any caller hears of it, all together: a retry that follows an answer finds its record.
-    let mut acks = acks;
     let mut decisions = Decisions::default();
     for ack in acks.iter_mut().flat_map(|acks| acks.items.iter_mut()) {
         match ack {

@@ -185,7 +185,7 @@ pub fn write(io: &dyn FileIo, path: &Path, contents: &IdxContents) -> Result<()>
     // The contents come from a segment that was just read and checked; a full check of the
     // encoding (every id against the filter) costs as much again, so only debug builds and
     // tests pay for it. Readers check the tables on first use regardless.
-    if cfg!(debug_assertions) {
+    if cfg!(any(debug_assertions, test)) {
         SealedIdx::decode(path, &bytes)?;
     } else {
         let header = check_header(path, &bytes)?;
