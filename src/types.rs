@@ -164,6 +164,25 @@ impl Op {
             Op::Mint { id, .. } | Op::Transfer { id, .. } => *id,
         }
     }
+
+    /// The op's source (none for a mint), destination, amount and user data.
+    pub(crate) fn parts(&self) -> (Option<Pubkey>, Pubkey, u64, u128) {
+        match *self {
+            Op::Mint {
+                to,
+                amount,
+                user_data,
+                ..
+            } => (None, to, amount, user_data),
+            Op::Transfer {
+                from,
+                to,
+                amount,
+                user_data,
+                ..
+            } => (Some(from), to, amount, user_data),
+        }
+    }
 }
 
 /// An applied mint or transfer, as the history keeps it.
@@ -183,21 +202,7 @@ pub struct Transfer {
 impl Transfer {
     /// The transfer `op` made, decided at `timestamp_ns`.
     pub(crate) fn of(op: Op, timestamp_ns: u64) -> Transfer {
-        let (from, to, amount, user_data) = match op {
-            Op::Mint {
-                to,
-                amount,
-                user_data,
-                ..
-            } => (None, to, amount, user_data),
-            Op::Transfer {
-                from,
-                to,
-                amount,
-                user_data,
-                ..
-            } => (Some(from), to, amount, user_data),
-        };
+        let (from, to, amount, user_data) = op.parts();
         Transfer {
             id: op.id(),
             from,

@@ -179,21 +179,7 @@ pub enum ShardOp {
 /// the destination and the amount. A `ShardOp` carries its op once, in its claim (the claim
 /// needs it, and a copy beside it made every op ~100 bytes longer to move).
 pub fn fields(op: &Op) -> (OpMeta, Option<Pubkey>, Pubkey, u64) {
-    let (from, to, amount, user_data) = match *op {
-        Op::Mint {
-            to,
-            amount,
-            user_data,
-            ..
-        } => (None, to, amount, user_data),
-        Op::Transfer {
-            from,
-            to,
-            amount,
-            user_data,
-            ..
-        } => (Some(from), to, amount, user_data),
-    };
+    let (from, to, amount, user_data) = op.parts();
     let meta = OpMeta {
         id: op.id().0,
         user_data,
