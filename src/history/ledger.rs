@@ -112,13 +112,14 @@ impl LedgerHistory {
         for log in self.logs.iter() {
             for first in log.unsealed()? {
                 match log.seal(&*self.io, first) {
-                    Ok(Some((index, ids))) => {
+                    Ok(Some(index)) => {
+                        let ids = index.len();
                         self.ids.add_sealed(log.shard(), index, true);
                         sealed += 1;
                         tracing::debug!(
                             shard = log.shard(),
                             first,
-                            ids = ids.len(),
+                            ids,
                             hot = self.ids.hot_len(),
                             "sealed a history segment"
                         );

@@ -12,17 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::gather::{Completed, Gathered};
-use super::idx::{self, IdxContents, SealedIdx};
+use super::idx::{self, SealedIdx};
 use super::{parse_name, reader, seal, FileKind, RecordFacts};
 use crate::error::{LedgerError, Result};
-use crate::storage::huge::Table;
 use crate::storage::io::FileIo;
 use crate::wal::record::RecordBody;
 use crate::wal::writer::Progress;
 use crate::wal::{parse_segment_name, segment_path};
-
-/// A segment just sealed: its index, and the `(id, LSN)` pairs it holds.
-pub type Sealed = (Arc<SealedIdx>, Table<(u128, u64)>);
 
 /// What sealing needs from a record: its id, if it decides one, and its images' slots and
 /// sequences (for the marks).
@@ -358,9 +354,9 @@ impl ShardLog {
     }
 
     /// Seals the complete segment starting at `first_lsn`: reads it once, writes its index
-    /// (atomically, through `io`) and serves reads from it. Returns the index and the
-    /// `(id, LSN)` pairs it holds (whose ids may leave the hot map now).
-    pub fn seal(&self, io: &dyn FileIo, first_lsn: u64) -> Result<Option<Sealed>> {
+    /// (atomically, through `io`) and serves reads from it. Returns the index (whose ids may
+    /// leave the hot map now).
+    pub fn seal(&self, io: &dyn FileIo, first_lsn: u64) -> Result<Option<Arc<SealedIdx>>> {
         let Some(file) = self.files().get(&first_lsn).cloned() else {
             return Ok(None);
         };
@@ -389,8 +385,8 @@ impl ShardLog {
         };
         let idx_path = super::idx_path(&self.dir, first_lsn);
         idx::write(io, &idx_path, &contents)?;
-        // Only the id table is still needed: the rest goes now, before the file is opened.
-        let IdxContents { ids, .. } = contents;
+        // The tables go now, before the file is opened.
+        drop(contents);
         // `write` checked the bytes it wrote; the tables are checked again on first use.
         let index = Arc::new(SealedIdx::open_lazy(&idx_path)?);
         let mut sealed = match file.sealed.write() {
@@ -398,6 +394,6 @@ impl ShardLog {
             Err(poisoned) => poisoned.into_inner(),
         };
         *sealed = Some(index.clone());
-        Ok(Some((index, ids)))
+        Ok(Some(index))
     }
 }
