@@ -36,7 +36,7 @@ fn records(first_lsn: u64, count: u64) -> Vec<u8> {
     for lsn in first_lsn..first_lsn + count {
         let image = AfterImage {
             slot: lsn % 1000,
-            key: key(lsn).0,
+            key: Some(key(lsn).0),
             balance: lsn,
             sequence: 1,
             prev_lsn: lsn - 1,
@@ -63,7 +63,7 @@ fn wal(c: &mut Criterion) {
         let mut buffer = Vec::with_capacity(1 << 20);
         let image = AfterImage {
             slot: 7,
-            key: [3; 32],
+            key: Some([3; 32]),
             balance: 1_000,
             sequence: 9,
             prev_lsn: 1_000_000,

@@ -18,6 +18,9 @@
 //!   record: a slot reaches the file only after its record is durable, so a slot the WAL cannot
 //!   explain proves durable records were lost;
 //! * a slot in use that fails its CRC must be rewritten by a WAL record;
+//! * the first image of an account above the checkpoint carries its key (every checkpoint is
+//!   taken at the key horizon, see `ShardState::request_checkpoint`), and a later image without
+//!   one names a slot an earlier replayed image changed;
 //! * a credit watermark cannot pass its source's last LSN, and a credit whose debit is still in
 //!   the source's WAL must match it (target, account, amount);
 //! * the balances plus the credits owed fit in a `u64` (the total supply).
@@ -627,6 +630,9 @@ struct Replay<'a> {
     balance_sum: u128,
     debits: Vec<ReplayedDebit>,
     credits: Vec<ReplayedCredit>,
+    /// Credits whose image names its account by slot alone: (index in `credits`, slot), given
+    /// their key once the replay knows every slot.
+    credits_by_slot: Vec<(usize, u64)>,
     /// The timestamp of the last deciding record replayed (0: none yet), and the header's.
     last_timestamp: u64,
     header_last_timestamp: u64,
@@ -676,6 +682,7 @@ impl<'a> Replay<'a> {
             balance_sum: header.balance_sum,
             debits: Vec::new(),
             credits: Vec::new(),
+            credits_by_slot: Vec::new(),
             last_timestamp: 0,
             header_last_timestamp: header.last_timestamp,
         }
@@ -760,7 +767,7 @@ impl<'a> Replay<'a> {
             RecordBody::Transfer {
                 from, to, amount, ..
             } => {
-                if from.key == to.key {
+                if from.slot == to.slot || (from.key.is_some() && from.key == to.key) {
                     return Err(self.bad_record(lsn, "a transfer from an account to itself"));
                 }
                 amount
@@ -835,11 +842,14 @@ impl<'a> Replay<'a> {
                 amount,
             } => {
                 self.advance_watermark(lsn, source_shard, source_lsn)?;
+                if to.key.is_none() {
+                    self.credits_by_slot.push((self.credits.len(), to.slot));
+                }
                 self.credits.push(ReplayedCredit {
                     lsn,
                     source_shard,
                     source_lsn,
-                    to: Pubkey(to.key),
+                    to: Pubkey(to.key.unwrap_or_default()),
                     amount,
                 });
             }
@@ -889,9 +899,35 @@ impl<'a> Replay<'a> {
             .ok_or_else(|| self.bad_record(lsn, "the shard's sum of balances leaves 0..=u64::MAX"))
     }
 
+    /// The key of the account an image above the checkpoint changes. The first image of an
+    /// account above the checkpoint carries its key (so a damaged slot can be rewritten whole);
+    /// a later one names it by slot, and the replay knows that slot's key from that first one.
+    fn key_of(&self, lsn: u64, image: &AfterImage) -> Result<Pubkey> {
+        match image.key {
+            Some(key) => Ok(Pubkey(key)),
+            None if image.prev_lsn <= self.checkpoint_lsn => Err(self.bad_record(
+                lsn,
+                format!(
+                    "the first entry above the checkpoint of the account in slot {} does not carry its key",
+                    image.slot
+                ),
+            )),
+            None => match self.overlay.get(&image.slot) {
+                Some(state) => Ok(state.key),
+                None => Err(self.bad_record(
+                    lsn,
+                    format!(
+                        "names slot {} by number, which no earlier record above the checkpoint changed",
+                        image.slot
+                    ),
+                )),
+            },
+        }
+    }
+
     /// Checks one after-image against the state it replaces and puts it in the overlay.
     fn image(&mut self, lsn: u64, image: &AfterImage, change: Change) -> Result<()> {
-        let key = Pubkey(image.key);
+        let key = self.key_of(lsn, image)?;
         if self.placement.shard_of(&key) != self.shard {
             return Err(self.bad_record(lsn, format!("writes {key}, an account of another shard")));
         }
@@ -1059,6 +1095,24 @@ impl<'a> Replay<'a> {
     fn finish(mut self, wal: &WalScan) -> Result<Finished> {
         if let Some(&slot) = self.damaged.iter().min() {
             return Err(self.bad_slot(slot, "slot failed its check and no WAL record rewrites it"));
+        }
+        for (index, slot) in std::mem::take(&mut self.credits_by_slot) {
+            let key = match self.overlay.get(&slot) {
+                Some(state) => state.key,
+                None => match self.view.read_slot(slot) {
+                    SlotRead::Valid(state) => state.key,
+                    _ => {
+                        let lsn = self.credits.get(index).map_or(0, |credit| credit.lsn);
+                        return Err(self.bad_record(
+                            lsn,
+                            format!("credits slot {slot} by number, which holds no account"),
+                        ));
+                    }
+                },
+            };
+            if let Some(credit) = self.credits.get_mut(index) {
+                credit.to = key;
+            }
         }
         if let Some((&slot, &lsn)) = self.slots.ahead.iter().min() {
             let end = self.next_lsn - 1;

@@ -124,6 +124,14 @@ pub struct ShardState {
     /// records it decides take it, or their predecessor's timestamp + 1 ns.
     clock: Option<u64>,
     marks: Marks,
+    /// An image carries its account's key when the account's previous entry is at or below
+    /// this LSN; every checkpoint is taken at a horizon ([`Self::request_checkpoint`]), so the
+    /// first record above a checkpoint that changes an account carries its key.
+    key_horizon: u64,
+    /// The LSN the requested checkpoint will say (the key horizon it raised), until the file
+    /// reaches it, and then what the file held at exactly that LSN.
+    checkpoint_at: Option<u64>,
+    checkpoint_ready: Option<CheckpointPlan>,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -166,6 +174,9 @@ impl ShardState {
             last_timestamp: header.last_timestamp,
             clock: None,
             marks: Marks::default(),
+            key_horizon: header.checkpoint_lsn,
+            checkpoint_at: None,
+            checkpoint_ready: None,
             header,
         }
     }
@@ -213,6 +224,9 @@ impl ShardState {
             last_timestamp: judged.last_timestamp,
             clock: None,
             marks,
+            key_horizon: judged.next_lsn - 1,
+            checkpoint_at: None,
+            checkpoint_ready: None,
         })
     }
 
@@ -260,6 +274,11 @@ impl ShardState {
             .and_then(|marks| marks.get(index))
             .copied()
             .filter(|&lsn| lsn != 0)
+    }
+
+    /// The key of the account in `slot`, if the account file holds it yet.
+    pub fn slot_key(&self, slot: u64) -> Option<[u8; 32]> {
+        self.accounts.slot_key(slot).map(|key| key.0)
     }
 
     /// Records not yet in the account file, by LSN (they may not be written to the WAL yet).
@@ -383,14 +402,16 @@ impl ShardState {
             check_funds(from_state, amount)?;
             let to = self.credit_in_place(&to, amount)?;
             let next_lsn = self.next_lsn;
-            let from = Self::image(
+            let from_image = Self::image(
                 &from,
                 from_slot,
                 from_state,
                 from_state.balance - amount,
                 next_lsn,
+                self.key_horizon,
             );
-            self.set_cached(&from);
+            self.set_cached(&from, &from_image);
+            let from = from_image;
             let meta = self.meta(op);
             let logged = self.log_decided(RecordBody::Transfer {
                 meta,
@@ -413,14 +434,23 @@ impl ShardState {
             .checked_add(amount)
             .ok_or(LedgerError::Overflow)?;
         let next_lsn = self.next_lsn;
+        let horizon = self.key_horizon;
         let from_image = Self::image(
             &from,
             from_entry.slot(),
             from_state,
             from_state.balance - amount,
             next_lsn,
+            horizon,
         );
-        let to_image = Self::image(&to, to_entry.slot(), to_state, to_balance, next_lsn);
+        let to_image = Self::image(
+            &to,
+            to_entry.slot(),
+            to_state,
+            to_balance,
+            next_lsn,
+            horizon,
+        );
         from_entry.set_cached(cached_of(&from_image, next_lsn));
         to_entry.set_cached(cached_of(&to_image, next_lsn));
         let meta = self.meta(op);
@@ -475,6 +505,7 @@ impl ShardState {
             state,
             state.balance - amount,
             self.next_lsn,
+            self.key_horizon,
         );
         entry.set_cached(cached_of(&image, self.next_lsn));
         Ok(image)
@@ -490,7 +521,14 @@ impl ShardState {
                 .balance
                 .checked_add(amount)
                 .ok_or(LedgerError::Overflow)?;
-            let image = Self::image(key, entry.slot(), state, balance, self.next_lsn);
+            let image = Self::image(
+                key,
+                entry.slot(),
+                state,
+                balance,
+                self.next_lsn,
+                self.key_horizon,
+            );
             entry.set_cached(cached_of(&image, self.next_lsn));
             return Ok(image);
         }
@@ -503,7 +541,7 @@ impl ShardState {
             sequence: 0,
             lsn: 0,
         };
-        let image = Self::image(key, slot, new, amount, self.next_lsn);
+        let image = Self::image(key, slot, new, amount, self.next_lsn, self.key_horizon);
         self.index.insert(
             *key,
             IndexEntry::new(slot, Some(cached_of(&image, self.next_lsn))),
@@ -511,20 +549,29 @@ impl ShardState {
         Ok(image)
     }
 
-    /// Makes `image` the cached state of its account (which exists).
-    fn set_cached(&mut self, image: &AfterImage) {
+    /// Makes `image` the cached state of `key` (which exists).
+    fn set_cached(&mut self, key: &Pubkey, image: &AfterImage) {
         let lsn = self.next_lsn;
-        if let Some(entry) = self.index.get_mut(&Pubkey(image.key)) {
+        if let Some(entry) = self.index.get_mut(key) {
             entry.set_cached(cached_of(image, lsn));
         }
     }
 
-    /// The after-image of an account changed by the record that will get LSN `lsn`.
-    fn image(key: &Pubkey, slot: u64, state: Cached, balance: u64, lsn: u64) -> AfterImage {
+    /// The after-image of an account changed by the record that will get LSN `lsn`. It
+    /// carries the key when the account's previous entry is at or below `horizon` (see
+    /// [`ShardState::request_checkpoint`]); a new account's always does.
+    fn image(
+        key: &Pubkey,
+        slot: u64,
+        state: Cached,
+        balance: u64,
+        lsn: u64,
+        horizon: u64,
+    ) -> AfterImage {
         debug_assert!(state.lsn < lsn);
         AfterImage {
             slot,
-            key: key.0,
+            key: (state.lsn <= horizon).then_some(key.0),
             balance,
             sequence: state.sequence + 1,
             prev_lsn: state.lsn,
@@ -602,8 +649,28 @@ impl ShardState {
             self.file_lsn
         );
         for image in body.images() {
-            self.accounts
-                .write_slot(image.slot, &slot_state(image, lsn))?;
+            // An image without its key changes an account whose slot the file already holds
+            // (its earlier entries are applied).
+            let key = match image.key {
+                Some(key) => Pubkey(key),
+                None => self.accounts.slot_key(image.slot).ok_or_else(|| {
+                    LedgerError::corrupt(
+                        self.accounts.path(),
+                        slot_offset(image.slot),
+                        format!(
+                            "record {lsn} names slot {}, which holds no account",
+                            image.slot
+                        ),
+                    )
+                })?,
+            };
+            let state = SlotState {
+                key,
+                balance: image.balance,
+                sequence: image.sequence,
+                lsn,
+            };
+            self.accounts.write_slot(image.slot, &state)?;
             self.file_slot_count = self.file_slot_count.max(image.slot + 1);
         }
         self.file_lsn = lsn;
@@ -625,26 +692,64 @@ impl ShardState {
             }
             _ => {}
         }
+        if self.checkpoint_at == Some(lsn) {
+            self.checkpoint_at = None;
+            self.checkpoint_ready = Some(self.plan());
+        }
         Ok(())
     }
 
     // ---- checkpoint and shutdown ----
 
-    /// Applies everything durable, msyncs the account file and writes a new header.
-    pub fn checkpoint(&mut self, durable_lsn: u64, clean: bool) -> Result<CheckpointInfo> {
-        let plan = self.begin_checkpoint(durable_lsn)?;
+    /// When every record is durable (`durable_lsn` is the newest): applies them, msyncs the
+    /// account file and writes a new header. `None` (nothing written) if some record is not.
+    pub fn checkpoint(&mut self, durable_lsn: u64, clean: bool) -> Result<Option<CheckpointInfo>> {
+        // It overtakes a checkpoint requested and not begun.
+        self.checkpoint_at = None;
+        self.checkpoint_ready = None;
+        self.request_checkpoint();
+        let Some(plan) = self.begin_checkpoint(durable_lsn)? else {
+            return Ok(None);
+        };
         self.accounts.sync()?;
-        self.write_checkpoint(plan, clean)
+        self.write_checkpoint(plan, clean).map(Some)
     }
 
-    /// Starts a checkpoint that flushes the account file a part at a time
-    /// ([`Self::checkpoint_step`]) while the shard goes on: every record up to `durable_lsn`
-    /// enters the file now, and the header [`Self::finish_checkpoint`] writes will say what the
-    /// file holds at this moment. Records applied while the parts are flushed are newer than the
-    /// checkpoint: replay from it rewrites their slots whether or not they reached the disk.
-    pub fn begin_checkpoint(&mut self, durable_lsn: u64) -> Result<CheckpointPlan> {
+    /// Asks for a checkpoint at the newest record: raises the key horizon to it, so that from
+    /// now on the first image of each account carries its key, and notes that the checkpoint
+    /// will say exactly this LSN (records encoded before the horizon rose follow the older
+    /// horizon, so a checkpoint anywhere above it could be followed by images without keys).
+    /// A checkpoint requested and not begun yet keeps its LSN.
+    pub fn request_checkpoint(&mut self) {
+        if self.checkpoint_at.is_some() || self.checkpoint_ready.is_some() {
+            return;
+        }
+        self.key_horizon = self.next_lsn - 1;
+        if self.file_lsn == self.key_horizon {
+            self.checkpoint_ready = Some(self.plan());
+        } else {
+            self.checkpoint_at = Some(self.key_horizon);
+        }
+    }
+
+    /// Starts the requested checkpoint, once the records up to its LSN are durable (`None`
+    /// until then): every record up to `durable_lsn` enters the file now, and the header
+    /// [`Self::finish_checkpoint`] writes will say what the file held at the checkpoint's LSN.
+    /// The account file is flushed a part at a time ([`Self::checkpoint_step`]) while the shard
+    /// goes on; records applied after the checkpoint's LSN are newer than it: replay from it
+    /// rewrites their slots whether or not they reached the disk.
+    pub fn begin_checkpoint(&mut self, durable_lsn: u64) -> Result<Option<CheckpointPlan>> {
         self.mark_durable(durable_lsn)?;
-        Ok(CheckpointPlan {
+        let Some(mut plan) = self.checkpoint_ready.take() else {
+            return Ok(None);
+        };
+        plan.end = self.accounts.mapped_len();
+        Ok(Some(plan))
+    }
+
+    /// What the account file holds now, as a checkpoint's header would say it.
+    fn plan(&self) -> CheckpointPlan {
+        CheckpointPlan {
             checkpoint_lsn: self.file_lsn,
             slot_count: self.file_slot_count,
             balance_sum: self.file_balance_sum,
@@ -653,7 +758,7 @@ impl ShardState {
             debit_max: self.file_debit_max.clone(),
             flushed: 0,
             end: self.accounts.mapped_len(),
-        })
+        }
     }
 
     /// Flushes the next part of the account file for `plan`: `1 / parts` of it, in whole
@@ -708,8 +813,11 @@ impl ShardState {
 
     /// Clean shutdown, after every record is durable: checkpoint, persist the index, mark clean.
     pub fn close(&mut self, durable_lsn: u64) -> Result<()> {
-        self.checkpoint(durable_lsn, false)?;
-        if !self.pending.is_empty() || self.file_slot_count != self.index.len() as u64 {
+        let checkpointed = self.checkpoint(durable_lsn, false)?;
+        if checkpointed.is_none()
+            || !self.pending.is_empty()
+            || self.file_slot_count != self.index.len() as u64
+        {
             // Something was not durable: leave the directory for recovery to sort out.
             return Ok(());
         }
@@ -750,15 +858,6 @@ impl ShardState {
             checkpoints: self.checkpoints,
             healthy: true,
         }
-    }
-}
-
-fn slot_state(image: &AfterImage, lsn: u64) -> SlotState {
-    SlotState {
-        key: Pubkey(image.key),
-        balance: image.balance,
-        sequence: image.sequence,
-        lsn,
     }
 }
 

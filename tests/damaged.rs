@@ -377,6 +377,56 @@ async fn a_slot_torn_after_the_checkpoint_is_repaired_from_the_wal() {
     ledger.shutdown().await.unwrap();
 }
 
+/// After a checkpoint, the first image of each account above it carries the account's key and
+/// the later ones name it by slot alone: a slot damaged after that checkpoint is rebuilt whole,
+/// key included, from the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_torn_after_a_later_checkpoint_is_rebuilt_from_its_first_keyed_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(config(dir.path())).await.unwrap();
+    let mut model = fill(&ledger).await;
+    let checkpoint = checkpoint_everything(&ledger).await[0].checkpoint_lsn;
+    assert!(checkpoint > 0);
+    for round in 0..3u64 {
+        for n in 0..ACCOUNTS {
+            let (from, to, amount) = (key(n), key((n + 3) % ACCOUNTS), 1 + round);
+            let id = TransferId::new();
+            ledger.transfer(id, from, to, amount).await.unwrap();
+            model.acknowledged(Op::Transfer {
+                id,
+                from,
+                to,
+                amount,
+                user_data: 0,
+            });
+        }
+    }
+    drop(ledger);
+    wait_unlocked(dir.path());
+    let scan = tally::internals::wal::reader::scan(&dir.path().join("shard-000"), 1).unwrap();
+    let (mut seen, mut by_slot) = (std::collections::HashSet::new(), 0);
+    for (lsn, body) in scan.records.iter().filter(|(lsn, _)| *lsn > checkpoint) {
+        for image in body.images() {
+            let first = seen.insert(image.slot);
+            assert_eq!(image.key.is_some(), first, "LSN {lsn}, slot {}", image.slot);
+            by_slot += usize::from(!first);
+        }
+    }
+    assert!(
+        seen.contains(&0) && by_slot > 0,
+        "slot 0 changed again and again"
+    );
+    let (path, _) = flip_first_slot(dir.path());
+    let ledger = open(dir.path()).await.unwrap();
+    assert_matches(&ledger, &model, all_keys(), "slot 0 rebuilt").await;
+    ledger.shutdown().await.unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes[8192..8192 + 32].iter().any(|&b| b != 0),
+        "slot 0 holds its key again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_index_is_rebuilt_by_scan() {
     let (dir, model) = clean_dir().await;

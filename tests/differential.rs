@@ -305,14 +305,14 @@ fn craft(dir: &Path, damage: &Damage) {
     let prev_lsn = |key: Pubkey| identity.prev_lsn.unwrap_or_else(|| facts.prev_lsn(key));
     let image = AfterImage {
         slot,
-        key: key(n).0,
+        key: Some(key(n).0),
         balance,
         sequence,
         prev_lsn: prev_lsn(key(n)),
     };
     let other = AfterImage {
         slot: slot + 1,
-        key: key(n.wrapping_add(1)).0,
+        key: Some(key(n.wrapping_add(1)).0),
         balance: balance + amount,
         sequence: sequence + 1,
         prev_lsn: prev_lsn(key(n.wrapping_add(1))),
@@ -346,7 +346,7 @@ fn craft(dir: &Path, damage: &Damage) {
         2 => RecordBody::Debit {
             meta,
             from: image,
-            to: other.key,
+            to: key(n.wrapping_add(1)).0,
             target_shard: 1 - shard,
             amount,
         },
@@ -378,6 +378,8 @@ struct ShardFacts {
     last_timestamp: u64,
     /// The LSN of each account's newest record in the WAL, else of its slot.
     entries: BTreeMap<Pubkey, u64>,
+    /// The key of each slot (an image may name its account by slot alone).
+    keys: BTreeMap<u64, Pubkey>,
     some_id: Option<u128>,
 }
 
@@ -386,6 +388,7 @@ impl ShardFacts {
         let mut facts = ShardFacts {
             last_timestamp: 0,
             entries: BTreeMap::new(),
+            keys: BTreeMap::new(),
             some_id: None,
         };
         let path = shard_dir.join("accounts.dat");
@@ -397,6 +400,7 @@ impl ShardFacts {
                 for slot in 0..view.capacity() {
                     if let SlotRead::Valid(state) = view.read_slot(slot) {
                         facts.entries.insert(state.key, state.lsn);
+                        facts.keys.insert(slot, state.key);
                     }
                 }
             }
@@ -407,7 +411,11 @@ impl ShardFacts {
                 facts.some_id.get_or_insert(meta.id);
             }
             for image in body.images() {
-                facts.entries.insert(Pubkey(image.key), *lsn);
+                let key = image.key.map(Pubkey);
+                if let Some(key) = key.or_else(|| facts.keys.get(&image.slot).copied()) {
+                    facts.keys.insert(image.slot, key);
+                    facts.entries.insert(key, *lsn);
+                }
             }
         }
         facts

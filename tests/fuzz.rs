@@ -33,7 +33,7 @@ fn valid_record() -> Vec<u8> {
     let mut bytes = Vec::new();
     let image = AfterImage {
         slot: 3,
-        key: [7; 32],
+        key: Some([7; 32]),
         balance: 99,
         sequence: 2,
         prev_lsn: 4,
@@ -61,7 +61,7 @@ fn valid_frame() -> Vec<u8> {
     for lsn in 5..8 {
         let image = AfterImage {
             slot: lsn,
-            key: [7; 32],
+            key: Some([7; 32]),
             balance: 99,
             sequence: 2,
             prev_lsn: lsn - 1,
@@ -293,13 +293,24 @@ fn frames_of(path: &Path, logged: &[Logged]) -> (Vec<Framed>, Vec<u64>) {
         let scan = tally::internals::wal::reader::scan(&dir, 1).unwrap();
         assert_eq!(scan.segments.len(), 1, "one segment per shard");
         let mut found = 0;
+        // An image names its account by slot alone after its first: each slot's key.
+        let mut keys: BTreeMap<u64, Pubkey> = BTreeMap::new();
         for (lsn, body) in &scan.records {
+            for image in body.images() {
+                let key = image
+                    .key
+                    .map(Pubkey)
+                    .or_else(|| keys.get(&image.slot).copied());
+                let key = key.expect("a slot's first image carries its key");
+                keys.insert(image.slot, key);
+            }
+            let key_of = |image: &tally::internals::wal::record::AfterImage| keys[&image.slot];
             let (to, amount) = match body {
                 RecordBody::Mint { to, amount, .. } | RecordBody::Transfer { to, amount, .. } => {
-                    (Pubkey(to.key), *amount)
+                    (key_of(to), *amount)
                 }
                 RecordBody::Debit { to, amount, .. } => (Pubkey(*to), *amount),
-                RecordBody::Credit { to, amount, .. } => (Pubkey(to.key), *amount),
+                RecordBody::Credit { to, amount, .. } => (key_of(to), *amount),
                 RecordBody::Refused { .. } => panic!("shard {shard} LSN {lsn}: nothing is refused"),
             };
             assert_eq!(

@@ -103,6 +103,9 @@ pub struct ShardActor {
     urgent: bool,
     flush_scheduled: bool,
     checkpointing: Option<Checkpointing>,
+    /// Who waits for a checkpoint requested and not begun: it begins once the records up to
+    /// its LSN are durable ([`ShardState::request_checkpoint`]).
+    checkpoint_requested: Vec<CheckpointWaiter>,
 }
 
 impl ShardActor {
@@ -137,6 +140,7 @@ impl ShardActor {
             urgent: false,
             flush_scheduled: false,
             checkpointing: None,
+            checkpoint_requested: Vec::new(),
         })
     }
 
@@ -504,11 +508,12 @@ impl Handler<Credits> for ShardActor {
 impl Handler<Durable> for ShardActor {
     type Result = ();
 
-    fn handle(&mut self, message: Durable, _: &mut Context<Self>) {
+    fn handle(&mut self, message: Durable, ctx: &mut Context<Self>) {
         if let Err(error) = self.state.mark_durable(message.lsn) {
             tracing::error!(shard = self.state.shard(), %error, "cannot write the account file; shard stops");
             self.context.wal.failed.store(true, Ordering::Release);
         }
+        self.begin_checkpoint(ctx);
     }
 }
 
@@ -557,11 +562,17 @@ const CHECKPOINT_PART_MAX: usize = 2 << 20;
 /// Longest rest between two parts of a checkpoint.
 const CHECKPOINT_REST_MAX: Duration = Duration::from_millis(100);
 
+type CheckpointWaiter = tokio::sync::oneshot::Sender<Result<CheckpointInfo>>;
+
 /// A checkpoint under way, and who waits for it.
 struct Checkpointing {
     plan: CheckpointPlan,
-    waiting: Vec<tokio::sync::oneshot::Sender<Result<CheckpointInfo>>>,
+    waiting: Vec<CheckpointWaiter>,
 }
+
+/// How often a requested checkpoint looks again whether it can begin (a `Durable` message
+/// usually begins it first).
+const CHECKPOINT_POLL: Duration = Duration::from_millis(2);
 
 /// Flush the next part of the account file for the checkpoint under way.
 #[derive(Message)]
@@ -594,20 +605,47 @@ impl Handler<CheckpointShard> for ShardActor {
             let _ = done.send(Err(self.refuse()));
             return answer;
         }
+        let first = self.checkpoint_requested.is_empty();
+        self.checkpoint_requested.push(done);
+        if first {
+            self.state.request_checkpoint();
+            self.begin_checkpoint(ctx);
+        }
+        answer
+    }
+}
+
+impl ShardActor {
+    /// Begins the requested checkpoint if the records up to its LSN are durable, else looks
+    /// again soon.
+    fn begin_checkpoint(&mut self, ctx: &mut Context<Self>) {
+        if self.checkpoint_requested.is_empty() || self.checkpointing.is_some() {
+            return;
+        }
+        if self.failed() {
+            for done in std::mem::take(&mut self.checkpoint_requested) {
+                let _ = done.send(Err(self.refuse()));
+            }
+            return;
+        }
         match self.state.begin_checkpoint(self.durable_lsn()) {
-            Ok(plan) => {
+            Ok(Some(plan)) => {
                 self.checkpointing = Some(Checkpointing {
                     plan,
-                    waiting: vec![done],
+                    waiting: std::mem::take(&mut self.checkpoint_requested),
                 });
                 ctx.address().do_send(CheckpointStep);
             }
+            Ok(None) => {
+                ctx.run_later(CHECKPOINT_POLL, |actor, ctx| actor.begin_checkpoint(ctx));
+            }
             Err(error) => {
                 self.checkpoint_failed(&error);
-                let _ = done.send(Err(error));
+                for done in std::mem::take(&mut self.checkpoint_requested) {
+                    let _ = done.send(Err(error.clone()));
+                }
             }
         }
-        answer
     }
 }
 
@@ -717,10 +755,10 @@ impl Handler<CloseShard> for ShardActor {
             actor.stop_wal();
             // A checkpoint under way is overtaken by the closing one (its older header must
             // not be written after the clean one).
-            if let Some(checkpointing) = actor.checkpointing.take() {
-                for done in checkpointing.waiting {
-                    let _ = done.send(Err(LedgerError::Closed));
-                }
+            let requested = std::mem::take(&mut actor.checkpoint_requested);
+            let waiting = actor.checkpointing.take().map(|c| c.waiting);
+            for done in requested.into_iter().chain(waiting.into_iter().flatten()) {
+                let _ = done.send(Err(LedgerError::Closed));
             }
             let durable = actor.durable_lsn();
             actor.state.close(durable)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::log::{Opened, ShardLog};
-use super::query::transfer_of;
+use super::query::{key_in_log, transfer_of};
 use super::seal;
 use crate::actors::shard::refusal_error;
 use crate::error::{LedgerError, Result};
@@ -153,7 +153,7 @@ impl LedgerHistory {
             .any(|log| log.unsealed().is_ok_and(|firsts| !firsts.is_empty()))
     }
 
-    fn record(&self, location: Location) -> Result<RecordBody> {
+    fn log(&self, location: Location) -> Result<&ShardLog> {
         let log = self.logs.get(location.shard as usize).ok_or_else(|| {
             LedgerError::corrupt(
                 PathBuf::new(),
@@ -161,6 +161,11 @@ impl LedgerHistory {
                 format!("an id points at unknown shard {}", location.shard),
             )
         })?;
+        Ok(log)
+    }
+
+    fn record(&self, location: Location) -> Result<RecordBody> {
+        let log = self.log(location)?;
         log.read(location.lsn)?.ok_or_else(|| {
             LedgerError::corrupt(
                 log.dir(),
@@ -179,7 +184,14 @@ impl LedgerHistory {
             return Ok(None);
         };
         let body = self.record(location)?;
-        transfer_of(location.shard, location.lsn, &body, &self.logs)
+        let log = self.log(location)?;
+        transfer_of(
+            location.shard,
+            location.lsn,
+            &body,
+            &self.logs,
+            &mut |image| key_in_log(log, location.lsn, image),
+        )
     }
 
     /// The answer to a submission of `op` whose id was decided by the record at `location`:
@@ -195,7 +207,9 @@ impl LedgerHistory {
                 "an id points at a credit",
             ));
         };
-        if body.decided_op() != Some(*op) {
+        let log = self.log(location)?;
+        let decided = body.decided_op(|image| key_in_log(log, location.lsn, image))?;
+        if decided != Some(*op) {
             return Err(LedgerError::IdConflict { id: op.id() });
         }
         match body {

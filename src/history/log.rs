@@ -15,6 +15,7 @@ use super::gather::{Completed, Gathered};
 use super::idx::{self, SealedIdx};
 use super::{parse_name, reader, seal, FileKind, RecordFacts};
 use crate::error::{LedgerError, Result};
+use crate::storage::accounts::{slot_offset, SlotRead, SlotState, SLOT_BYTES};
 use crate::storage::io::FileIo;
 use crate::wal::record::RecordBody;
 use crate::wal::writer::Progress;
@@ -135,6 +136,8 @@ pub struct ShardLog {
     progress: std::sync::OnceLock<Progress>,
     /// Segments the writer completed, with the indexes it gathered while writing them.
     completed: std::sync::OnceLock<Completed>,
+    /// The shard's account file, read-only, for the keys of slots (opened on first use).
+    accounts: Mutex<Option<Arc<File>>>,
 }
 
 /// What opening a shard's history found.
@@ -219,6 +222,7 @@ impl ShardLog {
                 files: RwLock::new(files),
                 progress: std::sync::OnceLock::new(),
                 completed: std::sync::OnceLock::new(),
+                accounts: Mutex::new(None),
             },
             sealed,
             unindexed,
@@ -232,6 +236,30 @@ impl ShardLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The key of the account in `slot`, read from the account file; `None` when the slot
+    /// holds no valid account (its first write may not have reached the file yet) or cannot
+    /// be read. A slot's key never changes once written, so any valid read is the answer.
+    pub fn slot_key(&self, slot: u64) -> Option<[u8; 32]> {
+        use std::os::unix::fs::FileExt;
+        let file = {
+            let mut handle = match self.accounts.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if handle.is_none() {
+                let path = self.dir.join(crate::storage::ACCOUNTS_FILE);
+                *handle = File::open(path).ok().map(Arc::new);
+            }
+            handle.clone()?
+        };
+        let mut bytes = [0u8; SLOT_BYTES];
+        file.read_exact_at(&mut bytes, slot_offset(slot)).ok()?;
+        match SlotState::decode(&bytes) {
+            SlotRead::Valid(state) => Some(state.key.0),
+            SlotRead::Empty | SlotRead::Corrupt(_) => None,
+        }
     }
 
     /// Tells the log where its WAL writer is, and where it leaves the indexes it gathers (set

@@ -87,7 +87,7 @@ pub(crate) mod test_support {
     fn image(slot: u64, sequence: u64) -> AfterImage {
         AfterImage {
             slot,
-            key: [slot as u8; 32],
+            key: Some([slot as u8; 32]),
             balance: slot * 1000 + sequence,
             sequence,
             prev_lsn: 0,

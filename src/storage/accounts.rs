@@ -561,6 +561,22 @@ impl AccountsFile {
         Ok(())
     }
 
+    /// The key of the account in `slot`, read from the map without checking the slot: for the
+    /// shard that writes it, whose slots are true. `None` for a slot never written.
+    pub fn slot_key(&self, slot: u64) -> Option<Pubkey> {
+        if slot >= self.capacity {
+            return None;
+        }
+        let start = slot_offset(slot) as usize;
+        let bytes = self.map.get(start..start + SLOT_BYTES)?;
+        if read_u32(bytes, SLOT_FLAGS_OFFSET) != SLOT_IN_USE {
+            return None;
+        }
+        let mut key = [0u8; SLOT_KEY_BYTES];
+        key.copy_from_slice(&bytes[..SLOT_KEY_BYTES]);
+        Some(Pubkey(key))
+    }
+
     /// Grows the file (doubling) and remaps it so that it holds at least `slots` slots.
     pub fn ensure_capacity(&mut self, slots: u64) -> Result<()> {
         if slots <= self.capacity {

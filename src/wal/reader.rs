@@ -445,7 +445,7 @@ mod tests {
             meta: crate::wal::record::Meta::test(n),
             to: AfterImage {
                 slot: n,
-                key: [n as u8; 32],
+                key: Some([n as u8; 32]),
                 balance: n,
                 sequence: 1,
                 prev_lsn: 0,

@@ -10,7 +10,8 @@
 //! | 17     | n    | payload: the [`RecordBody`] in bincode (standard config) |
 //!
 //! Every payload carries the after-image of each account it changes, with its slot number, so
-//! replay is a plain "write this slot if the record is newer" and needs no index.
+//! replay is a plain "write this slot if the record is newer" and needs no index; an image
+//! carries the account's key only where replay needs it (see [`AfterImage::key`]).
 
 use bincode::{Decode, Encode};
 
@@ -28,7 +29,12 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub struct AfterImage {
     pub slot: u64,
-    pub key: [u8; 32],
+    /// The account's key, carried by the image only when the account's previous entry is at or
+    /// below the shard's key horizon (a new account's always is): then every account changed
+    /// above a checkpoint has its key in the first record that changes it there, and replay can
+    /// rewrite a damaged slot whole. Other images name the account by its slot alone (the key
+    /// is in the slot, or in an earlier image): see `history::query::key_of`.
+    pub key: Option<[u8; 32]>,
     pub balance: u64,
     pub sequence: u64,
     /// The LSN of this account's previous entry on this shard (0: this is its first). The
@@ -133,9 +139,15 @@ impl RecordBody {
     }
 
     /// The op whose id this record decided, as it was submitted (`None` for a credit).
-    pub fn decided_op(&self) -> Option<crate::types::Op> {
+    /// `key_of` gives the key of an image that names its account by slot alone.
+    pub fn decided_op(
+        &self,
+        mut key_of: impl FnMut(&AfterImage) -> crate::error::Result<[u8; 32]>,
+    ) -> crate::error::Result<Option<crate::types::Op>> {
         use crate::types::{Op, Pubkey, TransferId};
-        let meta = self.meta()?;
+        let Some(meta) = self.meta() else {
+            return Ok(None);
+        };
         let (id, user_data) = (TransferId(meta.id), meta.user_data);
         let op = |from: Option<[u8; 32]>, to: [u8; 32], amount: u64| match from {
             None => Op::Mint {
@@ -152,19 +164,23 @@ impl RecordBody {
                 user_data,
             },
         };
-        Some(match *self {
-            RecordBody::Mint { to, amount, .. } => op(None, to.key, amount),
+        let mut key = |image: &AfterImage| match image.key {
+            Some(key) => Ok(key),
+            None => key_of(image),
+        };
+        Ok(Some(match *self {
+            RecordBody::Mint { to, amount, .. } => op(None, key(&to)?, amount),
             RecordBody::Transfer {
                 from, to, amount, ..
-            } => op(Some(from.key), to.key, amount),
+            } => op(Some(key(&from)?), key(&to)?, amount),
             RecordBody::Debit {
                 from, to, amount, ..
-            } => op(Some(from.key), to, amount),
+            } => op(Some(key(&from)?), to, amount),
             RecordBody::Refused {
                 from, to, amount, ..
             } => op(from, to, amount),
-            RecordBody::Credit { .. } => return None,
-        })
+            RecordBody::Credit { .. } => return Ok(None),
+        }))
     }
 
     /// How this record changes the shard's sum of balances.
@@ -281,7 +297,7 @@ mod tests {
     fn image(n: u8) -> AfterImage {
         AfterImage {
             slot: n as u64,
-            key: [n; 32],
+            key: Some([n; 32]),
             balance: u64::MAX - n as u64,
             sequence: 7,
             prev_lsn: 300 + n as u64,
@@ -306,7 +322,10 @@ mod tests {
             RecordBody::Transfer {
                 meta: meta(2),
                 from: image(2),
-                to: image(3),
+                to: AfterImage {
+                    key: None,
+                    ..image(3)
+                },
                 amount: u64::MAX,
             },
             RecordBody::Debit {
@@ -411,24 +430,23 @@ mod tests {
     }
 
     /// Mint, transfer, debit, credit, refused: variant index (varint), then the fields in
-    /// order; a meta is id, user data, timestamp; an after-image is slot, key (32 raw bytes),
-    /// balance, sequence, previous LSN. Integers are varints: below 251 one byte, else 0xfb +
+    /// order; a meta is id, user data, timestamp; an after-image is slot, key (an `Option`: the
+    /// transfer's `to` names its account by slot alone), balance, sequence, previous LSN. Integers are varints: below 251 one byte, else 0xfb +
     /// u16, 0xfc + u32, 0xfd + u64, 0xfe + u128 (little-endian). An `Option` is 0 (none) or 1
     /// and the value.
     const PINNED_PAYLOADS: [&str; 5] = [
         "00fe0100000000000000000000001000000001fd01002a36fe9c9717\
-         010101010101010101010101010101010101010101010101010101010101010101fdfeffffffffffffff07fb2d0105",
+         01010101010101010101010101010101010101010101010101010101010101010101fdfeffffffffffffff07fb2d0105",
         "01fe0200000000000000000000001000000002fd02002a36fe9c9717\
-         020202020202020202020202020202020202020202020202020202020202020202fdfdffffffffffffff07fb2e01\
-         030303030303030303030303030303030303030303030303030303030303030303fdfcffffffffffffff07fb2f01\
-         fdffffffffffffffff",
+         02010202020202020202020202020202020202020202020202020202020202020202fdfdffffffffffffff07fb2e01\
+         0300fdfcffffffffffffff07fb2f01fdffffffffffffffff",
         "02fe0400000000000000000000001000000004fd04002a36fe9c9717\
-         040404040404040404040404040404040404040404040404040404040404040404fdfbffffffffffffff07fb3001\
+         04010404040404040404040404040404040404040404040404040404040404040404fdfbffffffffffffff07fb3001\
          0909090909090909090909090909090909090909090909090909090909090909fbff0001",
-        "0303fd0000000000010000050505050505050505050505050505050505050505050505050505050505050505\
+        "0303fd000000000001000005010505050505050505050505050505050505050505050505050505050505050505\
          fdfaffffffffffffff07fb31014d",
         "04fe0600000000000000000000001000000006fd06002a36fe9c9717\
-         010606060606060606060606060606060606060606060606060606060606060606\
-         07070707070707070707070707070707070707070707070707070707070707070a000a03",
+         01060606060606060606060606060606060606060606060606060606060606060607\
+         070707070707070707070707070707070707070707070707070707070707070a000a03",
     ];
 }

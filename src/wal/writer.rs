@@ -823,7 +823,7 @@ mod tests {
                 meta: crate::wal::record::Meta::test(lsn),
                 to: AfterImage {
                     slot: lsn,
-                    key: [1; 32],
+                    key: Some([1; 32]),
                     balance: lsn,
                     sequence: lsn,
                     prev_lsn: 0,
