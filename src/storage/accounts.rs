@@ -561,6 +561,27 @@ impl AccountsFile {
         Ok(())
     }
 
+    /// Asks the CPU to bring `slot` into its cache, to be read and written soon (a hint: it
+    /// never faults, and does nothing for a slot past the end).
+    pub fn prefetch_slot(&self, slot: u64) {
+        if slot >= self.capacity {
+            return;
+        }
+        let start = slot_offset(slot) as usize;
+        let Some(bytes) = self.map.get(start..start + SLOT_BYTES) else {
+            return;
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults and reads nothing into the program;
+        // the address is inside the map anyway.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bytes;
+    }
+
     /// The key of the account in `slot`, read from the map without checking the slot: for the
     /// shard that writes it, whose slots are true. `None` for a slot never written.
     pub fn slot_key(&self, slot: u64) -> Option<Pubkey> {
