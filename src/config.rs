@@ -35,7 +35,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults: shard count from the machine (or the data directory's MANIFEST), `Sync`
-    /// durability, a checkpoint every 30 s or 256 MiB of WAL, 64 MiB WAL segments.
+    /// durability, a checkpoint every 30 s or 256 MiB of WAL, 40 MiB WAL segments.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
@@ -43,7 +43,7 @@ impl Config {
             durability: Durability::Sync,
             checkpoint_interval_ms: 30_000,
             checkpoint_wal_bytes: 256 << 20,
-            wal_segment_bytes: 64 << 20,
+            wal_segment_bytes: 40 << 20,
             initial_slots: 16_384,
             max_batch_ops: 1 << 20,
             mailbox_capacity: 4_096,

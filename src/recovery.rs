@@ -55,11 +55,12 @@ pub fn open(config: &Config) -> Result<Recovered> {
         open_accounts(config, shard, shard_count)
     })?;
     // Judged: from here on the directory is written.
-    // One segment per shard of ~150-byte records: the current one. A complete segment is
-    // sealed within ~50 ms (its index was gathered as it was written), so the map holds more
-    // only briefly, and grows if it must.
+    // One segment per shard of ~100 bytes per transfer id (a transfer's records with their
+    // keys by slot; its credit on another shard counted): the current one. A complete segment
+    // is sealed within ~50 ms (its index was gathered as it was written), so the map holds
+    // more only briefly, and grows if it must.
     let shard_count = config.shards.unwrap_or_else(Config::default_shards) as u64;
-    let hot_capacity = (config.wal_segment_bytes / 150).saturating_mul(shard_count);
+    let hot_capacity = (config.wal_segment_bytes / 100).saturating_mul(shard_count);
     let ids = Ids::new(hot_capacity.min(1 << 24) as usize);
     let (manifest, shards, resent_credits) = match judgement {
         Judgement::Create => {
