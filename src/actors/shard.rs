@@ -609,15 +609,22 @@ impl Handler<CheckpointShard> for ShardActor {
         self.checkpoint_requested.push(done);
         if first {
             self.state.request_checkpoint();
-            self.begin_checkpoint(ctx);
+            self.poll_checkpoint(ctx);
         }
         answer
     }
 }
 
 impl ShardActor {
-    /// Begins the requested checkpoint if the records up to its LSN are durable, else looks
-    /// again soon.
+    /// Begins the requested checkpoint, or looks again soon while it cannot begin yet.
+    fn poll_checkpoint(&mut self, ctx: &mut Context<Self>) {
+        self.begin_checkpoint(ctx);
+        if !self.checkpoint_requested.is_empty() {
+            ctx.run_later(CHECKPOINT_POLL, |actor, ctx| actor.poll_checkpoint(ctx));
+        }
+    }
+
+    /// Begins the requested checkpoint if the records up to its LSN are durable.
     fn begin_checkpoint(&mut self, ctx: &mut Context<Self>) {
         if self.checkpoint_requested.is_empty() || self.checkpointing.is_some() {
             return;
@@ -636,9 +643,7 @@ impl ShardActor {
                 });
                 ctx.address().do_send(CheckpointStep);
             }
-            Ok(None) => {
-                ctx.run_later(CHECKPOINT_POLL, |actor, ctx| actor.begin_checkpoint(ctx));
-            }
+            Ok(None) => {}
             Err(error) => {
                 self.checkpoint_failed(&error);
                 for done in std::mem::take(&mut self.checkpoint_requested) {
