@@ -330,7 +330,7 @@ fn verify_and_inspect_a_directory_after_load() {
     assert!(
         verify
             .stdout
-            .contains("format version 3, 3 shards, 300 accounts, lock free"),
+            .contains("format version 4, 3 shards, 300 accounts, lock free"),
         "{}",
         verify.stdout
     );
@@ -349,7 +349,7 @@ fn verify_and_inspect_a_directory_after_load() {
     let inspect = data.run("inspect", &[]);
     assert_eq!(inspect.code, 0, "{}", inspect.stderr);
     for expected in [
-        "format version   3",
+        "format version   4",
         "shards           3",
         "lock             free",
         "shutdown         clean (every shard)",

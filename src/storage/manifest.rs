@@ -20,7 +20,7 @@ const SEED_OFFSET: usize = SHARDS_OFFSET + 4;
 /// The format this build reads and writes. 3: records carry transfer ids, timestamps and
 /// per-account back-pointers, refusals are logged, and WAL segments are kept as history;
 /// 2: WAL records are written in frames (`src/wal/frame.rs`); 1 wrote bare records.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Versions older than [`VERSION`] that a tally build once wrote: refused as
 /// [`LedgerError::UnsupportedFormat`], not as corruption.
 pub const OLD_VERSIONS: std::ops::RangeInclusive<u32> = 1..=VERSION - 1;
