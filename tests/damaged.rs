@@ -44,8 +44,14 @@ async fn fill(ledger: &Ledger) -> Model {
         ledger.mint(id, key(n), 1_000).await.unwrap();
         model.acknowledged(op);
     }
+    transfer_round(ledger, &mut model, 7, |n| 100 + n as u64).await;
+    model
+}
+
+/// Moves `amount(n)` from account n to account n + `step`, for every account, into `model`.
+async fn transfer_round(ledger: &Ledger, model: &mut Model, step: u8, amount: impl Fn(u8) -> u64) {
     for n in 0..ACCOUNTS {
-        let (from, to, amount) = (key(n), key((n + 7) % ACCOUNTS), 100 + n as u64);
+        let (from, to, amount) = (key(n), key((n + step) % ACCOUNTS), amount(n));
         let id = TransferId::new();
         ledger.transfer(id, from, to, amount).await.unwrap();
         model.acknowledged(Op::Transfer {
@@ -56,7 +62,6 @@ async fn fill(ledger: &Ledger) -> Model {
             user_data: 0,
         });
     }
-    model
 }
 
 /// Opens, retrying while the previous ledger's threads still hold the lock.
@@ -388,18 +393,7 @@ async fn a_slot_torn_after_a_later_checkpoint_is_rebuilt_from_its_first_keyed_im
     let checkpoint = checkpoint_everything(&ledger).await[0].checkpoint_lsn;
     assert!(checkpoint > 0);
     for round in 0..3u64 {
-        for n in 0..ACCOUNTS {
-            let (from, to, amount) = (key(n), key((n + 3) % ACCOUNTS), 1 + round);
-            let id = TransferId::new();
-            ledger.transfer(id, from, to, amount).await.unwrap();
-            model.acknowledged(Op::Transfer {
-                id,
-                from,
-                to,
-                amount,
-                user_data: 0,
-            });
-        }
+        transfer_round(&ledger, &mut model, 3, |_| 1 + round).await;
     }
     drop(ledger);
     wait_unlocked(dir.path());
