@@ -411,11 +411,10 @@ impl ShardState {
                 self.key_horizon,
             );
             self.set_cached(&from, &from_image);
-            let from = from_image;
             let meta = self.meta(op);
             let logged = self.log_decided(RecordBody::Transfer {
                 meta,
-                from,
+                from: from_image,
                 to,
                 amount,
             });
