@@ -561,14 +561,19 @@ impl AccountsFile {
         Ok(())
     }
 
+    /// The bytes of `slot` in the map; `None` past its end.
+    fn slot_bytes(&self, slot: u64) -> Option<&[u8]> {
+        if slot >= self.capacity {
+            return None;
+        }
+        let start = slot_offset(slot) as usize;
+        self.map.get(start..start + SLOT_BYTES)
+    }
+
     /// Asks the CPU to bring `slot` into its cache, to be read and written soon (a hint: it
     /// never faults, and does nothing for a slot past the end).
     pub fn prefetch_slot(&self, slot: u64) {
-        if slot >= self.capacity {
-            return;
-        }
-        let start = slot_offset(slot) as usize;
-        let Some(bytes) = self.map.get(start..start + SLOT_BYTES) else {
+        let Some(bytes) = self.slot_bytes(slot) else {
             return;
         };
         #[cfg(target_arch = "x86_64")]
@@ -585,11 +590,7 @@ impl AccountsFile {
     /// The key of the account in `slot`, read from the map without checking the slot: for the
     /// shard that writes it, whose slots are true. `None` for a slot never written.
     pub fn slot_key(&self, slot: u64) -> Option<Pubkey> {
-        if slot >= self.capacity {
-            return None;
-        }
-        let start = slot_offset(slot) as usize;
-        let bytes = self.map.get(start..start + SLOT_BYTES)?;
+        let bytes = self.slot_bytes(slot)?;
         if read_u32(bytes, SLOT_FLAGS_OFFSET) != SLOT_IN_USE {
             return None;
         }

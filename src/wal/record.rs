@@ -431,7 +431,8 @@ mod tests {
 
     /// Mint, transfer, debit, credit, refused: variant index (varint), then the fields in
     /// order; a meta is id, user data, timestamp; an after-image is slot, key (an `Option`: the
-    /// transfer's `to` names its account by slot alone), balance, sequence, previous LSN. Integers are varints: below 251 one byte, else 0xfb +
+    /// transfer's `to` names its account by slot alone), balance, sequence, previous LSN.
+    /// Integers are varints: below 251 one byte, else 0xfb +
     /// u16, 0xfc + u32, 0xfd + u64, 0xfe + u128 (little-endian). An `Option` is 0 (none) or 1
     /// and the value.
     const PINNED_PAYLOADS: [&str; 5] = [
