@@ -12,7 +12,7 @@ use tally::internals::wal::record::{encode_into, AfterImage, Meta, RecordBody};
 use tally::internals::wal::writer::{
     spawn_group_commit, Batch, Command, SyncPolicy, WalShared, WalWriter,
 };
-use tally::internals::{plan_waves, shard_of};
+use tally::internals::{early_credits, plan_round, shard_of};
 use tally::{Config, Ledger, Op, TransferId};
 
 mod common;
@@ -178,8 +178,13 @@ fn routing(c: &mut Criterion) {
         .collect();
     group.throughput(Throughput::Elements(8192));
     let members: Vec<usize> = (0..ops.len()).collect();
-    group.bench_function("plan_waves_8192", |b| {
-        b.iter(|| plan_waves(&ops, &members, |i| i % 2 == 0))
+    group.bench_function("plan_round_8192", |b| {
+        b.iter(|| {
+            (
+                plan_round(&ops, &members, |i| i % 2 == 0),
+                early_credits(&ops, |i| i % 2 == 0),
+            )
+        })
     });
     group.finish();
 }

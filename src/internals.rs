@@ -49,5 +49,5 @@ pub mod hooks {
 /// The shard a key belongs to, under a MANIFEST's hash seed.
 pub use crate::actors::router::shard_of;
 
-/// How `submit` orders a batch into waves (benchmarked on its own).
-pub use crate::actors::router::{plan_waves, Planned};
+/// How `submit` plans a round of a batch (benchmarked on its own).
+pub use crate::actors::router::{early_credits, plan_round, Planned};

@@ -13,9 +13,10 @@
 //!   changes. When its mailbox is drained it hands the records to its **WAL thread**, which
 //!   writes every queued batch and syncs once for all of them (group commit); only then are
 //!   callers answered and the new states copied into the account file.
-//! * The **router actor** hashes keys to shards and splits `submit` batches per shard, in waves
-//!   that keep the batch's sequential meaning: an op that must see (or must not see) a credit
-//!   still travelling between shards goes in a later wave.
+//! * The **router actor** hashes keys to shards and splits `submit` batches per shard, keeping
+//!   the batch's sequential meaning: a debit that needs a credit still travelling between
+//!   shards is deferred to the next round, and a credit that lands before an earlier debit of
+//!   its account is kept out of that debit's sight.
 //! * A transfer between shards is decided by the source shard: a durable `Debit` record commits
 //!   it, and only then is the `Credit` sent to the target shard, which applies it exactly once
 //!   (per-source watermarks). Recovery re-sends every durable debit whose credit is missing.
@@ -410,6 +411,11 @@ impl Ledger {
     /// Applies `ops` as if one after another, in order, and returns one result per op. Ops on
     /// disjoint accounts run in parallel across shards. The outer error is for the whole call
     /// (closed ledger, batch above `limits.max_batch_ops`).
+    ///
+    /// Every outcome, and every balance once the call returns, is that of the sequential run.
+    /// Within one batch, an account's [`history`](Self::history) lists its entries in the order
+    /// its balance changed: a credit from another shard may land before or after a debit that
+    /// is next to it in batch order (each entry's `balance_after` is the balance then).
     pub async fn submit(
         &self,
         ops: Vec<Op>,

@@ -248,6 +248,11 @@ impl ShardState {
 
     // ---- reads ----
 
+    /// Whether `key` has an account here (logged, durable or not).
+    pub fn contains(&self, key: &Pubkey) -> bool {
+        self.index.contains_key(key)
+    }
+
     /// The current state of `key`, counting operations not yet durable (read-your-writes).
     pub fn account(&mut self, key: &Pubkey) -> Result<Option<Account>> {
         Ok(self.load(key)?.map(|(_, state)| Account {
@@ -367,6 +372,9 @@ impl ShardState {
     ///
     /// Each account is looked up once and its cached state updated in place: index lookups in
     /// a large map are the biggest cost of the write path.
+    ///
+    /// `unseen`: what the decision must not see of `from` (early credits of its batch that
+    /// come after it; see `actors::early`). The after-image holds the whole balance.
     pub fn transfer(
         &mut self,
         op: OpMeta,
@@ -374,6 +382,7 @@ impl ShardState {
         to: Pubkey,
         amount: u64,
         target_shard: u32,
+        unseen: Unseen,
     ) -> Result<TransferOutcome> {
         if amount == 0 {
             return Err(LedgerError::ZeroAmount);
@@ -381,8 +390,11 @@ impl ShardState {
         if from == to {
             return Err(LedgerError::SameAccount);
         }
+        if unseen.missing {
+            return Err(LedgerError::AccountNotFound(from));
+        }
         if target_shard != self.shard {
-            let from = self.debit_in_place(&from, amount)?;
+            let from = self.debit_in_place(&from, amount, unseen.amount)?;
             let meta = self.meta(op);
             let logged = self.log_decided(RecordBody::Debit {
                 meta,
@@ -399,7 +411,7 @@ impl ShardState {
             let (from_slot, from_state) = self
                 .load(&from)?
                 .ok_or(LedgerError::AccountNotFound(from))?;
-            check_funds(from_state, amount)?;
+            check_funds(from_state, amount, unseen.amount)?;
             let to = self.credit_in_place(&to, amount)?;
             let next_lsn = self.next_lsn;
             let from_image = Self::image(
@@ -427,7 +439,7 @@ impl ShardState {
             self.header.checkpoint_lsn,
         )?;
         let to_state = cached_state(&self.accounts, to_entry, &to, self.header.checkpoint_lsn)?;
-        check_funds(from_state, amount)?;
+        check_funds(from_state, amount, unseen.amount)?;
         let to_balance = to_state
             .balance
             .checked_add(amount)
@@ -491,13 +503,14 @@ impl ShardState {
     }
 
     /// Debits `key` in the cache and returns its after-image; changes nothing on error.
-    fn debit_in_place(&mut self, key: &Pubkey, amount: u64) -> Result<AfterImage> {
+    /// `unseen` of the balance is not the debit's to spend.
+    fn debit_in_place(&mut self, key: &Pubkey, amount: u64, unseen: u64) -> Result<AfterImage> {
         let entry = self
             .index
             .get_mut(key)
             .ok_or(LedgerError::AccountNotFound(*key))?;
         let state = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
-        check_funds(state, amount)?;
+        check_funds(state, amount, unseen)?;
         let image = Self::image(
             key,
             entry.slot(),
@@ -928,11 +941,21 @@ fn cached_state(
     ))
 }
 
-fn check_funds(state: Cached, amount: u64) -> Result<()> {
-    if state.balance < amount {
+/// What the decision of a debit in a batch must not see of its account: `amount` of credits
+/// that come after it in the batch, and `missing` when one of those created the account.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unseen {
+    pub amount: u64,
+    pub missing: bool,
+}
+
+/// Whether the balance, less `unseen` (credits the decision must not see), covers `amount`.
+fn check_funds(state: Cached, amount: u64, unseen: u64) -> Result<()> {
+    let available = state.balance.saturating_sub(unseen);
+    if available < amount {
         return Err(LedgerError::InsufficientFunds {
             needed: amount,
-            available: state.balance,
+            available,
         });
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! Black-box behaviour of one ledger through the public API.
 
+mod common;
+
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 
 fn key(n: u32) -> Pubkey {
@@ -144,6 +146,66 @@ async fn batch_is_sequential() {
     assert_eq!(ledger.account(&key(1)).await.unwrap().unwrap().balance, 90);
     assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 10);
     assert_eq!(ledger.account(&key(3)).await.unwrap().unwrap().balance, 0);
+    ledger.shutdown().await.unwrap();
+}
+
+/// A cross-shard credit later in a batch may land before an earlier debit of its account has
+/// been decided; the debit must still decide as if the credit had not happened. Here the debit
+/// needs the credit before it and is always deferred to a second round, by which time the
+/// credit after it has landed too: only keeping that one out of sight refuses it, as a
+/// sequential run does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_in_a_batch_never_sees_a_credit_that_comes_after_it() {
+    use common::{keys_on, mint, transfer};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path()).shards(2).initial_slots(8))
+        .await
+        .unwrap();
+    for round in 0..8u32 {
+        let [x, b] = keys_on(dir.path(), 0, 2, 1_000 * round)[..] else {
+            panic!("two keys on shard 0");
+        };
+        let [a, c] = keys_on(dir.path(), 1, 2, 1_000 * round)[..] else {
+            panic!("two keys on shard 1");
+        };
+        let minted = ledger.submit(vec![mint(a, 5), mint(c, 10)]).await.unwrap();
+        assert!(minted.iter().all(Result::is_ok), "{minted:?}");
+        let results = ledger
+            .submit(vec![
+                transfer(a, x, 5),  // creates x with 5
+                transfer(x, b, 10), // 5 is not enough
+                transfer(c, x, 10), // lands early, unseen by the debit before it
+            ])
+            .await
+            .unwrap();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            matches!(
+                results[1],
+                Err(LedgerError::InsufficientFunds {
+                    needed: 10,
+                    available: 5
+                })
+            ),
+            "round {round}: {results:?}"
+        );
+        assert_eq!(ledger.account(&x).await.unwrap().unwrap().balance, 15);
+        assert_eq!(ledger.account(&b).await.unwrap(), None);
+
+        // An account that only a later credit creates does not exist for the debit before it.
+        let [y] = keys_on(dir.path(), 0, 1, 1_000 * round + 500)[..] else {
+            panic!("a key on shard 0");
+        };
+        let results = ledger
+            .submit(vec![mint(c, 1), transfer(y, b, 1), transfer(c, y, 1)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(results[1], Err(LedgerError::AccountNotFound(key)) if key == y),
+            "round {round}: {results:?}"
+        );
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    }
     ledger.shutdown().await.unwrap();
 }
 

@@ -24,7 +24,7 @@ pub struct Completion(Option<Target>);
 enum Target {
     /// A single `mint`/`transfer` call waiting on a oneshot.
     Single(oneshot::Sender<Result<Receipt>>),
-    /// Member `index` of a wave of a submitted batch.
+    /// Member `index` of a round of a submitted batch.
     Batch {
         results: Arc<BatchResults>,
         index: usize,
@@ -88,18 +88,18 @@ impl Drop for Completion {
     }
 }
 
-/// The outcome of one member of a wave.
+/// The outcome of one member of a round.
 #[derive(Debug)]
 pub enum Slot {
     Done(Result<Receipt>),
     /// Not run: the op comes back (with the supply a mint reserved) to be planned again. Boxed:
-    /// deferrals are rare (speculative debits under skew) and a wave holds a slot per op.
+    /// deferrals are rare (speculative debits under skew) and a round holds a slot per op.
     Deferred(Box<ShardOp>),
 }
 
-/// Results of one wave of a batch, filled in by whichever shard finishes each op. The router
-/// keeps no handle on it while the wave runs: when the last completion is consumed or dropped,
-/// wherever that happens, the results go to the router, so a wave always ends.
+/// Results of one round of a batch, filled in by whichever shard finishes each op. The router
+/// keeps no handle on it while the round runs: when the last completion is consumed or dropped,
+/// wherever that happens, the results go to the router, so a round always ends.
 #[derive(Debug)]
 pub struct BatchResults {
     slots: Box<[OnceLock<Slot>]>,
@@ -153,6 +153,12 @@ pub struct RouteBatch {
 
 // ---- router -> shard ----
 
+/// Names one running `submit`: the router holds it while the batch runs, its messages and
+/// early credits carry it, and a shard forgets what it noted of a batch once the batch ended
+/// (once only weak references are left).
+#[derive(Debug)]
+pub struct BatchMark;
+
 /// An operation as the shard that decides it sees it.
 #[derive(Debug)]
 pub enum ShardOp {
@@ -164,10 +170,15 @@ pub enum ShardOp {
     },
     /// `from` lives on the receiving shard; `to` on `target_shard` (maybe the same one).
     /// `speculative`: defer instead of refusing for insufficient funds (see
-    /// `router::Planned::speculative`).
+    /// `router::Planned::speculative`). In a batch, `position` is the op's index in it, and
+    /// `early_credit` says that its credit may land before an earlier debit of `to` in the
+    /// batch has run, so the target keeps it out of that debit's sight (see
+    /// [`super::early::EarlyCredits`]).
     Transfer {
         target_shard: u32,
         speculative: bool,
+        position: u32,
+        early_credit: bool,
         claim: ClaimGuard,
     },
     /// Refused before it reached the shard for a state-dependent reason (a mint above the
@@ -193,6 +204,8 @@ pub fn fields(op: &Op) -> (OpMeta, Option<Pubkey>, Pubkey, u64) {
 #[rtype(result = "()")]
 pub struct ShardOps {
     pub ops: Vec<(ShardOp, Completion)>,
+    /// The batch the ops belong to (`None`: a single op).
+    pub batch: Option<Arc<BatchMark>>,
     /// Counts the ops in the shard's `queued_ops` gauge until this message is handled or dropped.
     pub queued: Queued,
 }
@@ -249,6 +262,9 @@ pub struct CreditItem {
     pub source_lsn: u64,
     pub to: Pubkey,
     pub amount: u64,
+    /// A credit that may land before an earlier debit of `to` in its batch: the batch and the
+    /// transfer's position in it.
+    pub early: Option<Early>,
     /// The receipt of the debit, handed to the caller.
     pub receipt: Receipt,
     completion: Option<Completion>,
@@ -259,6 +275,7 @@ impl CreditItem {
         source_lsn: u64,
         to: Pubkey,
         amount: u64,
+        early: Option<Early>,
         receipt: Receipt,
         completion: Completion,
     ) -> Self {
@@ -266,6 +283,7 @@ impl CreditItem {
             source_lsn,
             to,
             amount,
+            early,
             receipt,
             completion: Some(completion),
         }
@@ -287,6 +305,13 @@ impl Drop for CreditItem {
     fn drop(&mut self) {
         self.answer();
     }
+}
+
+/// Where an early credit comes from: its batch and its position in it.
+#[derive(Debug, Clone)]
+pub struct Early {
+    pub batch: Arc<BatchMark>,
+    pub position: u32,
 }
 
 /// Credits from one source shard, in its LSN order.

@@ -15,6 +15,7 @@
 
 pub mod books;
 pub mod checkpoint;
+pub mod early;
 pub mod messages;
 pub mod router;
 pub mod shard;

@@ -1,7 +1,7 @@
 //! The router actor: hashes public keys to shards, reserves supply for mints, and splits batches
 //! into per-shard messages while keeping the batch's sequential meaning.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ pub struct Routing {
     books: Arc<Books>,
 }
 
-/// Where each op of a batch stands while its waves run.
+/// Where each op of a batch stands while its rounds run.
 struct BatchRun {
     /// (deciding shard, op) of each op not yet sent, or sent and deferred.
     routed: Vec<Option<(u32, ShardOp)>>,
@@ -47,10 +47,16 @@ impl Routing {
         }
     }
 
-    /// A message of ops for `shard`, counted in its `queued_ops` gauge until handled or dropped.
-    fn message(&self, shard: usize, ops: Vec<(ShardOp, Completion)>) -> ShardOps {
+    /// A message of ops for `shard` (of `batch`, if any), counted in its `queued_ops` gauge
+    /// until handled or dropped.
+    fn message(
+        &self,
+        shard: usize,
+        ops: Vec<(ShardOp, Completion)>,
+        batch: Option<Arc<BatchMark>>,
+    ) -> ShardOps {
         let queued = Queued::new(self.gauges.get(shard).cloned(), ops.len() as u64);
-        ShardOps { ops, queued }
+        ShardOps { ops, batch, queued }
     }
 
     pub fn shard_of(&self, key: &Pubkey) -> u32 {
@@ -109,6 +115,8 @@ impl Routing {
                 let op = ShardOp::Transfer {
                     target_shard,
                     speculative: false,
+                    position: 0,
+                    early_credit: false,
                     claim,
                 };
                 Ok((shard, op))
@@ -122,7 +130,7 @@ impl Routing {
     pub async fn send_one(&self, op: Op, claim: ClaimGuard, completion: Completion) -> Result<()> {
         let (shard, shard_op) = self.route(op, claim)?;
         let address = &self.shards[shard as usize];
-        let message = self.message(shard as usize, vec![(shard_op, completion)]);
+        let message = self.message(shard as usize, vec![(shard_op, completion)], None);
         match address.try_send(message) {
             Ok(()) => Ok(()),
             Err(SendError::Full(message)) => {
@@ -152,10 +160,11 @@ impl Routing {
             .map_err(|_| LedgerError::Closed)?
     }
 
-    /// Runs a batch in waves (see [`plan_waves`]): each wave goes out to every shard at once
-    /// and the next one leaves when it has completed. Ops a shard defers are planned again,
-    /// with everything after them. Every wave ends (see [`BatchResults`]), and each plan gives
-    /// at least its first op a result, so the batch always ends.
+    /// Runs a batch in rounds (see [`plan_round`]): a round sends every op without a result to
+    /// its shard at once, and the next one leaves when it has completed. Ops a shard defers
+    /// are planned again, with everything after them. Every round ends (see [`BatchResults`]),
+    /// and each gives at least its first op a result (it is never speculative, nor held behind
+    /// a deferred op), so the batch always ends.
     async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
         let ops: Vec<Op> = claimed.iter().map(|(op, _)| *op).collect();
         let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
@@ -174,36 +183,48 @@ impl Routing {
             run.results.push(result);
         }
         let crosses = |index: usize| placements[index].0 != placements[index].1;
+        let early = early_credits(&ops, crosses);
+        for (index, routed) in run.routed.iter_mut().enumerate() {
+            if let Some((
+                _,
+                ShardOp::Transfer {
+                    position,
+                    early_credit,
+                    ..
+                },
+            )) = routed
+            {
+                *position = index as u32;
+                *early_credit = early[index];
+            }
+        }
+        let batch = Arc::new(BatchMark);
         let mut members: Vec<usize> = (0..ops.len())
             .filter(|&i| run.routed[i].is_some())
             .collect();
-        let (mut plans, mut waves) = (0usize, 0usize);
+        let mut rounds = 0usize;
         while !members.is_empty() {
-            plans += 1;
-            for wave in plan_waves(&ops, &members, crosses) {
-                waves += 1;
-                if self.run_wave(&wave, &mut run).await {
-                    break;
-                }
-            }
+            rounds += 1;
+            let round = plan_round(&ops, &members, crosses);
+            self.run_round(&round, &mut run, &batch).await;
             members.retain(|&index| run.results[index].is_none());
         }
-        // Each wave waits for its slowest shard's commit: the count says how a batch was paced.
-        tracing::debug!(ops = ops.len(), plans, waves, "batch routed");
+        // Each round waits for its slowest shard's commit: the count says how a batch was paced.
+        tracing::debug!(ops = ops.len(), rounds, "batch routed");
         run.results
             .into_iter()
             .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
             .collect()
     }
 
-    /// Sends one wave and waits for it; returns whether a shard deferred any of its ops.
-    async fn run_wave(&self, wave: &[Planned], run: &mut BatchRun) -> bool {
-        let (wave_results, all_done) = BatchResults::new(wave.len());
+    /// Sends one round and waits for it; a deferred op gets its `ShardOp` back for the next.
+    async fn run_round(&self, round: &[Planned], run: &mut BatchRun, batch: &Arc<BatchMark>) {
+        let (round_results, all_done) = BatchResults::new(round.len());
         let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
             (0..self.shards.len()).map(|_| Vec::new()).collect();
-        let mut sent_to = Vec::with_capacity(wave.len());
-        for (position, planned) in wave.iter().enumerate() {
-            let completion = Completion::batch(wave_results.clone(), position);
+        let mut sent_to = Vec::with_capacity(round.len());
+        for (position, planned) in round.iter().enumerate() {
+            let completion = Completion::batch(round_results.clone(), position);
             let routed = run.routed.get_mut(planned.index).and_then(Option::take);
             sent_to.push(routed.as_ref().map(|(shard, _)| *shard));
             // A member always has its op (members are routed ops without a result); if one
@@ -220,20 +241,19 @@ impl Routing {
         }
         // The completions now hold the only handles: the results arrive once every one of them
         // has answered or been dropped, wherever that happens.
-        drop(wave_results);
+        drop(round_results);
         for (shard, shard_ops) in per_shard.into_iter().enumerate() {
             if !shard_ops.is_empty() {
                 // A closed mailbox drops the message, and its completions answer `Closed`.
-                self.shards[shard].do_send(self.message(shard, shard_ops));
+                let message = self.message(shard, shard_ops, Some(batch.clone()));
+                self.shards[shard].do_send(message);
             }
         }
         let mut slots = all_done.await.unwrap_or_default().into_iter();
-        let mut deferred = false;
-        for (planned, shard) in wave.iter().zip(sent_to) {
+        for (planned, shard) in round.iter().zip(sent_to) {
             match (slots.next(), shard) {
                 (Some(Slot::Done(result)), _) => run.results[planned.index] = Some(result),
                 (Some(Slot::Deferred(op)), Some(shard)) => {
-                    deferred = true;
                     run.routed[planned.index] = Some((shard, *op));
                 }
                 (Some(Slot::Deferred(_)) | None, _) => {
@@ -241,7 +261,6 @@ impl Routing {
                 }
             }
         }
-        deferred
     }
 }
 
@@ -253,82 +272,56 @@ pub fn shard_of(key: &Pubkey, seed: [u64; 2], shard_count: u32) -> u32 {
     (hasher.finish() % shard_count as u64) as u32
 }
 
-/// One op placed in a wave: its index in the batch, and whether it runs speculatively.
+/// One op of a round: its index in the batch, and whether it runs speculatively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Planned {
     pub index: usize,
-    /// The op debits an account that an earlier cross-shard transfer of the same wave credits,
-    /// and that credit may not have landed when the op runs. The op may then go ahead only if
-    /// the balance covers it without the credit (a sequential run, which has the credit, would
-    /// then succeed too); if the balance falls short, or the account does not exist yet (the
-    /// credit would create it), the shard defers the op to a later wave.
+    /// The op debits an account that an earlier cross-shard transfer of the round credits, and
+    /// that credit may not have landed when the op runs. The op may then go ahead only if the
+    /// balance covers it without the credit (a sequential run, which has the credit, would then
+    /// succeed too); if the balance falls short, or the account does not exist yet (the credit
+    /// would create it), the shard defers the op to the next round.
     pub speculative: bool,
 }
 
-/// Assigns the ops `members` (indices into `ops`, in batch order) to waves, in one pass: waves
-/// run one after another, the ops of a wave all at once, each shard taking its ops of the wave
-/// in batch order.
+/// Plans one round of a batch: the ops `members` (indices into `ops`, in batch order) all go
+/// out at once, each shard taking its ops in batch order.
 ///
 /// Ops of one shard run in message order, so only cross-shard credits can reorder effects: a
 /// credit lands on its target shard some time after the source has logged the debit. Credits
 /// commute (they never fail and only add), so what matters is a debit and a credit of the same
-/// account. An op goes in the earliest wave that is
-/// - no earlier than the wave of any earlier op touching one of its accounts (batch order);
-/// - after the wave of an earlier op debiting the account it credits, when it is itself a
-///   cross-shard transfer (that debit must not see this credit);
-///
-/// and an op debiting an account that an earlier cross-shard transfer of its own wave credits is
-/// [`Planned::speculative`]. Where a shard defers an op, the router plans what is left again.
+/// account:
+/// - a credit that lands *before* an earlier debit of its account has run is kept out of that
+///   debit's sight by the target shard (see [`super::early`]; [`early_credits`] marks them);
+/// - a debit that may run *before* an earlier credit of its account has landed is
+///   [`Planned::speculative`]: the shard defers it if it needs the credit, and the router
+///   plans what is left again, once the round has ended and every credit of it has landed.
 ///
 /// `crosses(i)` tells whether op `i` is a transfer between two shards.
-pub fn plan_waves(
-    ops: &[Op],
-    members: &[usize],
-    crosses: impl Fn(usize) -> bool,
-) -> Vec<Vec<Planned>> {
-    /// The latest waves (counted from 1; 0 means never) in which an account was touched,
-    /// debited, and credited across shards.
-    #[derive(Default, Clone, Copy)]
-    struct Seen {
-        touched: usize,
-        debited: usize,
-        credited_across: usize,
-    }
-    let mut seen: HashMap<Pubkey, Seen, ahash::RandomState> =
-        HashMap::with_capacity_and_hasher(members.len() * 2, ahash::RandomState::default());
-    let mut waves: Vec<Vec<Planned>> = Vec::new();
-    for &index in members {
-        let (from, to) = match ops[index] {
-            Op::Mint { to, .. } => (None, to),
-            Op::Transfer { from, to, .. } => (Some(from), to),
-        };
-        let across = crosses(index);
-        let seen_to = seen.get(&to).copied().unwrap_or_default();
-        let seen_from = from.and_then(|from| seen.get(&from).copied());
-        let mut wave = seen_to.touched.max(1);
-        if across && seen_to.debited > 0 {
-            wave = wave.max(seen_to.debited + 1);
-        }
-        if let Some(seen_from) = seen_from {
-            wave = wave.max(seen_from.touched);
-        }
-        let speculative = seen_from.is_some_and(|seen| seen.credited_across == wave);
-        if let Some(from) = from {
-            let entry = seen.entry(from).or_default();
-            entry.touched = entry.touched.max(wave);
-            entry.debited = entry.debited.max(wave);
-        }
-        let entry = seen.entry(to).or_default();
-        entry.touched = entry.touched.max(wave);
-        if across {
-            entry.credited_across = entry.credited_across.max(wave);
-        }
-        if waves.len() < wave {
-            waves.resize_with(wave, Vec::new);
-        }
-        waves[wave - 1].push(Planned { index, speculative });
-    }
-    waves
+pub fn plan_round(ops: &[Op], members: &[usize], crosses: impl Fn(usize) -> bool) -> Vec<Planned> {
+    let mut credited_across: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
+    members
+        .iter()
+        .map(|&index| {
+            let (from, to, ..) = ops[index].parts();
+            let speculative = from.is_some_and(|from| credited_across.contains(&from));
+            if crosses(index) {
+                credited_across.insert(to);
+            }
+            Planned { index, speculative }
+        })
+        .collect()
+}
+
+/// Which ops of a batch carry an early credit: a cross-shard transfer to an account that the
+/// batch also debits, which may therefore land before one of those debits has run.
+pub fn early_credits(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<bool> {
+    let debited: HashSet<Pubkey, ahash::RandomState> =
+        ops.iter().filter_map(|op| op.parts().0).collect();
+    ops.iter()
+        .enumerate()
+        .map(|(index, op)| crosses(index) && debited.contains(&op.parts().1))
+        .collect()
 }
 
 pub struct Router {
@@ -404,25 +397,26 @@ mod tests {
         }
     }
 
-    /// The waves as (index, speculative) pairs.
-    fn plan(ops: &[Op]) -> Vec<Vec<(usize, bool)>> {
+    /// The round as (index, speculative) pairs.
+    fn plan(ops: &[Op]) -> Vec<(usize, bool)> {
         let members: Vec<usize> = (0..ops.len()).collect();
-        plan_waves(ops, &members, crosses(ops))
+        plan_round(ops, &members, crosses(ops))
             .into_iter()
-            .map(|wave| wave.into_iter().map(|p| (p.index, p.speculative)).collect())
+            .map(|p| (p.index, p.speculative))
             .collect()
     }
 
     #[test]
-    fn independent_ops_form_one_wave() {
+    fn independent_ops_run_in_one_round() {
         let ops = vec![transfer(1, 11), transfer(2, 12), transfer(3, 4)];
-        assert_eq!(plan(&ops), vec![vec![(0, false), (1, false), (2, false)]]);
+        assert_eq!(plan(&ops), vec![(0, false), (1, false), (2, false)]);
+        assert_eq!(early_credits(&ops, crosses(&ops)), vec![false; 3]);
     }
 
     #[test]
-    fn a_debit_of_an_account_credited_in_its_wave_is_speculative() {
-        // 0 credits 11 across shards; 1 spends from 11 in the same wave, speculatively; 2 and 3
-        // follow on their accounts in batch order.
+    fn a_debit_of_an_account_credited_across_earlier_is_speculative() {
+        // 0 credits 11 across shards; 1 spends from 11, speculatively, crediting 5 across; 2
+        // spends from 5, speculatively too; 3 is independent.
         let ops = vec![
             transfer(1, 11),
             transfer(11, 5),
@@ -431,24 +425,28 @@ mod tests {
         ];
         assert_eq!(
             plan(&ops),
-            vec![vec![(0, false), (1, true), (2, true), (3, false)]]
+            vec![(0, false), (1, true), (2, true), (3, false)]
         );
     }
 
     #[test]
-    fn a_credit_across_shards_to_an_account_debited_earlier_waits() {
-        let ops = vec![transfer(12, 13), transfer(1, 12)];
-        assert_eq!(plan(&ops), vec![vec![(0, false)], vec![(1, false)]]);
-    }
-
-    #[test]
-    fn credits_to_one_account_commute_and_share_a_wave() {
-        let mint = mint_op(11);
-        // Two cross-shard credits, a local credit and a mint, all into 11.
-        let ops = vec![transfer(1, 11), transfer(2, 11), transfer(12, 11), mint];
+    fn a_credit_across_shards_to_an_account_debited_in_the_batch_is_early() {
+        // 1 credits 12, which 0 debits before it and 2 after it; 3 credits 13 on its own shard;
+        // 4 credits 14 across, which nothing debits.
+        let ops = vec![
+            transfer(12, 13),
+            transfer(1, 12),
+            transfer(12, 15),
+            transfer(12, 13),
+            transfer(2, 14),
+        ];
+        assert_eq!(
+            early_credits(&ops, crosses(&ops)),
+            vec![false, true, false, false, false]
+        );
         assert_eq!(
             plan(&ops),
-            vec![vec![(0, false), (1, false), (2, false), (3, false)]]
+            vec![(0, false), (1, false), (2, true), (3, true), (4, false)]
         );
     }
 
@@ -456,10 +454,10 @@ mod tests {
     fn planning_a_subset_starts_over_from_its_first_member() {
         // After 0 has run, 1 and 2 are planned again: 1 is no longer speculative.
         let ops = vec![transfer(1, 11), transfer(11, 12), transfer(13, 11)];
-        let waves = plan_waves(&ops, &[1, 2], crosses(&ops));
+        let round = plan_round(&ops, &[1, 2], crosses(&ops));
         assert_eq!(
-            waves,
-            vec![vec![
+            round,
+            vec![
                 Planned {
                     index: 1,
                     speculative: false
@@ -468,13 +466,13 @@ mod tests {
                     index: 2,
                     speculative: false
                 }
-            ]]
+            ]
         );
     }
 
-    /// Checks the rules on random batches: batch order between ops sharing an account, a
-    /// strictly later wave for a cross-shard credit behind a debit of its account, and the
-    /// speculative flag exactly where a debit meets a cross-shard credit of its own wave.
+    /// Checks the rules on random batches: every member in batch order, the speculative flag
+    /// exactly where a debit follows a cross-shard credit of its account, and the early flag
+    /// exactly on cross-shard credits of accounts the batch debits.
     #[test]
     fn plans_of_random_batches_keep_sequential_meaning() {
         use rand::{Rng, SeedableRng};
@@ -488,34 +486,16 @@ mod tests {
                 })
                 .collect();
             let across = crosses(&ops);
-            let mut wave_of = vec![usize::MAX; ops.len()];
-            let mut speculative = vec![false; ops.len()];
-            for (wave, members) in plan(&ops).iter().enumerate() {
-                assert!(!members.is_empty(), "no empty wave");
-                assert!(members.windows(2).all(|w| w[0].0 < w[1].0), "batch order");
-                for &(index, flag) in members {
-                    wave_of[index] = wave;
-                    speculative[index] = flag;
-                }
-            }
-            assert!(wave_of.iter().all(|&w| w != usize::MAX), "every op planned");
+            let round = plan(&ops);
+            let indices: Vec<usize> = round.iter().map(|&(index, _)| index).collect();
+            assert_eq!(indices, (0..ops.len()).collect::<Vec<_>>(), "batch order");
+            let early = early_credits(&ops, crosses(&ops));
             for j in 0..ops.len() {
                 let (from_j, to_j) = sides(&ops[j]);
-                let mut meets_a_credit = false;
-                for i in 0..j {
-                    let (from_i, to_i) = sides(&ops[i]);
-                    let touched_i = [from_i, Some(to_i)];
-                    if touched_i.contains(&Some(to_j))
-                        || (from_j.is_some() && touched_i.contains(&from_j))
-                    {
-                        assert!(wave_of[i] <= wave_of[j], "{i} before {j} in {ops:?}");
-                    }
-                    if across(j) && from_i == Some(to_j) {
-                        assert!(wave_of[i] < wave_of[j], "{i} must not see {j}: {ops:?}");
-                    }
-                    meets_a_credit |= across(i) && from_j == Some(to_i) && wave_of[i] == wave_of[j];
-                }
-                assert_eq!(speculative[j], meets_a_credit, "op {j} of {ops:?}");
+                let meets_a_credit = (0..j).any(|i| across(i) && from_j == Some(sides(&ops[i]).1));
+                assert_eq!(round[j].1, meets_a_credit, "op {j} of {ops:?}");
+                let debited = ops.iter().any(|op| sides(op).0 == Some(to_j));
+                assert_eq!(early[j], across(j) && debited, "op {j} of {ops:?}");
             }
         }
     }

@@ -12,6 +12,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::books::{Logged, ShardBooks};
+use super::early::EarlyCredits;
 use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
@@ -49,6 +50,8 @@ pub enum Ack {
         receipt: Receipt,
         completion: Completion,
         claim: ClaimGuard,
+        /// Set when the credit may land before an earlier debit of `to` in its batch.
+        early: Option<Early>,
     },
     /// Answered when the WAL thread reaches it: every round handed over before has settled.
     Barrier(oneshot::Sender<()>),
@@ -106,6 +109,8 @@ pub struct ShardActor {
     /// Who waits for a checkpoint requested and not begun: it begins once the records up to
     /// its LSN are durable ([`ShardState::request_checkpoint`]).
     checkpoint_requested: Vec<CheckpointWaiter>,
+    /// Credits of running batches that landed before debits they must not be seen by.
+    early: EarlyCredits,
 }
 
 impl ShardActor {
@@ -141,6 +146,7 @@ impl ShardActor {
             flush_scheduled: false,
             checkpointing: None,
             checkpoint_requested: Vec::new(),
+            early: EarlyCredits::default(),
         })
     }
 
@@ -184,9 +190,16 @@ impl ShardActor {
         Ok(())
     }
 
-    /// Applies one op of a message. `held` collects the accounts of ops deferred earlier in the
-    /// same message: a later op touching one of them is deferred too, so batch order holds.
-    fn apply(&mut self, op: ShardOp, completion: Completion, held: &mut HashSet<Pubkey>) {
+    /// Applies one op of a message (of `batch`, if it came from one). `held` collects the
+    /// accounts of ops deferred earlier in the same message: a later op touching one of them is
+    /// deferred too, so batch order holds.
+    fn apply(
+        &mut self,
+        op: ShardOp,
+        completion: Completion,
+        held: &mut HashSet<Pubkey>,
+        batch: Option<&Arc<BatchMark>>,
+    ) {
         if let Err(error) = self.writable() {
             // A mint's reservation goes back before its caller hears of the refusal.
             drop(op);
@@ -204,6 +217,9 @@ impl ShardActor {
                 let (meta, _, to, _) = fields(claim.op());
                 match self.state.mint(meta, to, reservation.amount()) {
                     Ok(decided) => {
+                        if let Some(batch) = batch {
+                            self.early.credited_here(&to, batch);
+                        }
                         self.logged.add_mint(reservation);
                         let result = Ok(self.receipt(decided));
                         self.reply_decided(completion, result, claim, decided.lsn);
@@ -221,7 +237,7 @@ impl ShardActor {
                 let result = Err(refusal_error(refusal));
                 self.reply_decided(completion, result, claim, decided.lsn);
             }
-            ShardOp::Transfer { .. } => self.apply_transfer(op, completion, touched, held),
+            ShardOp::Transfer { .. } => self.apply_transfer(op, completion, touched, held, batch),
         }
     }
 
@@ -293,10 +309,13 @@ impl ShardActor {
         completion: Completion,
         touched: [Option<Pubkey>; 2],
         held: &mut HashSet<Pubkey>,
+        batch: Option<&Arc<BatchMark>>,
     ) {
         let ShardOp::Transfer {
             target_shard,
             speculative,
+            position,
+            early_credit,
             claim,
         } = op
         else {
@@ -308,9 +327,15 @@ impl ShardActor {
             debug_assert!(false, "a transfer has a source");
             return;
         };
-        match self.state.transfer(meta, from, to, amount, target_shard) {
-            // A credit of this wave (which may also create the account) may not have
-            // landed yet: try again in a later wave.
+        let unseen = batch.map_or_else(Default::default, |batch| {
+            self.early.unseen(&from, batch, position)
+        });
+        match self
+            .state
+            .transfer(meta, from, to, amount, target_shard, unseen)
+        {
+            // A credit of this round (which may also create the account) may not have
+            // landed yet: try again in the next round.
             Err(LedgerError::InsufficientFunds { .. } | LedgerError::AccountNotFound(_))
                 if speculative =>
             {
@@ -318,11 +343,16 @@ impl ShardActor {
                 let op = ShardOp::Transfer {
                     target_shard,
                     speculative,
+                    position,
+                    early_credit,
                     claim,
                 };
                 completion.defer(op);
             }
             Ok(TransferOutcome::Local(decided)) => {
+                if let Some(batch) = batch {
+                    self.early.credited_here(&to, batch);
+                }
                 let result = Ok(self.receipt(decided));
                 self.reply_decided(completion, result, claim, decided.lsn);
             }
@@ -339,6 +369,10 @@ impl ShardActor {
                     receipt: self.receipt(decided),
                     completion,
                     claim,
+                    early: batch.filter(|_| early_credit).map(|batch| Early {
+                        batch: batch.clone(),
+                        position,
+                    }),
                 });
             }
             Err(error) => {
@@ -351,11 +385,19 @@ impl ShardActor {
     /// is visible here, without waiting for this shard's own sync: the durable debit already
     /// committed the transfer, and recovery re-sends a credit a crash takes from this shard.
     fn apply_credit(&mut self, source_shard: u32, item: CreditItem) {
+        let created = item.early.is_some() && !self.state.contains(&item.to);
         match self
             .state
             .credit(source_shard, item.source_lsn, item.to, item.amount)
         {
-            Ok(Some(_)) => self.logged.add_credit(item.amount),
+            Ok(Some(_)) => {
+                if let Some(early) = &item.early {
+                    let (batch, position) = (&early.batch, early.position);
+                    self.early
+                        .land(item.to, batch, position, item.amount, created);
+                }
+                self.logged.add_credit(item.amount)
+            }
             // Already applied (a resend after recovery): the answer is the same.
             Ok(None) => {}
             Err(error) => {
@@ -476,12 +518,12 @@ impl Handler<ShardOps> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, message: ShardOps, ctx: &mut Context<Self>) {
-        let ShardOps { ops, queued } = message;
+        let ShardOps { ops, batch, queued } = message;
         drop(queued);
         let mut held = HashSet::new();
         self.state.read_clock();
         for (op, completion) in ops {
-            self.apply(op, completion, &mut held);
+            self.apply(op, completion, &mut held, batch.as_ref());
         }
         self.state.release_clock();
         self.schedule_flush(ctx);
@@ -849,6 +891,7 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     amount,
                     receipt,
                     completion,
+                    early,
                     ..
                 } => {
                     // Committed: the debit is written (and durable where required).
@@ -856,8 +899,8 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     if credits.len() <= target {
                         credits.resize_with(target + 1, Vec::new);
                     }
-                    credits[target]
-                        .push(CreditItem::new(source_lsn, to, amount, receipt, completion));
+                    let item = CreditItem::new(source_lsn, to, amount, early, receipt, completion);
+                    credits[target].push(item);
                 }
                 Ack::Barrier(settled) => {
                     let _ = settled.send(());
