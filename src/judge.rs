@@ -214,10 +214,21 @@ fn in_parallel<T: Send>(
     shard_count: u32,
     work: impl Fn(u32) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
+    each_on_its_thread(data_dir, (0..shard_count).collect(), |shard, _| work(shard))
+}
+
+/// Runs `work(shard, item)` for each of `items` (one per shard, in shard order) on a thread of
+/// its own; the first error in shard order wins, and a panic is reported as one.
+pub(crate) fn each_on_its_thread<I: Send, T: Send>(
+    data_dir: &Path,
+    items: Vec<I>,
+    work: impl Fn(u32, I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     let work = &work;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shard_count)
-            .map(|shard| (shard, scope.spawn(move || work(shard))))
+        let handles: Vec<_> = (0u32..)
+            .zip(items)
+            .map(|(shard, item)| (shard, scope.spawn(move || work(shard, item))))
             .collect();
         handles
             .into_iter()
@@ -231,7 +242,7 @@ fn in_parallel<T: Send>(
                     Err(LedgerError::corrupt(
                         crate::storage::shard_dir(data_dir, shard),
                         0,
-                        format!("judging this shard panicked (a bug in tally, please report it): {message}"),
+                        format!("work on this shard panicked (a bug in tally, please report it): {message}"),
                     ))
                 })
             })

@@ -493,6 +493,26 @@ impl AccountsFile {
         Ok((accounts, header))
     }
 
+    /// [`open`](Self::open) without the sync, for a caller that syncs the file itself before it
+    /// builds on what it reads (recovery does so while it judges) and then calls
+    /// [`synced_elsewhere`](Self::synced_elsewhere).
+    pub fn open_unsynced(
+        io: SharedIo,
+        path: &Path,
+        shard: u32,
+        shard_count: u32,
+    ) -> Result<(Self, Header)> {
+        let file = super::open_private_file(&*io, path, false)?;
+        let accounts = Self::map(io, path, file)?;
+        let header = accounts.view().newest_header(shard, shard_count)?;
+        Ok((accounts, header))
+    }
+
+    /// The whole file, as it is now, was made durable through another handle.
+    pub fn synced_elsewhere(&mut self) {
+        self.synced_len = self.file_len();
+    }
+
     fn map(io: SharedIo, path: &Path, file: File) -> Result<Self> {
         let len = file.metadata().map_err(|e| LedgerError::io(path, e))?.len();
         if len < HEADER_BYTES || !(len - HEADER_BYTES).is_multiple_of(SLOT_BYTES as u64) {
