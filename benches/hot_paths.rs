@@ -102,13 +102,20 @@ fn wal(c: &mut Criterion) {
         .unwrap();
         let shared = Arc::new(WalShared::default());
         let (done_sender, done) = std::sync::mpsc::channel::<u64>();
-        let (sender, _thread) =
-            spawn_group_commit(0, writer, SyncPolicy::Always, shared, move |round| {
+        let (sender, _thread) = spawn_group_commit(
+            0,
+            writer,
+            SyncPolicy::Always {
+                lazy_max: std::time::Duration::ZERO,
+            },
+            shared,
+            move |round| {
                 for ack in round.acks {
                     let _ = done_sender.send(ack);
                 }
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         let mut lsn = 1;
         b.iter(|| {
             let bytes = records(lsn, 1024);
@@ -119,6 +126,7 @@ fn wal(c: &mut Criterion) {
                 index: None,
                 acks: vec![lsn],
                 urgent: false,
+                lazy: false,
             };
             sender.send(Command::Append(batch)).unwrap();
             done.recv().unwrap();

@@ -142,7 +142,17 @@ async fn a_credit_whose_round_fails_on_the_target_is_owed_and_lands_at_reopen() 
     );
     let receipt = ledger.transfer(TransferId::new(), a, b, 30).await.unwrap();
     assert_eq!(receipt.shard, 0);
-    let stats = ledger.stats().await.unwrap();
+    // Nobody waits for a credit's record to be durable (its transfer is committed), so the
+    // target syncs it with its next round or within `LAZY_SYNC_MAX`, after the answer.
+    wait_fired(&faults).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = ledger.stats().await.unwrap();
+        if !stats.shards[1].healthy || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     assert!(!stats.shards[1].healthy);
     assert_eq!(stats.owed_credits, 30);
     assert_eq!(stats.shards[0].balance_sum, 70);

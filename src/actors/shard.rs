@@ -123,7 +123,9 @@ impl ShardActor {
     ) -> Result<Self> {
         let shard = state.shard();
         let policy = match durability {
-            Durability::Sync => SyncPolicy::Always,
+            Durability::Sync => SyncPolicy::Always {
+                lazy_max: crate::wal::writer::LAZY_SYNC_MAX,
+            },
             Durability::Periodic { interval_ms } => SyncPolicy::Periodic {
                 interval: Duration::from_millis(interval_ms),
             },
@@ -433,7 +435,12 @@ impl ShardActor {
             ),
             None => (Vec::new(), 0, 0, None),
         };
-        let inline = self.acks.len() <= INLINE_OPS_MAX;
+        // Only a caller waiting on the flush is worth a sync on this thread. A flush of credits
+        // alone (their callers are answered) goes to the WAL thread, so that this thread takes
+        // the next ops while it syncs: committed inline, it held the shard for a whole fsync
+        // per batch of credits, and the next batch's ops waited behind it.
+        let lazy = self.acks.is_empty();
+        let inline = !lazy && self.acks.len() <= INLINE_OPS_MAX;
         let acks = Acks {
             logged: std::mem::replace(&mut self.logged, Logged::new(self.context.books.clone())),
             items: std::mem::take(&mut self.acks),
@@ -445,6 +452,7 @@ impl ShardActor {
             index,
             acks: vec![acks],
             urgent: std::mem::take(&mut self.urgent),
+            lazy,
         };
         let unsent = match &self.wal {
             // A flush of a few ops when the WAL is idle (one caller, or a quiet shard) is

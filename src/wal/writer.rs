@@ -329,7 +329,17 @@ pub struct Batch<A> {
     pub acks: Vec<A>,
     /// Under periodic durability: sync this round now (it carries credits waiting to be sent).
     pub urgent: bool,
+    /// No one waits for these records to be durable (credits, whose transfers are committed
+    /// by their durable debits): under `Always` they are synced with the next round that must
+    /// be, or within [`LAZY_SYNC_MAX`], not on their own.
+    pub lazy: bool,
 }
+
+/// How long records no one waits for may stay written but unsynced under `SyncPolicy::Always`.
+/// A sync of its own for each batch of credits put a second fdatasync on the path of every
+/// cross-shard `submit` (the next batch's debits waited behind it); now the debits' sync takes
+/// the credits along. Checkpoints and the account file wait at most this long for them.
+pub const LAZY_SYNC_MAX: Duration = Duration::from_millis(2);
 
 /// Work for the group-commit thread, executed in order.
 pub enum Command<A> {
@@ -378,8 +388,10 @@ pub struct WalShared {
 /// When the thread must sync.
 #[derive(Debug, Clone, Copy)]
 pub enum SyncPolicy {
-    /// After every round, before any acknowledgement.
-    Always,
+    /// After every round, before any acknowledgement; but a round that only holds
+    /// [`Batch::lazy`] records, within `lazy_max` of the last sync, waits for the next round
+    /// (or `lazy_max`) to be synced (see [`LAZY_SYNC_MAX`]).
+    Always { lazy_max: Duration },
     /// At least every interval, and at once for urgent rounds.
     Periodic { interval: Duration },
 }
@@ -397,7 +409,7 @@ pub struct WalHandle<A> {
 /// a whole round, `on_round` included, so rounds report in LSN order), and the commands sent but
 /// not yet taken under that lock.
 struct Committer<A> {
-    core: std::sync::Mutex<GroupCommit>,
+    core: std::sync::Mutex<GroupCommit<A>>,
     on_round: Box<dyn Fn(Round<A>) + Send + Sync>,
     queued: std::sync::atomic::AtomicUsize,
     policy: SyncPolicy,
@@ -423,7 +435,7 @@ impl<A> WalHandle<A> {
     /// WAL still groups on its thread. Gives the batch back otherwise.
     pub fn commit_inline(&self, batch: Batch<A>) -> Option<Batch<A>> {
         let committer = &*self.shared;
-        if !matches!(committer.policy, SyncPolicy::Always)
+        if !matches!(committer.policy, SyncPolicy::Always { .. })
             || committer.queued.load(Ordering::SeqCst) != 0
         {
             return Some(batch);
@@ -470,6 +482,7 @@ where
             shared,
             unsynced_lsn: None,
             last_sync: Instant::now(),
+            lazy_acks: Vec::new(),
         }),
         on_round: Box::new(on_round),
         queued: std::sync::atomic::AtomicUsize::new(0),
@@ -489,7 +502,7 @@ where
     ))
 }
 
-fn lock_core(committer: &Committer<impl Sized>) -> std::sync::MutexGuard<'_, GroupCommit> {
+fn lock_core<A>(committer: &Committer<A>) -> std::sync::MutexGuard<'_, GroupCommit<A>> {
     lock(&committer.core)
 }
 
@@ -553,7 +566,7 @@ enum Next<A> {
     Exit,
 }
 
-struct GroupCommit {
+struct GroupCommit<A> {
     bytes_gauge: metrics::Gauge,
     syncs_counter: metrics::Counter,
     writer: WalWriter,
@@ -562,20 +575,31 @@ struct GroupCommit {
     /// Highest LSN written but not yet synced.
     unsynced_lsn: Option<u64>,
     last_sync: Instant,
+    /// Under `Always`: the acknowledgements of lazy rounds written and not yet synced. They
+    /// are reported with the sync that makes them durable, or its failure (so that what they
+    /// logged counts only once durable).
+    lazy_acks: Vec<A>,
 }
 
-impl GroupCommit {
-    /// How long the thread may wait for a command: until the next periodic sync, if one is due.
+impl<A> GroupCommit<A> {
+    /// How long the thread may wait for a command: until the next sync that is due, if any
+    /// (none once the WAL failed: nothing more is synced).
     fn wait(&self) -> Option<Duration> {
-        match (self.policy, self.unsynced_lsn) {
-            (SyncPolicy::Periodic { interval }, Some(_)) => {
-                Some(interval.saturating_sub(self.last_sync.elapsed()))
-            }
-            _ => None,
+        if self.shared.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let interval = match self.policy {
+            SyncPolicy::Periodic { interval } => interval,
+            SyncPolicy::Always { lazy_max } => lazy_max,
+        };
+        match self.unsynced_lsn {
+            Some(_) => Some(interval.saturating_sub(self.last_sync.elapsed())),
+            // Lazy acknowledgements whose records another sync (a rotation's) made durable.
+            None => (!self.lazy_acks.is_empty()).then_some(Duration::ZERO),
         }
     }
 
-    fn command<A>(
+    fn command(
         &mut self,
         command: Command<A>,
         inbox: &Inbox<'_, A>,
@@ -607,13 +631,22 @@ impl GroupCommit {
                 } else {
                     self.sync_now().map(|_| ())
                 };
-                if result.is_ok() {
-                    let lsn = self.shared.durable_lsn.load(Ordering::Acquire);
-                    on_round(Round {
-                        acks: Vec::new(),
-                        result: Ok(()),
-                        durable_lsn: Some(lsn),
-                    });
+                let acks = std::mem::take(&mut self.lazy_acks);
+                match &result {
+                    Ok(()) => {
+                        let lsn = self.shared.durable_lsn.load(Ordering::Acquire);
+                        on_round(Round {
+                            acks,
+                            result: Ok(()),
+                            durable_lsn: Some(lsn),
+                        });
+                    }
+                    Err(error) if !acks.is_empty() => on_round(Round {
+                        acks,
+                        result: Err(error.clone()),
+                        durable_lsn: None,
+                    }),
+                    Err(_) => {}
                 }
                 let _ = done.send(result);
                 return Next::Exit;
@@ -625,21 +658,22 @@ impl GroupCommit {
     /// Writes `first` and every append already queued behind it (on the thread: `inbox`),
     /// syncs once, and returns the round to report, with a non-append command that was dequeued
     /// behind the batches, to run next.
-    fn round<A>(
+    fn round(
         &mut self,
         first: Batch<A>,
         inbox: Option<&Inbox<'_, A>>,
     ) -> (Round<A>, Option<Command<A>>) {
         let mut acks = Vec::new();
         let mut urgent = false;
+        let mut lazy = true;
         let mut bytes = first.bytes.len();
-        let mut result = self.write(first, &mut acks, &mut urgent);
+        let mut result = self.write(first, &mut acks, &mut urgent, &mut lazy);
         let mut deferred = None;
         while let (true, Some(inbox)) = (bytes < GROUP_BYTES_MAX, inbox) {
             match inbox.try_take() {
                 Some(Command::Append(batch)) => {
                     bytes += batch.bytes.len();
-                    let written = self.write(batch, &mut acks, &mut urgent);
+                    let written = self.write(batch, &mut acks, &mut urgent, &mut lazy);
                     if result.is_ok() {
                         result = written;
                     }
@@ -652,7 +686,7 @@ impl GroupCommit {
             }
         }
         let must_sync = match self.policy {
-            SyncPolicy::Always => true,
+            SyncPolicy::Always { lazy_max } => !lazy || self.last_sync.elapsed() >= lazy_max,
             SyncPolicy::Periodic { interval } => urgent || self.last_sync.elapsed() >= interval,
         };
         let span = tracing::debug_span!(
@@ -671,6 +705,20 @@ impl GroupCommit {
             }
             span.record("sync_us", started.elapsed().as_micros() as u64);
         }
+        let acks = match self.policy {
+            // Written, not synced, and no one waits: held until a sync reports them.
+            SyncPolicy::Always { .. } if result.is_ok() && !must_sync => {
+                self.lazy_acks.extend(acks);
+                Vec::new()
+            }
+            // Synced (or failed): the held ones go first, in LSN order.
+            SyncPolicy::Always { .. } if !self.lazy_acks.is_empty() => {
+                let mut all = std::mem::take(&mut self.lazy_acks);
+                all.extend(acks);
+                all
+            }
+            _ => acks,
+        };
         (
             Round {
                 acks,
@@ -681,7 +729,13 @@ impl GroupCommit {
         )
     }
 
-    fn write<A>(&mut self, batch: Batch<A>, acks: &mut Vec<A>, urgent: &mut bool) -> Result<()> {
+    fn write(
+        &mut self,
+        batch: Batch<A>,
+        acks: &mut Vec<A>,
+        urgent: &mut bool,
+        lazy: &mut bool,
+    ) -> Result<()> {
         let Batch {
             mut bytes,
             first_lsn,
@@ -689,9 +743,11 @@ impl GroupCommit {
             index,
             acks: batch_acks,
             urgent: batch_urgent,
+            lazy: batch_lazy,
         } = batch;
         acks.extend(batch_acks);
         *urgent |= batch_urgent;
+        *lazy &= batch_lazy;
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(LedgerError::io(
                 self.writer.path(),
@@ -784,20 +840,23 @@ impl GroupCommit {
         }
     }
 
-    fn periodic_sync<A>(&mut self, on_round: &dyn Fn(Round<A>)) {
-        match self.sync_now() {
-            Ok(Some(lsn)) => on_round(Round {
-                acks: Vec::new(),
-                result: Ok(()),
-                durable_lsn: Some(lsn),
-            }),
-            Ok(None) => {}
-            Err(e) => on_round(Round {
-                acks: Vec::new(),
-                result: Err(e),
-                durable_lsn: None,
-            }),
-        }
+    /// Syncs what is written, if anything, and reports it with the lazy acknowledgements
+    /// held until now.
+    fn periodic_sync(&mut self, on_round: &dyn Fn(Round<A>)) {
+        let (result, durable_lsn) = match self.sync_now() {
+            Ok(Some(lsn)) => (Ok(()), Some(lsn)),
+            Ok(None) if self.lazy_acks.is_empty() => return,
+            Ok(None) => (
+                Ok(()),
+                Some(self.shared.durable_lsn.load(Ordering::Acquire)),
+            ),
+            Err(e) => (Err(e), None),
+        };
+        on_round(Round {
+            acks: std::mem::take(&mut self.lazy_acks),
+            result,
+            durable_lsn,
+        });
     }
 
     fn fail(&self, error: &LedgerError) {
@@ -886,6 +945,13 @@ mod tests {
     /// A `Sync` WAL in `dir` whose rounds must succeed and whose acknowledgements (LSNs) arrive
     /// on the receiver, in the order rounds report them.
     fn reporting_wal(dir: &Path) -> (WalHandle<u64>, Arc<WalShared>, mpsc::Receiver<u64>) {
+        reporting_wal_lazy_within(dir, LAZY_SYNC_MAX)
+    }
+
+    fn reporting_wal_lazy_within(
+        dir: &Path,
+        lazy_max: Duration,
+    ) -> (WalHandle<u64>, Arc<WalShared>, mpsc::Receiver<u64>) {
         let initial = scan(dir, 1).unwrap();
         let writer = WalWriter::open(
             crate::storage::io::real(),
@@ -900,7 +966,7 @@ mod tests {
         let (handle, _thread) = spawn_group_commit(
             0,
             writer,
-            SyncPolicy::Always,
+            SyncPolicy::Always { lazy_max },
             shared.clone(),
             move |round: Round<u64>| {
                 assert!(round.result.is_ok());
@@ -931,6 +997,7 @@ mod tests {
                 index: None,
                 acks: vec![lsn],
                 urgent: false,
+                lazy: false,
             };
             lsn += count;
             match handle.commit_inline(batch) {
@@ -967,6 +1034,7 @@ mod tests {
                 index: None,
                 acks: vec![lsn],
                 urgent: false,
+                lazy: false,
             };
             sender.send(Command::Append(batch)).unwrap();
         }
@@ -981,5 +1049,57 @@ mod tests {
         sender.send(Command::Stop { done }).unwrap();
         stopped.blocking_recv().unwrap().unwrap();
         assert_eq!(scan(dir.path(), 1).unwrap().records.len(), 100);
+    }
+
+    /// Under `Always`, records no one waits for ride on the next round that must be synced,
+    /// and are synced by the thread once `lazy_max` has passed when none comes.
+    #[test]
+    fn lazy_rounds_are_synced_by_the_next_round_or_soon_after() {
+        for lazy_max in [Duration::from_secs(3600), Duration::from_millis(1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (handle, shared, reports) = reporting_wal_lazy_within(dir.path(), lazy_max);
+            let batch = |lsn: u64, lazy: bool| Batch {
+                bytes: records(lsn, 1),
+                first_lsn: lsn,
+                last_lsn: lsn,
+                index: None,
+                acks: vec![lsn],
+                urgent: false,
+                lazy,
+            };
+            handle.send(Command::Append(batch(1, false))).unwrap();
+            assert_eq!(reports.recv().unwrap(), 1);
+            handle.send(Command::Append(batch(2, true))).unwrap();
+            let kept = if lazy_max > Duration::from_secs(60) {
+                // Within `lazy_max` of a sync: written, left unsynced, and taken along by the
+                // next round's sync.
+                let started = Instant::now();
+                while shared.written_lsn.load(Ordering::Acquire) < 2 {
+                    assert!(started.elapsed() < Duration::from_secs(10), "never written");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                assert_eq!(shared.durable_lsn.load(Ordering::Acquire), 1);
+                assert!(
+                    reports.try_recv().is_err(),
+                    "reported before it was durable"
+                );
+                handle.send(Command::Append(batch(3, false))).unwrap();
+                assert_eq!(reports.recv().unwrap(), 2);
+                assert_eq!(reports.recv().unwrap(), 3);
+                assert_eq!(shared.durable_lsn.load(Ordering::Acquire), 3);
+                assert_eq!(shared.syncs.load(Ordering::Relaxed), 2);
+                3
+            } else {
+                // With nothing after it, the thread syncs and reports it once `lazy_max` has
+                // passed.
+                assert_eq!(reports.recv().unwrap(), 2);
+                assert_eq!(shared.durable_lsn.load(Ordering::Acquire), 2);
+                2
+            };
+            let (done, stopped) = tokio::sync::oneshot::channel();
+            handle.send(Command::Stop { done }).unwrap();
+            stopped.blocking_recv().unwrap().unwrap();
+            assert_eq!(scan(dir.path(), 1).unwrap().records.len(), kept);
+        }
     }
 }
