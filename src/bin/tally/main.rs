@@ -186,8 +186,8 @@ struct LoadArgs {
 enum Skew {
     /// Every account equally likely.
     Uniform,
-    /// Zipf (s = 1): a few hot accounts take most transfers; ops of one batch that share a hot
-    /// account run one after another, so expect a far lower rate than uniform.
+    /// Zipf (s = 1): a few hot accounts take most transfers (the hottest ~8%). A batch still
+    /// runs in one round or two, so expect about the uniform rate.
     Zipf,
 }
 
