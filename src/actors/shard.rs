@@ -384,8 +384,9 @@ impl ShardActor {
     }
 
     /// Applies the credit of a committed transfer. Its caller is answered as soon as the credit
-    /// is visible here, without waiting for this shard's own sync: the durable debit already
-    /// committed the transfer, and recovery re-sends a credit a crash takes from this shard.
+    /// is visible here, without waiting for this shard's own (lazy) sync: the durable debit
+    /// already committed the transfer, and recovery re-sends a credit a crash takes from this
+    /// shard.
     fn apply_credit(&mut self, source_shard: u32, item: CreditItem) {
         let created = item.early.is_some() && !self.state.contains(&item.to);
         match self
@@ -435,10 +436,9 @@ impl ShardActor {
             ),
             None => (Vec::new(), 0, 0, None),
         };
-        // Only a caller waiting on the flush is worth a sync on this thread. A flush of credits
-        // alone (their callers are answered) goes to the WAL thread, so that this thread takes
-        // the next ops while it syncs: committed inline, it held the shard for a whole fsync
-        // per batch of credits, and the next batch's ops waited behind it.
+        // A flush that answers no one (credits alone: their callers are answered) is lazy: the
+        // WAL thread syncs it with its next round (`Batch::lazy`). Only a flush with callers
+        // waiting is worth a sync on this thread.
         let lazy = self.acks.is_empty();
         let inline = !lazy && self.acks.len() <= INLINE_OPS_MAX;
         let acks = Acks {

@@ -979,6 +979,19 @@ mod tests {
         (handle, shared, reports)
     }
 
+    /// A batch of the one record `lsn`, acknowledged by its LSN.
+    fn one_record(lsn: u64, lazy: bool) -> Batch<u64> {
+        Batch {
+            bytes: records(lsn, 1),
+            first_lsn: lsn,
+            last_lsn: lsn,
+            index: None,
+            acks: vec![lsn],
+            urgent: false,
+            lazy,
+        }
+    }
+
     /// A producer that commits inline when the WAL is idle and sends to the thread otherwise
     /// (as a shard does) gets every round reported in LSN order, and the log holds every record
     /// in order.
@@ -1027,16 +1040,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sender, shared, reports) = reporting_wal(dir.path());
         for lsn in 1..=100u64 {
-            let batch = Batch {
-                bytes: records(lsn, 1),
-                first_lsn: lsn,
-                last_lsn: lsn,
-                index: None,
-                acks: vec![lsn],
-                urgent: false,
-                lazy: false,
-            };
-            sender.send(Command::Append(batch)).unwrap();
+            sender
+                .send(Command::Append(one_record(lsn, false)))
+                .unwrap();
         }
         let acked: Vec<u64> = (0..100).map(|_| reports.recv().unwrap()).collect();
         assert_eq!(acked, (1..=100).collect::<Vec<_>>());
@@ -1058,18 +1064,9 @@ mod tests {
         for lazy_max in [Duration::from_secs(3600), Duration::from_millis(1)] {
             let dir = tempfile::tempdir().unwrap();
             let (handle, shared, reports) = reporting_wal_lazy_within(dir.path(), lazy_max);
-            let batch = |lsn: u64, lazy: bool| Batch {
-                bytes: records(lsn, 1),
-                first_lsn: lsn,
-                last_lsn: lsn,
-                index: None,
-                acks: vec![lsn],
-                urgent: false,
-                lazy,
-            };
-            handle.send(Command::Append(batch(1, false))).unwrap();
+            handle.send(Command::Append(one_record(1, false))).unwrap();
             assert_eq!(reports.recv().unwrap(), 1);
-            handle.send(Command::Append(batch(2, true))).unwrap();
+            handle.send(Command::Append(one_record(2, true))).unwrap();
             let kept = if lazy_max > Duration::from_secs(60) {
                 // Within `lazy_max` of a sync: written, left unsynced, and taken along by the
                 // next round's sync.
@@ -1083,7 +1080,7 @@ mod tests {
                     reports.try_recv().is_err(),
                     "reported before it was durable"
                 );
-                handle.send(Command::Append(batch(3, false))).unwrap();
+                handle.send(Command::Append(one_record(3, false))).unwrap();
                 assert_eq!(reports.recv().unwrap(), 2);
                 assert_eq!(reports.recv().unwrap(), 3);
                 assert_eq!(shared.durable_lsn.load(Ordering::Acquire), 3);
