@@ -483,13 +483,13 @@ impl AccountsFile {
 
     /// Opens an existing account file and returns it with its newest valid header.
     pub fn open(io: SharedIo, path: &Path, shard: u32, shard_count: u32) -> Result<(Self, Header)> {
-        let file = super::open_private_file(&*io, path, false)?;
+        let (mut accounts, header) = Self::open_unsynced(io, path, shard, shard_count)?;
         // What a crashed process left in the page cache must be on disk before we build on it.
-        io.sync_all(&file, path)
+        accounts
+            .io
+            .sync_all(&accounts.file, path)
             .map_err(|e| LedgerError::io(path, e))?;
-        let mut accounts = Self::map(io, path, file)?;
-        accounts.synced_len = accounts.file_len();
-        let header = accounts.view().newest_header(shard, shard_count)?;
+        accounts.synced_elsewhere();
         Ok((accounts, header))
     }
 
@@ -508,7 +508,7 @@ impl AccountsFile {
         Ok((accounts, header))
     }
 
-    /// The whole file, as it is now, was made durable through another handle.
+    /// The whole file, as it is now, was made durable (by an fsync of any handle on it).
     pub fn synced_elsewhere(&mut self) {
         self.synced_len = self.file_len();
     }
