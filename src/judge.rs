@@ -261,20 +261,33 @@ pub fn judge_shard(
         seed: manifest.hash_seed,
         shard_count: manifest.shard_count,
     };
+    let started = std::time::Instant::now();
     let header = view.newest_header(shard, manifest.shard_count)?;
     check_segment_names(dir)?;
     let wal = reader::scan(dir, header.checkpoint_lsn + 1)?;
+    let scanned = started.elapsed();
     reader::check_continuity(dir, header.checkpoint_lsn, &wal)?;
     let above_checkpoint = wal
         .records
         .last()
         .is_some_and(|(lsn, _)| *lsn > header.checkpoint_lsn);
     let (slots, index_source) = load_index(dir, view, &header, above_checkpoint, &placement)?;
+    let indexed = started.elapsed();
     let mut replay = Replay::new(view, &header, slots, &wal, placement);
     for (lsn, body) in &wal.records {
         replay.record(*lsn, body)?;
     }
+    let replayed = started.elapsed();
     let finished = replay.finish(&wal)?;
+    tracing::debug!(
+        shard,
+        records = wal.records.len(),
+        scan_ms = scanned.as_millis() as u64,
+        index_ms = (indexed - scanned).as_millis() as u64,
+        replay_ms = (replayed - indexed).as_millis() as u64,
+        finish_ms = (started.elapsed() - replayed).as_millis() as u64,
+        "judged"
+    );
     Ok(JudgedShard {
         shard,
         dir: dir.to_path_buf(),
@@ -664,6 +677,82 @@ enum Previous {
     Unknown,
 }
 
+/// A slot's newest replayed state.
+#[derive(Debug, Clone, Copy)]
+struct Replayed {
+    state: SlotState,
+    /// Whether the account file's slot already holds `state` (a slot stamped with its LSN).
+    on_file: bool,
+}
+
+/// The newest replayed state of every slot a record above the checkpoint changed.
+///
+/// Slots created by the replay are dense and come in slot order, so they sit in a vector by
+/// slot number; only slots that existed at the checkpoint need a map. After kill -9 with a
+/// million new accounts to replay, a map of them was a third of the replay.
+#[derive(Debug)]
+struct Overlay {
+    /// The slots in use at the checkpoint: `created[i]` is slot `base + i`.
+    base: u64,
+    created: Vec<Replayed>,
+    changed: HashMap<u64, Replayed, ahash::RandomState>,
+}
+
+impl Overlay {
+    fn new(base: u64, capacity: usize) -> Self {
+        Overlay {
+            base,
+            created: Vec::with_capacity(capacity),
+            changed: HashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new()),
+        }
+    }
+
+    fn created_index(&self, slot: u64) -> Option<usize> {
+        slot.checked_sub(self.base)
+            .and_then(|index| usize::try_from(index).ok())
+    }
+
+    fn get(&self, slot: u64) -> Option<&Replayed> {
+        match self.created_index(slot) {
+            Some(index) => self.created.get(index).or_else(|| self.changed.get(&slot)),
+            None => self.changed.get(&slot),
+        }
+    }
+
+    /// Sets `slot`'s state; returns the one it replaces.
+    fn insert(&mut self, slot: u64, replayed: Replayed) -> Option<Replayed> {
+        if let Some(index) = self.created_index(slot) {
+            if let Some(cell) = self.created.get_mut(index) {
+                return Some(std::mem::replace(cell, replayed));
+            }
+            if index == self.created.len() {
+                self.created.push(replayed);
+                return None;
+            }
+        }
+        // Past the next created slot: replay refuses such an image before it gets here, and
+        // the map keeps the overlay right regardless.
+        self.changed.insert(slot, replayed)
+    }
+
+    fn len(&self) -> usize {
+        self.created.len() + self.changed.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Replayed)> {
+        let base = self.base;
+        self.created
+            .iter()
+            .enumerate()
+            .map(move |(index, replayed)| (base + index as u64, replayed))
+            .chain(
+                self.changed
+                    .iter()
+                    .map(|(&slot, replayed)| (slot, replayed)),
+            )
+    }
+}
+
 /// Replays a shard's WAL into an overlay of slot states, checking each record as it goes.
 struct Replay<'a> {
     view: AccountsView<'a>,
@@ -678,8 +767,11 @@ struct Replay<'a> {
     /// Damaged slots in use that no record has rewritten yet.
     damaged: HashSet<u64>,
     slot_count: u64,
-    /// The newest replayed state of every slot a record above the checkpoint changed.
-    overlay: HashMap<u64, SlotState, ahash::RandomState>,
+    overlay: Overlay,
+    /// The balances the overlay holds, and those its slots held in the scanned file (for
+    /// [`Replay::check_sum`]).
+    overlay_sum: u128,
+    replaced_sum: u128,
     next_lsn: u64,
     file_lsn: u64,
     applied: Vec<u64>,
@@ -719,6 +811,14 @@ impl<'a> Replay<'a> {
         placement: Placement,
     ) -> Self {
         let damaged = slots.damaged.iter().copied().collect();
+        // The overlay is sized for the records to replay up front (a record changes one or two
+        // slots, and slots repeat): growing a map of a million slots rehashes it again and
+        // again. Memory not yet written is only reserved.
+        let to_replay = (wal.records.len()
+            - wal
+                .records
+                .partition_point(|(lsn, _)| *lsn <= header.checkpoint_lsn))
+        .min(1 << 22);
         Replay {
             view,
             wal,
@@ -731,16 +831,9 @@ impl<'a> Replay<'a> {
             slots,
             damaged,
             slot_count: header.slot_count,
-            // Sized for the records to replay up front (a record changes one or two slots, and
-            // slots repeat): growing a map of a million slots rehashes it again and again.
-            overlay: HashMap::with_capacity_and_hasher(
-                (wal.records.len()
-                    - wal
-                        .records
-                        .partition_point(|(lsn, _)| *lsn <= header.checkpoint_lsn))
-                .min(1 << 22),
-                ahash::RandomState::new(),
-            ),
+            overlay: Overlay::new(header.slot_count, to_replay),
+            overlay_sum: 0,
+            replaced_sum: 0,
             next_lsn: header.checkpoint_lsn + 1,
             file_lsn: header.checkpoint_lsn,
             applied: header.applied.clone(),
@@ -978,8 +1071,8 @@ impl<'a> Replay<'a> {
                     image.slot
                 ),
             )),
-            None => match self.overlay.get(&image.slot) {
-                Some(state) => Ok(state.key),
+            None => match self.overlay.get(image.slot) {
+                Some(replayed) => Ok(replayed.state.key),
                 None => Err(self.bad_record(
                     lsn,
                     format!(
@@ -1037,8 +1130,29 @@ impl<'a> Replay<'a> {
             sequence: image.sequence,
             lsn,
         };
-        self.check_against_file(image.slot, &state)?;
-        self.overlay.insert(image.slot, state);
+        let on_file = self.view.read_slot(image.slot);
+        let current = self.check_against_file(image.slot, &on_file, &state)?;
+        if let Some(entry) = self.slots.index.get_mut(&key) {
+            entry.set_cached(cached_of_slot(&state));
+        }
+        self.overlay_sum += state.balance as u128;
+        let replaced = self.overlay.insert(
+            image.slot,
+            Replayed {
+                state,
+                on_file: current,
+            },
+        );
+        match replaced {
+            Some(older) => self.overlay_sum -= older.state.balance as u128,
+            None => {
+                if let SlotRead::Valid(on_file) = on_file {
+                    if image.slot < self.header_slot_count {
+                        self.replaced_sum += on_file.balance as u128;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1082,8 +1196,8 @@ impl<'a> Replay<'a> {
     }
 
     fn previous_in_slot(&self, lsn: u64, slot: u64, key: &Pubkey) -> Result<Previous> {
-        if let Some(state) = self.overlay.get(&slot) {
-            return Ok(Previous::Known(cached_of_slot(state)));
+        if let Some(replayed) = self.overlay.get(slot) {
+            return Ok(Previous::Known(cached_of_slot(&replayed.state)));
         }
         match self.view.read_slot(slot) {
             SlotRead::Valid(state) if state.key == *key => {
@@ -1109,11 +1223,17 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// A slot stamped with this record's LSN must hold exactly this record's image.
-    fn check_against_file(&mut self, slot: u64, state: &SlotState) -> Result<()> {
-        if let SlotRead::Valid(on_file) = self.view.read_slot(slot) {
+    /// A slot stamped with this record's LSN must hold exactly this record's image. Returns
+    /// whether it does.
+    fn check_against_file(
+        &mut self,
+        slot: u64,
+        on_file: &SlotRead,
+        state: &SlotState,
+    ) -> Result<bool> {
+        if let SlotRead::Valid(on_file) = on_file {
             if on_file.lsn == state.lsn {
-                if on_file != *state {
+                if on_file != state {
                     return Err(self.bad_slot(
                         slot,
                         format!(
@@ -1123,9 +1243,10 @@ impl<'a> Replay<'a> {
                     ));
                 }
                 self.slots.ahead.remove(slot);
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// When the slots were scanned, the balances they hold once replay is applied must sum to
@@ -1135,16 +1256,11 @@ impl<'a> Replay<'a> {
         let Some(scanned) = self.slots.scanned_sum else {
             return Ok(());
         };
-        let mut slots_sum = scanned;
-        for (&slot, state) in &self.overlay {
-            if slot < self.header_slot_count {
-                if let SlotRead::Valid(on_file) = self.view.read_slot(slot) {
-                    slots_sum -= on_file.balance as u128;
-                }
-            }
-            slots_sum += state.balance as u128;
-        }
-        if slots_sum != self.balance_sum {
+        // The slots the overlay replaces were valid slots in use when scanned, so their
+        // balances are part of `scanned`.
+        let slots_sum = (scanned + self.overlay_sum).checked_sub(self.replaced_sum);
+        if slots_sum != Some(self.balance_sum) {
+            let slots_sum = slots_sum.map_or_else(|| "less than 0".into(), |sum| sum.to_string());
             return Err(LedgerError::corrupt(
                 self.view.path(),
                 crate::storage::accounts::HEADER_BALANCE_SUM_OFFSET as u64,
@@ -1163,8 +1279,8 @@ impl<'a> Replay<'a> {
             return Err(self.bad_slot(slot, "slot failed its check and no WAL record rewrites it"));
         }
         for (index, slot) in std::mem::take(&mut self.credits_by_slot) {
-            let key = match self.overlay.get(&slot) {
-                Some(state) => state.key,
+            let key = match self.overlay.get(slot) {
+                Some(replayed) => replayed.state.key,
                 None => match self.view.read_slot(slot) {
                     SlotRead::Valid(state) => state.key,
                     _ => {
@@ -1199,14 +1315,11 @@ impl<'a> Replay<'a> {
             return Err(self.bad_slot(slot, "slot past the accounts in use holds data"));
         }
         self.check_sum()?;
+        // The index already holds every replayed state (set as each image was replayed).
         let mut writes: Vec<(u64, SlotState)> = Vec::with_capacity(self.overlay.len());
-        for (&slot, state) in &self.overlay {
-            if let Some(entry) = self.slots.index.get_mut(&state.key) {
-                entry.set_cached(cached_of_slot(state));
-            }
-            let current = matches!(self.view.read_slot(slot), SlotRead::Valid(s) if s == *state);
-            if !current {
-                writes.push((slot, *state));
+        for (slot, replayed) in self.overlay.iter() {
+            if !replayed.on_file {
+                writes.push((slot, replayed.state));
             }
         }
         writes.sort_unstable_by_key(|(slot, _)| *slot);

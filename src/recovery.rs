@@ -55,19 +55,29 @@ pub fn open(config: &Config) -> Result<Recovered> {
     // before recovery builds on it, so every shard's files are synced meanwhile, on a thread
     // of their own, and the sync has ended before anything is written (after kill -9 with 1M
     // records the account files held ~80 ms of write-back).
+    let mut sync_millis = 0;
     let judgement = std::thread::scope(|scope| {
-        let syncing = scope.spawn(|| sync_shard_files(config));
+        let syncing = scope.spawn(|| {
+            let started = Instant::now();
+            let synced = sync_shard_files(config);
+            (synced, started.elapsed().as_millis() as u64)
+        });
         let judged = judge::judge_directory(data_dir, |shard, shard_count| {
             open_accounts(config, shard, shard_count)
         });
-        let synced = syncing.join().unwrap_or_else(|_| {
-            Err(LedgerError::io(
+        let synced = match syncing.join() {
+            Ok((synced, millis)) => {
+                sync_millis = millis;
+                synced
+            }
+            Err(_) => Err(LedgerError::io(
                 data_dir,
                 std::io::Error::other("syncing the shards' files panicked"),
-            ))
-        });
+            )),
+        };
         synced.and(judged)
     })?;
+    let judge_millis = started.elapsed().as_millis() as u64;
     // Judged: from here on the directory is written.
     // One segment per shard of ~100 bytes per transfer id (a transfer's records with their
     // keys by slot; its credit on another shard counted): the current one. A complete segment
@@ -109,6 +119,8 @@ pub fn open(config: &Config) -> Result<Recovered> {
         replayed_records = replayed,
         resent_credits,
         millis = elapsed.as_millis() as u64,
+        judge_millis,
+        sync_millis,
         "recovered"
     );
     Ok(Recovered {

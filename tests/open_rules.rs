@@ -891,3 +891,78 @@ async fn a_slot_stamped_after_a_clean_checkpoint_fails_to_read() {
     ));
     ledger.shutdown().await.unwrap();
 }
+
+/// Slot 0's state in a shard's account file, rewritten by `change` with a valid CRC.
+fn rewrite_slot0(dir: &Path, change: impl Fn(SlotState) -> SlotState) -> PathBuf {
+    let path = dir.join("shard-000/accounts.dat");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let SlotRead::Valid(state) = SlotState::decode(&bytes[8192..8192 + 128]) else {
+        panic!("slot 0 holds the account");
+    };
+    bytes[8192..8192 + 128].copy_from_slice(&change(state).encode());
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+/// CRC-valid slots that the WAL contradicts after a crash: a slot stamped with a replayed
+/// record's LSN that differs from its after-image, and a checkpointed slot whose balance was
+/// rewritten (no record touches it; only the sum of balances can tell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc_valid_slots_the_wal_contradicts_are_corrupt() {
+    let dir = crashed_single_shard().await;
+    let path = rewrite_slot0(dir.path(), |state| {
+        assert_eq!(
+            state.lsn, 1,
+            "written by the first mint, above the checkpoint"
+        );
+        SlotState {
+            balance: 150,
+            ..state
+        }
+    });
+    match refused_with(dir.path(), config(dir.path()).shards(1)).await {
+        LedgerError::Corrupt {
+            path: at,
+            offset,
+            reason,
+        } => {
+            assert_eq!((at, offset), (path, 8192));
+            assert!(
+                reason.contains("differs from that record's after-image"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(config(dir.path()).shards(1)).await.unwrap();
+    for n in 0..4 {
+        ledger.mint(TransferId::new(), key(n), 100).await.unwrap();
+    }
+    ledger.checkpoint().await.unwrap();
+    assert_eq!(ledger.stats().await.unwrap().shards[0].checkpoint_lsn, 4);
+    ledger.mint(TransferId::new(), key(4), 100).await.unwrap();
+    drop(ledger);
+    wait_unlocked(dir.path()).await;
+    let path = rewrite_slot0(dir.path(), |state| SlotState {
+        balance: 150,
+        ..state
+    });
+    match refused_with(dir.path(), config(dir.path()).shards(1)).await {
+        LedgerError::Corrupt {
+            path: at, reason, ..
+        } => {
+            assert_eq!(at, path);
+            assert!(
+                reason.contains(
+                    "the slots hold 550 units after replay, the header's sum and the WAL say 500"
+                ),
+                "{reason}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let report = tally::internals::verify::verify(dir.path()).unwrap();
+    assert!(!report.is_sound(), "{report:?}");
+}
