@@ -206,7 +206,9 @@ fn apply_shard(
     ids: &Ids,
 ) -> Result<RecoveredShard> {
     let shard = judged.shard;
+    let started = Instant::now();
     let history = open_shard(&judged.dir, shard, &judged.wal, ids)?;
+    let history_ms = started.elapsed().as_millis() as u64;
     let replayed_records = judged.replayed();
     let dir = judged.dir.clone();
     let segments = judged.wal.segments.clone();
@@ -228,6 +230,12 @@ fn apply_shard(
         config.wal_segment_bytes,
     )?;
     history.log.attach_writer(wal.progress(), wal.completed());
+    tracing::debug!(
+        shard,
+        history_ms,
+        total_ms = started.elapsed().as_millis() as u64,
+        "applied"
+    );
     Ok(RecoveredShard {
         state,
         wal,

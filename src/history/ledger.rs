@@ -46,6 +46,7 @@ pub fn open_shard(
         damaged,
     } = ShardLog::open(dir, shard)?;
     let mut marks = Marks::default();
+    let mut decided = Decided::new(ids, shard);
     let mut sealed_firsts = Vec::with_capacity(sealed.len());
     for index in sealed {
         for mark in index.marks() {
@@ -58,7 +59,7 @@ pub fn open_shard(
         match seal::read_records(&path, first) {
             Ok(records) => {
                 for (lsn, _, body) in records {
-                    note(&mut marks, ids, shard, lsn, &body);
+                    note(&mut marks, &mut decided, lsn, &body);
                 }
             }
             Err(error) => {
@@ -80,8 +81,9 @@ pub fn open_shard(
             }
             continue;
         }
-        note(&mut marks, ids, shard, *lsn, body);
+        note(&mut marks, &mut decided, *lsn, body);
     }
+    decided.flush();
     for error in &damaged {
         tracing::error!(shard, %error, "a history index is damaged; its log answers instead");
     }
@@ -91,12 +93,44 @@ pub fn open_shard(
     })
 }
 
-fn note(marks: &mut Marks, ids: &Ids, shard: u32, lsn: u64, body: &RecordBody) {
+fn note(marks: &mut Marks, decided: &mut Decided<'_>, lsn: u64, body: &RecordBody) {
     for image in body.images() {
         add_mark(marks, image.slot, image.sequence, lsn);
     }
     if let Some(meta) = body.meta() {
-        ids.insert_hot(meta.id, Location { shard, lsn });
+        decided.push(meta.id, lsn);
+    }
+}
+
+/// A shard's decided ids on their way to the hot map, handed over in batches.
+struct Decided<'a> {
+    ids: &'a Ids,
+    shard: u32,
+    batch: Vec<(u128, Location)>,
+}
+
+impl<'a> Decided<'a> {
+    const BATCH: usize = 1 << 16;
+
+    fn new(ids: &'a Ids, shard: u32) -> Self {
+        Decided {
+            ids,
+            shard,
+            batch: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, id: u128, lsn: u64) {
+        let shard = self.shard;
+        self.batch.push((id, Location { shard, lsn }));
+        if self.batch.len() >= Self::BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.ids.insert_hot(&self.batch);
+        self.batch.clear();
     }
 }
 
