@@ -209,6 +209,48 @@ async fn a_debit_in_a_batch_never_sees_a_credit_that_comes_after_it() {
     ledger.shutdown().await.unwrap();
 }
 
+/// Batches far larger than the chunks the router sends them in (1,024 ops a shard): random
+/// mints and transfers among a few accounts on three shards, so that debits depend on credits
+/// of other chunks and shards, and accounts are created by credits of later chunks. Every op
+/// gets the answer of a sequential run and the ledger ends as the model does, history included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_many_chunks_answer_as_a_sequential_run() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path()).shards(3))
+        .await
+        .unwrap();
+    let keys: Vec<Pubkey> = (0..48).map(key).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut model = common::Model::default();
+    for batch in 0..6 {
+        let ops: Vec<Op> = (0..6_000)
+            .map(|_| {
+                let to = keys[rng.gen_range(0..keys.len())];
+                if rng.gen_ratio(1, 8) {
+                    common::mint(to, rng.gen_range(1..50))
+                } else {
+                    let from = keys[rng.gen_range(0..keys.len())];
+                    common::transfer(from, to, rng.gen_range(1..40))
+                }
+            })
+            .collect();
+        let wanted = model.apply_batch(&ops);
+        let results = ledger.submit(ops.clone()).await.unwrap();
+        for (position, (result, wanted)) in results.iter().zip(&wanted).enumerate() {
+            assert_eq!(
+                common::outcome(result),
+                *wanted,
+                "batch {batch}, op {position}: {:?}",
+                ops[position]
+            );
+        }
+    }
+    common::assert_matches(&ledger, &model, keys.clone(), "after the batches").await;
+    common::assert_histories(&ledger, &model, "after the batches").await;
+    ledger.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_file_grows_past_its_initial_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -206,9 +206,16 @@ pub struct ShardOps {
     pub ops: Vec<(ShardOp, Completion)>,
     /// The batch the ops belong to (`None`: a single op).
     pub batch: Option<Arc<BatchMark>>,
+    /// The accounts of the ops this shard deferred so far in this round of the batch: a later
+    /// op touching one of them is deferred too, so batch order holds. Shared by the messages
+    /// (chunks) of one round to one shard; `None`: the message is the whole round.
+    pub held: Option<Held>,
     /// Counts the ops in the shard's `queued_ops` gauge until this message is handled or dropped.
     pub queued: Queued,
 }
+
+/// See [`ShardOps::held`]. Only the receiving shard's thread locks it, one message at a time.
+pub type Held = Arc<std::sync::Mutex<std::collections::HashSet<Pubkey>>>;
 
 /// Ops counted in a shard's `queued_ops` gauge for as long as this lives.
 pub struct Queued {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use siphasher::sip::SipHasher13;
+use tokio::sync::oneshot;
 
 use super::books::Books;
 use super::messages::*;
@@ -54,9 +55,15 @@ impl Routing {
         shard: usize,
         ops: Vec<(ShardOp, Completion)>,
         batch: Option<Arc<BatchMark>>,
+        held: Option<Held>,
     ) -> ShardOps {
         let queued = Queued::new(self.gauges.get(shard).cloned(), ops.len() as u64);
-        ShardOps { ops, batch, queued }
+        ShardOps {
+            ops,
+            batch,
+            held,
+            queued,
+        }
     }
 
     pub fn shard_of(&self, key: &Pubkey) -> u32 {
@@ -130,7 +137,7 @@ impl Routing {
     pub async fn send_one(&self, op: Op, claim: ClaimGuard, completion: Completion) -> Result<()> {
         let (shard, shard_op) = self.route(op, claim)?;
         let address = &self.shards[shard as usize];
-        let message = self.message(shard as usize, vec![(shard_op, completion)], None);
+        let message = self.message(shard as usize, vec![(shard_op, completion)], None, None);
         match address.try_send(message) {
             Ok(()) => Ok(()),
             Err(SendError::Full(message)) => {
@@ -166,43 +173,58 @@ impl Routing {
     /// and each gives at least its first op a result (it is never speculative, nor held behind
     /// a deferred op), so the batch always ends.
     async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
+        let count = claimed.len();
         let ops: Vec<Op> = claimed.iter().map(|(op, _)| *op).collect();
-        let placements: Vec<(u32, u32)> = ops.iter().map(|op| self.placement(op)).collect();
+        // Early credits need to know every account the batch debits (see [`early_credits`]).
+        let debited = debited(&ops);
+        let mut placements: Vec<(u32, u32)> = Vec::with_capacity(count);
         let mut run = BatchRun {
-            routed: Vec::with_capacity(ops.len()),
-            results: Vec::with_capacity(ops.len()),
+            routed: Vec::with_capacity(count),
+            results: Vec::with_capacity(count),
         };
-        // Routing in batch order reserves the supply of mints in batch order, so the mint that
-        // would overflow it is the one a sequential run would refuse.
-        for ((op, claim), placement) in claimed.into_iter().zip(&placements) {
-            let (routed, result) = match self.route_placed(op, claim, *placement) {
-                Ok(routed) => (Some(routed), None),
-                Err(error) => (None, Some(Err(error))),
+        let batch = Arc::new(BatchMark);
+        // The first round holds every op routed: each is routed, planned (as [`plan_round`]
+        // plans) and flagged in batch order, and goes out with the next chunk of its shard, so
+        // the shards start on a large batch while the router is still on its rest. Routing in
+        // batch order reserves the supply of mints in batch order, so the mint that would
+        // overflow it is the one a sequential run would refuse.
+        let mut sending = RoundSender::new(&self, count, &batch);
+        let mut credited_across: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
+        for (index, (op, claim)) in claimed.into_iter().enumerate() {
+            let placement = self.placement(&op);
+            placements.push(placement);
+            run.routed.push(None);
+            let (shard, mut shard_op) = match self.route_placed(op, claim, placement) {
+                Ok(routed) => routed,
+                Err(error) => {
+                    run.results.push(Some(Err(error)));
+                    continue;
+                }
             };
-            run.routed.push(routed);
-            run.results.push(result);
-        }
-        let crosses = |index: usize| placements[index].0 != placements[index].1;
-        let early = early_credits(&ops, crosses);
-        for (index, routed) in run.routed.iter_mut().enumerate() {
-            if let Some((
-                _,
-                ShardOp::Transfer {
-                    position,
-                    early_credit,
-                    ..
-                },
-            )) = routed
+            run.results.push(None);
+            let crosses = placement.0 != placement.1;
+            let (from, to, ..) = op.parts();
+            let speculative = from.is_some_and(|from| credited_across.contains(&from));
+            if crosses {
+                credited_across.insert(to);
+            }
+            if let ShardOp::Transfer {
+                position,
+                early_credit,
+                speculative: planned,
+                ..
+            } = &mut shard_op
             {
                 *position = index as u32;
-                *early_credit = early[index];
+                *early_credit = crosses && debited.contains(&to);
+                *planned = speculative;
             }
+            sending.push(index, Some((shard, shard_op)));
         }
-        let batch = Arc::new(BatchMark);
-        let mut members: Vec<usize> = (0..ops.len())
-            .filter(|&i| run.routed[i].is_some())
-            .collect();
-        let mut rounds = 0usize;
+        sending.finish(&mut run).await;
+        let crosses = |index: usize| placements[index].0 != placements[index].1;
+        let mut members: Vec<usize> = (0..count).filter(|&i| run.results[i].is_none()).collect();
+        let mut rounds = 1usize;
         while !members.is_empty() {
             rounds += 1;
             let round = plan_round(&ops, &members, crosses);
@@ -210,7 +232,7 @@ impl Routing {
             members.retain(|&index| run.results[index].is_none());
         }
         // Each round waits for its slowest shard's commit: the count says how a batch was paced.
-        tracing::debug!(ops = ops.len(), rounds, "batch routed");
+        tracing::debug!(ops = count, rounds, "batch routed");
         run.results
             .into_iter()
             .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
@@ -219,45 +241,109 @@ impl Routing {
 
     /// Sends one round and waits for it; a deferred op gets its `ShardOp` back for the next.
     async fn run_round(&self, round: &[Planned], run: &mut BatchRun, batch: &Arc<BatchMark>) {
-        let (round_results, all_done) = BatchResults::new(round.len());
-        let mut per_shard: Vec<Vec<(ShardOp, Completion)>> =
-            (0..self.shards.len()).map(|_| Vec::new()).collect();
-        let mut sent_to = Vec::with_capacity(round.len());
-        for (position, planned) in round.iter().enumerate() {
-            let completion = Completion::batch(round_results.clone(), position);
-            let routed = run.routed.get_mut(planned.index).and_then(Option::take);
-            sent_to.push(routed.as_ref().map(|(shard, _)| *shard));
-            // A member always has its op (members are routed ops without a result); if one
-            // did not, its completion would drop here and answer `Closed`.
-            let Some((shard, mut shard_op)) = routed else {
-                continue;
-            };
-            if let ShardOp::Transfer { speculative, .. } = &mut shard_op {
+        let mut sending = RoundSender::new(self, round.len(), batch);
+        for planned in round {
+            let mut routed = run.routed.get_mut(planned.index).and_then(Option::take);
+            if let Some((_, ShardOp::Transfer { speculative, .. })) = &mut routed {
                 *speculative = planned.speculative;
             }
-            if let Some(ops) = per_shard.get_mut(shard as usize) {
-                ops.push((shard_op, completion));
-            }
+            sending.push(planned.index, routed);
         }
-        // The completions now hold the only handles: the results arrive once every one of them
-        // has answered or been dropped, wherever that happens.
-        drop(round_results);
-        for (shard, shard_ops) in per_shard.into_iter().enumerate() {
-            if !shard_ops.is_empty() {
-                // A closed mailbox drops the message, and its completions answer `Closed`.
-                let message = self.message(shard, shard_ops, Some(batch.clone()));
-                self.shards[shard].do_send(message);
-            }
+        sending.finish(run).await;
+    }
+}
+
+/// Ops sent to a shard in one message, at most: a large batch reaches the shards in chunks, so
+/// they work on the first while the router routes the rest, and each chunk's records can go to
+/// the WAL while the next one runs.
+const CHUNK_OPS: usize = 1024;
+
+/// One round on its way out: each op goes to its shard with its completion, in batch order,
+/// [`CHUNK_OPS`] at a time; then the round is waited for.
+struct RoundSender<'a> {
+    routing: &'a Routing,
+    batch: &'a Arc<BatchMark>,
+    /// Dropped once every op is out: the completions then hold the only handles, and the
+    /// results arrive once every one of them has answered or been dropped, wherever that
+    /// happens.
+    results: Option<Arc<BatchResults>>,
+    done: oneshot::Receiver<Vec<Slot>>,
+    per_shard: Vec<Vec<(ShardOp, Completion)>>,
+    /// Each shard's deferred accounts, shared by the chunks of the round it gets.
+    held: Vec<Held>,
+    /// For each op of the round, by its position in it: its index in the batch and the shard
+    /// it went to.
+    sent: Vec<(usize, Option<u32>)>,
+}
+
+impl<'a> RoundSender<'a> {
+    /// A round of at most `capacity` ops.
+    fn new(routing: &'a Routing, capacity: usize, batch: &'a Arc<BatchMark>) -> Self {
+        let (results, done) = BatchResults::new(capacity);
+        RoundSender {
+            routing,
+            batch,
+            results: Some(results),
+            done,
+            per_shard: (0..routing.shards.len()).map(|_| Vec::new()).collect(),
+            held: (0..routing.shards.len()).map(|_| Held::default()).collect(),
+            sent: Vec::with_capacity(capacity),
         }
-        let mut slots = all_done.await.unwrap_or_default().into_iter();
-        for (planned, shard) in round.iter().zip(sent_to) {
+    }
+
+    /// Adds op `index` of the batch, routed to a shard. A member always has its op (members
+    /// are routed ops without a result); if one did not, its completion would drop here and
+    /// answer `Closed`.
+    fn push(&mut self, index: usize, routed: Option<(u32, ShardOp)>) {
+        let Some(results) = &self.results else {
+            return;
+        };
+        let completion = Completion::batch(results.clone(), self.sent.len());
+        self.sent
+            .push((index, routed.as_ref().map(|(shard, _)| *shard)));
+        let Some((shard, shard_op)) = routed else {
+            return;
+        };
+        let Some(ops) = self.per_shard.get_mut(shard as usize) else {
+            return;
+        };
+        ops.push((shard_op, completion));
+        if ops.len() >= CHUNK_OPS {
+            self.send(shard as usize);
+        }
+    }
+
+    fn send(&mut self, shard: usize) {
+        let Some(ops) = self.per_shard.get_mut(shard) else {
+            return;
+        };
+        if ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::replace(ops, Vec::with_capacity(CHUNK_OPS.min(ops.len())));
+        // A closed mailbox drops the message, and its completions answer `Closed`.
+        let held = self.held.get(shard).cloned();
+        let message = self
+            .routing
+            .message(shard, ops, Some(self.batch.clone()), held);
+        self.routing.shards[shard].do_send(message);
+    }
+
+    /// Sends what is left, waits for the round and files its results in `run`.
+    async fn finish(mut self, run: &mut BatchRun) {
+        for shard in 0..self.per_shard.len() {
+            self.send(shard);
+        }
+        drop(self.results.take());
+        let mut slots = self.done.await.unwrap_or_default().into_iter();
+        for (index, shard) in self.sent {
             match (slots.next(), shard) {
-                (Some(Slot::Done(result)), _) => run.results[planned.index] = Some(result),
+                (Some(Slot::Done(result)), _) => run.results[index] = Some(result),
                 (Some(Slot::Deferred(op)), Some(shard)) => {
-                    run.routed[planned.index] = Some((shard, *op));
+                    run.routed[index] = Some((shard, *op));
                 }
                 (Some(Slot::Deferred(_)) | None, _) => {
-                    run.results[planned.index] = Some(Err(LedgerError::Closed))
+                    run.results[index] = Some(Err(LedgerError::Closed))
                 }
             }
         }
@@ -316,12 +402,16 @@ pub fn plan_round(ops: &[Op], members: &[usize], crosses: impl Fn(usize) -> bool
 /// Which ops of a batch carry an early credit: a cross-shard transfer to an account that the
 /// batch also debits, which may therefore land before one of those debits has run.
 pub fn early_credits(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<bool> {
-    let debited: HashSet<Pubkey, ahash::RandomState> =
-        ops.iter().filter_map(|op| op.parts().0).collect();
+    let debited = debited(ops);
     ops.iter()
         .enumerate()
         .map(|(index, op)| crosses(index) && debited.contains(&op.parts().1))
         .collect()
+}
+
+/// Every account that an op of `ops` debits.
+fn debited(ops: &[Op]) -> HashSet<Pubkey, ahash::RandomState> {
+    ops.iter().filter_map(|op| op.parts().0).collect()
 }
 
 pub struct Router {

@@ -526,12 +526,22 @@ impl Handler<ShardOps> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, message: ShardOps, ctx: &mut Context<Self>) {
-        let ShardOps { ops, batch, queued } = message;
+        let ShardOps {
+            ops,
+            batch,
+            held,
+            queued,
+        } = message;
         drop(queued);
-        let mut held = HashSet::new();
+        let mut own = HashSet::new();
+        let mut shared = held.as_ref().map(|held| match held.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        });
+        let held = shared.as_deref_mut().unwrap_or(&mut own);
         self.state.read_clock();
         for (op, completion) in ops {
-            self.apply(op, completion, &mut held, batch.as_ref());
+            self.apply(op, completion, held, batch.as_ref());
         }
         self.state.release_clock();
         self.schedule_flush(ctx);
