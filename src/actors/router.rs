@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -24,6 +25,8 @@ pub struct Routing {
     gauges: Vec<Arc<ShardGauges>>,
     seed: [u64; 2],
     books: Arc<Books>,
+    /// Batches being routed or run.
+    batches: Arc<AtomicUsize>,
 }
 
 /// Where each op of a batch stands while its rounds run.
@@ -45,6 +48,7 @@ impl Routing {
             gauges,
             seed,
             books,
+            batches: Arc::default(),
         }
     }
 
@@ -173,6 +177,11 @@ impl Routing {
     /// and each gives at least its first op a result (it is never speculative, nor held behind
     /// a deferred op), so the batch always ends.
     async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
+        let running = Running::enter(&self.batches);
+        // Chunks pay off when the shards would otherwise wait for the router. When other
+        // batches run, the shards have their ops to work on meanwhile, and more messages only
+        // mean more, smaller WAL syncs (zipf submit(8192) from 4 submitters: 774k -> 712k/s).
+        let chunk = if running.alone { CHUNK_OPS } else { usize::MAX };
         let count = claimed.len();
         let ops: Vec<Op> = claimed.iter().map(|(op, _)| *op).collect();
         // Early credits need to know every account the batch debits (see [`early_credits`]).
@@ -188,7 +197,7 @@ impl Routing {
         // the shards start on a large batch while the router is still on its rest. Routing in
         // batch order reserves the supply of mints in batch order, so the mint that would
         // overflow it is the one a sequential run would refuse.
-        let mut sending = RoundSender::new(&self, count, &batch);
+        let mut sending = RoundSender::new(&self, count, &batch, chunk);
         let mut credited_across: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
         for (index, (op, claim)) in claimed.into_iter().enumerate() {
             let placement = self.placement(&op);
@@ -228,7 +237,7 @@ impl Routing {
         while !members.is_empty() {
             rounds += 1;
             let round = plan_round(&ops, &members, crosses);
-            self.run_round(&round, &mut run, &batch).await;
+            self.run_round(&round, &mut run, &batch, chunk).await;
             members.retain(|&index| run.results[index].is_none());
         }
         // Each round waits for its slowest shard's commit: the count says how a batch was paced.
@@ -240,8 +249,14 @@ impl Routing {
     }
 
     /// Sends one round and waits for it; a deferred op gets its `ShardOp` back for the next.
-    async fn run_round(&self, round: &[Planned], run: &mut BatchRun, batch: &Arc<BatchMark>) {
-        let mut sending = RoundSender::new(self, round.len(), batch);
+    async fn run_round(
+        &self,
+        round: &[Planned],
+        run: &mut BatchRun,
+        batch: &Arc<BatchMark>,
+        chunk: usize,
+    ) {
+        let mut sending = RoundSender::new(self, round.len(), batch, chunk);
         for planned in round {
             let mut routed = run.routed.get_mut(planned.index).and_then(Option::take);
             if let Some((_, ShardOp::Transfer { speculative, .. })) = &mut routed {
@@ -253,16 +268,40 @@ impl Routing {
     }
 }
 
-/// Ops sent to a shard in one message, at most: a large batch reaches the shards in chunks, so
-/// they work on the first while the router routes the rest, and each chunk's records can go to
-/// the WAL while the next one runs.
+/// Ops sent to a shard in one message, at most, while a batch is the only one running: a large
+/// batch reaches the shards in chunks, so they work on the first while the router routes the
+/// rest, and each chunk's records can go to the WAL while the next one runs.
 const CHUNK_OPS: usize = 1024;
 
+/// Counts a batch in [`Routing::batches`] while it lives.
+struct Running {
+    batches: Arc<AtomicUsize>,
+    /// No other batch was running when this one began.
+    alone: bool,
+}
+
+impl Running {
+    fn enter(batches: &Arc<AtomicUsize>) -> Self {
+        let before = batches.fetch_add(1, Ordering::AcqRel);
+        Running {
+            batches: batches.clone(),
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.batches.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One round on its way out: each op goes to its shard with its completion, in batch order,
-/// [`CHUNK_OPS`] at a time; then the round is waited for.
+/// `chunk` at a time; then the round is waited for.
 struct RoundSender<'a> {
     routing: &'a Routing,
     batch: &'a Arc<BatchMark>,
+    chunk: usize,
     /// Dropped once every op is out: the completions then hold the only handles, and the
     /// results arrive once every one of them has answered or been dropped, wherever that
     /// happens.
@@ -278,11 +317,12 @@ struct RoundSender<'a> {
 
 impl<'a> RoundSender<'a> {
     /// A round of at most `capacity` ops.
-    fn new(routing: &'a Routing, capacity: usize, batch: &'a Arc<BatchMark>) -> Self {
+    fn new(routing: &'a Routing, capacity: usize, batch: &'a Arc<BatchMark>, chunk: usize) -> Self {
         let (results, done) = BatchResults::new(capacity);
         RoundSender {
             routing,
             batch,
+            chunk,
             results: Some(results),
             done,
             per_shard: (0..routing.shards.len()).map(|_| Vec::new()).collect(),
@@ -308,7 +348,7 @@ impl<'a> RoundSender<'a> {
             return;
         };
         ops.push((shard_op, completion));
-        if ops.len() >= CHUNK_OPS {
+        if ops.len() >= self.chunk {
             self.send(shard as usize);
         }
     }
@@ -320,7 +360,7 @@ impl<'a> RoundSender<'a> {
         if ops.is_empty() {
             return;
         }
-        let ops = std::mem::replace(ops, Vec::with_capacity(CHUNK_OPS.min(ops.len())));
+        let ops = std::mem::replace(ops, Vec::with_capacity(self.chunk.min(ops.len())));
         // A closed mailbox drops the message, and its completions answer `Closed`.
         let held = self.held.get(shard).cloned();
         let message = self
