@@ -301,7 +301,10 @@ impl HotMap {
     }
 
     /// Notes ids decided: a part at a time under its lock; then wakes whoever waited.
-    fn decide_all(&self, decided: &[(u128, Location)]) {
+    ///
+    /// `fresh`: the ids are not in the map yet (at open), so room for them is reserved up front.
+    /// (Claimed ids are in it already: reserving for them could double a full part for nothing.)
+    fn decide_all(&self, decided: &[(u128, Location)], fresh: bool) {
         let (order, starts) = self.grouped(decided.iter().map(|&(id, _)| id));
         let mut woken = Vec::new();
         for (part, lock) in self.parts.iter().enumerate() {
@@ -310,7 +313,9 @@ impl HotMap {
                 continue;
             }
             let mut map = write(lock);
-            map.reserve(positions.len());
+            if fresh {
+                map.reserve(positions.len());
+            }
             for &position in positions {
                 let (id, location) = decided[position as usize];
                 if let Some(waiter) = self.decide_in(&mut map, id, location) {
@@ -492,7 +497,7 @@ impl Ids {
     /// map at a time. (One by one, each under its part's lock, two shards' half a million ids
     /// each took ~150 ms of a reopen.)
     pub fn insert_hot(&self, decided: &[(u128, Location)]) {
-        self.hot.decide_all(decided);
+        self.hot.decide_all(decided, true);
     }
 
     /// Adds a sealed file; with `forget_hot`, then forgets the decided ids it now answers for
@@ -627,7 +632,7 @@ impl Decisions {
 
     fn flush(&mut self) {
         if let Some(ids) = &self.ids {
-            ids.hot.decide_all(&self.decided);
+            ids.hot.decide_all(&self.decided, false);
         }
         self.decided.clear();
     }
@@ -661,7 +666,7 @@ mod tests {
                 (id, location)
             })
             .collect();
-        hot.decide_all(&decided);
+        hot.decide_all(&decided, true);
         assert!(hot
             .parts
             .iter()
@@ -711,7 +716,7 @@ mod tests {
             ),
             (7, Location { shard: 256, lsn: 9 }),
         ];
-        hot.decide_all(&locations);
+        hot.decide_all(&locations, true);
         assert_eq!(hot.len(), 5);
         assert_eq!(hot.overflow.len(), 3);
         for (id, location) in locations {

@@ -198,7 +198,7 @@ impl Routing {
         // batch order reserves the supply of mints in batch order, so the mint that would
         // overflow it is the one a sequential run would refuse.
         let mut sending = RoundSender::new(&self, count, &batch, chunk);
-        let mut credited_across: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
+        let mut plan = RoundPlan::default();
         for (index, (op, claim)) in claimed.into_iter().enumerate() {
             let placement = self.placement(&op);
             placements.push(placement);
@@ -212,11 +212,7 @@ impl Routing {
             };
             run.results.push(None);
             let crosses = placement.0 != placement.1;
-            let (from, to, ..) = op.parts();
-            let speculative = from.is_some_and(|from| credited_across.contains(&from));
-            if crosses {
-                credited_across.insert(to);
-            }
+            let speculative = plan.speculative(&op, crosses);
             if let ShardOp::Transfer {
                 position,
                 early_credit,
@@ -225,7 +221,7 @@ impl Routing {
             } = &mut shard_op
             {
                 *position = index as u32;
-                *early_credit = crosses && debited.contains(&to);
+                *early_credit = is_early(&debited, &op, crosses);
                 *planned = speculative;
             }
             sending.push(index, Some((shard, shard_op)));
@@ -425,18 +421,34 @@ pub struct Planned {
 ///
 /// `crosses(i)` tells whether op `i` is a transfer between two shards.
 pub fn plan_round(ops: &[Op], members: &[usize], crosses: impl Fn(usize) -> bool) -> Vec<Planned> {
-    let mut credited_across: HashSet<Pubkey, ahash::RandomState> = HashSet::default();
+    let mut plan = RoundPlan::default();
     members
         .iter()
-        .map(|&index| {
-            let (from, to, ..) = ops[index].parts();
-            let speculative = from.is_some_and(|from| credited_across.contains(&from));
-            if crosses(index) {
-                credited_across.insert(to);
-            }
-            Planned { index, speculative }
+        .map(|&index| Planned {
+            index,
+            speculative: plan.speculative(&ops[index], crosses(index)),
         })
         .collect()
+}
+
+/// [`plan_round`] one op at a time, in batch order.
+#[derive(Default)]
+struct RoundPlan {
+    /// The accounts that an earlier cross-shard transfer of the round credits.
+    credited_across: HashSet<Pubkey, ahash::RandomState>,
+}
+
+impl RoundPlan {
+    /// Whether `op`, the next member of the round, runs speculatively; `crosses`: it is a
+    /// transfer between two shards.
+    fn speculative(&mut self, op: &Op, crosses: bool) -> bool {
+        let (from, to, ..) = op.parts();
+        let speculative = from.is_some_and(|from| self.credited_across.contains(&from));
+        if crosses {
+            self.credited_across.insert(to);
+        }
+        speculative
+    }
 }
 
 /// Which ops of a batch carry an early credit: a cross-shard transfer to an account that the
@@ -445,8 +457,13 @@ pub fn early_credits(ops: &[Op], crosses: impl Fn(usize) -> bool) -> Vec<bool> {
     let debited = debited(ops);
     ops.iter()
         .enumerate()
-        .map(|(index, op)| crosses(index) && debited.contains(&op.parts().1))
+        .map(|(index, op)| is_early(&debited, op, crosses(index)))
         .collect()
+}
+
+/// Whether `op` carries an early credit, given the accounts its batch debits.
+fn is_early(debited: &HashSet<Pubkey, ahash::RandomState>, op: &Op, crosses: bool) -> bool {
+    crosses && debited.contains(&op.parts().1)
 }
 
 /// Every account that an op of `ops` debits.
