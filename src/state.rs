@@ -291,12 +291,15 @@ impl ShardState {
 
     /// Records not yet in the account file, by LSN (they may not be written to the WAL yet).
     pub fn pending_record(&self, lsn: u64) -> Option<&RecordBody> {
+        let index = self.pending_index(lsn)?;
+        self.pending.get(index).map(|record| &record.body)
+    }
+
+    /// Where record `lsn` is in `pending`, if it is there (pending LSNs are consecutive).
+    fn pending_index(&self, lsn: u64) -> Option<usize> {
         let first = self.pending.front()?.lsn;
-        let index = lsn.checked_sub(first)? as usize;
-        self.pending
-            .get(index)
-            .filter(|record| record.lsn == lsn)
-            .map(|record| &record.body)
+        let index = usize::try_from(lsn.checked_sub(first)?).ok()?;
+        (self.pending.get(index)?.lsn == lsn).then_some(index)
     }
 
     /// The slot and newest state of `key`; the first access since open reads (and checks) the slot.
@@ -632,18 +635,12 @@ impl ShardState {
 
     /// Notes on the account's previous entry, if it is still pending, that `lsn` follows it.
     fn note_next_entry(&mut self, image: &AfterImage, lsn: u64) {
-        let Some(first) = self.pending.front().map(|record| record.lsn) else {
+        let Some(previous) = self
+            .pending_index(image.prev_lsn)
+            .and_then(|index| self.pending.get_mut(index))
+        else {
             return;
         };
-        let Some(index) = image.prev_lsn.checked_sub(first) else {
-            return;
-        };
-        let Some(previous) = self.pending.get_mut(index as usize) else {
-            return;
-        };
-        if previous.lsn != image.prev_lsn {
-            return;
-        }
         let position = previous
             .body
             .images()
