@@ -13,10 +13,11 @@
 //!   changes. When its mailbox is drained it hands the records to its **WAL thread**, which
 //!   writes every queued batch and syncs once for all of them (group commit); only then are
 //!   callers answered and the new states copied into the account file.
-//! * The **router actor** hashes keys to shards and splits `submit` batches per shard, keeping
-//!   the batch's sequential meaning: a debit that needs a credit still travelling between
-//!   shards is deferred to the next round, and a credit that lands before an earlier debit of
-//!   its account is kept out of that debit's sight.
+//! * The **router** hashes keys to shards and splits `submit` batches per shard, keeping the
+//!   batch's sequential meaning: a debit that needs a credit still travelling between shards is
+//!   deferred to the next round, and a credit that lands before an earlier debit of its account
+//!   is kept out of that debit's sight. It runs in the caller's task (a value every handle
+//!   holds, not an actor of its own), so a call reaches its shards without a thread hand-off.
 //! * A transfer between shards is decided by the source shard: a durable `Debit` record commits
 //!   it, and only then is the `Credit` sent to the target shard, which applies it exactly once
 //!   (per-source watermarks). Recovery re-sends every durable debit whose credit is missing.
@@ -72,10 +73,8 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use actors::checkpoint::Checkpointer;
-use actors::messages::{
-    CloseShard, Completion, GetShardStats, RouteBatch, RunCheckpoint, StopCheckpoints,
-};
-use actors::router::{Router, Routing};
+use actors::messages::{CloseShard, Completion, GetShardStats, RunCheckpoint, StopCheckpoints};
+use actors::router::Routing;
 use actors::shard::ShardActor;
 
 pub use actix;
@@ -116,7 +115,6 @@ impl std::fmt::Debug for Ledger {
 }
 
 struct Inner {
-    router: Addr<Router>,
     routing: Routing,
     wals: Vec<Arc<wal::writer::WalShared>>,
     gauges: Vec<Arc<actors::shard::ShardGauges>>,
@@ -191,7 +189,6 @@ impl Ledger {
         .map_err(|error| opening_failed(&data_dir, error))??;
         Ok(Ledger {
             inner: Arc::new(Inner {
-                router: running.router,
                 routing: running.routing,
                 wals: running.wals,
                 gauges: running.gauges,
@@ -489,16 +486,7 @@ impl Ledger {
             }
         }
         if !claimed.is_empty() {
-            let (reply, receiver) = oneshot::channel();
-            self.inner
-                .router
-                .send(RouteBatch {
-                    ops: claimed,
-                    reply,
-                })
-                .await
-                .map_err(|_| LedgerError::Closed)?;
-            let decided = receiver.await.map_err(|_| LedgerError::Closed)?;
+            let decided = self.inner.routing.clone().run_batch(claimed).await;
             for (index, result) in claimed_at.into_iter().zip(decided) {
                 results[index] = Some(result);
             }

@@ -393,3 +393,105 @@ async fn verify_reports_an_index_that_disagrees_with_its_log() {
         report.problems
     );
 }
+
+/// A `submit` whose caller stops waiting (its future dropped part way through the batch's
+/// rounds) applies each op at most once, and a retry of the whole batch with the same ids
+/// completes it exactly once: its answers are final (a second retry repeats them, receipts
+/// included), and every balance and the supply are exactly what the answered ops add up to.
+/// The batches run among a few accounts on three shards, so most take several rounds and many
+/// are cut between two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_submit_and_its_retry_apply_each_op_once() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(Config::new(dir.path()).shards(3))
+        .await
+        .unwrap();
+    let keys: Vec<Pubkey> = (1..=24).map(key).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut balances: HashMap<Pubkey, i128> = HashMap::new();
+    let mut supply = 0u128;
+    let mut cut_short = 0;
+    for batch in 0..40 {
+        let ops: Vec<Op> = (0..400)
+            .map(|_| {
+                let id = TransferId::new();
+                let to = keys[rng.gen_range(0..keys.len())];
+                if rng.gen_ratio(1, 6) {
+                    Op::Mint {
+                        id,
+                        to,
+                        amount: rng.gen_range(1..100),
+                        user_data: 0,
+                    }
+                } else {
+                    Op::Transfer {
+                        id,
+                        from: keys[rng.gen_range(0..keys.len())],
+                        to,
+                        amount: rng.gen_range(1..60),
+                        user_data: 0,
+                    }
+                }
+            })
+            .collect();
+        let wait = Duration::from_micros(rng.gen_range(0..1_500));
+        if tokio::time::timeout(wait, ledger.submit(ops.clone()))
+            .await
+            .is_err()
+        {
+            cut_short += 1;
+        }
+        let results = ledger.submit(ops.clone()).await.unwrap();
+        let again = ledger.submit(ops.clone()).await.unwrap();
+        assert_eq!(
+            format!("{results:?}"),
+            format!("{again:?}"),
+            "batch {batch}: a second retry answers as the first"
+        );
+        for (op, result) in ops.iter().zip(&results) {
+            match (op, result) {
+                (Op::Mint { to, amount, .. }, Ok(_)) => {
+                    *balances.entry(*to).or_default() += *amount as i128;
+                    supply += *amount as u128;
+                }
+                (
+                    Op::Transfer {
+                        from, to, amount, ..
+                    },
+                    Ok(_),
+                ) => {
+                    // The ops of a batch cut short ran in rounds, and the rest in the retry:
+                    // not in batch order, so only the final sums are checked.
+                    *balances.entry(*from).or_default() -= *amount as i128;
+                    *balances.entry(*to).or_default() += *amount as i128;
+                }
+                (
+                    _,
+                    Err(
+                        LedgerError::InsufficientFunds { .. }
+                        | LedgerError::AccountNotFound(_)
+                        | LedgerError::SameAccount,
+                    ),
+                ) => {}
+                (_, Err(error)) => panic!("batch {batch}: {op:?}: {error:?}"),
+            }
+        }
+    }
+    assert!(
+        cut_short >= 5,
+        "only {cut_short} of 40 batches were cut short"
+    );
+    for key in &keys {
+        let balance = ledger
+            .account(key)
+            .await
+            .unwrap()
+            .map(|a| a.balance as i128);
+        assert_eq!(balance, balances.get(key).copied(), "{key:?}");
+    }
+    assert_eq!(ledger.stats().await.unwrap().total_supply, supply);
+    ledger.shutdown().await.unwrap();
+}

@@ -141,16 +141,6 @@ impl Drop for BatchResults {
     }
 }
 
-// ---- ledger handle -> router (batches; single ops and reads go straight to the shard) ----
-
-/// The ops of one `submit` call that claimed their ids (each with its claim), in batch order.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RouteBatch {
-    pub ops: Vec<(Op, ClaimGuard)>,
-    pub reply: oneshot::Sender<Vec<Result<Receipt>>>,
-}
-
 // ---- router -> shard ----
 
 /// Names one running `submit`: the router holds it while the batch runs, its messages and

@@ -1,12 +1,12 @@
 //! The actors and who talks to whom:
 //!
 //! ```text
-//!  Ledger ──RouteOne/RouteBatch/RouteRead──▶ Router ──ShardOps/ReadAccount──▶ Shard S
-//!                                                                              │ records
-//!                                                                              ▼
-//!                                                         WAL thread of S (group commit)
-//!                                            replies ◀────┤ after the sync
-//!                                                         └──Credits──▶ Shard D (then replies)
+//!  Ledger (router::Routing, in the caller's task) ──ShardOps/ReadAccount──▶ Shard S
+//!                                                                             │ records
+//!                                                                             ▼
+//!                                                        WAL thread of S (group commit)
+//!                                           replies ◀────┤ after the sync
+//!                                                        └──Credits──▶ Shard D (then replies)
 //!  Checkpointer ──CheckpointShard/TruncateWal──▶ every shard
 //! ```
 //!

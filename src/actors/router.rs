@@ -1,5 +1,7 @@
-//! The router actor: hashes public keys to shards, reserves supply for mints, and splits batches
-//! into per-shard messages while keeping the batch's sequential meaning.
+//! The router: hashes public keys to shards, reserves supply for mints, and splits batches into
+//! per-shard messages while keeping the batch's sequential meaning. It is a value, cloned into
+//! every handle, and runs in the caller's task: a call reaches its shards without a hand-off to
+//! a router thread (see `run_batch`).
 
 use std::collections::HashSet;
 use std::hash::Hasher;
@@ -176,7 +178,15 @@ impl Routing {
     /// are planned again, with everything after them. Every round ends (see [`BatchResults`]),
     /// and each gives at least its first op a result (it is never speculative, nor held behind
     /// a deferred op), so the batch always ends.
-    async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
+    ///
+    /// This runs in the caller's task: the caller's thread routes and sends each round, and the
+    /// last shard to answer wakes the caller directly. A router actor in between cost a hand-off
+    /// each way (a lone `submit(100)`: p50 0.95 to 0.75 ms). Nothing here blocks: sends to the
+    /// shards never wait, and the mint supply is reserved with atomics. A caller that stops
+    /// waiting (its future dropped) stops the batch between rounds: ops already sent run and
+    /// decide their ids; the deferred ones drop unsent, giving back their mint reservations and
+    /// their id claims, so a retry of the batch decides them.
+    pub async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
         let running = Running::enter(&self.batches);
         // Chunks pay off when the shards would otherwise wait for the router. When other
         // batches run, the shards have their ops to work on meanwhile, and more messages only
@@ -469,40 +479,6 @@ fn is_early(debited: &HashSet<Pubkey, ahash::RandomState>, op: &Op, crosses: boo
 /// Every account that an op of `ops` debits.
 fn debited(ops: &[Op]) -> HashSet<Pubkey, ahash::RandomState> {
     ops.iter().filter_map(|op| op.parts().0).collect()
-}
-
-pub struct Router {
-    routing: Routing,
-    mailbox_capacity: usize,
-}
-
-impl Router {
-    pub fn new(routing: Routing, mailbox_capacity: usize) -> Self {
-        Router {
-            routing,
-            mailbox_capacity,
-        }
-    }
-}
-
-impl Actor for Router {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
-    }
-}
-
-impl Handler<RouteBatch> for Router {
-    type Result = ();
-
-    fn handle(&mut self, message: RouteBatch, _: &mut Context<Self>) {
-        let routing = self.routing.clone();
-        actix::spawn(async move {
-            let results = routing.run_batch(message.ops).await;
-            let _ = message.reply.send(results);
-        });
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Runs the actors on their own threads: an actix `System` on a dedicated thread, one arbiter per
-//! shard and one for the router and checkpoint actor. The host's runtime only holds addresses.
+//! shard and one for the checkpoint actor. The host's runtime only holds addresses (and the
+//! [`Routing`] that maps keys to them).
 
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -8,7 +9,7 @@ use actix::prelude::*;
 
 use super::books::{Books, ShardBooks};
 use super::checkpoint::Checkpointer;
-use super::router::{Router, Routing};
+use super::router::Routing;
 use super::shard::{ShardActor, ShardContext, ShardGauges};
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
@@ -18,7 +19,6 @@ use crate::wal::writer::WalShared;
 
 /// The running actors and how to stop them.
 pub struct Running {
-    pub router: Addr<Router>,
     pub routing: Routing,
     pub checkpointer: Addr<Checkpointer>,
     pub shards: Vec<Addr<ShardActor>>,
@@ -26,7 +26,7 @@ pub struct Running {
     pub gauges: Vec<Arc<ShardGauges>>,
     pub books: Arc<Books>,
     pub system: actix::System,
-    /// The arbiter of the router and checkpoint actor, where front actors start too.
+    /// The arbiter of the checkpoint actor, where front actors start too.
     pub control: actix::ArbiterHandle,
     /// The directory lock's path (the lock itself lives on the actix thread).
     pub lock_path: std::path::PathBuf,
@@ -60,7 +60,6 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
         .map_err(|e| LedgerError::io("tally-actix thread", e))?;
     match receiver.recv() {
         Ok(Ok(parts)) => Ok(Running {
-            router: parts.router,
             routing: parts.routing,
             checkpointer: parts.checkpointer,
             shards: parts.shards,
@@ -85,7 +84,6 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
 }
 
 struct Parts {
-    router: Addr<Router>,
     routing: Routing,
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
@@ -183,7 +181,7 @@ fn start_shards(
     Ok(())
 }
 
-/// Starts the router and the checkpoint actor on the control arbiter.
+/// Starts the checkpoint actor on the control arbiter, and makes the routing of keys to shards.
 fn start_control(
     control: &Arbiter,
     started: &StartedShards,
@@ -198,18 +196,12 @@ fn start_control(
         hash_seed,
         books,
     );
-    let mailbox_capacity = config.mailbox_capacity;
-    let router_routing = routing.clone();
-    let router = Router::start_in_arbiter(&control.handle(), move |_| {
-        Router::new(router_routing, mailbox_capacity)
-    });
     let (shard_addresses, shard_wals) = (started.addresses.clone(), started.wals.clone());
     let (interval_ms, wal_bytes) = (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
     let checkpointer = Checkpointer::start_in_arbiter(&control.handle(), move |_| {
         Checkpointer::new(shard_addresses, shard_wals, history, interval_ms, wal_bytes)
     });
     Parts {
-        router,
         routing,
         checkpointer,
         shards: started.addresses.clone(),
@@ -239,7 +231,7 @@ mod tests {
     use std::path::Path;
     use std::time::{Duration, Instant};
 
-    use super::super::messages::{CloseShard, Completion, GetShardStats, RouteBatch};
+    use super::super::messages::{CloseShard, Completion, GetShardStats};
     use super::super::router::shard_of;
     use crate::storage::manifest::Manifest;
     use crate::{Config, LedgerError, Op, Pubkey, TransferId};
@@ -343,9 +335,8 @@ mod tests {
             }
         }
         close.unwrap().await.unwrap().unwrap().unwrap();
-        let (reply, results) = tokio::sync::oneshot::channel();
-        running.router.do_send(RouteBatch {
-            ops: [
+        let batch = running.routing.clone().run_batch(
+            [
                 Op::Mint {
                     id: TransferId::new(),
                     to: on_1[0],
@@ -370,9 +361,8 @@ mod tests {
             .into_iter()
             .map(|op| (op, claim(op)))
             .collect(),
-            reply,
-        });
-        let batch = prompt("submit", results).await.unwrap();
+        );
+        let batch = prompt("submit", batch).await;
         assert!(matches!(batch[0], Err(LedgerError::Closed)), "{batch:?}");
         assert_eq!(batch[1].as_ref().unwrap().shard, 0);
         assert!(matches!(batch[2], Err(LedgerError::Closed)), "{batch:?}");
