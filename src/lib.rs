@@ -413,6 +413,12 @@ impl Ledger {
     /// Within one batch, an account's [`history`](Self::history) lists its entries in the order
     /// its balance changed: a credit from another shard may land before or after a debit that
     /// is next to it in batch order (each entry's `balance_after` is the balance then).
+    ///
+    /// The batch runs in the calling task. Dropping the future before it completes stops the
+    /// batch between two of its rounds: ops already sent to their shards run and decide their
+    /// ids, the rest are not run, as if the process had stopped there. Submitting the same ops
+    /// again (same ids) completes the batch exactly once, though not necessarily with the
+    /// outcomes one uninterrupted run would have given.
     pub async fn submit(
         &self,
         ops: Vec<Op>,
