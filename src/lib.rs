@@ -492,7 +492,7 @@ impl Ledger {
             }
         }
         if !claimed.is_empty() {
-            let decided = self.inner.routing.clone().run_batch(claimed).await;
+            let decided = self.inner.routing.run_batch(claimed).await;
             for (index, result) in claimed_at.into_iter().zip(decided) {
                 results[index] = Some(result);
             }

@@ -20,7 +20,8 @@ use crate::ids::ClaimGuard;
 use crate::types::{Account, Entry, Op, Pubkey, Receipt};
 use crate::wal::record::Refusal;
 
-/// The pure routing function and what it needs; cheap to clone into batch tasks.
+/// The routing function and what it needs: every `Ledger` handle holds one, and calls run it
+/// in their own task.
 #[derive(Clone)]
 pub struct Routing {
     shards: Vec<Addr<ShardActor>>,
@@ -186,7 +187,7 @@ impl Routing {
     /// waiting (its future dropped) stops the batch between rounds: ops already sent run and
     /// decide their ids; the deferred ones drop unsent, giving back their mint reservations and
     /// their id claims, so a retry of the batch decides them.
-    pub async fn run_batch(self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
+    pub async fn run_batch(&self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
         let running = Running::enter(&self.batches);
         // Chunks pay off when the shards would otherwise wait for the router. When other
         // batches run, the shards have their ops to work on meanwhile, and more messages only
@@ -207,7 +208,7 @@ impl Routing {
         // the shards start on a large batch while the router is still on its rest. Routing in
         // batch order reserves the supply of mints in batch order, so the mint that would
         // overflow it is the one a sequential run would refuse.
-        let mut sending = RoundSender::new(&self, count, &batch, chunk);
+        let mut sending = RoundSender::new(self, count, &batch, chunk);
         let mut plan = RoundPlan::default();
         for (index, (op, claim)) in claimed.into_iter().enumerate() {
             let placement = self.placement(&op);

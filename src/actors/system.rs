@@ -335,7 +335,7 @@ mod tests {
             }
         }
         close.unwrap().await.unwrap().unwrap().unwrap();
-        let batch = running.routing.clone().run_batch(
+        let batch = running.routing.run_batch(
             [
                 Op::Mint {
                     id: TransferId::new(),
