@@ -1,7 +1,7 @@
 //! The router: hashes public keys to shards, reserves supply for mints, and splits batches into
-//! per-shard messages while keeping the batch's sequential meaning. It is a value, cloned into
-//! every handle, and runs in the caller's task: a call reaches its shards without a hand-off to
-//! a router thread (see `run_batch`).
+//! per-shard messages while keeping the batch's sequential meaning. It is a value that every
+//! `Ledger` handle holds, and it runs in the caller's task: a call reaches its shards without a
+//! hand-off to a router thread (see `run_batch`).
 
 use std::collections::HashSet;
 use std::hash::Hasher;
