@@ -209,7 +209,7 @@ impl Routing {
         // batch order reserves the supply of mints in batch order, so the mint that would
         // overflow it is the one a sequential run would refuse.
         let mut sending = RoundSender::new(self, count, &batch, chunk);
-        let mut plan = RoundPlan::default();
+        let mut plan = RoundPlan::with_capacity(count);
         for (index, (op, claim)) in claimed.into_iter().enumerate() {
             let placement = self.placement(&op);
             placements.push(placement);
@@ -280,6 +280,13 @@ impl Routing {
 /// rest, and each chunk's records can go to the WAL while the next one runs.
 const CHUNK_OPS: usize = 1024;
 
+/// Room for one shard's ops of a round of `ops` over `shards` shards, sent `chunk` at a time:
+/// an even share and an eighth more (the keys of a round spread about evenly).
+fn share(ops: usize, shards: usize, chunk: usize) -> usize {
+    let even = ops.div_ceil(shards.max(1));
+    (even + even / 8 + 16).min(chunk).min(ops)
+}
+
 /// Counts a batch in [`Routing::batches`] while it lives.
 struct Running {
     batches: Arc<AtomicUsize>,
@@ -332,7 +339,11 @@ impl<'a> RoundSender<'a> {
             chunk,
             results: Some(results),
             done,
-            per_shard: (0..routing.shards.len()).map(|_| Vec::new()).collect(),
+            // Sized for an even share of the round and then some, so a shard's list rarely
+            // grows (each element is ~200 bytes: growing copied every one of them again).
+            per_shard: (0..routing.shards.len())
+                .map(|_| Vec::with_capacity(share(capacity, routing.shards.len(), chunk)))
+                .collect(),
             held: (0..routing.shards.len()).map(|_| Held::default()).collect(),
             sent: Vec::with_capacity(capacity),
         }
@@ -356,18 +367,19 @@ impl<'a> RoundSender<'a> {
         };
         ops.push((shard_op, completion));
         if ops.len() >= self.chunk {
-            self.send(shard as usize);
+            self.send(shard as usize, self.chunk);
         }
     }
 
-    fn send(&mut self, shard: usize) {
+    /// Sends what `shard` has gathered, leaving room for `next` more ops.
+    fn send(&mut self, shard: usize, next: usize) {
         let Some(ops) = self.per_shard.get_mut(shard) else {
             return;
         };
         if ops.is_empty() {
             return;
         }
-        let ops = std::mem::replace(ops, Vec::with_capacity(self.chunk.min(ops.len())));
+        let ops = std::mem::replace(ops, Vec::with_capacity(next));
         // A closed mailbox drops the message, and its completions answer `Closed`.
         let held = self.held.get(shard).cloned();
         let message = self
@@ -379,7 +391,7 @@ impl<'a> RoundSender<'a> {
     /// Sends what is left, waits for the round and files its results in `run`.
     async fn finish(mut self, run: &mut BatchRun) {
         for shard in 0..self.per_shard.len() {
-            self.send(shard);
+            self.send(shard, 0);
         }
         drop(self.results.take());
         let mut slots = self.done.await.unwrap_or_default().into_iter();
@@ -432,7 +444,7 @@ pub struct Planned {
 ///
 /// `crosses(i)` tells whether op `i` is a transfer between two shards.
 pub fn plan_round(ops: &[Op], members: &[usize], crosses: impl Fn(usize) -> bool) -> Vec<Planned> {
-    let mut plan = RoundPlan::default();
+    let mut plan = RoundPlan::with_capacity(members.len());
     members
         .iter()
         .map(|&index| Planned {
@@ -443,13 +455,20 @@ pub fn plan_round(ops: &[Op], members: &[usize], crosses: impl Fn(usize) -> bool
 }
 
 /// [`plan_round`] one op at a time, in batch order.
-#[derive(Default)]
 struct RoundPlan {
     /// The accounts that an earlier cross-shard transfer of the round credits.
     credited_across: HashSet<Pubkey, ahash::RandomState>,
 }
 
 impl RoundPlan {
+    /// A plan for a round of `ops` ops: its set is sized once (growing it rehashed every key
+    /// a dozen times in a round of 8,192).
+    fn with_capacity(ops: usize) -> Self {
+        RoundPlan {
+            credited_across: HashSet::with_capacity_and_hasher(ops, Default::default()),
+        }
+    }
+
     /// Whether `op`, the next member of the round, runs speculatively; `crosses`: it is a
     /// transfer between two shards.
     fn speculative(&mut self, op: &Op, crosses: bool) -> bool {
@@ -479,7 +498,9 @@ fn is_early(debited: &HashSet<Pubkey, ahash::RandomState>, op: &Op, crosses: boo
 
 /// Every account that an op of `ops` debits.
 fn debited(ops: &[Op]) -> HashSet<Pubkey, ahash::RandomState> {
-    ops.iter().filter_map(|op| op.parts().0).collect()
+    let mut debited = HashSet::with_capacity_and_hasher(ops.len(), Default::default());
+    debited.extend(ops.iter().filter_map(|op| op.parts().0));
+    debited
 }
 
 #[cfg(test)]
