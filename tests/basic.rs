@@ -215,7 +215,7 @@ async fn a_debit_in_a_batch_never_sees_a_credit_that_comes_after_it() {
 /// gets the answer of a sequential run and the ledger ends as the model does, history included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_many_chunks_answer_as_a_sequential_run() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(Config::new(dir.path()).shards(3))
         .await
@@ -224,27 +224,10 @@ async fn batches_of_many_chunks_answer_as_a_sequential_run() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut model = common::Model::default();
     for batch in 0..6 {
-        let ops: Vec<Op> = (0..6_000)
-            .map(|_| {
-                let to = keys[rng.gen_range(0..keys.len())];
-                if rng.gen_ratio(1, 8) {
-                    common::mint(to, rng.gen_range(1..50))
-                } else {
-                    let from = keys[rng.gen_range(0..keys.len())];
-                    common::transfer(from, to, rng.gen_range(1..40))
-                }
-            })
-            .collect();
+        let ops = common::random_ops(&mut rng, &keys, 6_000, 8, 50, 40);
         let wanted = model.apply_batch(&ops);
         let results = ledger.submit(ops.clone()).await.unwrap();
-        for (position, (result, wanted)) in results.iter().zip(&wanted).enumerate() {
-            assert_eq!(
-                common::outcome(result),
-                *wanted,
-                "batch {batch}, op {position}: {:?}",
-                ops[position]
-            );
-        }
+        common::assert_answers(&results, &wanted, &ops, &format!("batch {batch}"));
     }
     common::assert_matches(&ledger, &model, keys.clone(), "after the batches").await;
     common::assert_histories(&ledger, &model, "after the batches").await;

@@ -118,7 +118,7 @@ async fn sixty_four_callers_share_wal_syncs() {
 /// every balance, the supply and the histories must then match, before and after a reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_batches_from_several_callers_answer_as_sequential_runs() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     const CALLERS: u32 = 4;
     const BATCHES: usize = 3;
     const OPS: usize = 8_192;
@@ -135,27 +135,11 @@ async fn large_batches_from_several_callers_answer_as_sequential_runs() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(caller) + 11);
             let mut model = common::Model::default();
             for batch in 0..BATCHES {
-                let ops: Vec<_> = (0..OPS)
-                    .map(|_| {
-                        let to = keys[rng.gen_range(0..keys.len())];
-                        if rng.gen_ratio(1, 6) {
-                            common::mint(to, rng.gen_range(1..60))
-                        } else {
-                            let from = keys[rng.gen_range(0..keys.len())];
-                            common::transfer(from, to, rng.gen_range(1..50))
-                        }
-                    })
-                    .collect();
+                let ops = common::random_ops(&mut rng, &keys, OPS, 6, 60, 50);
                 let wanted = model.apply_batch(&ops);
                 let results = ledger.submit(ops.clone()).await.unwrap();
-                for (position, (result, wanted)) in results.iter().zip(&wanted).enumerate() {
-                    assert_eq!(
-                        common::outcome(result),
-                        *wanted,
-                        "caller {caller}, batch {batch}, op {position}: {:?}",
-                        ops[position]
-                    );
-                }
+                let what = format!("caller {caller}, batch {batch}");
+                common::assert_answers(&results, &wanted, &ops, &what);
             }
             model
         }));

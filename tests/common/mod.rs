@@ -42,6 +42,48 @@ pub fn transfer(from: Pubkey, to: Pubkey, amount: u64) -> Op {
     }
 }
 
+/// `count` random ops among `keys`: one in `mint_every` a mint of 1 to `mint_max - 1` units,
+/// the others transfers of 1 to `amount_max - 1` (between any two keys, so some are refused:
+/// a self transfer, or one past the source's balance).
+pub fn random_ops(
+    rng: &mut impl rand::Rng,
+    keys: &[Pubkey],
+    count: usize,
+    mint_every: u32,
+    mint_max: u64,
+    amount_max: u64,
+) -> Vec<Op> {
+    (0..count)
+        .map(|_| {
+            let to = keys[rng.gen_range(0..keys.len())];
+            if rng.gen_ratio(1, mint_every) {
+                mint(to, rng.gen_range(1..mint_max))
+            } else {
+                let from = keys[rng.gen_range(0..keys.len())];
+                transfer(from, to, rng.gen_range(1..amount_max))
+            }
+        })
+        .collect()
+}
+
+/// Asserts that every answer of a batch is the one the model gave (`what` names the batch).
+pub fn assert_answers<T: std::fmt::Debug>(
+    results: &[Result<T, LedgerError>],
+    wanted: &[Outcome],
+    ops: &[Op],
+    what: &str,
+) {
+    assert_eq!(results.len(), wanted.len(), "{what}: one answer per op");
+    for (position, (result, wanted)) in results.iter().zip(wanted).enumerate() {
+        assert_eq!(
+            outcome(result),
+            *wanted,
+            "{what}, op {position}: {:?}",
+            ops[position]
+        );
+    }
+}
+
 /// A configuration whose file operations go through `faults` (armed later by the test).
 pub fn faulty_config(dir: &Path, shards: u32) -> (Arc<FaultyIo>, Config) {
     let faults = FaultyIo::new();
