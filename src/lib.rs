@@ -10,9 +10,9 @@
 //! * Each shard is an **actor** that owns a memory-mapped **account file** of 128-byte slots, a
 //!   **WAL** of CRC-framed records, and an in-memory **index** (pubkey → slot). It checks each
 //!   operation against its state and logs a record with the after-image of every account it
-//!   changes. When its mailbox is drained it hands the records to its **WAL thread**, which
-//!   writes every queued batch and syncs once for all of them (group commit); only then are
-//!   callers answered and the new states copied into the account file.
+//!   changes. When its mailbox is drained (or 2,048 ops wait) it hands the records to its
+//!   **WAL thread**, which writes every queued batch and syncs once for all of them (group
+//!   commit); only then are callers answered and the new states copied into the account file.
 //! * The **router** hashes keys to shards and splits `submit` batches per shard, keeping the
 //!   batch's sequential meaning: a debit that needs a credit still travelling between shards is
 //!   deferred to the next round, and a credit that lands before an earlier debit of its account

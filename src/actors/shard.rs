@@ -1,7 +1,7 @@
 //! The shard actor: owns one shard's state (account file, index, dirty overlay) and the sender
 //! of its WAL thread. Checks each operation, logs it, and hands records to the group-commit
-//! thread when its mailbox is drained; replies and outgoing credits leave from that thread once
-//! the records are durable.
+//! thread when its mailbox is drained or `FLUSH_OPS` ops wait; replies and outgoing credits
+//! leave from that thread once the records are durable.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
