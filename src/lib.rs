@@ -481,7 +481,7 @@ impl Ledger {
                 ids::Claimed::Leader(claim) => match self.check_decided(op, claim) {
                     Checked::Answer(answer) => results[index] = Some(answer),
                     Checked::New(claim) => {
-                        claimed.push((*op, claim));
+                        claimed.push(claim);
                         claimed_at.push(index);
                     }
                 },

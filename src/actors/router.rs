@@ -90,7 +90,7 @@ impl Routing {
 
     /// Checks what can be checked without account state and picks the deciding shard.
     fn route(&self, op: Op, claim: ClaimGuard) -> Result<(u32, ShardOp)> {
-        self.route_placed(op, claim, self.placement(&op))
+        self.route_placed(&op, claim, self.placement(&op))
     }
 
     /// A mint reserves its supply here; the reservation travels with the op, and whoever drops
@@ -98,11 +98,11 @@ impl Routing {
     /// its shard all the same, to be logged as refused (a retry of its id must be refused too).
     fn route_placed(
         &self,
-        op: Op,
+        op: &Op,
         claim: ClaimGuard,
         (shard, target_shard): (u32, u32),
     ) -> Result<(u32, ShardOp)> {
-        match op {
+        match *op {
             Op::Mint { amount, .. } => {
                 if amount == 0 {
                     return Err(LedgerError::ZeroAmount);
@@ -187,14 +187,15 @@ impl Routing {
     /// waiting (its future dropped) stops the batch between rounds: ops already sent run and
     /// decide their ids; the deferred ones drop unsent, giving back their mint reservations and
     /// their id claims, so a retry of the batch decides them.
-    pub async fn run_batch(&self, claimed: Vec<(Op, ClaimGuard)>) -> Vec<Result<Receipt>> {
+    pub async fn run_batch(&self, claimed: Vec<ClaimGuard>) -> Vec<Result<Receipt>> {
         let running = Running::enter(&self.batches);
         // Chunks pay off when the shards would otherwise wait for the router. When other
         // batches run, the shards have their ops to work on meanwhile, and more messages only
         // mean more, smaller WAL syncs (zipf submit(8192) from 4 submitters: 774k -> 712k/s).
         let chunk = if running.alone { CHUNK_OPS } else { usize::MAX };
         let count = claimed.len();
-        let ops: Vec<Op> = claimed.iter().map(|(op, _)| *op).collect();
+        // Each claim holds its op; the planning of later rounds reads them from this copy.
+        let ops: Vec<Op> = claimed.iter().map(|claim| *claim.op()).collect();
         // Early credits need to know every account the batch debits (see [`early_credits`]).
         let debited = debited(&ops);
         let mut placements: Vec<(u32, u32)> = Vec::with_capacity(count);
@@ -210,8 +211,8 @@ impl Routing {
         // overflow it is the one a sequential run would refuse.
         let mut sending = RoundSender::new(self, count, &batch, chunk);
         let mut plan = RoundPlan::with_capacity(count);
-        for (index, (op, claim)) in claimed.into_iter().enumerate() {
-            let placement = self.placement(&op);
+        for (index, (op, claim)) in ops.iter().zip(claimed).enumerate() {
+            let placement = self.placement(op);
             placements.push(placement);
             run.routed.push(None);
             let (shard, mut shard_op) = match self.route_placed(op, claim, placement) {
@@ -223,7 +224,7 @@ impl Routing {
             };
             run.results.push(None);
             let crosses = placement.0 != placement.1;
-            let speculative = plan.speculative(&op, crosses);
+            let speculative = plan.speculative(op, crosses);
             if let ShardOp::Transfer {
                 position,
                 early_credit,
@@ -232,7 +233,7 @@ impl Routing {
             } = &mut shard_op
             {
                 *position = index as u32;
-                *early_credit = is_early(&debited, &op, crosses);
+                *early_credit = is_early(&debited, op, crosses);
                 *planned = speculative;
             }
             sending.push(index, Some((shard, shard_op)));

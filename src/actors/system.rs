@@ -359,7 +359,7 @@ mod tests {
                 },
             ]
             .into_iter()
-            .map(|op| (op, claim(op)))
+            .map(claim)
             .collect(),
         );
         let batch = prompt("submit", batch).await;
