@@ -58,6 +58,7 @@ pub mod internals;
 mod judge;
 pub mod messages;
 mod recovery;
+mod spin;
 mod state;
 mod storage;
 mod types;
@@ -137,6 +138,8 @@ struct Inner {
     max_batch_ops: usize,
     resent_credits: u64,
     history: Arc<history::ledger::LedgerHistory>,
+    /// How a lone single call waits for its answer.
+    spin: spin::SpinWait,
 }
 
 impl Drop for Inner {
@@ -177,6 +180,7 @@ impl Ledger {
     pub async fn open(config: Config) -> Result<Ledger, LedgerError> {
         config.validate()?;
         let max_batch_ops = config.max_batch_ops;
+        let spin = spin::SpinWait::new(Duration::from_micros(config.lone_call_spin_us));
         let (checkpoint_interval_ms, checkpoint_wal_bytes) =
             (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
         let data_dir = config.data_dir.clone();
@@ -209,6 +213,7 @@ impl Ledger {
                 max_batch_ops,
                 resent_credits,
                 history: running.history,
+                spin,
             }),
         })
     }
@@ -389,7 +394,13 @@ impl Ledger {
             .send_one(op, claim, Completion::single(sender))
             .await
         {
-            Ok(()) => receiver.await.unwrap_or(Err(LedgerError::Closed)),
+            Ok(()) => {
+                // Alone in flight: nothing else keeps the caller's thread awake until the
+                // answer comes, so poll for it before sleeping (see `spin`).
+                let lone = self.inner.in_flight.load(Ordering::Acquire) == 1;
+                let answer = self.inner.spin.wait(receiver, lone).await;
+                answer.unwrap_or(Err(LedgerError::Closed))
+            }
             Err(error) => Err(error),
         }
     }
