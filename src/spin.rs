@@ -13,6 +13,10 @@
 //! [`MISS_COST`] credit, and while the credit is negative waits sleep at once, each earning one
 //! back. A ledger whose answers never come in time so polls on about one call in
 //! `MISS_COST + 1`; one whose answers come in time polls on every call.
+//!
+//! `tally_lone_call_polls_total{outcome}` counts each lone call's wait: `answered` while
+//! polling, `timed_out` (the window ran out, then it slept) or `skipped` (no credit: it slept
+//! at once). With the window at zero nothing is counted.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -25,18 +29,24 @@ pub const MISS_COST: i32 = 8;
 pub const MAX_CREDIT: i32 = 8;
 
 /// Shared by every call of one ledger.
-#[derive(Debug)]
 pub struct SpinWait {
     window: Duration,
     credit: AtomicI32,
+    answered: metrics::Counter,
+    timed_out: metrics::Counter,
+    skipped: metrics::Counter,
 }
 
 impl SpinWait {
     /// `window` zero: never poll.
     pub fn new(window: Duration) -> Self {
+        let outcome = |outcome: &'static str| metrics::counter!("tally_lone_call_polls_total", "outcome" => outcome);
         SpinWait {
             window,
             credit: AtomicI32::new(0),
+            answered: outcome("answered"),
+            timed_out: outcome("timed_out"),
+            skipped: outcome("skipped"),
         }
     }
 
@@ -73,11 +83,17 @@ impl SpinWait {
             return true;
         }
         self.credit.fetch_add(1, Ordering::Relaxed);
+        self.skipped.increment(1);
         false
     }
 
     /// Books a polled wait: answered within the window, or not.
     fn answered(&self, in_time: bool) {
+        if in_time {
+            self.answered.increment(1);
+        } else {
+            self.timed_out.increment(1);
+        }
         let update = |credit: i32| {
             Some(if in_time {
                 (credit + 1).min(MAX_CREDIT)

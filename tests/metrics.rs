@@ -93,6 +93,18 @@ async fn operations_wal_checkpoints_and_recovery_are_measured() {
         2
     );
     assert_eq!(samples("tally_op_latency_seconds", &[("op", "submit")]), 1);
+    // The four mints and transfers ran one at a time, so each was alone in flight and its wait
+    // polled for its answer, ran out of time, or skipped polling: once each.
+    let waits: u64 = ["answered", "timed_out", "skipped"]
+        .iter()
+        .filter_map(
+            |outcome| match find("tally_lone_call_polls_total", &[("outcome", outcome)]) {
+                Some((_, _, _, DebugValue::Counter(value))) => Some(*value),
+                _ => None,
+            },
+        )
+        .sum();
+    assert_eq!(waits, 4);
     assert_eq!(samples("tally_recovery_duration_seconds", &[]), 1);
     assert_eq!(samples("tally_checkpoint_duration_seconds", &[]), 1);
 
