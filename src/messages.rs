@@ -14,7 +14,7 @@
 //! | [`Lookup`]`(TransferId)` | `Result<Option<Transfer>, LedgerError>` | `Ledger::lookup` |
 //! | [`GetHistory`] | `Result<Vec<Entry>, LedgerError>` | `Ledger::history` |
 //!
-//! Every op carries its [`TransferId`](crate::TransferId): a message re-sent after a timeout or a
+//! Every op carries its [`TransferId`]: a message re-sent after a timeout or a
 //! restart is applied once, exactly as a retried call is.
 //!
 //! `send` waits for mailbox space (back-pressure) and for the answer; `try_send` fails at once

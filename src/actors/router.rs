@@ -438,7 +438,7 @@ pub struct Planned {
 /// commute (they never fail and only add), so what matters is a debit and a credit of the same
 /// account:
 /// - a credit that lands *before* an earlier debit of its account has run is kept out of that
-///   debit's sight by the target shard (see [`super::early`]; [`early_credits`] marks them);
+///   debit's sight by the target shard (see the `early` module; [`early_credits`] marks them);
 /// - a debit that may run *before* an earlier credit of its account has landed is
 ///   [`Planned::speculative`]: the shard defers it if it needs the credit, and the router
 ///   plans what is left again, once the round has ended and every credit of it has landed.

@@ -92,7 +92,7 @@ pub struct Cached {
 }
 
 /// Public keys are chosen by users, so the map uses a fast hasher with a random per-process key.
-/// Its table lives in huge pages ([`super::huge`]).
+/// Its table lives in huge pages (the `huge` module).
 pub type Index = HugeMap<Pubkey, IndexEntry, ahash::RandomState>;
 
 pub fn new_index(capacity: usize) -> Index {

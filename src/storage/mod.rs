@@ -20,7 +20,7 @@ pub const MAX_SHARDS: usize = 256;
 
 /// What a data directory is (format version, shards, hash seed); see [`manifest`].
 pub const MANIFEST_FILE: &str = "MANIFEST";
-/// The file `flock`ed while a ledger has the directory open; see [`lock`].
+/// The file `flock`ed while a ledger has the directory open; see the `lock` module.
 pub const LOCK_FILE: &str = "LOCK";
 /// A shard's account slots; see [`accounts`].
 pub const ACCOUNTS_FILE: &str = "accounts.dat";
