@@ -82,6 +82,10 @@ struct Args {
     /// Print the results as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// tally's `latency.lone_call_spin_us`: how long a single call made alone in flight polls
+    /// for its answer before sleeping (0 = never poll; tally's default is 1000).
+    #[arg(long, default_value_t = 1_000)]
+    lone_call_spin_us: u64,
 }
 
 /// One line of the results.
@@ -445,7 +449,7 @@ async fn run_tally(
     model: &mut Model,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
-    let ledger = tally_store::open(dir, args.accounts).await?;
+    let ledger = tally_store::open(dir, args.accounts, args.lone_call_spin_us).await?;
     let started = Instant::now();
     tally_store::create_accounts(&ledger, keys, model.balances[0]).await?;
     ledger.checkpoint().await?;
