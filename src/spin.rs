@@ -5,18 +5,26 @@
 //! If the caller's runtime thread went to sleep meanwhile, the answer must wake it, and on a
 //! virtual machine an idle vCPU is halted: waking it cost 20–45 µs on the test VM, a fifth
 //! of a whole call. So when no other call is in flight, the caller's future polls its answer
-//! for up to a window (`latency.lone_call_spin_us`), yielding to the runtime between polls
-//! (other tasks still run), and only then sleeps. RocksDB's write threads wait the same way:
-//! spin, then yield, then block.
+//! for up to a window (`latency.lone_call_spin_us`), and only then sleeps. RocksDB's write
+//! threads wait the same way: spin, then yield, then block.
 //!
-//! Adaptive: a wait that its window did not cover (a slow disk, a stalled shard) costs
-//! [`MISS_COST`] credit, and while the credit is negative waits sleep at once, each earning one
-//! back. A ledger whose answers never come in time so polls on about one call in
-//! `MISS_COST + 1`; one whose answers come in time polls on every call.
+//! Between two polls the caller yields twice: to its runtime (other tasks still run), then its
+//! thread to the kernel (`sched_yield`). The second matters: a thread woken onto the CPU the
+//! caller polls on (the shard's, with the answer) does not preempt it at once, and without the
+//! yield it waited for the window to run out; on the test VM one lone call in nine then took
+//! 1.0–1.5 ms. A yield that takes long means another thread ran meanwhile; after
+//! [`SLOW_YIELDS`] of them with no answer, the CPU is wanted elsewhere and the caller sleeps
+//! (RocksDB's "slow yield" rule, with its 3 µs).
+//!
+//! Adaptive: a wait that its window did not cover (a slow disk, a stalled shard) or that ceded
+//! its CPU costs [`MISS_COST`] credit, and while the credit is negative waits sleep at once,
+//! each earning one back. A ledger whose answers never come in time so polls on about one call
+//! in `MISS_COST + 1`; one whose answers come in time polls on every call.
 //!
 //! `tally_lone_call_polls_total{outcome}` counts each lone call's wait: `answered` while
-//! polling, `timed_out` (the window ran out, then it slept) or `skipped` (no credit: it slept
-//! at once). With the window at zero nothing is counted.
+//! polling, `timed_out` (the window ran out, then it slept), `ceded` (other threads wanted the
+//! CPU, then it slept) or `skipped` (no credit: it slept at once). With the window at zero
+//! nothing is counted.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +35,10 @@ use tokio::sync::oneshot;
 pub const MISS_COST: i32 = 8;
 /// Most credit a run of answered polls builds up.
 pub const MAX_CREDIT: i32 = 8;
+/// A thread yield that takes this long let another thread run.
+pub const SLOW_YIELD: Duration = Duration::from_micros(3);
+/// Slow yields after which a poll gives its CPU up and sleeps.
+pub const SLOW_YIELDS: u32 = 3;
 
 /// Shared by every call of one ledger.
 pub struct SpinWait {
@@ -34,7 +46,16 @@ pub struct SpinWait {
     credit: AtomicI32,
     answered: metrics::Counter,
     timed_out: metrics::Counter,
+    ceded: metrics::Counter,
     skipped: metrics::Counter,
+}
+
+/// How a poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    Answered,
+    TimedOut,
+    Ceded,
 }
 
 impl SpinWait {
@@ -45,6 +66,7 @@ impl SpinWait {
             credit: AtomicI32::new(0),
             answered: polls("answered"),
             timed_out: polls("timed_out"),
+            ceded: polls("ceded"),
             skipped: polls("skipped"),
         }
     }
@@ -54,20 +76,28 @@ impl SpinWait {
     pub async fn wait<T>(&self, mut answer: oneshot::Receiver<T>, lone: bool) -> Option<T> {
         if lone && self.should_poll() {
             let started = Instant::now();
+            let mut slow_yields = SlowYields::default();
             loop {
                 match answer.try_recv() {
                     Ok(value) => {
-                        self.book_poll(true);
+                        self.book_poll(Polled::Answered);
                         return Some(value);
                     }
                     Err(oneshot::error::TryRecvError::Closed) => return None,
                     Err(oneshot::error::TryRecvError::Empty) => {}
                 }
                 if started.elapsed() >= self.window {
-                    self.book_poll(false);
+                    self.book_poll(Polled::TimedOut);
+                    break;
+                }
+                if slow_yields.ceded() {
+                    self.book_poll(Polled::Ceded);
                     break;
                 }
                 tokio::task::yield_now().await;
+                let yielded = Instant::now();
+                std::thread::yield_now();
+                slow_yields.note(yielded.elapsed());
             }
         }
         answer.await.ok()
@@ -87,12 +117,13 @@ impl SpinWait {
     }
 
     /// Books a polled wait: answered within the window, or not.
-    fn book_poll(&self, in_time: bool) {
-        if in_time {
-            self.answered.increment(1);
-        } else {
-            self.timed_out.increment(1);
+    fn book_poll(&self, polled: Polled) {
+        match polled {
+            Polled::Answered => self.answered.increment(1),
+            Polled::TimedOut => self.timed_out.increment(1),
+            Polled::Ceded => self.ceded.increment(1),
         }
+        let in_time = polled == Polled::Answered;
         let update = |credit: i32| {
             Some(if in_time {
                 (credit + 1).min(MAX_CREDIT)
@@ -109,6 +140,24 @@ impl SpinWait {
     #[cfg(test)]
     fn credit(&self) -> i32 {
         self.credit.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts the thread yields of one poll that let another thread run.
+#[derive(Debug, Default)]
+struct SlowYields(u32);
+
+impl SlowYields {
+    /// Notes how long one `sched_yield` took.
+    fn note(&mut self, took: Duration) {
+        if took >= SLOW_YIELD {
+            self.0 += 1;
+        }
+    }
+
+    /// Whether the poll should give its CPU up.
+    fn ceded(&self) -> bool {
+        self.0 >= SLOW_YIELDS
     }
 }
 
@@ -167,12 +216,26 @@ mod tests {
     fn credit_is_capped_and_a_miss_after_a_good_run_still_backs_off() {
         let spin = SpinWait::new(Duration::from_micros(100));
         for _ in 0..3 * MAX_CREDIT {
-            spin.book_poll(true);
+            spin.book_poll(Polled::Answered);
         }
         assert_eq!(spin.credit(), MAX_CREDIT);
-        spin.book_poll(false);
+        spin.book_poll(Polled::Ceded);
         assert_eq!(spin.credit(), -MISS_COST);
         assert!(!spin.should_poll());
+    }
+
+    #[test]
+    fn a_poll_cedes_its_cpu_after_three_slow_yields() {
+        let mut yields = SlowYields::default();
+        for _ in 0..100 {
+            yields.note(Duration::from_nanos(400));
+        }
+        assert!(!yields.ceded(), "fast yields: nobody else wanted the CPU");
+        yields.note(SLOW_YIELD);
+        yields.note(Duration::from_micros(40));
+        assert!(!yields.ceded(), "two slow yields are not enough");
+        yields.note(Duration::from_micros(5));
+        assert!(yields.ceded());
     }
 
     #[test]
