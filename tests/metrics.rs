@@ -94,8 +94,8 @@ async fn operations_wal_checkpoints_and_recovery_are_measured() {
     );
     assert_eq!(samples("tally_op_latency_seconds", &[("op", "submit")]), 1);
     // The four mints and transfers ran one at a time, so each was alone in flight and its wait
-    // polled for its answer, ran out of time, gave its CPU up, or skipped polling: once each.
-    let waits: u64 = ["answered", "timed_out", "ceded", "skipped"]
+    // polled for its answer, ran out of time, or skipped polling: once each.
+    let waits: u64 = ["answered", "timed_out", "skipped"]
         .iter()
         .filter_map(
             |outcome| match find("tally_lone_call_polls_total", &[("outcome", outcome)]) {
