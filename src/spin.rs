@@ -12,8 +12,8 @@
 //! thread to the kernel (`sched_yield`). The second matters: a thread woken onto the CPU the
 //! caller polls on (the shard's, with the answer) does not preempt it at once, and without the
 //! yield it waited for the window to run out; on the test VM one lone call in nine then took
-//! 1.0–1.5 ms. A yield hands the CPU to any thread that wants it, so a poll costs other
-//! threads little. Giving the CPU up after a few "slow" yields (RocksDB's rule: another thread
+//! 1.0–1.5 ms. A yield hands the CPU to any thread that wants it, which then runs at once.
+//! Giving the CPU up after a few "slow" yields (RocksDB's rule: another thread
 //! ran meanwhile) was measured and dropped: here the threads that run during the yield are
 //! mostly the ones serving this very call, and sleeping then only added a wake-up.
 //!
@@ -76,6 +76,8 @@ impl SpinWait {
                     break;
                 }
                 tokio::task::yield_now().await;
+                // A thread woken onto this CPU, maybe the one with the answer, runs now
+                // rather than when the window runs out.
                 std::thread::yield_now();
             }
         }
