@@ -13,9 +13,9 @@
 //! caller polls on (the shard's, with the answer) does not preempt it at once, and without the
 //! yield it waited for the window to run out; on the test VM one lone call in nine then took
 //! 1.0–1.5 ms. A yield hands the CPU to any thread that wants it, which then runs at once.
-//! Giving the CPU up after a few "slow" yields (RocksDB's rule: another thread
-//! ran meanwhile) was measured and dropped: here the threads that run during the yield are
-//! mostly the ones serving this very call, and sleeping then only added a wake-up.
+//! Giving the CPU up after a few "slow" yields (RocksDB's rule: another thread ran meanwhile)
+//! was measured and dropped: here the threads that run during the yield are mostly the ones
+//! serving this very call, and sleeping then only added a wake-up.
 //!
 //! Adaptive: a wait that its window did not cover (a slow disk, a stalled shard) costs
 //! [`MISS_COST`] credit, and while the credit is negative waits sleep at once, each earning one
