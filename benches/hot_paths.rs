@@ -86,53 +86,60 @@ fn wal(c: &mut Criterion) {
             );
         })
     });
-    // 1024 records per append, one fdatasync per group: the group-commit path of one shard.
-    group.throughput(Throughput::Elements(1024));
+    // `records` records per append, one fdatasync per group: the group-commit path of one
+    // shard. 64 records (~6 KiB) is the group of 256 callers of single transfers; 1024 that of
+    // batches.
     group.sample_size(20);
-    group.bench_function("append_1024_records_and_sync", |b| {
-        let dir = tempfile::tempdir_in(".").unwrap();
-        let start = scan(dir.path(), 1).unwrap();
-        let writer = WalWriter::open(
-            tally::internals::io::real(),
-            dir.path(),
-            &start.segments,
-            &start.tail,
-            256 << 20,
-        )
-        .unwrap();
-        let shared = Arc::new(WalShared::default());
-        let (done_sender, done) = std::sync::mpsc::channel::<u64>();
-        let (sender, _thread) = spawn_group_commit(
-            0,
-            writer,
-            SyncPolicy::Always {
-                lazy_max: std::time::Duration::ZERO,
+    for records_per_group in [64u64, 1024] {
+        group.throughput(Throughput::Elements(records_per_group));
+        group.bench_function(
+            format!("append_{records_per_group}_records_and_sync"),
+            |b| {
+                let dir = tempfile::tempdir_in(".").unwrap();
+                let start = scan(dir.path(), 1).unwrap();
+                let writer = WalWriter::open(
+                    tally::internals::io::real(),
+                    dir.path(),
+                    &start.segments,
+                    &start.tail,
+                    256 << 20,
+                )
+                .unwrap();
+                let shared = Arc::new(WalShared::default());
+                let (done_sender, done) = std::sync::mpsc::channel::<u64>();
+                let (sender, _thread) = spawn_group_commit(
+                    0,
+                    writer,
+                    SyncPolicy::Always {
+                        lazy_max: std::time::Duration::ZERO,
+                    },
+                    shared,
+                    move |round| {
+                        for ack in round.acks {
+                            let _ = done_sender.send(ack);
+                        }
+                    },
+                )
+                .unwrap();
+                let mut lsn = 1;
+                b.iter(|| {
+                    let bytes = records(lsn, records_per_group);
+                    let batch = Batch {
+                        bytes,
+                        first_lsn: lsn,
+                        last_lsn: lsn + records_per_group - 1,
+                        index: None,
+                        acks: vec![lsn],
+                        urgent: false,
+                        lazy: false,
+                    };
+                    sender.send(Command::Append(batch)).unwrap();
+                    done.recv().unwrap();
+                    lsn += records_per_group;
+                })
             },
-            shared,
-            move |round| {
-                for ack in round.acks {
-                    let _ = done_sender.send(ack);
-                }
-            },
-        )
-        .unwrap();
-        let mut lsn = 1;
-        b.iter(|| {
-            let bytes = records(lsn, 1024);
-            let batch = Batch {
-                bytes,
-                first_lsn: lsn,
-                last_lsn: lsn + 1023,
-                index: None,
-                acks: vec![lsn],
-                urgent: false,
-                lazy: false,
-            };
-            sender.send(Command::Append(batch)).unwrap();
-            done.recv().unwrap();
-            lsn += 1024;
-        })
-    });
+        );
+    }
     group.finish();
 }
 
