@@ -266,6 +266,18 @@ fn load_json_has_every_key_and_consistent_values() {
     assert!(number("p999_us") <= number("max_us"));
     assert!(number("wal_bytes") > 0.0);
     assert!(number("peak_rss_bytes") > 1e6);
+    assert!(number("cpu_seconds") > 0.0, "the transfers took CPU");
+    let per_transfer = number("cpu_us_per_transfer");
+    assert!(
+        (per_transfer - number("cpu_seconds") * 1e6 / 300.0).abs() < 1e-6 * per_transfer.max(1.0),
+        "{summary}"
+    );
+    // No clock tick may pass in so short a run; when one does, steal is a share.
+    let steal = &summary["steal_percent"];
+    assert!(
+        steal.is_null() || steal.as_f64().is_some_and(|s| (0.0..=100.0).contains(&s)),
+        "{summary}"
+    );
     assert_eq!(number("applied") + number("rejected"), 300.0);
     assert_eq!(summary["durability"], "periodic");
     assert_eq!(summary["skew"], "zipf");

@@ -1,6 +1,9 @@
 //! `peers`: tally against SQLite and redb on the same durable transfer workload, in one run on
 //! one machine. See README.md (it also says why RocksDB is not here).
 
+// The CPU and steal figures of `tally load`, shared with it.
+#[path = "../../src/bin/tally/cpu.rs"]
+mod cpu;
 mod floor;
 mod peer;
 mod redb_store;
@@ -107,10 +110,20 @@ struct Row {
     /// This row's transfers/s divided by tally's at the same batch and skew (tally's figure
     /// at batch 1 is its concurrent single calls).
     ratio_to_tally: Option<f64>,
+    /// CPU time of this process (every store runs in it) per transfer, in microseconds.
+    cpu_us_per_transfer: Option<f64>,
+    /// The host's steal during the row, as a share of the machine's CPU time.
+    steal_percent: Option<f64>,
 }
 
 impl Row {
-    fn new(store: Store, mode: String, skew: Option<Skew>, batch: usize, mut m: Measured) -> Self {
+    fn new(
+        store: Store,
+        mode: String,
+        skew: Option<Skew>,
+        batch: usize,
+        (mut m, cpu): (Measured, cpu::CpuUse),
+    ) -> Self {
         let row = Row {
             store: store.name(),
             mode,
@@ -124,6 +137,10 @@ impl Row {
             p50_us: m.latencies.percentile_us(0.5),
             p99_us: m.latencies.percentile_us(0.99),
             ratio_to_tally: None,
+            cpu_us_per_transfer: cpu
+                .process_seconds
+                .map(|seconds| seconds * 1e6 / m.transfers.max(1) as f64),
+            steal_percent: cpu.steal_percent,
         };
         eprintln!(
             "  {:<12} {:<34} {:<8} batch {:>5}: {:>10.0} transfers/s  p50 {:>9.1} us  p99 {:>9.1} us  ({} transfers, {:.1} s)",
@@ -262,7 +279,9 @@ fn main() -> anyhow::Result<()> {
             (true, "pwrite 80 B + fdatasync, preallocated"),
             (false, "pwrite 80 B + fdatasync, appending"),
         ] {
+            let mark = cpu::CpuMark::now();
             let measured = floor::run(root.path(), args.single_transfers, preallocated)?;
+            let measured = (measured, mark.until(&cpu::CpuMark::now()));
             rows.push(Row::new(Store::Floor, mode.into(), None, 1, measured));
         }
     }
@@ -426,7 +445,9 @@ fn run_peer(
         started.elapsed().as_secs_f64()
     );
     for (batch, list) in &lists.per_batch {
+        let mark = cpu::CpuMark::now();
         let measured = peer::run(peer, keys, list, *batch)?;
+        let measured = (measured, mark.until(&cpu::CpuMark::now()));
         model.apply(list);
         let mode = if *batch == 1 {
             "1 caller, 1 transfer per txn".to_string()
@@ -461,18 +482,24 @@ async fn run_tally(
     );
     for (batch, list) in &lists.per_batch {
         if *batch == 1 {
+            let mark = cpu::CpuMark::now();
             let measured = tally_store::sequential_single(&ledger, keys, list).await?;
+            let measured = (measured, mark.until(&cpu::CpuMark::now()));
             model.apply(list);
             let mode = "1 caller, transfer() calls".to_string();
             rows.push(Row::new(Store::Tally, mode, Some(skew), 1, measured));
             let list = &lists.tally_concurrent;
+            let mark = cpu::CpuMark::now();
             let measured = tally_store::concurrent_single(&ledger, keys, list, args.tasks).await?;
+            let measured = (measured, mark.until(&cpu::CpuMark::now()));
             model.apply(list);
             let mode = format!("{} tasks, transfer() calls", args.tasks);
             rows.push(Row::new(Store::Tally, mode, Some(skew), 1, measured));
         } else {
+            let mark = cpu::CpuMark::now();
             let measured =
                 tally_store::batched(&ledger, keys, list, *batch, args.submitters).await?;
+            let measured = (measured, mark.until(&cpu::CpuMark::now()));
             model.apply(list);
             let mode = format!("{} tasks, submit({batch})", args.submitters);
             rows.push(Row::new(Store::Tally, mode, Some(skew), *batch, measured));
@@ -507,14 +534,19 @@ fn print_table(report: &Report, total_seconds: f64) {
         report.tally_tasks
     );
     println!("Ratio = this row's transfers/s / tally's at the same batch and skew.");
+    println!(
+        "CPU = this process's CPU time per transfer during the row (every store runs in it); \
+         steal = the share of the machine's CPU time the host took meanwhile (rows at very \
+         different steal do not compare)."
+    );
     println!();
     println!(
-        "| store | how | skew | transfers/commit | transfers/s | p50 per commit | p99 per commit | ratio to tally |"
+        "| store | how | skew | transfers/commit | transfers/s | p50 per commit | p99 per commit | ratio to tally | CPU per transfer | steal |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in &report.rows {
         println!(
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             row.store,
             row.mode,
             row.skew.map_or("-", Skew::name),
@@ -523,7 +555,11 @@ fn print_table(report: &Report, total_seconds: f64) {
             micros(row.p50_us),
             micros(row.p99_us),
             row.ratio_to_tally
-                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"))
+                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
+            row.cpu_us_per_transfer
+                .map_or_else(|| "-".to_string(), |us| format!("{us:.1} us")),
+            row.steal_percent
+                .map_or_else(|| "-".to_string(), |steal| format!("{steal:.1}%"))
         );
     }
     let rejected: u64 = report.rows.iter().map(|r| r.rejected).sum();

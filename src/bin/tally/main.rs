@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a failed operation, a failed check (`verify`, the conservation check
 //! of `load`) or any error; 2 a command line clap cannot parse. Errors are one line on stderr.
 
+mod cpu;
 mod crashtest;
 mod report;
 
@@ -438,6 +439,8 @@ struct LoadSummary {
     rejected: u64,
     seconds: f64,
     latency: Histogram<u64>,
+    /// The CPU the transfers took, and the host's steal meanwhile.
+    cpu: cpu::CpuUse,
     stats: Stats,
     shutdown_seconds: f64,
     peak_rss_bytes: Option<u64>,
@@ -573,6 +576,7 @@ async fn run_load(
         rejected: transfers.rejected,
         seconds: transfers.seconds,
         latency: transfers.latency,
+        cpu: transfers.cpu,
         stats,
         // Filled in after the shutdown.
         shutdown_seconds: 0.0,
@@ -591,6 +595,7 @@ struct TransferTotals {
     rejected: u64,
     seconds: f64,
     latency: Histogram<u64>,
+    cpu: cpu::CpuUse,
 }
 
 /// Runs `args.transfers` random transfers from `args.clients` tasks; stops early on a signal.
@@ -606,6 +611,7 @@ async fn transfer_phase(
     progress.set_message("transfers");
     let picker = std::sync::Arc::new(Picker::new(args.skew, keys.len()));
     let mut rng = rand::thread_rng();
+    let cpu_at_start = cpu::CpuMark::now();
     let started = Instant::now();
     let mut clients = Vec::new();
     for client in 0..args.clients {
@@ -629,6 +635,7 @@ async fn transfer_phase(
         rejected: 0,
         seconds: 0.0,
         latency: new_histogram()?,
+        cpu: cpu::CpuUse::default(),
     };
     for client in clients {
         let outcome = client
@@ -642,6 +649,7 @@ async fn transfer_phase(
             .map_err(|e| CliError(format!("merging latencies: {e}")))?;
     }
     totals.seconds = started.elapsed().as_secs_f64();
+    totals.cpu = cpu_at_start.until(&cpu::CpuMark::now());
     Ok(totals)
 }
 
@@ -1094,6 +1102,7 @@ fn result_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
         ms(latency.value_at_quantile(0.999)),
         ms(latency.max())
     ));
+    lines.push(cpu_line(summary));
     lines.push(format!(
         "  fsyncs         {} ({:.0} transfers per fsync)",
         group_digits(totals.fsyncs as u128),
@@ -1120,6 +1129,29 @@ fn result_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
             .peak_rss_bytes
             .map_or_else(|| "unknown".into(), human_bytes)
     ));
+}
+
+/// CPU per transfer is what a CPU-bound run's rate follows; steal says how much of the machine
+/// the host took meanwhile (runs on a shared host are comparable only at similar steal).
+fn cpu_line(summary: &LoadSummary) -> String {
+    let steal = summary.cpu.steal_percent.map_or_else(String::new, |steal| {
+        format!("; host steal {steal:.1}% of the machine's CPU time")
+    });
+    match cpu_us_per_transfer(summary) {
+        Some(per_transfer) => format!(
+            "  CPU            {:.2} s of this process during the transfers ({per_transfer:.1} us per transfer){steal}",
+            summary.cpu.process_seconds.unwrap_or(0.0)
+        ),
+        None => format!("  CPU            unknown{steal}"),
+    }
+}
+
+fn cpu_us_per_transfer(summary: &LoadSummary) -> Option<f64> {
+    let transfers = (summary.applied + summary.rejected).max(1) as f64;
+    summary
+        .cpu
+        .process_seconds
+        .map(|seconds| seconds * 1e6 / transfers)
 }
 
 fn conservation_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
@@ -1167,6 +1199,9 @@ fn summary_json(summary: &LoadSummary) -> serde_json::Value {
         "p99_us": latency.value_at_quantile(0.99),
         "p999_us": latency.value_at_quantile(0.999),
         "max_us": latency.max(),
+        "cpu_seconds": summary.cpu.process_seconds,
+        "cpu_us_per_transfer": cpu_us_per_transfer(summary),
+        "steal_percent": summary.cpu.steal_percent,
         "fsyncs": totals.fsyncs,
         "wal_bytes": totals.wal_bytes,
         "checkpoints": totals.checkpoints,
