@@ -51,9 +51,12 @@ pub const ZERO_AHEAD: u64 = 2 << 20;
 /// The block the zeros start on: the page size, and ext4's block.
 const ZERO_ALIGN: u64 = 4096;
 
-/// What zeros are written from. In `.bss`: it takes no memory until read, and reading maps the
-/// kernel's shared zero page.
-static ZEROS: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
+/// What zeros are written from: allocated zeroed once (calloc, so fresh pages that cost no
+/// memory until written; a `static` array would sit in the binary's read-only data).
+fn zeros() -> &'static [u8] {
+    static ZEROS: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+    ZEROS.get_or_init(|| vec![0; ZERO_AHEAD as usize].into_boxed_slice())
+}
 
 /// The segment files of one shard's WAL and the position of the next record.
 #[derive(Debug)]
@@ -258,9 +261,14 @@ impl WalWriter {
             return;
         }
         let start = self.zeroed.max(self.offset).next_multiple_of(ZERO_ALIGN);
-        let end = (self.offset.next_multiple_of(ZERO_ALIGN) + ZERO_AHEAD).min(self.zero_limit);
-        if start < end {
-            let zeros = &ZEROS[..(end - start) as usize];
+        let end = (self.offset.next_multiple_of(ZERO_ALIGN))
+            .saturating_add(ZERO_AHEAD)
+            .min(self.zero_limit);
+        // At most `ZERO_AHEAD` bytes: both ends lie within that distance of the last record.
+        let zeros = usize::try_from(end.saturating_sub(start))
+            .ok()
+            .and_then(|len| zeros().get(..len));
+        if let Some(zeros) = zeros.filter(|zeros| !zeros.is_empty()) {
             if let Err(error) = self.io.write_at(&self.file, &self.path, zeros, start) {
                 tracing::warn!(path = %self.path.display(), offset = start, %error,
                     "could not write zeros ahead of the WAL's records; going on without");
@@ -1007,7 +1015,7 @@ mod tests {
         assert_eq!(after.tail.next_lsn, lsn);
     }
 
-    /// Real I/O that notes every `write_at` (offset, length, all zeros?) and every length set.
+    /// Real I/O that notes every `write_at`: offset, length, and whether it wrote only zeros.
     #[derive(Debug, Default)]
     struct Noting {
         writes: std::sync::Mutex<Vec<(u64, u64, bool)>>,
