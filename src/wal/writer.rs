@@ -967,18 +967,16 @@ mod tests {
         bytes
     }
 
+    /// A writer over `dir`'s WAL as recovery leaves it (scanned from LSN 1).
+    fn writer_in(io: SharedIo, dir: &Path, segment_bytes: u64) -> WalWriter {
+        let scanned = scan(dir, 1).unwrap();
+        WalWriter::open(io, dir, &scanned.segments, &scanned.tail, segment_bytes).unwrap()
+    }
+
     #[test]
     fn appends_rotate_truncate_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let initial = scan(dir.path(), 1).unwrap();
-        let mut writer = WalWriter::open(
-            crate::storage::io::real(),
-            dir.path(),
-            &initial.segments,
-            &initial.tail,
-            64 << 10,
-        )
-        .unwrap();
+        let mut writer = writer_in(crate::storage::io::real(), dir.path(), 64 << 10);
         let mut lsn = 1;
         for _ in 0..40 {
             writer
@@ -1079,15 +1077,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let segment_bytes = 5 << 20;
         let io = Arc::new(Noting::default());
-        let initial = scan(dir.path(), 1).unwrap();
-        let mut writer = WalWriter::open(
-            io.clone(),
-            dir.path(),
-            &initial.segments,
-            &initial.tail,
-            segment_bytes,
-        )
-        .unwrap();
+        let mut writer = writer_in(io.clone(), dir.path(), segment_bytes);
         let mut lsn = 1;
         let mut records_end = 0;
         let mut zeros_at = Vec::new();
@@ -1147,28 +1137,11 @@ mod tests {
     #[test]
     fn zeros_stay_in_the_segment_and_their_failure_is_not_the_records() {
         let dir = tempfile::tempdir().unwrap();
-        let initial = scan(dir.path(), 1).unwrap();
-        let mut writer = WalWriter::open(
-            crate::storage::io::real(),
-            dir.path(),
-            &initial.segments,
-            &initial.tail,
-            64 << 10,
-        )
-        .unwrap();
+        let mut writer = writer_in(crate::storage::io::real(), dir.path(), 64 << 10);
         writer.append(&mut records(1, 10), 1, 10, None).unwrap();
         writer.sync().unwrap();
         drop(writer);
-        let faults = crate::storage::io::FaultyIo::new();
-        let resumed = scan(dir.path(), 1).unwrap();
-        let mut writer = WalWriter::open(
-            faults.clone(),
-            dir.path(),
-            &resumed.segments,
-            &resumed.tail,
-            16 << 20,
-        )
-        .unwrap();
+        let mut writer = writer_in(crate::storage::io::real(), dir.path(), 16 << 20);
         writer.append(&mut records(11, 10), 11, 20, None).unwrap();
         let path = segment_path(dir.path(), 1);
         assert_eq!(
@@ -1180,15 +1153,7 @@ mod tests {
         // A new segment whose first zeros fail (the second write to it): its records do not.
         let faults = crate::storage::io::FaultyIo::new();
         let dir = tempfile::tempdir().unwrap();
-        let initial = scan(dir.path(), 1).unwrap();
-        let mut writer = WalWriter::open(
-            faults.clone(),
-            dir.path(),
-            &initial.segments,
-            &initial.tail,
-            16 << 20,
-        )
-        .unwrap();
+        let mut writer = writer_in(faults.clone(), dir.path(), 16 << 20);
         faults.inject(
             crate::storage::io::FaultOp::Write,
             "wal-",
@@ -1217,15 +1182,7 @@ mod tests {
         dir: &Path,
         lazy_max: Duration,
     ) -> (WalHandle<u64>, Arc<WalShared>, mpsc::Receiver<u64>) {
-        let initial = scan(dir, 1).unwrap();
-        let writer = WalWriter::open(
-            crate::storage::io::real(),
-            dir,
-            &initial.segments,
-            &initial.tail,
-            1 << 20,
-        )
-        .unwrap();
+        let writer = writer_in(crate::storage::io::real(), dir, 1 << 20);
         let shared = Arc::new(WalShared::default());
         let (report, reports) = mpsc::channel();
         let (handle, _thread) = spawn_group_commit(
