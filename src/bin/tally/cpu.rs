@@ -1,7 +1,7 @@
 //! What the transfers of `tally load` cost in CPU, and how much CPU the host took away.
 //!
 //! The CPU time of this process per transfer is what a CPU-bound run's throughput follows, and it
-//! moves far less between runs than the throughput does on a shared host. Steal is the share of
+//! moves less between runs than the throughput does on a shared host. Steal is the share of
 //! the machine's CPU time that its hypervisor gave to someone else while the vCPUs wanted to
 //! run: on the 2-vCPU VM of the README it was 0–2% in fast runs and 10–20% in slow ones of the
 //! same build, so a figure reported without it cannot be compared with another.
