@@ -86,8 +86,8 @@ fn wal(c: &mut Criterion) {
             );
         })
     });
-    // `records` records per append, one fdatasync per group: the group-commit path of one
-    // shard. 64 records (~6 KiB) is the group of 256 callers of single transfers; 1024 that of
+    // `records_per_group` records per append, one fdatasync per group: the group-commit path of
+    // one shard. 64 records (~6 KiB) is the group of 256 callers of single transfers; 1024 that of
     // batches.
     group.sample_size(20);
     for records_per_group in [64u64, 1024] {
