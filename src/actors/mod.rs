@@ -16,6 +16,7 @@
 pub mod books;
 pub mod checkpoint;
 pub mod early;
+pub mod inbox;
 pub mod messages;
 pub mod router;
 pub mod shard;

@@ -13,6 +13,7 @@ use siphasher::sip::SipHasher13;
 use tokio::sync::oneshot;
 
 use super::books::Books;
+use super::inbox::{Gather, Inbox, Pushed};
 use super::messages::*;
 use super::shard::{ShardActor, ShardGauges};
 use crate::error::{LedgerError, Result};
@@ -25,6 +26,8 @@ use crate::wal::record::Refusal;
 #[derive(Clone)]
 pub struct Routing {
     shards: Vec<Addr<ShardActor>>,
+    /// Each shard's inbox of single ops.
+    inboxes: Vec<Arc<Inbox>>,
     gauges: Vec<Arc<ShardGauges>>,
     seed: [u64; 2],
     books: Arc<Books>,
@@ -42,12 +45,14 @@ struct BatchRun {
 impl Routing {
     pub fn new(
         shards: Vec<Addr<ShardActor>>,
+        inboxes: Vec<Arc<Inbox>>,
         gauges: Vec<Arc<ShardGauges>>,
         seed: [u64; 2],
         books: Arc<Books>,
     ) -> Self {
         Routing {
             shards,
+            inboxes,
             gauges,
             seed,
             books,
@@ -144,7 +149,23 @@ impl Routing {
     pub async fn send_one(&self, op: Op, claim: ClaimGuard, completion: Completion) -> Result<()> {
         let (shard, shard_op) = self.route(op, claim)?;
         let address = &self.shards[shard as usize];
-        let message = self.message(shard as usize, vec![(shard_op, completion)], None, None);
+        // Through the shard's inbox (see `inbox`); a full inbox sends the op on its own.
+        let entry = match self.inboxes.get(shard as usize) {
+            Some(inbox) => match inbox.push((shard_op, completion)) {
+                // Unbounded: the inbox bounds what it holds, and one gather is on its way
+                // per emptying of it.
+                Pushed::First => return Ok(address.do_send(Gather)),
+                Pushed::Joined => return Ok(()),
+                Pushed::Closed(entry) => {
+                    // The op drops first (a mint's reservation goes back), then its completion.
+                    drop(entry);
+                    return Err(LedgerError::Closed);
+                }
+                Pushed::Full(entry) => entry,
+            },
+            None => (shard_op, completion),
+        };
+        let message = self.message(shard as usize, vec![entry], None, None);
         match address.try_send(message) {
             Ok(()) => Ok(()),
             Err(SendError::Full(message)) => {

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::books::{Logged, ShardBooks};
 use super::early::EarlyCredits;
+use super::inbox::{Gather, Inbox};
 use super::messages::*;
 use crate::config::Durability;
 use crate::error::{LedgerError, Result};
@@ -92,6 +93,8 @@ pub struct ShardContext {
     pub books: Arc<ShardBooks>,
     pub wal: Arc<WalShared>,
     pub gauges: Arc<ShardGauges>,
+    /// Single ops sent to this shard (see [`super::inbox`]).
+    pub inbox: Arc<Inbox>,
     pub mailbox_capacity: usize,
 }
 
@@ -111,6 +114,8 @@ pub struct ShardActor {
     checkpoint_requested: Vec<CheckpointWaiter>,
     /// Credits of running batches that landed before debits they must not be seen by.
     early: EarlyCredits,
+    /// The buffer the inbox's ops are taken into (kept empty between gathers, with its room).
+    gathered: Vec<super::inbox::Entry>,
 }
 
 impl ShardActor {
@@ -149,6 +154,7 @@ impl ShardActor {
             checkpointing: None,
             checkpoint_requested: Vec::new(),
             early: EarlyCredits::default(),
+            gathered: Vec::new(),
         })
     }
 
@@ -494,6 +500,8 @@ impl ShardActor {
 
 impl Drop for ShardActor {
     fn drop(&mut self) {
+        // Ops still in the inbox drop unrun, and their callers are answered `Closed`.
+        drop(self.context.inbox.close());
         self.stop_wal();
     }
 }
@@ -542,9 +550,39 @@ impl Handler<ShardOps> for ShardActor {
             Err(poisoned) => poisoned.into_inner(),
         });
         let held = shared.as_deref_mut().unwrap_or(&mut own);
+        self.apply_all(ops, held, batch.as_ref(), ctx);
+    }
+}
+
+impl Handler<Gather> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Gather, ctx: &mut Context<Self>) {
+        let mut gathered = std::mem::take(&mut self.gathered);
+        self.context.inbox.take(&mut gathered);
+        if gathered.is_empty() {
+            // An earlier gather took these ops already.
+            self.gathered = gathered;
+            return;
+        }
+        // Single ops: no batch, and nothing held back.
+        self.apply_all(gathered.drain(..), &mut HashSet::new(), None, ctx);
+        self.gathered = gathered;
+    }
+}
+
+impl ShardActor {
+    /// Applies `ops` in order, then ends the group commit or schedules its end.
+    fn apply_all(
+        &mut self,
+        ops: impl IntoIterator<Item = (ShardOp, Completion)>,
+        held: &mut HashSet<Pubkey>,
+        batch: Option<&Arc<BatchMark>>,
+        ctx: &mut Context<Self>,
+    ) {
         self.state.read_clock();
         for (op, completion) in ops {
-            self.apply(op, completion, held, batch.as_ref());
+            self.apply(op, completion, held, batch);
         }
         self.state.release_clock();
         // A group commit ends when the mailbox is drained, or once it holds `FLUSH_OPS` ops:

@@ -9,6 +9,7 @@ use actix::prelude::*;
 
 use super::books::{Books, ShardBooks};
 use super::checkpoint::Checkpointer;
+use super::inbox::Inbox;
 use super::router::Routing;
 use super::shard::{ShardActor, ShardContext, ShardGauges};
 use crate::config::Config;
@@ -142,6 +143,7 @@ struct StartedShards {
     addresses: Vec<Addr<ShardActor>>,
     wals: Vec<Arc<WalShared>>,
     gauges: Vec<Arc<ShardGauges>>,
+    inboxes: Vec<Arc<Inbox>>,
 }
 
 fn start_shards(
@@ -159,12 +161,14 @@ fn start_shards(
         );
         let gauges = Arc::new(ShardGauges::default());
         gauges.mark_checkpoint();
+        let inbox = Arc::new(Inbox::new(config.mailbox_capacity, gauges.clone()));
         let context = ShardContext {
             peers: started.peers.clone(),
             logs: history.logs.clone(),
             books: ShardBooks::new(books.clone()),
             wal: wal.clone(),
             gauges: gauges.clone(),
+            inbox: inbox.clone(),
             mailbox_capacity: config.mailbox_capacity,
         };
         let actor = ShardActor::new(shard.state, shard.wal, config.durability, context)?;
@@ -177,6 +181,7 @@ fn start_shards(
         started.arbiters.push(arbiter);
         started.wals.push(wal);
         started.gauges.push(gauges);
+        started.inboxes.push(inbox);
     }
     Ok(())
 }
@@ -192,6 +197,7 @@ fn start_control(
 ) -> Parts {
     let routing = Routing::new(
         started.addresses.clone(),
+        started.inboxes.clone(),
         started.gauges.clone(),
         hash_seed,
         books,
