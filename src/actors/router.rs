@@ -154,7 +154,10 @@ impl Routing {
             Some(inbox) => match inbox.push((shard_op, completion)) {
                 // Unbounded: the inbox bounds what it holds, and one gather is on its way
                 // per emptying of it.
-                Pushed::First => return Ok(address.do_send(Gather)),
+                Pushed::First => {
+                    address.do_send(Gather);
+                    return Ok(());
+                }
                 Pushed::Joined => return Ok(()),
                 Pushed::Closed(entry) => {
                     // The op drops first (a mint's reservation goes back), then its completion.
