@@ -806,43 +806,58 @@ async fn run_client(work: ClientWork) -> Result<ClientOutcome, CliError> {
     let mut left = work.transfers;
     while left > 0 && !work.stop.stopped() {
         let size = left.min(work.batch as u64) as usize;
-        let transfers: Vec<(TransferId, Pubkey, Pubkey, u64)> = (0..size)
-            .map(|_| {
-                let (from, to, amount) = random_transfer(&mut rng, &work.keys, &work.picker);
-                (work.ids.next(&mut rng), from, to, amount)
-            })
-            .collect();
-        let started = Instant::now();
-        let results = if let [(id, from, to, amount)] = transfers[..] {
-            vec![work.ledger.transfer(id, from, to, amount).await]
+        if size == 1 {
+            // A single call allocates nothing here: the workload's own `Vec`s were a third of
+            // the process's allocations under 256 tasks of single calls.
+            let (from, to, amount) = random_transfer(&mut rng, &work.keys, &work.picker);
+            let id = work.ids.next(&mut rng);
+            let started = Instant::now();
+            let result = work.ledger.transfer(id, from, to, amount).await;
+            outcome.record(started);
+            outcome.count(result)?;
         } else {
-            let ops = transfers
-                .into_iter()
-                .map(|(id, from, to, amount)| Op::Transfer {
-                    id,
-                    from,
-                    to,
-                    amount,
-                    user_data: 0,
+            let ops: Vec<Op> = (0..size)
+                .map(|_| {
+                    let (from, to, amount) = random_transfer(&mut rng, &work.keys, &work.picker);
+                    Op::Transfer {
+                        id: work.ids.next(&mut rng),
+                        from,
+                        to,
+                        amount,
+                        user_data: 0,
+                    }
                 })
                 .collect();
-            work.ledger.submit(ops).await?
-        };
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        outcome
-            .latency
-            .saturating_record(micros.clamp(1, LATENCY_MAX_US));
-        for result in results {
-            match result {
-                Ok(_) => outcome.applied += 1,
-                Err(LedgerError::InsufficientFunds { .. }) => outcome.rejected += 1,
-                Err(error) => return Err(error.into()),
+            let started = Instant::now();
+            let results = work.ledger.submit(ops).await?;
+            outcome.record(started);
+            for result in results {
+                outcome.count(result)?;
             }
         }
         work.progress.inc(size as u64);
         left -= size as u64;
     }
     Ok(outcome)
+}
+
+impl ClientOutcome {
+    /// Records the latency of a call that began at `started`.
+    fn record(&mut self, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency
+            .saturating_record(micros.clamp(1, LATENCY_MAX_US));
+    }
+
+    /// Counts one transfer's outcome; any error but insufficient funds ends the client.
+    fn count<T>(&mut self, result: Result<T, LedgerError>) -> Result<(), CliError> {
+        match result {
+            Ok(_) => self.applied += 1,
+            Err(LedgerError::InsufficientFunds { .. }) => self.rejected += 1,
+            Err(error) => return Err(error.into()),
+        }
+        Ok(())
+    }
 }
 
 /// (from, to, amount) between two distinct accounts.
