@@ -133,6 +133,8 @@ impl Config {
         self
     }
 
+    /// Single calls a shard queues in its inbox, and then messages in its mailbox, before
+    /// single calls wait for room (a batch's rounds are sent regardless). Default 4,096.
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.mailbox_capacity = capacity;
         self
