@@ -46,14 +46,23 @@ fn acknowledge(tally: &Tally, op: Op) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_tasks_match_the_tally_of_acknowledged_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    two_hundred_tasks(Config::new(dir.path())).await;
+}
+
+/// The same with room for two single calls in each shard's inbox: most calls find it full and
+/// go as messages of their own, which then wait for mailbox room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_tasks_through_full_inboxes_match_the_tally() {
+    let dir = tempfile::tempdir().unwrap();
+    two_hundred_tasks(Config::new(dir.path()).mailbox_capacity(2)).await;
+}
+
+async fn two_hundred_tasks(config: Config) {
     const ACCOUNTS: u64 = 64;
     const TASKS: u64 = 200;
     const OPS_PER_TASK: u64 = 60;
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::new(dir.path())
-        .shards(4)
-        .initial_slots(4)
-        .checkpoint_interval_ms(20);
+    let config = config.shards(4).initial_slots(4).checkpoint_interval_ms(20);
     let ledger = Ledger::open(config.clone()).await.unwrap();
     let tally: Tally = Arc::default();
     let mut handles = Vec::new();
