@@ -133,7 +133,9 @@ impl ShardBooks {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`, taking a poisoned one as it is: what the actors guard with a mutex is never
+/// left half-changed by a panic (a number, a queue pushed to or swapped whole).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),

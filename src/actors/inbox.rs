@@ -16,10 +16,11 @@
 //! inbox holds at most its capacity (the shard's mailbox capacity); a call that finds it full
 //! sends its op as a message of its own, which waits for mailbox space as before.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use actix::Message;
 
+use super::books::lock;
 use super::messages::{Completion, ShardOp};
 use super::shard::ShardGauges;
 
@@ -65,18 +66,9 @@ impl Inbox {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A panic while holding the lock cannot leave the queue half-changed (a push or a
-        // swap), so a poisoned lock is taken as it is.
-        match self.queue.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
     /// Queues `entry` for the shard, counted in its `queued_ops` gauge until taken.
     pub fn push(&self, entry: Entry) -> Pushed {
-        let mut queue = self.lock();
+        let mut queue = lock(&self.queue);
         if queue.closed {
             return Pushed::Closed(entry);
         }
@@ -98,7 +90,7 @@ impl Inbox {
     /// with `taken`'s old buffer, so that neither side allocates once both have grown.
     pub fn take(&self, taken: &mut Vec<Entry>) {
         debug_assert!(taken.is_empty());
-        std::mem::swap(&mut self.lock().entries, taken);
+        std::mem::swap(&mut lock(&self.queue).entries, taken);
         self.gauges
             .queued_ops
             .fetch_sub(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -109,7 +101,7 @@ impl Inbox {
     pub fn close(&self) -> Vec<Entry> {
         let mut left = Vec::new();
         {
-            let mut queue = self.lock();
+            let mut queue = lock(&self.queue);
             queue.closed = true;
             std::mem::swap(&mut queue.entries, &mut left);
         }
