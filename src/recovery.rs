@@ -83,7 +83,10 @@ pub fn open(config: &Config) -> Result<Recovered> {
     // keys by slot; its credit on another shard counted): the current one. A complete segment
     // is sealed within ~50 ms (its index was gathered as it was written), so the map holds
     // more only briefly, and grows if it must.
-    let shard_count = config.shards.unwrap_or_else(Config::default_shards) as u64;
+    let shard_count = match &judgement {
+        Judgement::Existing { manifest, .. } => manifest.shard_count,
+        Judgement::Create => config.shards.unwrap_or_else(Config::default_shards),
+    } as u64;
     let hot_capacity = (config.wal_segment_bytes / 100).saturating_mul(shard_count);
     let ids = Ids::new(hot_capacity.min(1 << 24) as usize);
     let (manifest, shards, resent_credits) = match judgement {

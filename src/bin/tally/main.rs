@@ -1055,8 +1055,8 @@ fn summary_text(summary: &LoadSummary) -> String {
 fn setup_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
     let conservation = &summary.conservation;
     lines.push(format!(
-        "  setup          {} shards, durability {}, {} clients, batches of {}, {} keys, {}",
-        summary.shards,
+        "  setup          {}, durability {}, {} clients, batches of {}, {} keys, {}",
+        report::plural(summary.shards, "shard"),
         durability_name(summary.durability),
         summary.clients,
         group_digits(summary.batch as u128),

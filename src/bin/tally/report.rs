@@ -29,8 +29,8 @@ fn write_verify(report: &VerifyReport, f: &mut String) -> fmt::Result {
         .map_or_else(|| "unknown".to_string(), |v| v.to_string());
     writeln!(
         f,
-        "  format version {version}, {} shards, {} accounts, lock {}",
-        report.shards,
+        "  format version {version}, {}, {} accounts, lock {}",
+        plural(report.shards as usize, "shard"),
         group_digits(report.accounts as u128),
         report.lock
     )?;
@@ -241,7 +241,7 @@ fn write_row(f: &mut String, shard: &ShardInspection) -> fmt::Result {
 }
 
 /// `"1 note"`, `"2 notes"`.
-fn plural(count: usize, noun: &str) -> String {
+pub fn plural(count: usize, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
     } else {
