@@ -319,7 +319,7 @@ pub fn replayed_accounts(data_dir: &Path) -> Result<Vec<ReplayedAccount>> {
     let mut accounts = Vec::new();
     for (file, shard) in &shards {
         let view = file.view();
-        for (key, entry) in &shard.index {
+        for (key, entry) in shard.index.iter() {
             let state = match entry.cached() {
                 Some(cached) => Some((cached.balance, cached.sequence)),
                 None => match view.read_slot(entry.slot()) {

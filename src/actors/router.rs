@@ -437,6 +437,9 @@ impl<'a> RoundSender<'a> {
 /// The keyed hash (SipHash-1-3 with the MANIFEST's seed) that places a key on a shard. It must
 /// never change for an existing data directory.
 pub fn shard_of(key: &Pubkey, seed: [u64; 2], shard_count: u32) -> u32 {
+    if shard_count <= 1 {
+        return 0;
+    }
     let mut hasher = SipHasher13::new_with_keys(seed[0], seed[1]);
     hasher.write(&key.0);
     (hasher.finish() % shard_count as u64) as u32

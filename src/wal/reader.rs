@@ -110,6 +110,28 @@ pub fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
 /// Reads every record of the WAL in `dir`. `next_lsn_floor` is the LSN the log must continue from
 /// when no segment exists (one past the checkpoint LSN).
 pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
+    scan_with(dir, next_lsn_floor, None)
+}
+
+/// Records as [`scan_streaming`] shows them to its caller.
+pub type Batch<'a> = &'a [(u64, RecordBody)];
+
+/// [`scan`], showing `sink` the records as they are read (those of each window of a segment,
+/// in LSN order), so that they can be worked on while the rest is read. It returns what
+/// [`scan`] returns; before an error, `sink` saw only records [`scan`] read before it.
+pub fn scan_streaming(
+    dir: &Path,
+    next_lsn_floor: u64,
+    sink: &mut dyn FnMut(Batch<'_>),
+) -> Result<WalScan> {
+    scan_with(dir, next_lsn_floor, Some(sink))
+}
+
+fn scan_with(
+    dir: &Path,
+    next_lsn_floor: u64,
+    mut sink: Option<&mut dyn FnMut(Batch<'_>)>,
+) -> Result<WalScan> {
     let segments = list_segments(dir)?;
     let mut wal = WalScan {
         segments: Vec::new(),
@@ -137,7 +159,7 @@ pub fn scan(dir: &Path, next_lsn_floor: u64) -> Result<WalScan> {
             ));
         }
         let later_segments = segments[index + 1..].iter().any(|s| s.len > 0);
-        scan_segment(segment, index, later_segments, &mut wal)?;
+        scan_segment(segment, index, later_segments, &mut wal, &mut sink)?;
     }
     wal.segments = segments;
     Ok(wal)
@@ -198,12 +220,13 @@ fn scan_segment(
     index: usize,
     later_segments: bool,
     wal: &mut WalScan,
+    sink: &mut Option<&mut dyn FnMut(Batch<'_>)>,
 ) -> Result<()> {
     let path = &segment.path;
     let file = std::fs::File::open(path).map_err(|e| LedgerError::io(path, e))?;
     let len = usize::try_from(segment.len)
         .map_err(|_| LedgerError::corrupt(path, 0, format!("segment of {} bytes", segment.len)))?;
-    let stop = read_frames(&file, segment, len, index, wal)?;
+    let stop = read_frames(&file, segment, len, index, wal, sink)?;
     let rest = scan_rest(&file, path, len, stop.offset)?;
     let claimed = rest.max_synced.map(|(synced, _)| synced);
     wal.synced_through = wal.synced_through.max(claimed.unwrap_or(0));
@@ -261,13 +284,21 @@ fn read_frames(
     len: usize,
     index: usize,
     wal: &mut WalScan,
+    sink: &mut Option<&mut dyn FnMut(Batch<'_>)>,
 ) -> Result<Stop> {
     let mut window = Vec::new();
     let mut start = 0usize;
     loop {
         let end = len.min(start.saturating_add(WINDOW_BYTES));
         read_window(file, &segment.path, &mut window, start, end)?;
-        match frames_in_window(&window, start, end < len, index, wal) {
+        let before = wal.records.len();
+        let window_end = frames_in_window(&window, start, end < len, index, wal);
+        if let Some(sink) = sink {
+            if let Some(read) = wal.records.get(before..).filter(|read| !read.is_empty()) {
+                sink(read);
+            }
+        }
+        match window_end {
             WindowEnd::Stop(stop) => return Ok(stop),
             WindowEnd::Next(offset) => start = offset,
         }
@@ -566,6 +597,48 @@ mod tests {
         bytes[offsets[10] + 200] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(corrupt_offset(scan(dir.path(), 1)).1, offsets[10] as u64);
+    }
+
+    /// What `scan_streaming` showed, and what it returned.
+    fn streamed(dir: &Path) -> (Vec<Vec<(u64, RecordBody)>>, Result<WalScan>) {
+        let mut batches = Vec::new();
+        let scanned = scan_streaming(dir, 1, &mut |batch| batches.push(batch.to_vec()));
+        (batches, scanned)
+    }
+
+    #[test]
+    fn streaming_shows_the_records_scan_keeps_in_order_and_returns_the_same() {
+        let frames = 2 * WINDOW_BYTES as u64 / (50 * 100) + 7;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, offsets) = write_segment(dir.path(), 1, &rounds(1, frames, 100), 0);
+        let next = frames * 100 + 1;
+        write_segment(dir.path(), next, &rounds(next, 3, 2), 64);
+        let whole = scan(dir.path(), 1).unwrap();
+        let (batches, scanned) = streamed(dir.path());
+        assert!(batches.len() >= 3, "a batch per window: {}", batches.len());
+        assert_eq!(batches.concat(), whole.records);
+        let scanned = scanned.unwrap();
+        assert_eq!(scanned.records, whole.records);
+        assert_eq!(scanned.positions, whole.positions);
+        assert_eq!(scanned.tail, whole.tail);
+
+        // A damaged frame: the same error, after a prefix of the records before it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let damaged = offsets.len() / 2;
+        bytes[offsets[damaged] + 200] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let expected = corrupt_offset(scan(dir.path(), 1));
+        let (batches, scanned) = streamed(dir.path());
+        assert_eq!(corrupt_offset(scanned), expected);
+        let shown: Vec<u64> = batches.concat().iter().map(|(lsn, _)| *lsn).collect();
+        assert!(
+            shown.iter().copied().eq(1..=shown.len() as u64),
+            "consecutive from 1"
+        );
+        assert!(
+            shown.len() as u64 <= damaged as u64 * 100,
+            "nothing from the damaged frame on"
+        );
     }
 
     #[test]
