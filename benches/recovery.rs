@@ -5,7 +5,8 @@
 //! * reopen after a clean shutdown with N accounts (persisted index),
 //! * peak RSS of a process holding N accounts, for each N in TALLY_BENCH_MEMORY_ACCOUNTS.
 //!
-//! `cargo bench --bench recovery` (TALLY_BENCH_ACCOUNTS=1000000, TALLY_BENCH_MEMORY_ACCOUNTS=1000000,10000000).
+//! `cargo bench --bench recovery` (TALLY_BENCH_ACCOUNTS=1000000, TALLY_BENCH_MEMORY_ACCOUNTS=1000000,10000000;
+//! TALLY_BENCH_SHARDS=0: the default shard count).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,10 +19,14 @@ mod common;
 use common::{env_or, mint_accounts, peak_rss_mb};
 
 fn config(dir: &Path) -> Config {
-    Config::new(dir)
+    let config = Config::new(dir)
         .durability(Durability::Sync)
         .checkpoint_interval_ms(3_600_000)
-        .checkpoint_wal_bytes(1 << 40)
+        .checkpoint_wal_bytes(1 << 40);
+    match env_or("TALLY_BENCH_SHARDS", 0) {
+        0 => config,
+        shards => config.shards(shards as u32),
+    }
 }
 
 /// The child: mint `accounts` into `dir`, report, then wait to be killed (or shut down cleanly).

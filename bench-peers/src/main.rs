@@ -89,6 +89,9 @@ struct Args {
     /// for its answer before sleeping (0 = never poll; tally's default is 1000).
     #[arg(long, default_value_t = 1_000)]
     lone_call_spin_us: u64,
+    /// tally's shard count (0 = tally's default: one per core, at least 2).
+    #[arg(long, default_value_t = 0)]
+    shards: u32,
 }
 
 /// One line of the results.
@@ -226,6 +229,7 @@ struct Report {
     zipf_s: f64,
     tally_tasks: usize,
     tally_submitters: usize,
+    tally_shards: u32,
     rows: Vec<Row>,
 }
 
@@ -382,6 +386,11 @@ fn main() -> anyhow::Result<()> {
         zipf_s: args.zipf_s,
         tally_tasks: args.tasks,
         tally_submitters: args.submitters,
+        tally_shards: if args.shards == 0 {
+            tally::Config::default_shards()
+        } else {
+            args.shards
+        },
         rows,
     };
     if args.json {
@@ -470,7 +479,7 @@ async fn run_tally(
     model: &mut Model,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
-    let ledger = tally_store::open(dir, args.accounts, args.lone_call_spin_us).await?;
+    let ledger = tally_store::open(dir, args.accounts, args.shards, args.lone_call_spin_us).await?;
     let started = Instant::now();
     tally_store::create_accounts(&ledger, keys, model.balances[0]).await?;
     ledger.checkpoint().await?;
@@ -522,8 +531,12 @@ fn print_table(report: &Report, total_seconds: f64) {
         "Workload: {} accounts; {} transfers per batched scenario and for tally's concurrent \
          single calls, {} per one-transfer-per-commit run; every store durable at each commit \
          and checked at the end (every balance equals the reference model, sum == minted). \
-         Run took {:.0} s.",
-        report.accounts, report.transfers, report.single_transfers, total_seconds
+         tally on {} shards. Run took {:.0} s.",
+        report.accounts,
+        report.transfers,
+        report.single_transfers,
+        report.tally_shards,
+        total_seconds
     );
     println!();
     println!(

@@ -11,11 +11,22 @@ use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 use crate::peer::Measured;
 use crate::workload::{index_of, Latencies, Transfer};
 
-pub async fn open(dir: &Path, accounts: u64, lone_call_spin_us: u64) -> anyhow::Result<Ledger> {
-    let shards = u64::from(Config::default_shards());
+/// `shards`: 0 for tally's default (one per core, at least 2).
+pub async fn open(
+    dir: &Path,
+    accounts: u64,
+    shards: u32,
+    lone_call_spin_us: u64,
+) -> anyhow::Result<Ledger> {
+    let shards = if shards == 0 {
+        Config::default_shards()
+    } else {
+        shards
+    };
     let config = Config::new(dir)
+        .shards(shards)
         .durability(Durability::Sync)
-        .initial_slots(accounts / shards * 5 / 4 + 1024)
+        .initial_slots(accounts / u64::from(shards) * 5 / 4 + 1024)
         .lone_call_spin_us(lone_call_spin_us);
     Ok(Ledger::open(config).await?)
 }

@@ -171,7 +171,7 @@ struct LoadArgs {
     /// When a call returns [default: the config file's mode, else sync].
     #[arg(long, value_enum)]
     durability: Option<DurabilityArg>,
-    /// Shards of a new data directory [default: the config file's, else one per core, 2..=16].
+    /// Shards of a new data directory [default: the config file's, else one per two cores, 1..=16].
     #[arg(long)]
     shards: Option<u32>,
     /// Print the summary as one JSON object.
