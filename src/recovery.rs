@@ -11,7 +11,7 @@ use rand::RngCore;
 use crate::config::Config;
 use crate::error::{LedgerError, Result};
 use crate::history::ledger::{open_shard, LedgerHistory};
-use crate::history::log::ShardLog;
+use crate::history::log::{Opened, ShardLog};
 use crate::ids::Ids;
 use crate::judge::{self, JudgedShard, Judgement, OwedCredit};
 use crate::state::ShardState;
@@ -56,15 +56,26 @@ pub fn open(config: &Config) -> Result<Recovered> {
     // of their own, and the sync has ended before anything is written (after kill -9 with 1M
     // records the account files held ~80 ms of write-back).
     let mut sync_millis = 0;
+    let mut histories = Vec::new();
     let judgement = std::thread::scope(|scope| {
         let syncing = scope.spawn(|| {
             let started = Instant::now();
             let synced = sync_shard_files(config);
             (synced, started.elapsed().as_millis() as u64)
         });
+        // Each shard's history files (the headers, filters and marks of its sealed indexes)
+        // are read meanwhile too: nothing the judge or this does writes them, and the apply
+        // below takes what was read (a clean reopen after 10M transfers: ~35 ms of one shard's).
+        let reading = std::thread::Builder::new()
+            .name("tally-history-read".into())
+            .spawn_scoped(scope, || read_histories(config))
+            .ok();
         let judged = judge::judge_directory(data_dir, |shard, shard_count| {
             open_accounts(config, shard, shard_count)
         });
+        if let Some(Ok(read)) = reading.map(|reading| reading.join()) {
+            histories = read;
+        }
         let synced = match syncing.join() {
             Ok((synced, millis)) => {
                 sync_millis = millis;
@@ -103,7 +114,7 @@ pub fn open(config: &Config) -> Result<Recovered> {
             for (accounts, _) in &mut shards {
                 accounts.synced_elsewhere();
             }
-            let (shards, resent) = apply(config, shards, &owed, &ids)?;
+            let (shards, resent) = apply(config, shards, histories, &owed, &ids)?;
             (manifest, shards, resent)
         }
     };
@@ -151,13 +162,20 @@ fn check_shard_count(config: &Config, manifest: &Manifest) -> Result<()> {
 fn apply(
     config: &Config,
     judged: Vec<(AccountsFile, JudgedShard)>,
+    histories: Vec<Result<Opened>>,
     owed: &[OwedCredit],
     ids: &Ids,
 ) -> Result<(Vec<RecoveredShard>, u64)> {
-    let mut shards =
-        judge::each_on_its_thread(&config.data_dir, judged, |_, (accounts, judged)| {
-            apply_shard(config, accounts, judged, ids)
-        })?;
+    let mut histories = histories.into_iter();
+    let judged: Vec<_> = judged
+        .into_iter()
+        .map(|shard| (shard, histories.next()))
+        .collect();
+    let mut shards = judge::each_on_its_thread(
+        &config.data_dir,
+        judged,
+        |_, ((accounts, judged), history)| apply_shard(config, accounts, judged, history, ids),
+    )?;
     let resent = resolve_credits(&mut shards, owed)?;
     for shard in &mut shards {
         shard.state.mark_open()?;
@@ -176,6 +194,17 @@ fn open_accounts(config: &Config, shard: u32, shard_count: u32) -> Result<Accoun
         shard_count,
     )?;
     Ok(accounts)
+}
+
+/// What [`ShardLog::open`] finds in each shard directory the MANIFEST names, in shard order
+/// (none without a readable MANIFEST: the judge decides what that means).
+fn read_histories(config: &Config) -> Vec<Result<Opened>> {
+    let Ok(manifest) = Manifest::read(&config.data_dir.join(MANIFEST_FILE)) else {
+        return Vec::new();
+    };
+    (0..manifest.shard_count)
+        .map(|shard| ShardLog::open(&shard_dir(&config.data_dir, shard), shard))
+        .collect()
 }
 
 /// fsyncs the account file and every WAL segment of each shard the MANIFEST names (none
@@ -206,11 +235,12 @@ fn apply_shard(
     config: &Config,
     accounts: AccountsFile,
     judged: JudgedShard,
+    history: Option<Result<Opened>>,
     ids: &Ids,
 ) -> Result<RecoveredShard> {
     let shard = judged.shard;
     let started = Instant::now();
-    let history = open_shard(&judged.dir, shard, &judged.wal, ids)?;
+    let history = open_shard(&judged.dir, shard, &judged.wal, ids, history)?;
     let history_ms = started.elapsed().as_millis() as u64;
     let replayed_records = judged.replayed();
     let dir = judged.dir.clone();

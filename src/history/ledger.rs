@@ -33,18 +33,24 @@ pub struct ShardHistory {
 /// Opens one shard's history: every sealed index (its ids answer from disk), and the records of
 /// every file without one (the live WAL, already read by recovery as `wal`, and retired logs
 /// whose index is missing or damaged), whose ids go to the hot map.
+/// `opened`: what [`ShardLog::open`] returned for this shard if it was called already (while
+/// the directory was judged); it is called here otherwise.
 pub fn open_shard(
     dir: &std::path::Path,
     shard: u32,
     wal: &WalScan,
     ids: &Ids,
+    opened: Option<Result<Opened>>,
 ) -> Result<ShardHistory> {
     let Opened {
         log,
         sealed,
         unindexed,
         damaged,
-    } = ShardLog::open(dir, shard)?;
+    } = match opened {
+        Some(opened) => opened?,
+        None => ShardLog::open(dir, shard)?,
+    };
     let mut marks = Marks::default();
     let mut decided = Decided::new(ids, shard);
     let mut sealed_firsts = Vec::with_capacity(sealed.len());
