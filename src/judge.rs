@@ -346,9 +346,11 @@ fn judge_while_reading(
         })
         .min(1 << 22) as usize;
     let floor = header.checkpoint_lsn + 1;
-    // Copies of the records, made on the reading thread: the scan keeps its own.
-    let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<(u64, RecordBody)>>(4);
     let (scanned, loaded, replayed) = std::thread::scope(|scope| {
+        // Copies of the records, made on the reading thread (the scan keeps its own). The
+        // receiver lives in this closure, so that it is gone before the scope waits for the
+        // reader, even if this closure unwinds: the reader never waits on a full channel then.
+        let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<(u64, RecordBody)>>(4);
         let reading = std::thread::Builder::new()
             .name("tally-wal-read".into())
             .spawn_scoped(scope, move || {
