@@ -355,7 +355,8 @@ fn judge_while_reading(
             .name("tally-wal-read".into())
             .spawn_scoped(scope, move || {
                 reader::scan_streaming(dir, floor, &mut |batch| {
-                    // The receiver stops listening only when this scope ends.
+                    // The receiver goes once it has taken every batch, or if the replay
+                    // unwinds: a batch it cannot take is of use to no one then.
                     let _ = sender.send(batch.to_vec());
                 })
             })
