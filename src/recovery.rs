@@ -196,25 +196,26 @@ fn open_accounts(config: &Config, shard: u32, shard_count: u32) -> Result<Accoun
     Ok(accounts)
 }
 
-/// What [`ShardLog::open`] finds in each shard directory the MANIFEST names, in shard order
-/// (none without a readable MANIFEST: the judge decides what that means).
+/// The shards the MANIFEST names, for the work done beside the judge: none without a readable
+/// MANIFEST (the judge decides what that means).
+fn named_shards(config: &Config) -> std::ops::Range<u32> {
+    match Manifest::read(&config.data_dir.join(MANIFEST_FILE)) {
+        Ok(manifest) => 0..manifest.shard_count,
+        Err(_) => 0..0,
+    }
+}
+
+/// What [`ShardLog::open`] finds in each shard directory the MANIFEST names, in shard order.
 fn read_histories(config: &Config) -> Vec<Result<Opened>> {
-    let Ok(manifest) = Manifest::read(&config.data_dir.join(MANIFEST_FILE)) else {
-        return Vec::new();
-    };
-    (0..manifest.shard_count)
+    named_shards(config)
         .map(|shard| ShardLog::open(&shard_dir(&config.data_dir, shard), shard))
         .collect()
 }
 
-/// fsyncs the account file and every WAL segment of each shard the MANIFEST names (none
-/// without a readable MANIFEST: the judge decides what that means). Files that are not there
-/// are the judge's to report.
+/// fsyncs the account file and every WAL segment of each shard the MANIFEST names. Files that
+/// are not there are the judge's to report.
 fn sync_shard_files(config: &Config) -> Result<()> {
-    let Ok(manifest) = Manifest::read(&config.data_dir.join(MANIFEST_FILE)) else {
-        return Ok(());
-    };
-    for shard in 0..manifest.shard_count {
+    for shard in named_shards(config) {
         let dir = shard_dir(&config.data_dir, shard);
         let accounts = dir.join(ACCOUNTS_FILE);
         if let Ok(file) = std::fs::File::open(&accounts) {
