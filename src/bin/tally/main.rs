@@ -5,6 +5,7 @@
 
 mod cpu;
 mod crashtest;
+mod picker;
 mod report;
 
 use std::io::{IsTerminal, Write};
@@ -14,6 +15,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use picker::Picker;
 use rand::{Rng, SeedableRng};
 use report::{group_digits, human_bytes};
 use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, Stats, TransferId};
@@ -609,7 +611,10 @@ async fn transfer_phase(
     progress.reset();
     progress.set_length(args.transfers);
     progress.set_message("transfers");
-    let picker = std::sync::Arc::new(Picker::new(args.skew, keys.len()));
+    let picker = std::sync::Arc::new(match args.skew {
+        Skew::Uniform => Picker::Uniform(keys.len()),
+        Skew::Zipf => Picker::Zipf(picker::Zipf::new(keys.len(), ZIPF_EXPONENT)),
+    });
     let mut rng = rand::thread_rng();
     let cpu_at_start = cpu::CpuMark::now();
     let started = Instant::now();
@@ -905,44 +910,6 @@ fn random_transfer(rng: &mut impl Rng, keys: &Keys, picker: &Picker) -> (Pubkey,
         keys.get(to),
         rng.gen_range(1..=LOAD_TRANSFER_AMOUNT_MAX),
     )
-}
-
-/// Picks account indexes, uniformly or by a zipf law over ranks (index = rank).
-enum Picker {
-    Uniform(usize),
-    /// Cumulative weights of ranks 0..n.
-    Zipf(Vec<f64>),
-}
-
-impl Picker {
-    fn new(skew: Skew, accounts: usize) -> Self {
-        match skew {
-            Skew::Uniform => Picker::Uniform(accounts),
-            Skew::Zipf => {
-                let mut total = 0.0;
-                let cumulative = (0..accounts)
-                    .map(|rank| {
-                        total += 1.0 / ((rank + 1) as f64).powf(ZIPF_EXPONENT);
-                        total
-                    })
-                    .collect();
-                Picker::Zipf(cumulative)
-            }
-        }
-    }
-
-    fn pick(&self, rng: &mut impl Rng) -> usize {
-        match self {
-            Picker::Uniform(accounts) => rng.gen_range(0..*accounts),
-            Picker::Zipf(cumulative) => {
-                let total = cumulative.last().copied().unwrap_or(0.0);
-                let target = rng.gen::<f64>() * total;
-                cumulative
-                    .partition_point(|&weight| weight <= target)
-                    .min(cumulative.len().saturating_sub(1))
-            }
-        }
-    }
 }
 
 /// Reads every account back and sums the balances.
