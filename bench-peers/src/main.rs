@@ -89,7 +89,7 @@ struct Args {
     /// for its answer before sleeping (0 = never poll; tally's default is 1000).
     #[arg(long, default_value_t = 1_000)]
     lone_call_spin_us: u64,
-    /// tally's shard count (0 = tally's default: one per core, at least 2).
+    /// tally's shard count (0 = tally's default: one per two cores, at least 1).
     #[arg(long, default_value_t = 0)]
     shards: u32,
 }

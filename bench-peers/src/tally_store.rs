@@ -11,7 +11,7 @@ use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 use crate::peer::Measured;
 use crate::workload::{index_of, Latencies, Transfer};
 
-/// `shards`: 0 for tally's default (one per core, at least 2).
+/// `shards`: 0 for tally's default (one per two cores, at least 1).
 pub async fn open(
     dir: &Path,
     accounts: u64,
