@@ -501,6 +501,14 @@ impl<A> WalHandle<A> {
         })
     }
 
+    /// Whether the thread has nothing to do: no command waits for it, and every record written
+    /// is synced (no round is under way, beyond answering its callers). `shared` is this WAL's.
+    pub fn idle(&self, shared: &WalShared) -> bool {
+        self.shared.queued.load(Ordering::SeqCst) == 0
+            && shared.durable_lsn.load(Ordering::Acquire)
+                == shared.written_lsn.load(Ordering::Acquire)
+    }
+
     /// Writes, syncs and reports `batch` on this thread if the WAL is idle: `Sync` durability,
     /// no command waiting for the thread, and no round running. This saves the hand-off to the
     /// thread and back (tens of microseconds on a small VM) when a shard is not busy; a busy
