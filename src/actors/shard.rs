@@ -590,11 +590,7 @@ impl ShardActor {
         // A group commit ends when the mailbox is drained, or once it holds `FLUSH_OPS` ops:
         // then its WAL write and sync overlap the next message instead of waiting for it. A
         // small group of batches' ops ends at once if the WAL has nothing to do.
-        let idle_wal = || {
-            self.wal
-                .as_ref()
-                .is_some_and(|wal| wal.idle(&self.context.wal))
-        };
+        let idle_wal = || self.wal.as_ref().is_some_and(WalHandle::idle);
         if self.acks.len() >= FLUSH_OPS || (eager && self.acks.len() <= EAGER_OPS_MAX && idle_wal())
         {
             self.flush();

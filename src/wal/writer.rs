@@ -485,6 +485,8 @@ struct Committer<A> {
     on_round: Box<dyn Fn(Round<A>) + Send + Sync>,
     queued: std::sync::atomic::AtomicUsize,
     policy: SyncPolicy,
+    /// The counters the thread keeps (also in `core`), readable without its lock.
+    counters: Arc<WalShared>,
 }
 
 impl<A> WalHandle<A> {
@@ -502,11 +504,12 @@ impl<A> WalHandle<A> {
     }
 
     /// Whether the thread has nothing to do: no command waits for it, and every record written
-    /// is synced (no round is under way, beyond answering its callers). `shared` is this WAL's.
-    pub fn idle(&self, shared: &WalShared) -> bool {
+    /// is synced (no round is under way, beyond answering its callers).
+    pub fn idle(&self) -> bool {
+        let counters = &self.shared.counters;
         self.shared.queued.load(Ordering::SeqCst) == 0
-            && shared.durable_lsn.load(Ordering::Acquire)
-                == shared.written_lsn.load(Ordering::Acquire)
+            && counters.durable_lsn.load(Ordering::Acquire)
+                == counters.written_lsn.load(Ordering::Acquire)
     }
 
     /// Writes, syncs and reports `batch` on this thread if the WAL is idle: `Sync` durability,
@@ -559,7 +562,7 @@ where
             syncs_counter: metrics::counter!("tally_wal_syncs_total", "shard" => label),
             writer,
             policy,
-            shared,
+            shared: shared.clone(),
             unsynced_lsn: None,
             last_sync: Instant::now(),
             lazy_acks: Vec::new(),
@@ -567,6 +570,7 @@ where
         on_round: Box::new(on_round),
         queued: std::sync::atomic::AtomicUsize::new(0),
         policy,
+        counters: shared,
     });
     let name = format!("tally-wal-{shard:03}");
     let thread_committer = committer.clone();
@@ -1285,6 +1289,34 @@ mod tests {
         sender.send(Command::Stop { done }).unwrap();
         stopped.blocking_recv().unwrap().unwrap();
         assert_eq!(scan(dir.path(), 1).unwrap().records.len(), 100);
+    }
+
+    /// `idle`, which lets a shard hand a small group over at once: nothing queued, and every
+    /// record written is synced.
+    #[test]
+    fn idle_means_nothing_queued_and_every_written_record_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, shared, reports) =
+            reporting_wal_lazy_within(dir.path(), Duration::from_secs(3600));
+        assert!(handle.idle(), "a new WAL has nothing to do");
+        handle.send(Command::Append(one_record(1, false))).unwrap();
+        assert_eq!(reports.recv().unwrap(), 1);
+        assert!(handle.idle(), "its round is synced and reported");
+        // A lazy record is written and left unsynced: the WAL still owes a sync.
+        handle.send(Command::Append(one_record(2, true))).unwrap();
+        let started = Instant::now();
+        while shared.written_lsn.load(Ordering::Acquire) < 2 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!handle.idle(), "a written record is not synced");
+        handle.send(Command::Append(one_record(3, false))).unwrap();
+        assert_eq!(reports.recv().unwrap(), 2);
+        assert_eq!(reports.recv().unwrap(), 3);
+        assert!(handle.idle());
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        handle.send(Command::Stop { done }).unwrap();
+        stopped.blocking_recv().unwrap().unwrap();
     }
 
     /// Under `Always`, records no one waits for ride on the next round that must be synced,
