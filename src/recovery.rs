@@ -166,10 +166,16 @@ fn apply(
     owed: &[OwedCredit],
     ids: &Ids,
 ) -> Result<(Vec<RecoveredShard>, u64)> {
-    let mut histories = histories.into_iter();
+    // What was read is for the shard of its position (`read_histories` reads shards 0..n).
+    let mut histories: Vec<Option<Result<Opened>>> = histories.into_iter().map(Some).collect();
     let judged: Vec<_> = judged
         .into_iter()
-        .map(|shard| (shard, histories.next()))
+        .map(|shard| {
+            let read = histories
+                .get_mut(shard.1.shard as usize)
+                .and_then(Option::take);
+            (shard, read)
+        })
         .collect();
     let mut shards = judge::each_on_its_thread(
         &config.data_dir,

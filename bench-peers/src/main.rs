@@ -386,11 +386,7 @@ fn main() -> anyhow::Result<()> {
         zipf_s: args.zipf_s,
         tally_tasks: args.tasks,
         tally_submitters: args.submitters,
-        tally_shards: if args.shards == 0 {
-            tally::Config::default_shards()
-        } else {
-            args.shards
-        },
+        tally_shards: tally_store::shard_count(args.shards),
         rows,
     };
     if args.json {

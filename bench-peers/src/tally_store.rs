@@ -11,18 +11,23 @@ use tally::{Config, Durability, Ledger, LedgerError, Op, Pubkey, TransferId};
 use crate::peer::Measured;
 use crate::workload::{index_of, Latencies, Transfer};
 
-/// `shards`: 0 for tally's default (one per two cores, at least 1).
+/// The shard count `--shards` asks for: 0 for tally's default (one per two cores, at least 1).
+pub fn shard_count(shards: u32) -> u32 {
+    if shards == 0 {
+        Config::default_shards()
+    } else {
+        shards
+    }
+}
+
+/// `shards`: as for [`shard_count`].
 pub async fn open(
     dir: &Path,
     accounts: u64,
     shards: u32,
     lone_call_spin_us: u64,
 ) -> anyhow::Result<Ledger> {
-    let shards = if shards == 0 {
-        Config::default_shards()
-    } else {
-        shards
-    };
+    let shards = shard_count(shards);
     let config = Config::new(dir)
         .shards(shards)
         .durability(Durability::Sync)
