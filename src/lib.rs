@@ -184,10 +184,18 @@ impl Ledger {
         let (checkpoint_interval_ms, checkpoint_wal_bytes) =
             (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
         let data_dir = config.data_dir.clone();
+        // Only a multi-threaded runtime runs its tasks without a `block_on` driving it: a
+        // current-thread one would hold answers while its thread does something else.
+        let answer_on = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            });
         let (running, resent_credits) = tokio::task::spawn_blocking(move || {
             let recovered = recovery::open(&config)?;
             let resent_credits = recovered.resent_credits;
-            actors::system::start(recovered, &config).map(|running| (running, resent_credits))
+            actors::system::start(recovered, &config, answer_on)
+                .map(|running| (running, resent_credits))
         })
         .await
         .map_err(|error| opening_failed(&data_dir, error))??;

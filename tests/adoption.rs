@@ -156,3 +156,65 @@ async fn shutdown_is_cancel_safe_and_idempotent() {
     );
     reopened.shutdown().await.unwrap();
 }
+
+/// Rounds of many single calls are answered by a task on the runtime the ledger was opened on.
+/// Callers on another runtime are answered through it, and still once it has shut down: every
+/// caller gets its own transfer's receipt, none `Closed`, and the balances add up.
+#[test]
+fn single_calls_are_answered_after_the_opening_runtime_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let opening = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let ledger = opening
+        .block_on(Ledger::open(Config::new(dir.path()).shards(1)))
+        .unwrap();
+    let callers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let source = key(1);
+    callers
+        .block_on(ledger.mint(TransferId::new(), source, 1_000_000))
+        .unwrap();
+    // 64 concurrent calls: rounds of at least 8 single calls whichever way they group.
+    let burst = |ledger: Ledger, first: u8| async move {
+        let calls: Vec<_> = (0..64u8)
+            .map(|n| {
+                let ledger = ledger.clone();
+                let to = Pubkey([first.wrapping_add(n); 32]);
+                tokio::spawn(async move {
+                    let id = TransferId::new();
+                    let receipt = ledger.transfer(id, source, to, 10).await;
+                    (id, receipt)
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for call in calls {
+            let (id, receipt) = call.await.unwrap();
+            let receipt = receipt.unwrap_or_else(|e| panic!("transfer {id:?}: {e:?}"));
+            let logged = ledger
+                .lookup(id)
+                .await
+                .unwrap()
+                .expect("a committed transfer");
+            assert_eq!(
+                logged.timestamp_ns, receipt.timestamp_ns,
+                "each caller hears of its own transfer"
+            );
+            answered += 1;
+        }
+        answered
+    };
+    assert_eq!(callers.block_on(burst(ledger.clone(), 10)), 64);
+    opening.shutdown_timeout(Duration::from_secs(5));
+    assert_eq!(callers.block_on(burst(ledger.clone(), 80)), 64);
+    let source_balance = callers
+        .block_on(ledger.account(&source))
+        .unwrap()
+        .map(|account| account.balance);
+    assert_eq!(source_balance, Some(1_000_000 - 128 * 10));
+    callers.block_on(ledger.shutdown()).unwrap();
+}

@@ -40,6 +40,11 @@ impl Completion {
         Completion(Some(Target::Batch { results, index }))
     }
 
+    /// A single call's completion (one task waits on it), not a batch member's.
+    pub fn is_single(&self) -> bool {
+        matches!(self.0, Some(Target::Single(_)))
+    }
+
     pub fn complete(mut self, result: Result<Receipt>) {
         if let Some(target) = self.0.take() {
             target.fill(Slot::Done(result));
@@ -85,6 +90,42 @@ impl Drop for Completion {
         if let Some(target) = self.0.take() {
             target.fill(Slot::Done(Err(LedgerError::Closed)));
         }
+    }
+}
+
+/// Answers to single calls, to be delivered together by a task on the callers' runtime (see
+/// `actors::shard::ANSWER_ON_RUNTIME_MIN`). Dropped undelivered (a runtime shut down before the
+/// task ran), it delivers them where it drops: each answer is the op's own, never `Closed`.
+#[derive(Debug, Default)]
+pub struct Answers(Vec<(Completion, Result<Receipt>)>);
+
+impl Answers {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Answers(Vec::with_capacity(capacity))
+    }
+
+    pub fn push(&mut self, completion: Completion, result: Result<Receipt>) {
+        self.0.push((completion, result));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn deliver(mut self) {
+        self.deliver_all();
+    }
+
+    fn deliver_all(&mut self) {
+        for (completion, result) in self.0.drain(..) {
+            completion.complete(result);
+        }
+    }
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        self.deliver_all();
     }
 }
 

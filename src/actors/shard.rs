@@ -96,7 +96,23 @@ pub struct ShardContext {
     /// Single ops sent to this shard (see [`super::inbox`]).
     pub inbox: Arc<Inbox>,
     pub mailbox_capacity: usize,
+    /// The multi-threaded runtime the ledger was opened on, where a round's answers to many
+    /// single calls are delivered (see [`ANSWER_ON_RUNTIME_MIN`]); `None`: answered in place.
+    pub answer_on: Option<tokio::runtime::Handle>,
 }
+
+/// A round that answers at least this many single calls hands their answers to one task on the
+/// runtime the ledger was opened on, instead of waking each caller from the WAL thread.
+///
+/// A wake from outside a tokio runtime pushes the task onto the runtime's shared queue under
+/// a lock, which its workers take too when they look for work; contended, that lock spins and
+/// then `sched_yield`s, and on two cores with four busy threads a yield gives the CPU away for a
+/// time slice. Under 256 tasks of single calls the WAL thread woke ~150 callers a round and
+/// `perf` found it in `sched_yield` (from tokio's `push_remote_task`) for 0.25–0.55 ms at a
+/// time, in rounds ~1 ms apart. One task woken from outside, whose wakes from a worker go to
+/// that worker's own queue, takes the lock once a round. A few answers (a lone caller, who
+/// polls for its answer) still go straight out: the task would be one more hand-off.
+pub const ANSWER_ON_RUNTIME_MIN: usize = 8;
 
 pub struct ShardActor {
     state: ShardState,
@@ -950,7 +966,11 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
     // The round's ids are decided (their records written, and durable where required) before
     // any caller hears of it, all together: a retry that follows an answer finds its record.
     let mut decisions = Decisions::default();
+    let mut singles = 0usize;
     for ack in acks.iter_mut().flat_map(|acks| acks.items.iter_mut()) {
+        if let Ack::Reply { completion, .. } = ack {
+            singles += usize::from(completion.is_single());
+        }
         match ack {
             Ack::Reply {
                 claim: Some((claim, location)),
@@ -970,13 +990,20 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
     }
     decisions.apply();
     let mut credits: Vec<Vec<CreditItem>> = Vec::new();
+    let mut answers = match &context.answer_on {
+        Some(_) if singles >= ANSWER_ON_RUNTIME_MIN => Some(Answers::with_capacity(singles)),
+        _ => None,
+    };
     for Acks { logged, items } in acks {
         logged.keep();
         for ack in items {
             match ack {
                 Ack::Reply {
                     completion, result, ..
-                } => completion.complete(result),
+                } => match &mut answers {
+                    Some(answers) if completion.is_single() => answers.push(completion, result),
+                    _ => completion.complete(result),
+                },
                 Ack::SendCredit {
                     target_shard,
                     source_lsn,
@@ -999,6 +1026,13 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     let _ = settled.send(());
                 }
             }
+        }
+    }
+    if let (Some(answers), Some(runtime)) = (answers, &context.answer_on) {
+        if !answers.is_empty() {
+            // On a runtime already shut down the task drops unrun, and `answers` delivers
+            // itself as it drops.
+            drop(runtime.spawn(async move { answers.deliver() }));
         }
     }
     // Peers are set before the first operation is accepted. Credits that go nowhere (no such

@@ -37,7 +37,13 @@ pub struct Running {
 
 /// Starts the actix system thread with every actor, handing it the recovered shards and the
 /// directory lock (released when the system thread ends). Blocks until the actors are up.
-pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
+/// Starts the actors on a thread of their own. `answer_on`: the multi-threaded runtime that
+/// answers rounds of many single calls (see [`super::shard::ANSWER_ON_RUNTIME_MIN`]).
+pub fn start(
+    recovered: Recovered,
+    config: &Config,
+    answer_on: Option<tokio::runtime::Handle>,
+) -> Result<Running> {
     let total: u128 = recovered.shards.iter().map(|s| s.state.balance_sum()).sum();
     let supply = u64::try_from(total).map_err(|_| {
         LedgerError::corrupt(
@@ -57,7 +63,7 @@ pub fn start(recovered: Recovered, config: &Config) -> Result<Running> {
     let thread_books = books.clone();
     let thread = std::thread::Builder::new()
         .name("tally-actix".into())
-        .spawn(move || run_system(recovered, config, thread_books, sender))
+        .spawn(move || run_system(recovered, config, thread_books, sender, answer_on))
         .map_err(|e| LedgerError::io("tally-actix thread", e))?;
     match receiver.recv() {
         Ok(Ok(parts)) => Ok(Running {
@@ -99,6 +105,7 @@ fn run_system(
     config: Config,
     books: Arc<Books>,
     reply: std::sync::mpsc::Sender<Result<Parts>>,
+    answer_on: Option<tokio::runtime::Handle>,
 ) {
     let system = actix::System::new();
     let Recovered {
@@ -109,7 +116,7 @@ fn run_system(
         ..
     } = recovered;
     let mut started = StartedShards::default();
-    if let Err(error) = start_shards(shards, &config, &books, &history, &mut started) {
+    if let Err(error) = start_shards(shards, &config, &books, &history, &answer_on, &mut started) {
         let _ = reply.send(Err(error));
         drop(started.addresses);
         stop_arbiters(started.arbiters);
@@ -151,6 +158,7 @@ fn start_shards(
     config: &Config,
     books: &Arc<Books>,
     history: &Arc<LedgerHistory>,
+    answer_on: &Option<tokio::runtime::Handle>,
     started: &mut StartedShards,
 ) -> Result<()> {
     for shard in shards {
@@ -170,6 +178,7 @@ fn start_shards(
             gauges: gauges.clone(),
             inbox: inbox.clone(),
             mailbox_capacity: config.mailbox_capacity,
+            answer_on: answer_on.clone(),
         };
         let actor = ShardActor::new(shard.state, shard.wal, config.durability, context)?;
         let arbiter = Arbiter::new();
@@ -278,7 +287,9 @@ mod tests {
     async fn calls_end_when_the_wal_thread_stops() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::new(dir.path()).shards(2).mailbox_capacity(4);
-        let running = super::start(crate::recovery::open(&config).unwrap(), &config).unwrap();
+        let recovered = crate::recovery::open(&config).unwrap();
+        let runtime = Some(tokio::runtime::Handle::current());
+        let running = super::start(recovered, &config, runtime).unwrap();
         let on_0 = keys_on(dir.path(), 0, 2, 0);
         let on_1 = keys_on(dir.path(), 1, 2, 0);
         let routing = running.routing.clone();
