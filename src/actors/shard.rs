@@ -114,6 +114,11 @@ pub struct ShardContext {
 /// polls for its answer) still go straight out: the task would be one more hand-off.
 pub const ANSWER_ON_RUNTIME_MIN: usize = 8;
 
+/// How many ops ahead of the one it applies a shard asks for index buckets (see
+/// [`crate::storage::index::Index::prefetch`]): an op takes about as long to apply as a miss
+/// to memory, so a few ahead is enough, and more would evict lines before their use.
+const PREFETCH_AHEAD: usize = 4;
+
 pub struct ShardActor {
     state: ShardState,
     wal: Option<WalHandle<Acks>>,
@@ -309,6 +314,14 @@ impl ShardActor {
     }
 
     /// The accounts of this shard an op touches.
+    /// Hints the CPU to fetch the index buckets of the accounts `op` touches here.
+    #[inline]
+    fn prefetch(&self, op: &ShardOp) {
+        for key in self.touched(op).iter().flatten() {
+            self.state.prefetch(key);
+        }
+    }
+
     fn touched(&self, op: &ShardOp) -> [Option<Pubkey>; 2] {
         match op {
             ShardOp::Mint { claim, .. } => [Some(fields(claim.op()).2), None],
@@ -566,7 +579,8 @@ impl Handler<ShardOps> for ShardActor {
             Err(poisoned) => poisoned.into_inner(),
         });
         let held = shared.as_deref_mut().unwrap_or(&mut own);
-        self.apply_all(ops, held, batch.as_ref(), ctx, true);
+        let mut ops = ops;
+        self.apply_all(&mut ops, held, batch.as_ref(), ctx, true);
     }
 }
 
@@ -582,7 +596,7 @@ impl Handler<Gather> for ShardActor {
             return;
         }
         // Single ops: no batch, and nothing held back.
-        self.apply_all(gathered.drain(..), &mut HashSet::new(), None, ctx, false);
+        self.apply_all(&mut gathered, &mut HashSet::new(), None, ctx, false);
         self.gathered = gathered;
     }
 }
@@ -592,16 +606,29 @@ impl ShardActor {
     /// ops are a batch's (see [`EAGER_OPS_MAX`]).
     fn apply_all(
         &mut self,
-        ops: impl IntoIterator<Item = (ShardOp, Completion)>,
+        ops: &mut Vec<(ShardOp, Completion)>,
         held: &mut HashSet<Pubkey>,
         batch: Option<&Arc<BatchMark>>,
         ctx: &mut Context<Self>,
         eager: bool,
     ) {
         self.state.read_clock();
-        for (op, completion) in ops {
+        for (op, _) in ops.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(op);
+        }
+        let mut ops = ops.drain(..);
+        loop {
+            // The index buckets of the op `PREFETCH_AHEAD` places on are fetched while this
+            // one is applied.
+            if let Some((ahead, _)) = ops.as_slice().get(PREFETCH_AHEAD) {
+                self.prefetch(ahead);
+            }
+            let Some((op, completion)) = ops.next() else {
+                break;
+            };
             self.apply(op, completion, held, batch);
         }
+        drop(ops);
         self.state.release_clock();
         // A group commit ends when the mailbox is drained, or once it holds `FLUSH_OPS` ops:
         // then its WAL write and sync overlap the next message instead of waiting for it. A

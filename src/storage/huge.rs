@@ -173,6 +173,94 @@ unsafe fn unmap(_: NonNull<u8>, _: usize) {}
 /// A hash map whose table lives in huge pages once it is big enough.
 pub type HugeMap<K, V, S> = hashbrown::HashMap<K, V, S, HugeAlloc>;
 
+/// [`HugeAlloc`] that remembers the block it handed out last, and so where the one hash table
+/// it serves keeps its buckets: [`Tracked::prefetch`] can then ask the CPU for a key's home
+/// bucket before the lookup needs it. A table holds one block at a time (growing allocates the
+/// new one, moves, and frees the old), so the last block is the table's.
+///
+/// Where the home bucket is comes from hashbrown's layout (buckets of `T` below the control
+/// bytes, a probe starting at `hash & (buckets - 1)`), which is not its public API. A guess
+/// wrong after an upgrade costs speed, never correctness: a prefetch is a hint that never
+/// faults and reads nothing into the program.
+#[derive(Debug, Default)]
+pub struct Tracked {
+    base: AtomicUsize,
+    size: AtomicUsize,
+}
+
+impl Clone for Tracked {
+    /// A clone serves another table, which has no block yet.
+    fn clone(&self) -> Self {
+        Tracked::default()
+    }
+}
+
+/// Control bytes past the last bucket: hashbrown's group width with SSE2.
+const GROUP_WIDTH: usize = 16;
+
+impl Tracked {
+    /// Hints the CPU to fetch the control byte and the bucket (of `bucket_bytes`, 64-byte
+    /// aligned in the tables this serves) where a key of hash `hash` is looked for first.
+    #[inline]
+    pub fn prefetch(&self, hash: u64, bucket_bytes: usize) {
+        if let Some((control, bucket)) = self.home(hash, bucket_bytes) {
+            prefetch(control);
+            prefetch(bucket);
+        }
+    }
+
+    /// The addresses of the control byte and the bucket where a key of hash `hash` is looked
+    /// for first, if the table has a block.
+    #[inline]
+    fn home(&self, hash: u64, bucket_bytes: usize) -> Option<(usize, usize)> {
+        let base = self.base.load(Ordering::Relaxed);
+        let size = self.size.load(Ordering::Relaxed);
+        // size = buckets * bucket_bytes + buckets + GROUP_WIDTH.
+        let buckets = size.saturating_sub(GROUP_WIDTH) / (bucket_bytes + 1);
+        if base == 0 || !buckets.is_power_of_two() {
+            return None;
+        }
+        let position = hash as usize & (buckets - 1);
+        let control = base.wrapping_add(buckets * bucket_bytes);
+        let bucket = control.wrapping_sub((position + 1) * bucket_bytes);
+        Some((control.wrapping_add(position), bucket))
+    }
+}
+
+#[inline]
+fn prefetch(address: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address, and reads nothing
+    // into the program.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(address as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+// SAFETY: every block comes from and goes back to `HugeAlloc`, with the same layouts; the
+// bookkeeping only records addresses.
+unsafe impl Allocator for Tracked {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let block = HugeAlloc.allocate(layout)?;
+        self.base
+            .store(block.cast::<u8>().as_ptr() as usize, Ordering::Relaxed);
+        self.size.store(layout.size(), Ordering::Relaxed);
+        Ok(block)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if self.base.load(Ordering::Relaxed) == ptr.as_ptr() as usize {
+            self.base.store(0, Ordering::Relaxed);
+            self.size.store(0, Ordering::Relaxed);
+        }
+        // SAFETY: `ptr` was allocated by `HugeAlloc` with `layout` (see `allocate`).
+        unsafe { HugeAlloc.deallocate(ptr, layout) }
+    }
+}
+
 /// A vector for the big tables that come and go with WAL segments (a segment's gathered index,
 /// an index file's bytes): from 2 MiB on, a mapping of its own that goes back to the system
 /// when freed. From `malloc` they would leave megabytes behind in the arena of whichever thread
@@ -190,6 +278,40 @@ pub fn table<T>(items: impl IntoIterator<Item = T>) -> Table<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout `Tracked` assumes is hashbrown's: most keys sit in the bucket it names. If an upgrade changed the layout the prefetches would miss
+    /// (slower, still correct), and this test says so.
+    #[test]
+    fn tracked_tables_find_their_keys_home_buckets() {
+        use std::hash::BuildHasher;
+        let mut map: hashbrown::HashMap<u64, [u64; 7], ahash::RandomState, Tracked> =
+            hashbrown::HashMap::with_capacity_and_hasher_in(
+                16,
+                ahash::RandomState::new(),
+                Tracked::default(),
+            );
+        // Grown through several blocks: the last one is the table's.
+        for n in 0..20_000u64 {
+            map.insert(n, [n; 7]);
+        }
+        let mut at_home = 0;
+        for n in 0..20_000u64 {
+            let hash = map.hasher().hash_one(n);
+            let (control, bucket) = map.allocator().home(hash, 64).unwrap();
+            let value = map.get(&n).unwrap() as *const [u64; 7] as usize;
+            assert!(control > bucket, "control bytes follow the buckets");
+            at_home += usize::from((bucket..bucket + 64).contains(&value));
+        }
+        // 20,000 keys in 32,768 buckets: about 70% sit at home, where a wrong guess of the
+        // layout would find next to none.
+        assert!(
+            at_home > 10_000,
+            "{at_home} of 20,000 keys in their home bucket"
+        );
+        map.clear();
+        map.shrink_to_fit();
+        assert!(map.allocator().home(1, 64).is_none(), "no block once freed");
+    }
 
     #[test]
     fn big_and_small_tables_work_and_grow() {
