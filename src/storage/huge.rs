@@ -283,7 +283,6 @@ mod tests {
     /// (slower, still correct), and this test says so.
     #[test]
     fn tracked_tables_find_their_keys_home_buckets() {
-        use std::hash::BuildHasher;
         let mut map: hashbrown::HashMap<u64, [u64; 7], ahash::RandomState, Tracked> =
             hashbrown::HashMap::with_capacity_and_hasher_in(
                 16,
