@@ -251,13 +251,13 @@ impl ShardState {
 
     // ---- reads ----
 
-    /// Whether `key` has an account here (logged, durable or not).
     /// Hints the CPU to fetch `key`'s index bucket (see [`Index::prefetch`]).
     #[inline]
     pub fn prefetch(&self, key: &Pubkey) {
         self.index.prefetch(key);
     }
 
+    /// Whether `key` has an account here (logged, durable or not).
     pub fn contains(&self, key: &Pubkey) -> bool {
         self.index.contains_key(key)
     }

@@ -313,7 +313,6 @@ impl ShardActor {
         self.reply_decided(completion, Err(error), claim, decided.lsn);
     }
 
-    /// The accounts of this shard an op touches.
     /// Hints the CPU to fetch the index buckets of the accounts `op` touches here.
     #[inline]
     fn prefetch(&self, op: &ShardOp) {
@@ -322,6 +321,7 @@ impl ShardActor {
         }
     }
 
+    /// The accounts of this shard an op touches.
     fn touched(&self, op: &ShardOp) -> [Option<Pubkey>; 2] {
         match op {
             ShardOp::Mint { claim, .. } => [Some(fields(claim.op()).2), None],

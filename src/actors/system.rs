@@ -37,8 +37,8 @@ pub struct Running {
 
 /// Starts the actix system thread with every actor, handing it the recovered shards and the
 /// directory lock (released when the system thread ends). Blocks until the actors are up.
-/// Starts the actors on a thread of their own. `answer_on`: the multi-threaded runtime that
-/// answers rounds of many single calls (see [`super::shard::ANSWER_ON_RUNTIME_MIN`]).
+/// `answer_on`: the multi-threaded runtime that answers rounds of many single calls (see
+/// [`super::shard::ANSWER_ON_RUNTIME_MIN`]).
 pub fn start(
     recovered: Recovered,
     config: &Config,

@@ -279,8 +279,9 @@ pub fn table<T>(items: impl IntoIterator<Item = T>) -> Table<T> {
 mod tests {
     use super::*;
 
-    /// The layout `Tracked` assumes is hashbrown's: most keys sit in the bucket it names. If an upgrade changed the layout the prefetches would miss
-    /// (slower, still correct), and this test says so.
+    /// The layout `Tracked` assumes is hashbrown's: most keys sit in the bucket it names. If
+    /// an upgrade changed the layout, the prefetches would miss (slower, still correct), and
+    /// this test says so.
     #[test]
     fn tracked_tables_find_their_keys_home_buckets() {
         let mut map: hashbrown::HashMap<u64, [u64; 7], ahash::RandomState, Tracked> =
