@@ -108,10 +108,6 @@ impl Answers {
         self.0.push((completion, result));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn deliver(mut self) {
         self.deliver_all();
     }

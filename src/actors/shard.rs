@@ -1056,11 +1056,9 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
         }
     }
     if let (Some(answers), Some(runtime)) = (answers, &context.answer_on) {
-        if !answers.is_empty() {
-            // On a runtime already shut down the task drops unrun, and `answers` delivers
-            // itself as it drops.
-            drop(runtime.spawn(async move { answers.deliver() }));
-        }
+        // On a runtime already shut down the task drops unrun, and `answers` delivers itself
+        // as it drops.
+        drop(runtime.spawn(async move { answers.deliver() }));
     }
     // Peers are set before the first operation is accepted. Credits that go nowhere (no such
     // peer, a closed mailbox) answer their callers `Ok` as they drop: the debits are durable.

@@ -597,17 +597,9 @@ impl AccountsFile {
         let Some(bytes) = self.slot_bytes(slot) else {
             return;
         };
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint that never faults and reads nothing into the program;
-        // both addresses are inside the slot, so inside the map.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            for line in bytes.chunks(SLOT_BYTES / 2) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
+        for line in bytes.chunks(SLOT_BYTES / 2) {
+            super::prefetch(line.as_ptr() as usize);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = bytes;
     }
 
     /// The key of the account in `slot`, read from the map without checking the slot: for the

@@ -204,8 +204,8 @@ impl Tracked {
     #[inline]
     pub fn prefetch(&self, hash: u64, bucket_bytes: usize) {
         if let Some((control, bucket)) = self.home(hash, bucket_bytes) {
-            prefetch(control);
-            prefetch(bucket);
+            super::prefetch(control);
+            super::prefetch(bucket);
         }
     }
 
@@ -225,19 +225,6 @@ impl Tracked {
         let bucket = control.wrapping_sub((position + 1) * bucket_bytes);
         Some((control.wrapping_add(position), bucket))
     }
-}
-
-#[inline]
-fn prefetch(address: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults, whatever the address, and reads nothing
-    // into the program.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(address as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
 }
 
 // SAFETY: every block comes from and goes back to `HugeAlloc`, with the same layouts; the
