@@ -11,7 +11,7 @@ use crate::error::{LedgerError, Result};
 use crate::history::gather::BatchIndex;
 use crate::history::idx::Mark;
 use crate::judge::JudgedShard;
-use crate::storage::accounts::{slot_offset, AccountsFile, Header, SlotRead, SlotState};
+use crate::storage::accounts::{slot_offset, AccountsFile, FlushJob, Header, SlotRead, SlotState};
 use crate::storage::index::{self, Cached, Index, IndexEntry};
 use crate::storage::INDEX_FILE;
 use crate::types::{Account, Pubkey, ShardStats};
@@ -819,7 +819,7 @@ impl ShardState {
     /// Starts the requested checkpoint, once the records up to its LSN are durable (`None`
     /// until then): every record up to `durable_lsn` enters the file now, and the header
     /// [`Self::finish_checkpoint`] writes will say what the file held at the checkpoint's LSN.
-    /// The account file is flushed a part at a time ([`Self::checkpoint_step`]) while the shard
+    /// The account file is flushed a part at a time ([`Self::checkpoint_part`]) while the shard
     /// goes on; records applied after the checkpoint's LSN are newer than it: replay from it
     /// rewrites their slots whether or not they reached the disk.
     pub fn begin_checkpoint(&mut self, durable_lsn: u64) -> Result<Option<CheckpointPlan>> {
@@ -845,30 +845,48 @@ impl ShardState {
         }
     }
 
-    /// Flushes the next part of the account file for `plan`: `1 / parts` of it, in whole
-    /// pages, at most `part_max` bytes. `true` once all of it (as long as it was when the
-    /// checkpoint began) is flushed.
-    pub fn checkpoint_step(
-        &mut self,
+    /// The flush of the next part of the account file for `plan`: `1 / parts` of it, in
+    /// whole pages, at most `part_max` bytes; `None` once all of it (as long as it was when the
+    /// checkpoint began) has been handed out. The job runs on another thread while the shard
+    /// goes on: the images up to the checkpoint's LSN are in the map before it starts, and
+    /// what the shard stores meanwhile is newer than the checkpoint (see
+    /// [`Self::begin_checkpoint`]).
+    pub fn checkpoint_part(
+        &self,
         plan: &mut CheckpointPlan,
         part_max: usize,
         parts: usize,
-    ) -> Result<bool> {
+    ) -> Option<FlushJob> {
         const PAGE: usize = 4096;
-        if plan.flushed < plan.end {
-            let part = (plan.end / parts.max(1)).next_multiple_of(PAGE);
-            let len = part
-                .clamp(PAGE, part_max.max(PAGE))
-                .min(plan.end - plan.flushed);
-            self.accounts.flush_range(plan.flushed, len)?;
-            plan.flushed += len;
+        if plan.flushed >= plan.end {
+            return None;
         }
-        Ok(plan.flushed >= plan.end)
+        let part = (plan.end / parts.max(1)).next_multiple_of(PAGE);
+        let len = part
+            .clamp(PAGE, part_max.max(PAGE))
+            .min(plan.end - plan.flushed);
+        let job = self.accounts.flush_job(plan.flushed, len);
+        plan.flushed += len;
+        Some(job)
     }
 
-    /// Ends a checkpoint whose every part is flushed: the file's length, then the header.
-    pub fn finish_checkpoint(&mut self, plan: CheckpointPlan) -> Result<CheckpointInfo> {
-        self.accounts.sync_len()?;
+    /// The last flush of a checkpoint whose every part is flushed: the file's length, if it
+    /// grew since it was last made durable (`None`: nothing to do). Its result goes to
+    /// [`Self::finish_checkpoint`].
+    pub fn checkpoint_length(&self) -> Option<FlushJob> {
+        self.accounts.sync_len_job()
+    }
+
+    /// Ends a checkpoint whose every part and length are flushed (`synced_len`: the length
+    /// the last job made durable, if it ran one): writes the header.
+    pub fn finish_checkpoint(
+        &mut self,
+        plan: CheckpointPlan,
+        synced_len: Option<u64>,
+    ) -> Result<CheckpointInfo> {
+        if let Some(len) = synced_len {
+            self.accounts.len_synced(len);
+        }
         self.write_checkpoint(plan, false)
     }
 

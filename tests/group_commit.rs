@@ -1,11 +1,12 @@
 //! Group commit, measured: with every WAL sync taking 2 ms, 64 callers minting at once must
 //! share syncs. One sync per call would be 64 x 8 = 512 syncs; the bound is one per 8 calls.
-//! And groups cut short by size: large batches from several callers at once answer exactly.
+//! Groups cut short by size: large batches from several callers at once answer exactly. And
+//! a checkpoint's flush of the account file, held up, holds up no commit.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 mod common;
@@ -14,9 +15,60 @@ use memmap2::MmapMut;
 use tally::internals::io::{FileIo, RealIo};
 use tally::{Config, Ledger, Pubkey, TransferId};
 
-/// Real I/O whose WAL fdatasync takes 2 ms longer: a slow disk, so callers pile up behind it.
-#[derive(Debug)]
-struct SlowSync;
+/// Real I/O, with a slow disk where a test asks for one: each WAL fdatasync `sync_delay`
+/// longer, so that callers pile up behind it; and flushes of the account file held while
+/// `gate` is closed.
+#[derive(Debug, Default)]
+struct SlowSync {
+    sync_delay: Duration,
+    gate: Gate,
+}
+
+/// Holds the account file's flushes while closed, and counts those it holds.
+#[derive(Debug, Default)]
+struct Gate {
+    /// (closed, flushes held now)
+    state: Mutex<(bool, u32)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn close(&self) {
+        self.state.lock().unwrap().0 = true;
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().0 = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits here while the gate is closed (a minute at most: a test that forgets to open it
+    /// fails rather than hangs).
+    fn pass(&self, path: &Path) {
+        if !path.ends_with("accounts.dat") {
+            return;
+        }
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        self.changed.notify_all();
+        state = self
+            .changed
+            .wait_timeout_while(state, Duration::from_secs(60), |state| state.0)
+            .unwrap()
+            .0;
+        state.1 -= 1;
+    }
+
+    /// Whether a flush is held within `limit`.
+    fn holds_a_flush_within(&self, limit: Duration) -> bool {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, limit, |state| state.1 == 0)
+            .unwrap();
+        state.1 > 0
+    }
+}
 
 impl FileIo for SlowSync {
     fn write_at(&self, file: &File, path: &Path, bytes: &[u8], offset: u64) -> io::Result<()> {
@@ -24,7 +76,8 @@ impl FileIo for SlowSync {
     }
 
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
-        std::thread::sleep(Duration::from_millis(2));
+        self.gate.pass(path);
+        std::thread::sleep(self.sync_delay);
         RealIo.sync_data(file, path)
     }
 
@@ -42,7 +95,19 @@ impl FileIo for SlowSync {
         range: Option<(usize, usize)>,
         path: &Path,
     ) -> io::Result<()> {
+        self.gate.pass(path);
         RealIo.flush_map(map, range, path)
+    }
+
+    fn flush_file_range(
+        &self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        self.gate.pass(path);
+        RealIo.flush_file_range(file, path, offset, len)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -79,7 +144,10 @@ async fn sixty_four_callers_share_wal_syncs() {
     let config = Config::new(dir.path())
         .shards(1)
         .checkpoint_interval_ms(3_600_000)
-        .io(Arc::new(SlowSync));
+        .io(Arc::new(SlowSync {
+            sync_delay: Duration::from_millis(2),
+            ..SlowSync::default()
+        }));
     let ledger = Ledger::open(config).await.unwrap();
     let before = ledger.stats().await.unwrap().shards[0].wal_syncs;
     let mut tasks = Vec::new();
@@ -162,4 +230,63 @@ async fn large_batches_from_several_callers_answer_as_sequential_runs() {
     let ledger = Ledger::open(Config::new(dir.path())).await.unwrap();
     common::assert_matches(&ledger, &all, keys, "after a reopen").await;
     ledger.shutdown().await.unwrap();
+}
+
+/// A checkpoint flushes the account file on a thread of its own: while its flush is held (a
+/// disk busy with the writeback of a large file), transfers still commit, and the checkpoint
+/// ends once the flush does, with everything in place before and after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_go_on_while_a_checkpoint_flushes_the_account_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(SlowSync::default());
+    let config = Config::new(dir.path())
+        .shards(1)
+        .checkpoint_interval_ms(3_600_000)
+        .io(io.clone());
+    let ledger = Ledger::open(config).await.unwrap();
+    let (from, to) = (common::key(1), common::key(2));
+    ledger.mint(TransferId::new(), from, 1_000).await.unwrap();
+    ledger.mint(TransferId::new(), to, 1_000).await.unwrap();
+    io.gate.close();
+    let checkpoint = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.checkpoint().await }
+    });
+    assert!(
+        io.gate.holds_a_flush_within(Duration::from_secs(10)),
+        "the checkpoint flushes the account file"
+    );
+    for n in 1..=20u64 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            ledger.transfer(TransferId::new(), from, to, n),
+        )
+        .await
+        .expect("a transfer waits for the checkpoint's flush")
+        .unwrap();
+    }
+    assert!(
+        !checkpoint.is_finished(),
+        "the checkpoint waits for its flush"
+    );
+    io.gate.open();
+    tokio::time::timeout(Duration::from_secs(30), checkpoint)
+        .await
+        .expect("the checkpoint ends once its flush does")
+        .unwrap()
+        .unwrap();
+    let moved = 20 * 21 / 2;
+    let check = |ledger: Ledger, when: &'static str| async move {
+        for (key, balance) in [(from, 1_000 - moved), (to, 1_000 + moved)] {
+            let account = ledger.account(&key).await.unwrap().unwrap();
+            assert_eq!(account.balance, balance, "{when}");
+        }
+        ledger.shutdown().await.unwrap();
+    };
+    check(ledger, "after the checkpoint").await;
+    check(
+        Ledger::open(Config::new(dir.path())).await.unwrap(),
+        "after a reopen",
+    )
+    .await;
 }

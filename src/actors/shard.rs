@@ -130,6 +130,8 @@ pub struct ShardActor {
     urgent: bool,
     flush_scheduled: bool,
     checkpointing: Option<Checkpointing>,
+    /// Checkpoints begun since the shard started (numbers [`Checkpointing`]).
+    checkpoints_begun: u64,
     /// Who waits for a checkpoint requested and not begun: it begins once the records up to
     /// its LSN are durable ([`ShardState::request_checkpoint`]).
     checkpoint_requested: Vec<CheckpointWaiter>,
@@ -173,6 +175,7 @@ impl ShardActor {
             urgent: false,
             flush_scheduled: false,
             checkpointing: None,
+            checkpoints_begun: 0,
             checkpoint_requested: Vec::new(),
             early: EarlyCredits::default(),
             gathered: Vec::new(),
@@ -746,6 +749,12 @@ type CheckpointWaiter = tokio::sync::oneshot::Sender<Result<CheckpointInfo>>;
 struct Checkpointing {
     plan: CheckpointPlan,
     waiting: Vec<CheckpointWaiter>,
+    /// Tells this checkpoint's flushes from those of one a close overtook.
+    number: u64,
+    /// Whether the flush of the file's length was handed out (it follows the last part).
+    length_handed: bool,
+    /// The file length that flush made durable, if it ran one.
+    synced_len: Option<u64>,
 }
 
 /// How often a requested checkpoint looks again whether it can begin (a `Durable` message
@@ -815,9 +824,13 @@ impl ShardActor {
         }
         match self.state.begin_checkpoint(self.durable_lsn()) {
             Ok(Some(plan)) => {
+                self.checkpoints_begun += 1;
                 self.checkpointing = Some(Checkpointing {
                     plan,
                     waiting: std::mem::take(&mut self.checkpoint_requested),
+                    number: self.checkpoints_begun,
+                    length_handed: false,
+                    synced_len: None,
                 });
                 ctx.address().do_send(CheckpointStep);
             }
@@ -835,26 +848,95 @@ impl ShardActor {
 impl Handler<CheckpointStep> for ShardActor {
     type Result = ();
 
+    /// Hands the checkpoint's next flush to a blocking thread (the shard goes on meanwhile;
+    /// [`ShardActor::flushed`] takes it up again), or ends the checkpoint once all is flushed.
     fn handle(&mut self, _: CheckpointStep, ctx: &mut Context<Self>) {
-        let Some(mut checkpointing) = self.checkpointing.take() else {
+        let Some(checkpointing) = &mut self.checkpointing else {
             return;
         };
-        let _span = tracing::debug_span!("checkpoint_step", shard = self.state.shard()).entered();
-        let started = Instant::now();
-        let stepped = self
+        let mut job = self
             .state
-            .checkpoint_step(&mut checkpointing.plan, CHECKPOINT_PART_MAX, 8);
-        let result = match stepped {
-            Ok(false) => {
-                // Rest as long as the part took: the WAL's syncs share the disk, and a
-                // checkpoint that takes all of it stalls every commit until it ends.
-                self.checkpointing = Some(checkpointing);
-                let rest = started.elapsed().min(CHECKPOINT_REST_MAX);
-                ctx.run_later(rest, |_, ctx| ctx.address().do_send(CheckpointStep));
-                return;
+            .checkpoint_part(&mut checkpointing.plan, CHECKPOINT_PART_MAX, 8);
+        if job.is_none() && !checkpointing.length_handed {
+            checkpointing.length_handed = true;
+            job = self.state.checkpoint_length();
+        }
+        let Some(job) = job else {
+            self.end_checkpoint();
+            return;
+        };
+        let number = checkpointing.number;
+        let started = Instant::now();
+        let flushed = async move {
+            tokio::task::spawn_blocking(move || {
+                let _span = tracing::debug_span!("checkpoint_flush").entered();
+                job.run()
+            })
+            .await
+            .unwrap_or(Err(LedgerError::Closed))
+        };
+        ctx.spawn(
+            flushed
+                .into_actor(self)
+                .map(move |result, actor, ctx| actor.flushed(number, started, result, ctx)),
+        );
+    }
+}
+
+impl ShardActor {
+    /// A flush of checkpoint `number` has ended: rest as long as it took, then go on (the
+    /// WAL's syncs share the disk, and a checkpoint that takes all of it stalls every commit
+    /// until it ends).
+    fn flushed(
+        &mut self,
+        number: u64,
+        started: Instant,
+        result: Result<Option<u64>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(checkpointing) = self
+            .checkpointing
+            .as_mut()
+            .filter(|checkpointing| checkpointing.number == number)
+        else {
+            // Overtaken by a close, which flushed the whole file itself.
+            return;
+        };
+        match result {
+            Ok(synced_len) => {
+                checkpointing.synced_len = synced_len.or(checkpointing.synced_len);
+                if checkpointing.length_handed {
+                    self.end_checkpoint();
+                } else {
+                    let rest = started.elapsed().min(CHECKPOINT_REST_MAX);
+                    ctx.run_later(rest, |_, ctx| ctx.address().do_send(CheckpointStep));
+                }
             }
-            Ok(true) => self.state.finish_checkpoint(checkpointing.plan),
-            Err(error) => Err(error),
+            Err(error) => {
+                self.checkpoint_failed(&error);
+                if let Some(checkpointing) = self.checkpointing.take() {
+                    for done in checkpointing.waiting {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the header of the checkpoint under way, whose every part and length are flushed,
+    /// and answers who waits for it.
+    fn end_checkpoint(&mut self) {
+        let Some(checkpointing) = self.checkpointing.take() else {
+            return;
+        };
+        let _span = tracing::debug_span!("checkpoint_end", shard = self.state.shard()).entered();
+        let result = if self.failed() {
+            // The shard stopped while the file was being flushed: the WAL may not hold what
+            // the header would let a later open skip.
+            Err(self.refuse())
+        } else {
+            self.state
+                .finish_checkpoint(checkpointing.plan, checkpointing.synced_len)
         };
         match &result {
             Ok(_) => {

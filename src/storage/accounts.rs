@@ -42,6 +42,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Advice, MmapMut};
 
@@ -435,11 +436,40 @@ impl<'a> AccountsView<'a> {
     }
 }
 
+/// A flush of (part of) an account file, made by [`AccountsFile::flush_job`] or
+/// [`AccountsFile::sync_len_job`] to run on a thread other than the shard's.
+pub struct FlushJob {
+    io: SharedIo,
+    file: Arc<File>,
+    path: PathBuf,
+    what: Flush,
+}
+
+enum Flush {
+    Range { offset: u64, len: usize },
+    Length { len: u64 },
+}
+
+impl FlushJob {
+    /// Runs the flush (blocking): `Some(len)` when it made the file's length `len` durable.
+    pub fn run(&self) -> Result<Option<u64>> {
+        let io = &*self.io;
+        match self.what {
+            Flush::Range { offset, len } => io
+                .flush_file_range(&self.file, &self.path, offset, len)
+                .map(|()| None),
+            Flush::Length { len } => io.sync_data(&self.file, &self.path).map(|()| Some(len)),
+        }
+        .map_err(|e| LedgerError::io(&self.path, e))
+    }
+}
+
 /// One shard's memory-mapped account file.
 pub struct AccountsFile {
     io: SharedIo,
     path: PathBuf,
-    file: File,
+    /// Shared with the [`FlushJob`]s under way.
+    file: Arc<File>,
     map: MmapMut,
     capacity: u64,
     /// The file length the last fdatasync made durable.
@@ -526,7 +556,7 @@ impl AccountsFile {
         Ok(AccountsFile {
             io,
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             capacity: (len - HEADER_BYTES) / SLOT_BYTES as u64,
             map,
             // Not known to be durable until a sync (`open` records its own).
@@ -648,17 +678,39 @@ impl AccountsFile {
         self.sync_len()
     }
 
-    /// Makes the bytes `[start, start + len)` (clamped to the file) as they are now durable:
-    /// an msync of that part of the map. A checkpoint flushes the file this way a part at a
-    /// time, so that the shard goes on between parts.
-    pub fn flush_range(&mut self, start: usize, len: usize) -> Result<()> {
+    /// What makes the bytes `[start, start + len)` of the file durable as they are when it
+    /// runs, on another thread, while this one goes on storing into the map: an msync through
+    /// a mapping of the job's own, so a remap of this one (the file growing) cannot pull its
+    /// range away.
+    pub fn flush_job(&self, start: usize, len: usize) -> FlushJob {
         let end = start.saturating_add(len).min(self.map.len());
-        if start >= end {
-            return Ok(());
+        FlushJob {
+            io: self.io.clone(),
+            file: self.file.clone(),
+            path: self.path.clone(),
+            what: Flush::Range {
+                offset: start as u64,
+                len: end.saturating_sub(start),
+            },
         }
-        self.io
-            .flush_map(&self.map, Some((start, end - start)), &self.path)
-            .map_err(|e| LedgerError::io(&self.path, e))
+    }
+
+    /// What makes the file's length durable, if it grew since the last fdatasync (an
+    /// fdatasync, which also writes back every page still dirty); the job's length is then
+    /// noted with [`Self::len_synced`].
+    pub fn sync_len_job(&self) -> Option<FlushJob> {
+        let len = self.file_len();
+        (len != self.synced_len).then(|| FlushJob {
+            io: self.io.clone(),
+            file: self.file.clone(),
+            path: self.path.clone(),
+            what: Flush::Length { len },
+        })
+    }
+
+    /// A [`FlushJob`] of the file's length has made `len` bytes durable.
+    pub fn len_synced(&mut self, len: u64) {
+        self.synced_len = self.synced_len.max(len);
     }
 
     /// Bytes mapped (the file's length).

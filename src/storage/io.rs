@@ -31,6 +31,12 @@ pub trait FileIo: Send + Sync + std::fmt::Debug {
         range: Option<(usize, usize)>,
         path: &Path,
     ) -> io::Result<()>;
+    /// msync of `[offset, offset + len)` of a mapped file through a mapping of its own: the
+    /// pages as they are in the page cache, stores through any map of the file included. It
+    /// needs no map of the caller's, so it can run on a thread other than the one storing into
+    /// the map, which goes on meanwhile (see `AccountsFile::flush_job`).
+    fn flush_file_range(&self, file: &File, path: &Path, offset: u64, len: usize)
+        -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Opens `path` for reading and writing, creating it with mode 0600 when `create` is set
@@ -97,6 +103,18 @@ impl FileIo for RealIo {
             Some((offset, len)) => map.flush_range(offset, len),
             None => map.flush(),
         }
+    }
+
+    fn flush_file_range(&self, file: &File, _: &Path, offset: u64, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // memmap2 maps from the page below `offset` and flushes whole pages.
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_raw_read_only(file)?
+            .flush()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -268,6 +286,17 @@ impl FileIo for FaultyIo {
     ) -> io::Result<()> {
         self.fail(FaultOp::FlushMap, path)?;
         RealIo.flush_map(map, range, path)
+    }
+
+    fn flush_file_range(
+        &self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        self.fail(FaultOp::FlushMap, path)?;
+        RealIo.flush_file_range(file, path, offset, len)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -402,6 +402,37 @@ impl FileIo for PowerCutIo {
         Ok(())
     }
 
+    fn flush_file_range(
+        &self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        let mut state = self.enter(true)?;
+        RealIo.flush_file_range(file, path, offset, len)?;
+        // The pages as the page cache holds them, stores through the map included (and stores
+        // that land while they are read: what a real writeback can catch, too).
+        let file_len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let offset =
+            usize::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        let start = (offset / PAGE * PAGE).min(file_len);
+        let end = offset
+            .saturating_add(len)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(file_len);
+        let pages = read_range(file, start as u64, end - start)?;
+        let tracked = state.tracked(path)?;
+        let snapshot = tracked.snapshot.get_or_insert_with(Vec::new);
+        if snapshot.len() < file_len {
+            snapshot.resize(file_len, 0);
+        }
+        snapshot[start..end].copy_from_slice(&pages);
+        Ok(())
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.enter(false)?;
         let id = state.id_of(from)?;

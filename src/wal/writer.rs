@@ -1060,6 +1060,15 @@ mod tests {
         ) -> std::io::Result<()> {
             RealIo.flush_map(map, range, path)
         }
+        fn flush_file_range(
+            &self,
+            file: &File,
+            path: &Path,
+            offset: u64,
+            len: usize,
+        ) -> std::io::Result<()> {
+            RealIo.flush_file_range(file, path, offset, len)
+        }
         fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
             RealIo.rename(from, to)
         }
