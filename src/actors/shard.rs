@@ -736,8 +736,8 @@ const EAGER_OPS_MAX: usize = 512;
 const ACKS_RESERVE_MAX: usize = 8192;
 
 /// Most bytes of the account file a checkpoint flushes at once: on the test VM a part takes
-/// ~25 ms of writeback, so the shard never stalls for the whole file. A file is flushed in at
-/// least 8 parts (of whole pages).
+/// ~25 ms of writeback, and the rest after each part leaves the disk to the WAL's syncs for as
+/// long. A file is flushed in at least 8 parts (of whole pages).
 const CHECKPOINT_PART_MAX: usize = 2 << 20;
 
 /// Longest rest between two parts of a checkpoint.
@@ -931,8 +931,8 @@ impl ShardActor {
         };
         let _span = tracing::debug_span!("checkpoint_end", shard = self.state.shard()).entered();
         let result = if self.failed() {
-            // The shard stopped while the file was being flushed: the WAL may not hold what
-            // the header would let a later open skip.
+            // The shard stopped taking writes while the file was being flushed (a WAL write
+            // or sync failed): it takes no checkpoint either, and reopening recovers it.
             Err(self.refuse())
         } else {
             self.state
