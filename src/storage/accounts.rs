@@ -684,15 +684,10 @@ impl AccountsFile {
     /// range away.
     pub fn flush_job(&self, start: usize, len: usize) -> FlushJob {
         let end = start.saturating_add(len).min(self.map.len());
-        FlushJob {
-            io: self.io.clone(),
-            file: self.file.clone(),
-            path: self.path.clone(),
-            what: Flush::Range {
-                offset: start as u64,
-                len: end.saturating_sub(start),
-            },
-        }
+        self.job(Flush::Range {
+            offset: start as u64,
+            len: end.saturating_sub(start),
+        })
     }
 
     /// What makes the file's length durable, if it grew since the last fdatasync (an
@@ -700,12 +695,16 @@ impl AccountsFile {
     /// noted with [`Self::len_synced`].
     pub fn sync_len_job(&self) -> Option<FlushJob> {
         let len = self.file_len();
-        (len != self.synced_len).then(|| FlushJob {
+        (len != self.synced_len).then(|| self.job(Flush::Length { len }))
+    }
+
+    fn job(&self, what: Flush) -> FlushJob {
+        FlushJob {
             io: self.io.clone(),
             file: self.file.clone(),
             path: self.path.clone(),
-            what: Flush::Length { len },
-        })
+            what,
+        }
     }
 
     /// A [`FlushJob`] of the file's length has made `len` bytes durable.
