@@ -167,6 +167,25 @@ fn prefetch(map: &Part, id: u128) {
         .prefetch(map.hasher().hash_one(split(id)), ENTRY_BYTES);
 }
 
+/// Calls `each` with `map` for every position in `positions`, in order, having asked for the
+/// home bucket of the id (`id_at`) `PREFETCH_AHEAD` positions on.
+fn for_each_prefetched(
+    map: &mut Part,
+    positions: &[u32],
+    id_at: impl Fn(u32) -> u128,
+    mut each: impl FnMut(&mut Part, u32),
+) {
+    for &position in positions.iter().take(PREFETCH_AHEAD) {
+        prefetch(map, id_at(position));
+    }
+    for (at, &position) in positions.iter().enumerate() {
+        if let Some(&ahead) = positions.get(at + PREFETCH_AHEAD) {
+            prefetch(map, id_at(ahead));
+        }
+        each(map, position);
+    }
+}
+
 /// An id as two words: 8-byte aligned, so a hot-map entry is 24 bytes, not 32.
 type Id = [u64; 2];
 
@@ -330,18 +349,13 @@ impl HotMap {
             if fresh {
                 map.reserve(positions.len());
             }
-            for &position in positions.iter().take(PREFETCH_AHEAD) {
-                prefetch(&map, decided[position as usize].0);
-            }
-            for (at, &position) in positions.iter().enumerate() {
-                if let Some(&ahead) = positions.get(at + PREFETCH_AHEAD) {
-                    prefetch(&map, decided[ahead as usize].0);
-                }
+            let id_at = |position: u32| decided[position as usize].0;
+            for_each_prefetched(&mut map, positions, id_at, |map, position| {
                 let (id, location) = decided[position as usize];
-                if let Some(waiter) = self.decide_in(&mut map, id, location) {
+                if let Some(waiter) = self.decide_in(map, id, location) {
                     woken.push((waiter, location));
                 }
-            }
+            });
         }
         for (waiter, location) in woken {
             waiter.settle(Settled::Decided(location));
@@ -445,15 +459,9 @@ impl Ids {
             }
             let mut map = write(lock);
             let id_at = |position: u32| ops[position as usize].id().0;
-            for &position in positions.iter().take(PREFETCH_AHEAD) {
-                prefetch(&map, id_at(position));
-            }
-            for (at, &position) in positions.iter().enumerate() {
-                if let Some(&ahead) = positions.get(at + PREFETCH_AHEAD) {
-                    prefetch(&map, id_at(ahead));
-                }
-                probes[position as usize] = Some(self.hot.claim_in(&mut map, id_at(position)));
-            }
+            for_each_prefetched(&mut map, positions, id_at, |map, position| {
+                probes[position as usize] = Some(self.hot.claim_in(map, id_at(position)));
+            });
         }
         ops.iter()
             .zip(probes)
