@@ -191,11 +191,13 @@ fn load_prints_a_summary_with_a_passing_conservation_check() {
             "2",
             "--batch",
             "50",
+            "--worker-threads",
+            "2",
         ],
     );
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     for expected in [
-        "3 shards, durability sync, 2 clients, batches of 50, uniform keys",
+        "3 shards, durability sync, 2 clients on 2 runtime threads, batches of 50, uniform keys",
         "2,000 in",
         "transfers/s",
         "p50",

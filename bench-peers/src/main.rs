@@ -92,6 +92,10 @@ struct Args {
     /// tally's shard count (0 = tally's default: one per two cores, at least 1).
     #[arg(long, default_value_t = 0)]
     shards: u32,
+    /// Worker threads of the runtime every store's callers run on (0 = what tally suggests for
+    /// its shard count: the cores its shards leave, at least 1; `Config::suggested_worker_threads`).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
 }
 
 /// One line of the results.
@@ -230,6 +234,8 @@ struct Report {
     tally_tasks: usize,
     tally_submitters: usize,
     tally_shards: u32,
+    /// Worker threads of the runtime every store's callers ran on.
+    worker_threads: usize,
     rows: Vec<Row>,
 }
 
@@ -267,8 +273,12 @@ fn main() -> anyhow::Result<()> {
         args.accounts, args.transfers, args.single_transfers
     );
 
+    let worker_threads = match args.worker_threads {
+        0 => tally::Config::suggested_worker_threads(tally_store::shard_count(args.shards)),
+        workers => workers,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
         .context("tokio runtime")?;
@@ -387,6 +397,7 @@ fn main() -> anyhow::Result<()> {
         tally_tasks: args.tasks,
         tally_submitters: args.submitters,
         tally_shards: tally_store::shard_count(args.shards),
+        worker_threads,
         rows,
     };
     if args.json {
@@ -527,11 +538,12 @@ fn print_table(report: &Report, total_seconds: f64) {
         "Workload: {} accounts; {} transfers per batched scenario and for tally's concurrent \
          single calls, {} per one-transfer-per-commit run; every store durable at each commit \
          and checked at the end (every balance equals the reference model, sum == minted). \
-         tally on {} shards. Run took {:.0} s.",
+         tally on {} shards; callers on a runtime of {} worker threads. Run took {:.0} s.",
         report.accounts,
         report.transfers,
         report.single_transfers,
         report.tally_shards,
+        report.worker_threads,
         total_seconds
     );
     println!();

@@ -176,6 +176,10 @@ struct LoadArgs {
     /// Shards of a new data directory [default: the config file's, else one per two cores, 1..=16].
     #[arg(long)]
     shards: Option<u32>,
+    /// Worker threads of the runtime the clients run on [default: the cores the shards leave,
+    /// at least 1: `Config::suggested_worker_threads`].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    worker_threads: Option<u64>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -247,7 +251,14 @@ fn run(command: Command) -> Result<i32, CliError> {
     match command {
         Command::Verify(dir) => verify(&dir),
         Command::Inspect(dir) => inspect(&dir),
-        Command::Load(args) => runtime()?.block_on(load(args)),
+        Command::Load(args) => {
+            let shards = args.shards.unwrap_or_else(Config::default_shards);
+            let workers = args.worker_threads.map_or_else(
+                || Config::suggested_worker_threads(shards),
+                |workers| workers as usize,
+            );
+            runtime(workers)?.block_on(load(args))
+        }
         Command::Mint {
             dir,
             id,
@@ -256,14 +267,16 @@ fn run(command: Command) -> Result<i32, CliError> {
         } => {
             let to = parse_key(&key)?;
             let id = parse_id_or_new(id.as_deref())?;
-            runtime()?.block_on(with_ledger(dir.config()?, |ledger| async move {
-                let receipt = ledger.mint(id, to, amount).await?;
-                let balance = balance_of(&ledger, &to).await?;
-                Ok(format!(
-                    "minted {amount} to {to}: balance {balance}\nid {id}\n{}",
-                    receipt_lines(&receipt)
-                ))
-            }))
+            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
+                with_ledger(dir.config()?, |ledger| async move {
+                    let receipt = ledger.mint(id, to, amount).await?;
+                    let balance = balance_of(&ledger, &to).await?;
+                    Ok(format!(
+                        "minted {amount} to {to}: balance {balance}\nid {id}\n{}",
+                        receipt_lines(&receipt)
+                    ))
+                }),
+            )
         }
         Command::Transfer {
             dir,
@@ -275,7 +288,7 @@ fn run(command: Command) -> Result<i32, CliError> {
             let (from, to) = (parse_key(&from)?, parse_key(&to)?);
             let id = parse_id_or_new(id.as_deref())?;
             let config = existing(&dir)?;
-            runtime()?.block_on(with_ledger(config, |ledger| async move {
+            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(with_ledger(config, |ledger| async move {
                 let receipt = ledger.transfer(id, from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
@@ -288,27 +301,31 @@ fn run(command: Command) -> Result<i32, CliError> {
         Command::Account { dir, key } => {
             let key = parse_key(&key)?;
             let config = existing(&dir)?;
-            runtime()?.block_on(with_ledger(config, |ledger| async move {
-                let account = ledger
-                    .account(&key)
-                    .await?
-                    .ok_or(LedgerError::AccountNotFound(key))?;
-                Ok(format!(
-                    "account {}\nbalance {}\nsequence {}\n",
-                    account.key, account.balance, account.sequence
-                ))
-            }))
+            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
+                with_ledger(config, |ledger| async move {
+                    let account = ledger
+                        .account(&key)
+                        .await?
+                        .ok_or(LedgerError::AccountNotFound(key))?;
+                    Ok(format!(
+                        "account {}\nbalance {}\nsequence {}\n",
+                        account.key, account.balance, account.sequence
+                    ))
+                }),
+            )
         }
         Command::Lookup { dir, id } => {
             let id = parse_id(&id)?;
             let config = existing(&dir)?;
-            runtime()?.block_on(with_ledger(config, |ledger| async move {
-                let transfer = ledger
-                    .lookup(id)
-                    .await?
-                    .ok_or_else(|| CliError(format!("no transfer with id {id}")))?;
-                Ok(report::transfer(&transfer))
-            }))
+            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
+                with_ledger(config, |ledger| async move {
+                    let transfer = ledger
+                        .lookup(id)
+                        .await?
+                        .ok_or_else(|| CliError(format!("no transfer with id {id}")))?;
+                    Ok(report::transfer(&transfer))
+                }),
+            )
         }
         Command::History {
             dir,
@@ -318,10 +335,12 @@ fn run(command: Command) -> Result<i32, CliError> {
         } => {
             let key = parse_key(&key)?;
             let config = existing(&dir)?;
-            runtime()?.block_on(with_ledger(config, |ledger| async move {
-                let entries = ledger.history(&key, after, limit).await?;
-                Ok(report::history(&key, &entries))
-            }))
+            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
+                with_ledger(config, |ledger| async move {
+                    let entries = ledger.history(&key, after, limit).await?;
+                    Ok(report::history(&key, &entries))
+                }),
+            )
         }
         // They build their own runtimes and report their own errors.
         Command::Crashtest(args) => Ok(crashtest::run_campaign_main(args)),
@@ -345,8 +364,11 @@ fn emit(text: &str) {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+/// The runtime a command's calls run on, with `workers` worker threads (see
+/// `Config::suggested_worker_threads`).
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
         .enable_all()
         .build()
         .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
@@ -433,6 +455,8 @@ struct LoadSummary {
     durability: Durability,
     accounts: u64,
     clients: u64,
+    /// Worker threads of the runtime the clients ran on.
+    worker_threads: usize,
     batch: u64,
     skew: Skew,
     mint_seconds: f64,
@@ -570,6 +594,7 @@ async fn run_load(
         durability,
         accounts: args.accounts,
         clients: args.clients,
+        worker_threads: tokio::runtime::Handle::current().metrics().num_workers(),
         batch: args.batch,
         skew: args.skew,
         mint_seconds,
@@ -1022,10 +1047,11 @@ fn summary_text(summary: &LoadSummary) -> String {
 fn setup_lines(summary: &LoadSummary, lines: &mut Vec<String>) {
     let conservation = &summary.conservation;
     lines.push(format!(
-        "  setup          {}, durability {}, {} clients, batches of {}, {} keys, {}",
+        "  setup          {}, durability {}, {} clients on {}, batches of {}, {} keys, {}",
         report::plural(summary.shards, "shard"),
         durability_name(summary.durability),
         summary.clients,
+        report::plural(summary.worker_threads, "runtime thread"),
         group_digits(summary.batch as u128),
         skew_name(summary.skew),
         ids_name(summary.ids)
@@ -1166,6 +1192,7 @@ fn summary_json(summary: &LoadSummary) -> serde_json::Value {
         "shards": summary.shards,
         "durability": durability,
         "clients": summary.clients,
+        "worker_threads": summary.worker_threads,
         "batch": summary.batch,
         "skew": skew_name(summary.skew),
         "ids": ids_name(summary.ids),
