@@ -176,8 +176,7 @@ impl Config {
     /// (its credit) and a hand-off: on two cores one shard ran every concurrent workload
     /// measured faster than two (the README's benchmarks).
     pub fn default_shards() -> u32 {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        (cores as u32 / 2).clamp(1, 16)
+        (cores() as u32 / 2).clamp(1, 16)
     }
 
     /// How many worker threads to give the tokio runtime that calls a ledger of `shards`
@@ -192,8 +191,7 @@ impl Config {
     /// too. A runtime is still the application's to size; this is the README's advice
     /// ("Sizing the runtime") as a number.
     pub fn suggested_worker_threads(shards: u32) -> usize {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        cores.saturating_sub(shards as usize).max(1)
+        cores().saturating_sub(shards as usize).max(1)
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -367,6 +365,11 @@ impl Default for LatencySection {
     }
 }
 
+/// The cores this process may run on (2 if that cannot be told).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_runtime_is_left_the_cores_the_shards_do_not_take() {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = cores();
         assert_eq!(Config::suggested_worker_threads(0), cores);
         assert_eq!(Config::suggested_worker_threads(cores as u32), 1);
         assert_eq!(Config::suggested_worker_threads(u32::MAX), 1);

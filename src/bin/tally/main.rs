@@ -176,8 +176,8 @@ struct LoadArgs {
     /// Shards of a new data directory [default: the config file's, else one per two cores, 1..=16].
     #[arg(long)]
     shards: Option<u32>,
-    /// Worker threads of the runtime the clients run on [default: the cores the shards leave,
-    /// at least 1: `Config::suggested_worker_threads`].
+    /// Worker threads of the runtime the clients run on [default: the cores that `--shards`,
+    /// or else the default shard count, leaves; at least 1: `Config::suggested_worker_threads`].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
     worker_threads: Option<u64>,
     /// Print the summary as one JSON object.
@@ -257,7 +257,7 @@ fn run(command: Command) -> Result<i32, CliError> {
                 || Config::suggested_worker_threads(shards),
                 |workers| workers as usize,
             );
-            runtime(workers)?.block_on(load(args))
+            runtime_with(workers)?.block_on(load(args))
         }
         Command::Mint {
             dir,
@@ -267,16 +267,14 @@ fn run(command: Command) -> Result<i32, CliError> {
         } => {
             let to = parse_key(&key)?;
             let id = parse_id_or_new(id.as_deref())?;
-            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
-                with_ledger(dir.config()?, |ledger| async move {
-                    let receipt = ledger.mint(id, to, amount).await?;
-                    let balance = balance_of(&ledger, &to).await?;
-                    Ok(format!(
-                        "minted {amount} to {to}: balance {balance}\nid {id}\n{}",
-                        receipt_lines(&receipt)
-                    ))
-                }),
-            )
+            runtime()?.block_on(with_ledger(dir.config()?, |ledger| async move {
+                let receipt = ledger.mint(id, to, amount).await?;
+                let balance = balance_of(&ledger, &to).await?;
+                Ok(format!(
+                    "minted {amount} to {to}: balance {balance}\nid {id}\n{}",
+                    receipt_lines(&receipt)
+                ))
+            }))
         }
         Command::Transfer {
             dir,
@@ -288,7 +286,7 @@ fn run(command: Command) -> Result<i32, CliError> {
             let (from, to) = (parse_key(&from)?, parse_key(&to)?);
             let id = parse_id_or_new(id.as_deref())?;
             let config = existing(&dir)?;
-            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(with_ledger(config, |ledger| async move {
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
                 let receipt = ledger.transfer(id, from, to, amount).await?;
                 let from_balance = balance_of(&ledger, &from).await?;
                 let to_balance = balance_of(&ledger, &to).await?;
@@ -301,31 +299,27 @@ fn run(command: Command) -> Result<i32, CliError> {
         Command::Account { dir, key } => {
             let key = parse_key(&key)?;
             let config = existing(&dir)?;
-            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
-                with_ledger(config, |ledger| async move {
-                    let account = ledger
-                        .account(&key)
-                        .await?
-                        .ok_or(LedgerError::AccountNotFound(key))?;
-                    Ok(format!(
-                        "account {}\nbalance {}\nsequence {}\n",
-                        account.key, account.balance, account.sequence
-                    ))
-                }),
-            )
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
+                let account = ledger
+                    .account(&key)
+                    .await?
+                    .ok_or(LedgerError::AccountNotFound(key))?;
+                Ok(format!(
+                    "account {}\nbalance {}\nsequence {}\n",
+                    account.key, account.balance, account.sequence
+                ))
+            }))
         }
         Command::Lookup { dir, id } => {
             let id = parse_id(&id)?;
             let config = existing(&dir)?;
-            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
-                with_ledger(config, |ledger| async move {
-                    let transfer = ledger
-                        .lookup(id)
-                        .await?
-                        .ok_or_else(|| CliError(format!("no transfer with id {id}")))?;
-                    Ok(report::transfer(&transfer))
-                }),
-            )
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
+                let transfer = ledger
+                    .lookup(id)
+                    .await?
+                    .ok_or_else(|| CliError(format!("no transfer with id {id}")))?;
+                Ok(report::transfer(&transfer))
+            }))
         }
         Command::History {
             dir,
@@ -335,12 +329,10 @@ fn run(command: Command) -> Result<i32, CliError> {
         } => {
             let key = parse_key(&key)?;
             let config = existing(&dir)?;
-            runtime(Config::suggested_worker_threads(Config::default_shards()))?.block_on(
-                with_ledger(config, |ledger| async move {
-                    let entries = ledger.history(&key, after, limit).await?;
-                    Ok(report::history(&key, &entries))
-                }),
-            )
+            runtime()?.block_on(with_ledger(config, |ledger| async move {
+                let entries = ledger.history(&key, after, limit).await?;
+                Ok(report::history(&key, &entries))
+            }))
         }
         // They build their own runtimes and report their own errors.
         Command::Crashtest(args) => Ok(crashtest::run_campaign_main(args)),
@@ -364,9 +356,14 @@ fn emit(text: &str) {
     }
 }
 
+/// The runtime a command's calls run on, sized for a ledger of the default shard count.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    runtime_with(Config::suggested_worker_threads(Config::default_shards()))
+}
+
 /// The runtime a command's calls run on, with `workers` worker threads (see
 /// `Config::suggested_worker_threads`).
-fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, CliError> {
+fn runtime_with(workers: usize) -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
