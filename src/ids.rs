@@ -447,28 +447,36 @@ impl Ids {
         self.claimed(probe, op)
     }
 
-    /// [`Ids::claim`] for each of `ops` (whose ids are distinct), a part of the map at a time.
-    pub fn claim_all(self: &Arc<Self>, ops: &[Op]) -> Vec<Claimed> {
-        let (order, starts) = self.hot.grouped(ops.iter().map(|op| op.id().0));
-        let mut probes: Vec<Option<Probe>> = Vec::with_capacity(ops.len());
-        probes.resize_with(ops.len(), || None);
+    /// [`Ids::claim`] for the ops of `ops` at `positions`, in that order, a part of the map at
+    /// a time. An id that repeats among them is claimed by its first occurrence, and the later
+    /// ones follow it (they are retries of it). One `Claimed` per position; every position
+    /// indexes `ops`.
+    pub fn claim_all(self: &Arc<Self>, ops: &[Op], positions: &[u32]) -> Vec<Claimed> {
+        let id_of = |at: u32| ops[at as usize].id().0;
+        let (order, starts) = self.hot.grouped(positions.iter().map(|&at| id_of(at)));
+        let mut probes: Vec<Option<Probe>> = Vec::with_capacity(positions.len());
+        probes.resize_with(positions.len(), || None);
         for (part, lock) in self.hot.parts.iter().enumerate() {
-            let positions = &order[starts[part]..starts[part + 1]];
-            if positions.is_empty() {
+            let nth = &order[starts[part]..starts[part + 1]];
+            if nth.is_empty() {
                 continue;
             }
             let mut map = write(lock);
-            let id_at = |position: u32| ops[position as usize].id().0;
-            for_each_prefetched(&mut map, positions, id_at, |map, position| {
-                probes[position as usize] = Some(self.hot.claim_in(map, id_at(position)));
+            let id_at = |n: u32| id_of(positions[n as usize]);
+            for_each_prefetched(&mut map, nth, id_at, |map, n| {
+                probes[n as usize] = Some(self.hot.claim_in(map, id_at(n)));
             });
         }
-        ops.iter()
+        positions
+            .iter()
             .zip(probes)
-            .map(|(&op, probe)| match probe {
-                Some(probe) => self.claimed(probe, op),
-                // Unreachable (every position is in one part); claiming alone is still right.
-                None => self.claim(op),
+            .map(|(&at, probe)| {
+                let op = ops[at as usize];
+                match probe {
+                    Some(probe) => self.claimed(probe, op),
+                    // Unreachable (every position is in one part); claiming alone is still right.
+                    None => self.claim(op),
+                }
             })
             .collect()
     }
@@ -849,7 +857,8 @@ mod tests {
         ids.insert_hot(&[(3, decided)]);
         let held = leader(ids.claim(mint(4)));
         let ops: Vec<Op> = (1..=500u128).map(mint).collect();
-        let claims = ids.claim_all(&ops);
+        let positions: Vec<u32> = (0..500).collect();
+        let claims = ids.claim_all(&ops, &positions);
         assert_eq!(claims.len(), 500);
         for (op, claimed) in ops.iter().zip(&claims) {
             match (op.id().0, claimed) {
@@ -864,5 +873,34 @@ mod tests {
         drop(claims);
         drop(held);
         assert_eq!(ids.hot_len(), 1, "the unlogged claims are freed");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_id_in_a_batch_follows_its_first_occurrence() {
+        let ids = Ids::new(8 * 1000);
+        // Positions 0..6 of ops 10, 11, 10, 12, 11, 10; position 6 (id 13) is left out.
+        let ops: Vec<Op> = [10u128, 11, 10, 12, 11, 10, 13].map(mint).to_vec();
+        let mut claims = ids.claim_all(&ops, &[0, 1, 2, 3, 4, 5]).into_iter();
+        let mut next = || claims.next().unwrap();
+        let mut first = leader(next());
+        let second = leader(next());
+        let repeat_of_first = follower(next());
+        let _third = leader(next());
+        let repeat_of_second = follower(next());
+        let again_first = follower(next());
+        assert!(
+            Arc::ptr_eq(&repeat_of_first, &again_first),
+            "both repeats of 10 wait on it"
+        );
+        assert_eq!(ids.hot_len(), 3, "13 is not claimed");
+        let at = Location { shard: 0, lsn: 9 };
+        first.mark_logged();
+        let mut decisions = Decisions::default();
+        decisions.add(&mut first, at);
+        drop(first);
+        decisions.apply();
+        assert!(matches!(again_first.settled().await, Settled::Decided(l) if l == at));
+        drop(second); // never logged: its repeat is freed to run on its own
+        assert!(matches!(repeat_of_second.settled().await, Settled::Freed));
     }
 }

@@ -461,47 +461,43 @@ impl Ledger {
 
     /// `submit` after its checks: each op's id is claimed in batch order; ops whose ids were
     /// decided before are answered from their records, a repeated id within the batch is a
-    /// retry of its first op, ops whose ids another call has in flight wait for it, and the
-    /// rest run as one batch.
+    /// retry of its first op (it follows that op's claim), ops whose ids another call has in
+    /// flight wait for it, and the rest run as one batch.
     async fn decide_batch(
         &self,
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
         let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
-        // Ids are the callers' own, so the set hashes with a random key (ahash, not SipHash:
-        // one insert per op of every batch).
-        let mut seen_ids: std::collections::HashSet<TransferId, ahash::RandomState> =
-            std::collections::HashSet::with_capacity_and_hasher(
-                ops.len(),
-                ahash::RandomState::new(),
-            );
-        let mut claimed = Vec::with_capacity(ops.len());
-        let mut claimed_at = Vec::with_capacity(ops.len());
-        let mut followers = Vec::new();
-        let mut repeats = Vec::new();
-        let mut first_at = Vec::with_capacity(ops.len());
-        let mut firsts = Vec::with_capacity(ops.len());
+        let mut valid = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
-            if let Err(error) = check_stateless(op) {
-                results[index] = Some(Err(error));
-                continue;
+            match check_stateless(op) {
+                Ok(()) => valid.push(index as u32),
+                Err(error) => results[index] = Some(Err(error)),
             }
-            if !seen_ids.insert(op.id()) {
-                repeats.push(index);
-                continue;
-            }
-            first_at.push(index);
-            firsts.push(*op);
         }
-        // The batch's distinct ids, claimed a part of the id map at a time.
-        let claims = self.inner.history.ids.claim_all(&firsts);
-        for ((index, op), claim) in first_at.into_iter().zip(firsts.iter()).zip(claims) {
+        // The batch's ids, claimed a part of the id map at a time. (A repeated id follows its
+        // first occurrence: no set of the batch's ids is needed to find repeats.)
+        let ids = &self.inner.history.ids;
+        let claims = ids.claim_all(&ops, &valid);
+        let mut claimed = Vec::with_capacity(claims.len());
+        let mut claimed_at = Vec::with_capacity(claims.len());
+        let mut followers = Vec::new();
+        for (&at, claim) in valid.iter().zip(claims) {
+            let (index, op) = (at as usize, &ops[at as usize]);
             match claim {
-                ids::Claimed::Leader(claim) => match self.check_decided(op, claim) {
-                    Checked::Answer(answer) => results[index] = Some(answer),
-                    Checked::New(claim) => {
+                // Decided in a sealed segment? (Checked after the claim: see `check_decided`.)
+                ids::Claimed::Leader(claim) => match ids.locate_sealed(op.id().0) {
+                    Ok(None) => {
                         claimed.push(claim);
                         claimed_at.push(index);
+                    }
+                    Ok(Some(location)) => {
+                        claim.free();
+                        results[index] = Some(self.inner.history.answer(location, op));
+                    }
+                    Err(error) => {
+                        claim.free();
+                        results[index] = Some(Err(error));
                     }
                 },
                 ids::Claimed::Decided(location) => {
@@ -516,8 +512,11 @@ impl Ledger {
                 results[index] = Some(result);
             }
         }
-        // Ops whose ids another call holds: they change nothing here unless that call's op was
-        // refused before any WAL, when they run on their own.
+        // Ops whose ids another call, or an earlier op of this batch, holds: they change nothing
+        // here unless the holder was refused before any WAL, when they run on their own. (The
+        // batch is done, so an earlier op of it that held the id has settled it.) A repeated id
+        // is thus a retry of the op of this batch that decided it, or of whatever decided it
+        // before the batch (the first occurrence here may itself be a conflicting retry).
         for (index, waiter) in followers {
             let op = ops[index];
             let answer = match self.follow(&op, waiter.settled().await) {
@@ -525,12 +524,6 @@ impl Ledger {
                 None => self.decide(op).await,
             };
             results[index] = Some(answer);
-        }
-        // A repeated id is a retry: of the op of this batch that decided it, or of whatever
-        // decided it before the batch (the first occurrence here may itself be a conflicting
-        // retry). Now that the batch is done, a retry finds that op's record and answers from it.
-        for index in repeats {
-            results[index] = Some(self.decide(ops[index]).await);
         }
         Ok(results
             .into_iter()

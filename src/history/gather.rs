@@ -126,7 +126,8 @@ impl Gathered {
         }
         let first = self.first_lsn;
         let mut ids = self.ids;
-        ids.sort_unstable();
+        // By id alone (see `seal::build`).
+        ids.sort_unstable_by_key(|&(id, _)| id);
         Some(IdxContents {
             shard,
             first_lsn: first,
