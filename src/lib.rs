@@ -507,7 +507,15 @@ impl Ledger {
             }
         }
         if !claimed.is_empty() {
-            let decided = self.inner.routing.run_batch(claimed).await;
+            // Every op claimed (the usual case): the batch runs on `ops` itself, not a copy.
+            let subset: Vec<Op>;
+            let claimed_ops = if claimed_at.len() == ops.len() {
+                &ops[..]
+            } else {
+                subset = claimed_at.iter().map(|&index| ops[index]).collect();
+                &subset[..]
+            };
+            let decided = self.inner.routing.run_batch(claimed_ops, claimed).await;
             for (index, result) in claimed_at.into_iter().zip(decided) {
                 results[index] = Some(result);
             }

@@ -352,33 +352,31 @@ mod tests {
             }
         }
         close.unwrap().await.unwrap().unwrap().unwrap();
-        let batch = running.routing.run_batch(
-            [
-                Op::Mint {
-                    id: TransferId::new(),
-                    to: on_1[0],
-                    amount: 1,
-                    user_data: 0,
-                },
-                Op::Transfer {
-                    id: TransferId::new(),
-                    from: on_0[0],
-                    to: on_1[0],
-                    amount: 2,
-                    user_data: 0,
-                },
-                Op::Transfer {
-                    id: TransferId::new(),
-                    from: on_1[0],
-                    to: on_0[1],
-                    amount: 1,
-                    user_data: 0,
-                },
-            ]
-            .into_iter()
-            .map(claim)
-            .collect(),
-        );
+        let ops = [
+            Op::Mint {
+                id: TransferId::new(),
+                to: on_1[0],
+                amount: 1,
+                user_data: 0,
+            },
+            Op::Transfer {
+                id: TransferId::new(),
+                from: on_0[0],
+                to: on_1[0],
+                amount: 2,
+                user_data: 0,
+            },
+            Op::Transfer {
+                id: TransferId::new(),
+                from: on_1[0],
+                to: on_0[1],
+                amount: 1,
+                user_data: 0,
+            },
+        ];
+        let batch = running
+            .routing
+            .run_batch(&ops, ops.into_iter().map(claim).collect());
         let batch = prompt("submit", batch).await;
         assert!(matches!(batch[0], Err(LedgerError::Closed)), "{batch:?}");
         assert_eq!(batch[1].as_ref().unwrap().shard, 0);
