@@ -477,27 +477,18 @@ impl Ledger {
         }
         // The batch's ids, claimed a part of the id map at a time. (A repeated id follows its
         // first occurrence: no set of the batch's ids is needed to find repeats.)
-        let ids = &self.inner.history.ids;
-        let claims = ids.claim_all(&ops, &valid);
+        let claims = self.inner.history.ids.claim_all(&ops, &valid);
         let mut claimed = Vec::with_capacity(claims.len());
         let mut claimed_at = Vec::with_capacity(claims.len());
         let mut followers = Vec::new();
         for (&at, claim) in valid.iter().zip(claims) {
             let (index, op) = (at as usize, &ops[at as usize]);
             match claim {
-                // Decided in a sealed segment? (Checked after the claim: see `check_decided`.)
-                ids::Claimed::Leader(claim) => match ids.locate_sealed(op.id().0) {
-                    Ok(None) => {
+                ids::Claimed::Leader(claim) => match self.check_decided(op, claim) {
+                    Checked::Answer(answer) => results[index] = Some(answer),
+                    Checked::New(claim) => {
                         claimed.push(claim);
                         claimed_at.push(index);
-                    }
-                    Ok(Some(location)) => {
-                        claim.free();
-                        results[index] = Some(self.inner.history.answer(location, op));
-                    }
-                    Err(error) => {
-                        claim.free();
-                        results[index] = Some(Err(error));
                     }
                 },
                 ids::Claimed::Decided(location) => {
