@@ -461,6 +461,8 @@ fn check_history(report: &mut VerifyReport, view: AccountsView<'_>, shard: &Judg
             return;
         }
     };
+    // What recovery replays ends where the judge found the WAL's end: so does the history.
+    opened.log.bound_live(&shard.wal.tail);
     for error in &opened.damaged {
         let finding = Finding::from_error(error, &shard.dir);
         damaged(

@@ -269,6 +269,16 @@ impl ShardLog {
         let _ = self.completed.set(completed);
     }
 
+    /// For a reader of a directory no writer has opened (`verify`): reads of the live segment
+    /// stop where `tail` says its valid frames end. Bytes beyond (a torn write that the next
+    /// open cuts) are not history, and walking into them would fail every read of the segment.
+    pub fn bound_live(&self, tail: &crate::wal::reader::Tail) {
+        if let Some(segment) = &tail.segment {
+            let end = Arc::new(Mutex::new((segment.first_lsn, tail.offset)));
+            let _ = self.progress.set(end);
+        }
+    }
+
     /// The index the writer gathered for the segment starting at `first_lsn`, if it did.
     fn take_gathered(&self, first_lsn: u64) -> Option<Gathered> {
         let completed = self.completed.get()?;
