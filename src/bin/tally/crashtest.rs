@@ -9,6 +9,8 @@
 //!
 //! # What the parent checks, each cycle
 //!
+//! * `verify` of the copy, by the rules `open` applies, says it opens (at most after cutting
+//!   torn WAL tails) and reports no problem.
 //! * Every acknowledged op is there, with the outcome the model gives it. Under
 //!   `Durability::Periodic` an ack follows the WAL `write()`, and a kill -9 keeps the page
 //!   cache, so it is checked exactly like `Sync`: nothing acknowledged may be missing.
@@ -1070,6 +1072,13 @@ impl<'a> Campaign<'a> {
             std::fs::remove_dir_all(&copy).map_err(|e| io_error(&copy, e))?;
         }
         copy_dir(&self.worker.data_dir, &copy).map_err(|e| io_error(&copy, e))?;
+        // `verify` judges by open's rules: a kill leaves a directory that opens, at most after
+        // cutting torn WAL tails, with no problem to report.
+        for problem in verify_problems(&copy) {
+            self.report
+                .violations
+                .push(format!("cycle {cycle}: verify after the kill: {problem}"));
+        }
         let resends = PARENT_RESENDS.load(Ordering::Relaxed);
         let recovered = runtime.block_on(read_back(&copy, &self.worker))?;
         self.owes_credits = PARENT_RESENDS.load(Ordering::Relaxed) > resends;
@@ -1183,6 +1192,26 @@ fn read_placement(worker: &WorkerArgs) -> Option<BTreeMap<u32, Vec<u32>>> {
             })
             .collect(),
     )
+}
+
+/// What `verify` says is wrong with a directory a kill left: a verdict other than sound,
+/// opens-after-cutting or new (a creation killed before its MANIFEST), and every problem it
+/// reports.
+fn verify_problems(dir: &Path) -> Vec<String> {
+    use tally::internals::verify::Verdict;
+    let report = match tally::internals::verify::verify(dir) {
+        Ok(report) => report,
+        Err(error) => return vec![format!("verify failed: {error}")],
+    };
+    let mut problems = Vec::new();
+    if !matches!(
+        report.verdict,
+        Verdict::Sound | Verdict::OpensAfterCutting | Verdict::New
+    ) {
+        problems.push(format!("verdict {:?}", report.verdict));
+    }
+    problems.extend(report.problems.iter().map(|finding| finding.to_string()));
+    problems
 }
 
 /// Copies a directory tree; a missing source makes an empty copy.
