@@ -460,10 +460,31 @@ fn verify_reads_the_history_only_up_to_a_torn_tail() {
     bytes[at..at + second].copy_from_slice(&frames[..second]);
     std::fs::write(&segment.path, &bytes).unwrap();
 
+    assert_opens_after_one_cut(
+        &data,
+        &format!("cut: {} at offset {at}", segment.path.display()),
+    );
+    // The next open cuts the frame, and the directory is sound.
+    assert_an_open_leaves_it_sound(&data);
+}
+
+/// A command opens the ledger (and recovers it); `verify` then finds it sound.
+fn assert_an_open_leaves_it_sound(data: &Data) {
+    assert_eq!(data.run("account", &[&key(0xEE)]).code, 1);
+    let verify = data.run("verify", &[]);
+    assert!(
+        verify.stdout.contains("sound: no problems"),
+        "{}",
+        verify.stdout
+    );
+}
+
+/// `verify` says the directory opens after cutting one torn WAL tail, names it with `cut`, and
+/// reports no problem.
+fn assert_opens_after_one_cut(data: &Data, cut: &str) {
     let verify = data.run("verify", &[]);
     assert_eq!(verify.code, 0, "{}", verify.stdout);
-    let cut = format!("cut: {} at offset {at}", segment.path.display());
-    assert!(verify.stdout.contains(&cut), "{}", verify.stdout);
+    assert!(verify.stdout.contains(cut), "{}", verify.stdout);
     assert!(
         verify
             .stdout
@@ -472,14 +493,6 @@ fn verify_reads_the_history_only_up_to_a_torn_tail() {
         verify.stdout
     );
     assert!(!verify.stdout.contains("problem:"), "{}", verify.stdout);
-    // The next open cuts the frame, and the directory is sound.
-    assert_eq!(data.run("account", &[&key(0xEE)]).code, 1);
-    let verify = data.run("verify", &[]);
-    assert!(
-        verify.stdout.contains("sound: no problems"),
-        "{}",
-        verify.stdout
-    );
 }
 
 #[test]
@@ -554,25 +567,9 @@ fn verify_finds_a_flipped_byte_in_the_preallocated_middle_of_a_wal_segment() {
 
     // Nothing after the end of the log was ever proven synced: open cuts it, and verify says
     // exactly that, naming the segment and where the log ends.
-    let verify = data.run("verify", &[]);
-    assert_eq!(verify.code, 0, "{}", verify.stdout);
-    let cut = format!("cut: {} at offset ", segment.display());
-    assert!(verify.stdout.contains(&cut), "{}", verify.stdout);
-    assert!(
-        verify
-            .stdout
-            .contains("opens after cutting 1 torn WAL tail"),
-        "{}",
-        verify.stdout
-    );
+    assert_opens_after_one_cut(&data, &format!("cut: {} at offset ", segment.display()));
     // The next open cuts it; the directory is sound again and the byte is gone.
-    assert_eq!(data.run("account", &[&key(0xEE)]).code, 1);
-    let verify = data.run("verify", &[]);
-    assert!(
-        verify.stdout.contains("sound: no problems"),
-        "{}",
-        verify.stdout
-    );
+    assert_an_open_leaves_it_sound(&data);
     assert_eq!(std::fs::read(&segment).unwrap()[middle], 0);
 }
 
