@@ -964,6 +964,17 @@ fn crashtest_runs_a_short_campaign_without_violations() {
     let checked: u64 = figures[3].parse().unwrap();
     assert!(checked > 0, "no op checked: {}", run.stdout);
     assert!(run.stdout.contains(" 0 violations"), "{}", run.stdout);
+    // `verify` judged the directory every kill left (a verdict each).
+    let verdicts: Vec<u64> = run
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("verify after each kill: "))
+        .unwrap_or_else(|| panic!("no verify counts in {}", run.stdout))
+        .split(", ")
+        .filter_map(|part| part.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(verdicts.len(), 3, "{}", run.stdout);
+    assert_eq!(verdicts.iter().sum::<u64>(), 20, "{}", run.stdout);
     let phases = run
         .stdout
         .lines()

@@ -760,6 +760,12 @@ pub struct CampaignReport {
     pub resubmitted_ops: u64,
     pub applied_on_retry: u64,
     pub history_entries: u64,
+    /// What `verify` said of the crashed directories: sound, opens after cutting (and the torn
+    /// WAL tails it would cut), or new (a creation killed before its MANIFEST).
+    pub verified_sound: u64,
+    pub verified_cut: u64,
+    pub torn_tails: u64,
+    pub verified_new: u64,
     /// Per phase, in the order of [`Phase::ALL`].
     pub phases: [PhaseCount; 6],
     pub violations: Vec<String>,
@@ -837,6 +843,10 @@ pub fn summary(args: &CampaignArgs, report: &CampaignReport) -> String {
     text.push_str(&format!(
         "exactly once: {} ops re-submitted with their ids after each crash (twice each), {} in-flight ops applied by the retry, {} history entries checked\n",
         report.resubmitted_ops, report.applied_on_retry, report.history_entries
+    ));
+    text.push_str(&format!(
+        "verify after each kill: {} sound, {} open after cutting {} torn WAL tails, {} new, no problem allowed\n",
+        report.verified_sound, report.verified_cut, report.torn_tails, report.verified_new
     ));
     let phases: Vec<String> = Phase::ALL
         .iter()
@@ -1074,7 +1084,7 @@ impl<'a> Campaign<'a> {
         copy_dir(&self.worker.data_dir, &copy).map_err(|e| io_error(&copy, e))?;
         // `verify` judges by open's rules: a kill leaves a directory that opens, at most after
         // cutting torn WAL tails, with no problem to report.
-        for problem in verify_problems(&copy) {
+        for problem in self.verify_copy(&copy) {
             self.report
                 .violations
                 .push(format!("cycle {cycle}: verify after the kill: {problem}"));
@@ -1112,6 +1122,29 @@ impl<'a> Campaign<'a> {
         );
         self.report.cycles += 1;
         Ok(())
+    }
+
+    /// What `verify` says is wrong with a directory a kill left: a verdict other than sound,
+    /// opens-after-cutting or new (a creation killed before its MANIFEST), and every problem it
+    /// reports. Counts the verdicts.
+    fn verify_copy(&mut self, dir: &Path) -> Vec<String> {
+        use tally::internals::verify::Verdict;
+        let verified = match tally::internals::verify::verify(dir) {
+            Ok(verified) => verified,
+            Err(error) => return vec![format!("verify failed: {error}")],
+        };
+        let mut problems = Vec::new();
+        match &verified.verdict {
+            Verdict::Sound => self.report.verified_sound += 1,
+            Verdict::OpensAfterCutting => {
+                self.report.verified_cut += 1;
+                self.report.torn_tails += verified.cuts.len() as u64;
+            }
+            Verdict::New => self.report.verified_new += 1,
+            Verdict::Refused(_) => problems.push(format!("verdict {:?}", verified.verdict)),
+        }
+        problems.extend(verified.problems.iter().map(|finding| finding.to_string()));
+        problems
     }
 
     /// The next phase of [`Phase::ROTATION`]. A credit re-send is only reached when the directory
@@ -1192,26 +1225,6 @@ fn read_placement(worker: &WorkerArgs) -> Option<BTreeMap<u32, Vec<u32>>> {
             })
             .collect(),
     )
-}
-
-/// What `verify` says is wrong with a directory a kill left: a verdict other than sound,
-/// opens-after-cutting or new (a creation killed before its MANIFEST), and every problem it
-/// reports.
-fn verify_problems(dir: &Path) -> Vec<String> {
-    use tally::internals::verify::Verdict;
-    let report = match tally::internals::verify::verify(dir) {
-        Ok(report) => report,
-        Err(error) => return vec![format!("verify failed: {error}")],
-    };
-    let mut problems = Vec::new();
-    if !matches!(
-        report.verdict,
-        Verdict::Sound | Verdict::OpensAfterCutting | Verdict::New
-    ) {
-        problems.push(format!("verdict {:?}", report.verdict));
-    }
-    problems.extend(report.problems.iter().map(|finding| finding.to_string()));
-    problems
 }
 
 /// Copies a directory tree; a missing source makes an empty copy.
