@@ -10,7 +10,7 @@
 //! # What the parent checks, each cycle
 //!
 //! * `verify` of the copy, by the rules `open` applies, says it opens (at most after cutting
-//!   torn WAL tails) and reports no problem.
+//!   torn WAL tails; or that it holds an interrupted creation) and reports no problem.
 //! * Every acknowledged op is there, with the outcome the model gives it. Under
 //!   `Durability::Periodic` an ack follows the WAL `write()`, and a kill -9 keeps the page
 //!   cache, so it is checked exactly like `Sync`: nothing acknowledged may be missing.
@@ -1083,7 +1083,7 @@ impl<'a> Campaign<'a> {
         }
         copy_dir(&self.worker.data_dir, &copy).map_err(|e| io_error(&copy, e))?;
         // `verify` judges by open's rules: a kill leaves a directory that opens, at most after
-        // cutting torn WAL tails, with no problem to report.
+        // cutting torn WAL tails (or an interrupted creation), with no problem to report.
         for problem in self.verify_copy(&copy) {
             self.report
                 .violations
