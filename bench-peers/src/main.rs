@@ -85,6 +85,10 @@ struct Args {
     /// Print the results as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Runs of the whole set of scenarios, one after another (so the stores alternate in
+    /// time); the table gives each row's median run, with every run's rate and steal beside it.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// tally's `latency.lone_call_spin_us`: how long a single call made alone in flight polls
     /// for its answer before sleeping (0 = never poll; tally's default is 1000).
     #[arg(long, default_value_t = 1_000)]
@@ -99,7 +103,7 @@ struct Args {
 }
 
 /// One line of the results.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Row {
     store: &'static str,
     /// How the store was driven.
@@ -120,6 +124,17 @@ struct Row {
     /// CPU time of this process (every store runs in it) per transfer, in microseconds.
     cpu_us_per_transfer: Option<f64>,
     /// The host's steal during the row, as a share of the machine's CPU time.
+    steal_percent: Option<f64>,
+    /// With `--runs` above 1 (the median rows only): every run's transfers/s and steal, in
+    /// the order the runs ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    runs: Vec<RunFigure>,
+}
+
+/// One run's figure of a row.
+#[derive(Debug, Clone, Serialize)]
+struct RunFigure {
+    transfers_per_sec: f64,
     steal_percent: Option<f64>,
 }
 
@@ -148,6 +163,7 @@ impl Row {
                 .process_seconds
                 .map(|seconds| seconds * 1e6 / m.transfers.max(1) as f64),
             steal_percent: cpu.steal_percent,
+            runs: Vec::new(),
         };
         eprintln!(
             "  {:<12} {:<34} {:<8} batch {:>5}: {:>10.0} transfers/s  p50 {:>9.1} us  p99 {:>9.1} us  ({} transfers, {:.1} s)",
@@ -236,7 +252,13 @@ struct Report {
     tally_shards: u32,
     /// Worker threads of the runtime every store's callers ran on.
     worker_threads: usize,
+    /// How many times the whole set of scenarios ran.
+    runs: usize,
+    /// With one run, its rows; with more, each row's median run (see [`median_rows`]).
     rows: Vec<Row>,
+    /// With more than one run, every run's rows (the same rows in the same order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    each_run: Vec<Vec<Row>>,
 }
 
 /// The lists of one skew: one per batch size, plus the longer list of tally's concurrent
@@ -283,23 +305,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let keys = Arc::new(workload::keys(args.accounts));
-    let mut rows = Vec::new();
     let started = Instant::now();
-
-    if args.stores.contains(&Store::Floor) {
-        eprintln!("fsync floor");
-        quiesce();
-        for (preallocated, mode) in [
-            (true, "pwrite 80 B + fdatasync, preallocated"),
-            (false, "pwrite 80 B + fdatasync, appending"),
-        ] {
-            let mark = cpu::CpuMark::now();
-            let measured = floor::run(root.path(), args.single_transfers, preallocated)?;
-            let measured = (measured, mark.until(&cpu::CpuMark::now()));
-            rows.push(Row::new(Store::Floor, mode.into(), None, 1, measured));
-        }
-    }
-
     let zipf = args
         .skew
         .contains(&Skew::Zipf)
@@ -310,6 +316,77 @@ fn main() -> anyhow::Result<()> {
             args.zipf_s,
             zipf.top_share() * 100.0
         );
+    }
+
+    let mut each_run = Vec::with_capacity(args.runs);
+    for run in 1..=args.runs {
+        if args.runs > 1 {
+            eprintln!("run {run} of {}", args.runs);
+        }
+        let mut rows = run_once(
+            &args,
+            root.path(),
+            &runtime,
+            &keys,
+            zipf.as_ref(),
+            initial_balance,
+        )?;
+        set_ratios(&mut rows);
+        each_run.push(rows);
+    }
+    let total_seconds = started.elapsed().as_secs_f64();
+    let rows = if each_run.len() == 1 {
+        each_run.pop().unwrap_or_default()
+    } else {
+        median_rows(&each_run)
+    };
+
+    let report = Report {
+        machine,
+        accounts: args.accounts,
+        initial_balance,
+        transfers: args.transfers,
+        single_transfers: args.single_transfers,
+        zipf_s: args.zipf_s,
+        tally_tasks: args.tasks,
+        tally_submitters: args.submitters,
+        tally_shards: tally_store::shard_count(args.shards),
+        worker_threads,
+        runs: args.runs,
+        rows,
+        each_run,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report, total_seconds);
+    }
+    Ok(())
+}
+
+/// One run of every scenario: the fsync floor, then each skew's stores in turn, each on a
+/// fresh database and checked against the model at its end.
+fn run_once(
+    args: &Args,
+    root: &Path,
+    runtime: &tokio::runtime::Runtime,
+    keys: &Arc<Vec<tally::Pubkey>>,
+    zipf: Option<&Zipf>,
+    initial_balance: u64,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    if args.stores.contains(&Store::Floor) {
+        eprintln!("fsync floor");
+        quiesce();
+        for (preallocated, mode) in [
+            (true, "pwrite 80 B + fdatasync, preallocated"),
+            (false, "pwrite 80 B + fdatasync, appending"),
+        ] {
+            let mark = cpu::CpuMark::now();
+            let measured = floor::run(root, args.single_transfers, preallocated)?;
+            let measured = (measured, mark.until(&cpu::CpuMark::now()));
+            rows.push(Row::new(Store::Floor, mode.into(), None, 1, measured));
+        }
     }
 
     for (skew_number, &skew) in args.skew.iter().enumerate() {
@@ -325,13 +402,8 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         args.transfers
                     };
-                    let list = workload::transfers(
-                        args.accounts,
-                        count,
-                        skew,
-                        zipf.as_ref(),
-                        seed + n as u64 + 1,
-                    );
+                    let list =
+                        workload::transfers(args.accounts, count, skew, zipf, seed + n as u64 + 1);
                     (batch, Arc::new(list))
                 })
                 .collect(),
@@ -339,7 +411,7 @@ fn main() -> anyhow::Result<()> {
                 args.accounts,
                 args.transfers,
                 skew,
-                zipf.as_ref(),
+                zipf,
                 seed + 999,
             )),
         };
@@ -347,22 +419,20 @@ fn main() -> anyhow::Result<()> {
             if store == Store::Floor {
                 continue;
             }
-            let dir = root
-                .path()
-                .join(format!("{}-{}", store.name(), skew.name()));
+            let dir = root.join(format!("{}-{}", store.name(), skew.name()));
             std::fs::create_dir(&dir)?;
             eprintln!("{} / {}", store.name(), skew.name());
             let mut model = Model::new(args.accounts, initial_balance);
             if store == Store::Tally {
                 runtime.block_on(run_tally(
-                    &args, &dir, &keys, &lists, skew, &mut model, &mut rows,
+                    args, &dir, keys, &lists, skew, &mut model, &mut rows,
                 ))?;
             } else {
                 let mut peer = open_peer(store, &dir)?;
                 run_peer(
                     peer.as_mut(),
                     store,
-                    &keys,
+                    keys,
                     &lists,
                     skew,
                     &mut model,
@@ -372,8 +442,11 @@ fn main() -> anyhow::Result<()> {
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    let total_seconds = started.elapsed().as_secs_f64();
+    Ok(rows)
+}
 
+/// Sets each row's ratio to tally's reference row of the same batch and skew.
+fn set_ratios(rows: &mut [Row]) {
     for index in 0..rows.len() {
         let reference = rows
             .iter()
@@ -386,26 +459,32 @@ fn main() -> anyhow::Result<()> {
                 reference.map(|tally| rows[index].transfers_per_sec / tally);
         }
     }
+}
 
-    let report = Report {
-        machine,
-        accounts: args.accounts,
-        initial_balance,
-        transfers: args.transfers,
-        single_transfers: args.single_transfers,
-        zipf_s: args.zipf_s,
-        tally_tasks: args.tasks,
-        tally_submitters: args.submitters,
-        tally_shards: tally_store::shard_count(args.shards),
-        worker_threads,
-        rows,
+/// Each row's median run (by transfers/s; with an even count, the upper one), carrying every
+/// run's rate and steal; the ratios are then between medians.
+fn median_rows(each_run: &[Vec<Row>]) -> Vec<Row> {
+    let Some(first) = each_run.first() else {
+        return Vec::new();
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report, total_seconds);
-    }
-    Ok(())
+    let mut rows: Vec<Row> = (0..first.len())
+        .map(|index| {
+            let mut runs: Vec<&Row> = each_run.iter().filter_map(|rows| rows.get(index)).collect();
+            let figures = runs
+                .iter()
+                .map(|row| RunFigure {
+                    transfers_per_sec: row.transfers_per_sec,
+                    steal_percent: row.steal_percent,
+                })
+                .collect();
+            runs.sort_by(|a, b| a.transfers_per_sec.total_cmp(&b.transfers_per_sec));
+            let mut median = runs[runs.len() / 2].clone();
+            median.runs = figures;
+            median
+        })
+        .collect();
+    set_ratios(&mut rows);
+    rows
 }
 
 /// Writes back every dirty page of the machine (sync(2)), so that a scenario does not pay for
@@ -427,6 +506,9 @@ fn validate(args: &Args) -> anyhow::Result<()> {
     }
     if args.tasks == 0 || args.submitters == 0 {
         bail!("--tasks and --submitters must be at least 1");
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
     }
     if !(args.zipf_s > 0.0 && args.zipf_s.is_finite()) {
         bail!("--zipf-s must be a positive number");
@@ -538,14 +620,28 @@ fn print_table(report: &Report, total_seconds: f64) {
         "Workload: {} accounts; {} transfers per batched scenario and for tally's concurrent \
          single calls, {} per one-transfer-per-commit run; every store durable at each commit \
          and checked at the end (every balance equals the reference model, sum == minted). \
-         tally on {} shards; callers on a runtime of {} worker threads. Run took {:.0} s.",
+         tally on {} shards; callers on a runtime of {} worker threads. {} took {:.0} s.",
         report.accounts,
         report.transfers,
         report.single_transfers,
         report.tally_shards,
         report.worker_threads,
+        if report.runs == 1 {
+            "The run".to_string()
+        } else {
+            format!("{} runs", report.runs)
+        },
         total_seconds
     );
+    if report.runs > 1 {
+        println!();
+        println!(
+            "Each row is its median run of {} (by transfers/s): its latency, CPU and steal are \
+             that run's, and its ratio is between medians. 'every run' lists each run's \
+             transfers/s and steal in the order they ran.",
+            report.runs
+        );
+    }
     println!();
     println!(
         "Batch 1: tally's reference figure is {} concurrent tasks each awaiting single \
@@ -561,13 +657,31 @@ fn print_table(report: &Report, total_seconds: f64) {
          different steal do not compare)."
     );
     println!();
+    let runs = report.runs > 1;
     println!(
-        "| store | how | skew | transfers/commit | transfers/s | p50 per commit | p99 per commit | ratio to tally | CPU per transfer | steal |"
+        "| store | how | skew | transfers/commit | transfers/s | p50 per commit | p99 per commit | ratio to tally | CPU per transfer | steal |{}",
+        if runs { " every run |" } else { "" }
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|{}",
+        if runs { "---|" } else { "" }
+    );
     for row in &report.rows {
+        let every_run = if runs {
+            let figures: Vec<String> = row
+                .runs
+                .iter()
+                .map(|run| match run.steal_percent {
+                    Some(steal) => format!("{:.0} ({steal:.0}%)", run.transfers_per_sec),
+                    None => format!("{:.0}", run.transfers_per_sec),
+                })
+                .collect();
+            format!(" {} |", figures.join(" / "))
+        } else {
+            String::new()
+        };
         println!(
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |{}",
             row.store,
             row.mode,
             row.skew.map_or("-", Skew::name),
@@ -580,10 +694,16 @@ fn print_table(report: &Report, total_seconds: f64) {
             row.cpu_us_per_transfer
                 .map_or_else(|| "-".to_string(), |us| format!("{us:.1} us")),
             row.steal_percent
-                .map_or_else(|| "-".to_string(), |steal| format!("{steal:.1}%"))
+                .map_or_else(|| "-".to_string(), |steal| format!("{steal:.1}%")),
+            every_run
         );
     }
-    let rejected: u64 = report.rows.iter().map(|r| r.rejected).sum();
+    // Every run's, not only the medians': any refusal means a store disagreed with the model.
+    let rejected: u64 = if report.each_run.is_empty() {
+        report.rows.iter().map(|r| r.rejected).sum()
+    } else {
+        report.each_run.iter().flatten().map(|r| r.rejected).sum()
+    };
     if rejected > 0 {
         println!();
         println!("{rejected} transfers were refused for lack of funds (expected none).");
