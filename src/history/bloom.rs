@@ -83,16 +83,12 @@ impl Bloom {
 
     /// The filter's bytes: its words, u64 LE.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(self.byte_len());
-        self.extend_into(&mut bytes);
-        bytes
+        self.words().flat_map(u64::to_le_bytes).collect()
     }
 
-    /// Appends [`Bloom::to_bytes`] to `out`.
-    pub fn extend_into(&self, out: &mut impl Extend<u8>) {
-        for word in &self.words {
-            out.extend(word.to_le_bytes());
-        }
+    /// The filter's words, in the order [`Bloom::to_bytes`] writes them.
+    pub fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().copied()
     }
 
     /// A filter from [`Bloom::to_bytes`]; its size is that of `bytes`, which must be a
