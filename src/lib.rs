@@ -467,6 +467,8 @@ impl Ledger {
         &self,
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
+        // Shared with the claims, which name their ops in it rather than carry copies.
+        let ops: Arc<[Op]> = Arc::from(ops);
         let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
         let mut valid = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
