@@ -442,9 +442,16 @@ impl Ids {
 
     /// Claims `op`'s id, or finds the submission that holds it, or where it was decided.
     pub fn claim(self: &Arc<Self>, op: Op) -> Claimed {
-        let id = op.id().0;
+        self.claim_one(Arc::new([op]))
+    }
+
+    /// [`Ids::claim`] for the op of a list of one. A caller that keeps a clone of the list
+    /// until its op is answered frees it on its own thread: the guard's copy goes to the WAL
+    /// thread, and a list freed there is a free into another thread's malloc arena.
+    pub fn claim_one(self: &Arc<Self>, op: Arc<[Op; 1]>) -> Claimed {
+        let id = op[0].id().0;
         let probe = self.hot.claim_in(&mut write(self.hot.part(id)), id);
-        self.claimed(probe, Arc::new([op]), 0)
+        self.claimed(probe, op, 0)
     }
 
     /// [`Ids::claim`] for the ops of `ops` at `positions`, in that order, a part of the map at

@@ -343,8 +343,9 @@ impl Ledger {
     /// before, or waits for the submission of it in flight.
     async fn decide(&self, op: Op) -> Result<Receipt, LedgerError> {
         check_stateless(&op)?;
+        let list = Arc::new([op]);
         loop {
-            match self.inner.history.ids.claim(op) {
+            match self.inner.history.ids.claim_one(list.clone()) {
                 ids::Claimed::Leader(claim) => {
                     return match self.check_decided(&op, claim) {
                         Checked::Answer(answer) => answer,
