@@ -214,8 +214,9 @@ pub enum ShardOp {
 }
 
 /// An op's fields as a shard records them: its id and user data, the source (none for a mint),
-/// the destination and the amount. A `ShardOp` carries its op once, in its claim (the claim
-/// needs it, and a copy beside it made every op ~100 bytes longer to move).
+/// the destination and the amount. A `ShardOp` reaches its op through its claim, which names
+/// it in the list it was submitted with (a copy beside the claim made every op ~100 bytes
+/// longer to move, and a copy inside it made the claim 128 bytes).
 pub fn fields(op: &Op) -> (OpMeta, Option<Pubkey>, Pubkey, u64) {
     let (from, to, amount, user_data) = op.parts();
     let meta = OpMeta {
