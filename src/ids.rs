@@ -597,7 +597,7 @@ impl Ids {
 /// It names its op in the list the op was submitted with (`ops[at]`; a single op's list holds
 /// it alone) rather than carrying a copy: a guard is 32 bytes, not 128, and it moves with its
 /// op from the caller through the router and the shard to the WAL thread (copying 128-byte
-/// guards was most of the `memmove` in a `submit(8192)` profile).
+/// guards was almost half of the `memmove` in a `submit(8192)` profile: 9.5% → 5.3%).
 #[derive(Debug)]
 pub struct ClaimGuard {
     ids: Arc<Ids>,
