@@ -318,6 +318,17 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // Drawn once: every run replays the same lists.
+    let skew_lists: Vec<(Skew, Lists)> = args
+        .skew
+        .iter()
+        .enumerate()
+        .map(|(skew_number, &skew)| {
+            let seed = args.seed.wrapping_add(1000 * skew_number as u64);
+            (skew, lists(&args, skew, zipf.as_ref(), seed))
+        })
+        .collect();
+
     let mut each_run = Vec::with_capacity(args.runs);
     for run in 1..=args.runs {
         if args.runs > 1 {
@@ -328,7 +339,7 @@ fn main() -> anyhow::Result<()> {
             root.path(),
             &runtime,
             &keys,
-            zipf.as_ref(),
+            &skew_lists,
             initial_balance,
         )?;
         set_ratios(&mut rows);
@@ -371,7 +382,7 @@ fn run_once(
     root: &Path,
     runtime: &tokio::runtime::Runtime,
     keys: &Arc<Vec<tally::Pubkey>>,
-    zipf: Option<&Zipf>,
+    skew_lists: &[(Skew, Lists)],
     initial_balance: u64,
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
@@ -389,32 +400,8 @@ fn run_once(
         }
     }
 
-    for (skew_number, &skew) in args.skew.iter().enumerate() {
-        let seed = args.seed.wrapping_add(1000 * skew_number as u64);
-        let lists = Lists {
-            per_batch: args
-                .batch_sizes
-                .iter()
-                .enumerate()
-                .map(|(n, &batch)| {
-                    let count = if batch == 1 {
-                        args.single_transfers
-                    } else {
-                        args.transfers
-                    };
-                    let list =
-                        workload::transfers(args.accounts, count, skew, zipf, seed + n as u64 + 1);
-                    (batch, Arc::new(list))
-                })
-                .collect(),
-            tally_concurrent: Arc::new(workload::transfers(
-                args.accounts,
-                args.transfers,
-                skew,
-                zipf,
-                seed + 999,
-            )),
-        };
+    for (skew, lists) in skew_lists {
+        let skew = *skew;
         for &store in &args.stores {
             if store == Store::Floor {
                 continue;
@@ -425,7 +412,7 @@ fn run_once(
             let mut model = Model::new(args.accounts, initial_balance);
             if store == Store::Tally {
                 runtime.block_on(run_tally(
-                    args, &dir, keys, &lists, skew, &mut model, &mut rows,
+                    args, &dir, keys, lists, skew, &mut model, &mut rows,
                 ))?;
             } else {
                 let mut peer = open_peer(store, &dir)?;
@@ -433,7 +420,7 @@ fn run_once(
                     peer.as_mut(),
                     store,
                     keys,
-                    &lists,
+                    lists,
                     skew,
                     &mut model,
                     &mut rows,
@@ -443,6 +430,34 @@ fn run_once(
         }
     }
     Ok(rows)
+}
+
+/// The lists of one skew (see [`Lists`]).
+fn lists(args: &Args, skew: Skew, zipf: Option<&Zipf>, seed: u64) -> Lists {
+    Lists {
+        per_batch: args
+            .batch_sizes
+            .iter()
+            .enumerate()
+            .map(|(n, &batch)| {
+                let count = if batch == 1 {
+                    args.single_transfers
+                } else {
+                    args.transfers
+                };
+                let list =
+                    workload::transfers(args.accounts, count, skew, zipf, seed + n as u64 + 1);
+                (batch, Arc::new(list))
+            })
+            .collect(),
+        tally_concurrent: Arc::new(workload::transfers(
+            args.accounts,
+            args.transfers,
+            skew,
+            zipf,
+            seed + 999,
+        )),
+    }
 }
 
 /// Sets each row's ratio to tally's reference row of the same batch and skew.
