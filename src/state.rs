@@ -28,6 +28,11 @@ struct PendingRecord {
     next_entry: [u64; 2],
 }
 
+/// Most bytes and records of encoded records that [`ShardState::take_records`] reserves room for
+/// in the next group.
+const RESERVE_BYTES_MAX: usize = 4 << 20;
+const RESERVE_RECORDS_MAX: usize = 1 << 16;
+
 /// What a shard reports to the checkpoint actor after making its account file durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointInfo {
@@ -662,11 +667,20 @@ impl ShardState {
         if self.buffer.is_empty() {
             return None;
         }
+        // The next group is likely the size of this one: room for it up front saves growing the
+        // buffers from small, each step a copy of all they hold (a group of 2,048 transfers is
+        // ~180 KB of records and 32 KB of ids).
+        let bytes = self.buffer.len().clamp(1 << 16, RESERVE_BYTES_MAX);
+        let records = self.buffer_index.offsets.len().min(RESERVE_RECORDS_MAX);
+        let marks = self.buffer_index.marks.len().min(RESERVE_RECORDS_MAX);
         Some(Records {
-            bytes: std::mem::replace(&mut self.buffer, Vec::with_capacity(1 << 16)),
+            bytes: std::mem::replace(&mut self.buffer, Vec::with_capacity(bytes)),
             first_lsn: self.buffer_first_lsn,
             last_lsn: self.next_lsn - 1,
-            index: std::mem::take(&mut self.buffer_index),
+            index: std::mem::replace(
+                &mut self.buffer_index,
+                BatchIndex::with_capacity(records, marks),
+            ),
         })
     }
 

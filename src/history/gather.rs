@@ -24,6 +24,15 @@ pub struct BatchIndex {
 }
 
 impl BatchIndex {
+    /// An index with room for `records` records and `marks` marks.
+    pub fn with_capacity(records: usize, marks: usize) -> Self {
+        BatchIndex {
+            offsets: Vec::with_capacity(records),
+            ids: Vec::with_capacity(records),
+            marks: Vec::with_capacity(marks),
+        }
+    }
+
     /// Notes the record that starts at `offset` in the batch.
     pub fn push(&mut self, offset: usize, id: Option<u128>) {
         self.offsets.push(u32::try_from(offset).unwrap_or(u32::MAX));
