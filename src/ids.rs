@@ -442,23 +442,30 @@ impl Ids {
 
     /// Claims `op`'s id, or finds the submission that holds it, or where it was decided.
     pub fn claim(self: &Arc<Self>, op: Op) -> Claimed {
-        self.claim_one(Arc::new([op]))
+        self.claim_one(&Submitted::one(self, op))
     }
 
-    /// [`Ids::claim`] for the op of a list of one. A caller that keeps a clone of the list
-    /// until its op is answered frees it on its own thread: the guard's copy goes to the WAL
-    /// thread, and a list freed there is a free into another thread's malloc arena.
-    pub fn claim_one(self: &Arc<Self>, op: Arc<[Op; 1]>) -> Claimed {
-        let id = op[0].id().0;
+    /// [`Ids::claim`] for the op of a submission of one ([`Submitted::one`]). A caller that
+    /// keeps its `Arc` until the op is answered frees the submission on its own thread: the
+    /// guard's clone goes to the WAL thread, and a list freed there is a free into another
+    /// thread's malloc arena.
+    pub fn claim_one(&self, submitted: &Arc<Submitted>) -> Claimed {
+        // A submission of one holds its op (`Submitted::one` has no other way to make one).
+        let id = submitted.ops()[0].id().0;
         let probe = self.hot.claim_in(&mut write(self.hot.part(id)), id);
-        self.claimed(probe, op, 0)
+        claimed(probe, submitted, 0)
     }
 
-    /// [`Ids::claim`] for the ops of `ops` at `positions`, in that order, a part of the map at
-    /// a time. An id that repeats among them is claimed by its first occurrence, and the later
-    /// ones follow it (they are retries of it). One `Claimed` per position; every position
-    /// indexes `ops`.
-    pub fn claim_all(self: &Arc<Self>, ops: &Arc<[Op]>, positions: &[u32]) -> Vec<Claimed> {
+    /// [`Ids::claim`] for the ops of `submitted` at `positions`, in that order, a part of the
+    /// map at a time. An id that repeats among them is claimed by its first occurrence, and
+    /// the later ones follow it (they are retries of it). One `Claimed` per position; every
+    /// position indexes the submission's ops.
+    pub fn claim_all(
+        self: &Arc<Self>,
+        submitted: &Arc<Submitted>,
+        positions: &[u32],
+    ) -> Vec<Claimed> {
+        let ops = submitted.ops();
         let id_of = |at: u32| ops[at as usize].id().0;
         let (order, starts) = self.hot.grouped(positions.iter().map(|&at| id_of(at)));
         let mut probes: Vec<Option<Probe>> = Vec::with_capacity(positions.len());
@@ -478,26 +485,11 @@ impl Ids {
             .iter()
             .zip(probes)
             .map(|(&at, probe)| match probe {
-                Some(probe) => self.claimed(probe, ops.clone(), at),
+                Some(probe) => claimed(probe, submitted, at),
                 // Unreachable (every position is in one part); claiming alone is still right.
                 None => self.claim(ops[at as usize]),
             })
             .collect()
-    }
-
-    /// What `probe` gave for the id of `ops[at]` (which must be in `ops`).
-    fn claimed(self: &Arc<Self>, probe: Probe, ops: Arc<[Op]>, at: u32) -> Claimed {
-        match probe {
-            Probe::New => Claimed::Leader(ClaimGuard {
-                ids: self.clone(),
-                ops,
-                at,
-                logged: false,
-                done: false,
-            }),
-            Probe::Decided(location) => Claimed::Decided(location),
-            Probe::Follow(waiter) => Claimed::Follower(waiter),
-        }
     }
 
     /// Where the record that decided `id` is, if any: the map, then every sealed file whose
@@ -590,19 +582,77 @@ impl Ids {
     }
 }
 
+/// What `probe` gave for the id of `submitted.ops()[at]` (which must be in it).
+fn claimed(probe: Probe, submitted: &Arc<Submitted>, at: u32) -> Claimed {
+    match probe {
+        Probe::New => Claimed::Leader(ClaimGuard {
+            submitted: submitted.clone(),
+            at,
+            logged: false,
+            done: false,
+        }),
+        Probe::Decided(location) => Claimed::Decided(location),
+        Probe::Follow(waiter) => Claimed::Follower(waiter),
+    }
+}
+
+/// The ops of one `mint`/`transfer` call or one `submit`, shared by the claims of their ids,
+/// and the id map they are claimed in.
+///
+/// A claim names its op here rather than carrying a copy, and reaches the map through here
+/// rather than through an `Arc<Ids>` of its own: every claim of a call is made on the caller's
+/// thread and settled on the WAL thread, and a reference count of its own on the one map all
+/// calls share went back and forth between the two for every op. A submission's ops are the
+/// caller's list itself, not a copy of it (a `submit(8192)` copied ~900 KB to share them).
+#[derive(Debug)]
+pub struct Submitted {
+    ids: Arc<Ids>,
+    ops: SubmittedOps,
+}
+
+#[derive(Debug)]
+enum SubmittedOps {
+    One(Op),
+    Many(Vec<Op>),
+}
+
+impl Submitted {
+    /// A call of one op.
+    pub fn one(ids: &Arc<Ids>, op: Op) -> Arc<Submitted> {
+        Arc::new(Submitted {
+            ids: ids.clone(),
+            ops: SubmittedOps::One(op),
+        })
+    }
+
+    /// A `submit` of `ops`.
+    pub fn many(ids: &Arc<Ids>, ops: Vec<Op>) -> Arc<Submitted> {
+        Arc::new(Submitted {
+            ids: ids.clone(),
+            ops: SubmittedOps::Many(ops),
+        })
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        match &self.ops {
+            SubmittedOps::One(op) => std::slice::from_ref(op),
+            SubmittedOps::Many(ops) => ops,
+        }
+    }
+}
+
 /// The claim of one id, held by the op that decides it. Settling consumes it (or, for a round's
 /// decisions, disarms it into [`Decisions`]); dropping it unsettled frees the id if the op was
 /// never logged, and leaves it unknown if it was.
 ///
-/// It names its op in the list the op was submitted with (`ops[at]`; a single op's list holds
-/// it alone) rather than carrying a copy: a guard is 32 bytes, not 128, and it moves with its
-/// op from the caller through the router and the shard to the WAL thread (copying 128-byte
-/// guards was almost half of the `memmove` in a `submit(8192)` profile: 9.5% → 5.3%).
+/// It names its op in its [`Submitted`] list (`ops[at]`) rather than carrying a copy: a guard
+/// is 16 bytes, not 128, and it moves with its op from the caller through the router and the
+/// shard to the WAL thread (copying 128-byte guards was almost half of the `memmove` in a
+/// `submit(8192)` profile: 9.5% → 5.3%).
 #[derive(Debug)]
 pub struct ClaimGuard {
-    ids: Arc<Ids>,
-    ops: Arc<[Op]>,
-    /// Always an index of `ops` (every guard is made by [`Ids::claimed`] with one).
+    submitted: Arc<Submitted>,
+    /// Always an index of the submission's ops (every guard is made by [`claimed`] with one).
     at: u32,
     logged: bool,
     done: bool,
@@ -615,7 +665,11 @@ impl ClaimGuard {
 
     /// The op that holds the claim.
     pub fn op(&self) -> &Op {
-        &self.ops[self.at as usize]
+        &self.submitted.ops()[self.at as usize]
+    }
+
+    fn ids(&self) -> &Ids {
+        &self.submitted.ids
     }
 
     /// The op's record is in the shard's log buffer: from now on its outcome depends on the WAL.
@@ -630,7 +684,7 @@ impl ClaimGuard {
 
     fn set_unknown(&mut self, error: LedgerError) {
         self.done = true;
-        self.ids.hot.unknown(self.id(), *self.op(), error);
+        self.ids().hot.unknown(self.id(), *self.op(), error);
     }
 
     /// Settles as freed: nothing was logged for this submission (or the id turned out decided
@@ -641,7 +695,7 @@ impl ClaimGuard {
 
     fn set_freed(&mut self) {
         self.done = true;
-        self.ids.hot.free(self.id());
+        self.ids().hot.free(self.id());
     }
 }
 
@@ -675,7 +729,7 @@ impl Decisions {
         }
         claim.done = true;
         if self.ids.is_none() {
-            self.ids = Some(claim.ids.clone());
+            self.ids = Some(claim.submitted.ids.clone());
         }
         self.decided.push((claim.id(), location));
     }
@@ -871,7 +925,7 @@ mod tests {
         let held = leader(ids.claim(mint(4)));
         let ops: Vec<Op> = (1..=500u128).map(mint).collect();
         let positions: Vec<u32> = (0..500).collect();
-        let claims = ids.claim_all(&Arc::from(ops.clone()), &positions);
+        let claims = ids.claim_all(&Submitted::many(&ids, ops.clone()), &positions);
         assert_eq!(claims.len(), 500);
         for (op, claimed) in ops.iter().zip(&claims) {
             match (op.id().0, claimed) {
@@ -894,7 +948,7 @@ mod tests {
         // Positions 0..6 of ops 10, 11, 10, 12, 11, 10; position 6 (id 13) is left out.
         let ops: Vec<Op> = [10u128, 11, 10, 12, 11, 10, 13].map(mint).to_vec();
         let mut claims = ids
-            .claim_all(&Arc::from(ops.clone()), &[0, 1, 2, 3, 4, 5])
+            .claim_all(&Submitted::many(&ids, ops.clone()), &[0, 1, 2, 3, 4, 5])
             .into_iter();
         let mut next = || claims.next().unwrap();
         let mut first = leader(next());

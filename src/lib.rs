@@ -343,9 +343,9 @@ impl Ledger {
     /// before, or waits for the submission of it in flight.
     async fn decide(&self, op: Op) -> Result<Receipt, LedgerError> {
         check_stateless(&op)?;
-        let list = Arc::new([op]);
+        let list = ids::Submitted::one(&self.inner.history.ids, op);
         loop {
-            match self.inner.history.ids.claim_one(list.clone()) {
+            match self.inner.history.ids.claim_one(&list) {
                 ids::Claimed::Leader(claim) => {
                     return match self.check_decided(&op, claim) {
                         Checked::Answer(answer) => answer,
@@ -469,7 +469,8 @@ impl Ledger {
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Receipt, LedgerError>>, LedgerError> {
         // Shared with the claims, which name their ops in it rather than carry copies.
-        let ops: Arc<[Op]> = Arc::from(ops);
+        let submitted = ids::Submitted::many(&self.inner.history.ids, ops);
+        let ops = submitted.ops();
         let mut results: Vec<Option<Result<Receipt, LedgerError>>> = vec![None; ops.len()];
         let mut valid = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
@@ -480,7 +481,7 @@ impl Ledger {
         }
         // The batch's ids, claimed a part of the id map at a time. (A repeated id follows its
         // first occurrence: no set of the batch's ids is needed to find repeats.)
-        let claims = self.inner.history.ids.claim_all(&ops, &valid);
+        let claims = self.inner.history.ids.claim_all(&submitted, &valid);
         let mut claimed = Vec::with_capacity(claims.len());
         let mut claimed_at = Vec::with_capacity(claims.len());
         let mut followers = Vec::new();
@@ -504,7 +505,7 @@ impl Ledger {
             // Every op claimed (the usual case): the batch runs on `ops` itself, not a copy.
             let subset: Vec<Op>;
             let claimed_ops = if claimed_at.len() == ops.len() {
-                &ops[..]
+                ops
             } else {
                 subset = claimed_at.iter().map(|&index| ops[index]).collect();
                 &subset[..]
