@@ -450,6 +450,10 @@ impl Ids {
     /// guard's clone goes to the WAL thread, and a list freed there is a free into another
     /// thread's malloc arena.
     pub fn claim_one(&self, submitted: &Arc<Submitted>) -> Claimed {
+        debug_assert!(
+            std::ptr::eq(self, &*submitted.ids),
+            "claimed in another map"
+        );
         // A submission of one holds its op (`Submitted::one` has no other way to make one).
         let id = submitted.ops()[0].id().0;
         let probe = self.hot.claim_in(&mut write(self.hot.part(id)), id);
@@ -465,6 +469,7 @@ impl Ids {
         submitted: &Arc<Submitted>,
         positions: &[u32],
     ) -> Vec<Claimed> {
+        debug_assert!(Arc::ptr_eq(self, &submitted.ids), "claimed in another map");
         let ops = submitted.ops();
         let id_of = |at: u32| ops[at as usize].id().0;
         let (order, starts) = self.hot.grouped(positions.iter().map(|&at| id_of(at)));
