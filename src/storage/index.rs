@@ -102,7 +102,7 @@ const _: () = assert!(BUCKET_BYTES == 64);
 /// Parts of an index: each builds on a thread of its own while the ledger opens.
 const PARTS: usize = 2;
 
-/// A shard's accounts: key to [`IndexEntry`], in [`PARTS`] hash tables split by one bit of the
+/// A shard's accounts: key to [`IndexEntry`], in `PARTS` hash tables split by one bit of the
 /// key. Opening a shard inserts every account into its index (a million at 1M accounts, each a
 /// cache miss in a table of 128 MiB), and a table takes its inserts one at a time: in parts,
 /// the inserts run on two threads (`Ledger::open` of one shard of 1M accounts: 280–365 ms with
