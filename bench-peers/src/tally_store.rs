@@ -132,7 +132,9 @@ impl Call {
     }
 
     async fn run(self, ledger: &Ledger) -> Result<tally::Receipt, LedgerError> {
-        ledger.transfer(self.id, self.from, self.to, self.amount).await
+        ledger
+            .transfer(self.id, self.from, self.to, self.amount)
+            .await
     }
 }
 
