@@ -28,8 +28,9 @@ struct PendingRecord {
     next_entry: [u64; 2],
 }
 
-/// Most bytes and records of encoded records that [`ShardState::take_records`] reserves room for
-/// in the next group.
+/// Least and most bytes, and most records, of encoded records that a shard's buffer starts
+/// with room for ([`ShardState::take_records`] reserves the last group's sizes).
+const RESERVE_BYTES_MIN: usize = 1 << 16;
 const RESERVE_BYTES_MAX: usize = 4 << 20;
 const RESERVE_RECORDS_MAX: usize = 1 << 16;
 
@@ -174,7 +175,7 @@ impl ShardState {
             file_balance_sum: header.balance_sum,
             file_last_timestamp: header.last_timestamp,
             file_debit_max: vec![0; shard_count],
-            buffer: Vec::with_capacity(1 << 16),
+            buffer: Vec::with_capacity(RESERVE_BYTES_MIN),
             buffer_first_lsn: 0,
             frame_start: 0,
             buffer_index: BatchIndex::default(),
@@ -224,7 +225,7 @@ impl ShardState {
             file_last_timestamp: judged.last_timestamp,
             file_debit_max: judged.debit_max,
             header: judged.header,
-            buffer: Vec::with_capacity(1 << 16),
+            buffer: Vec::with_capacity(RESERVE_BYTES_MIN),
             buffer_first_lsn: 0,
             frame_start: 0,
             buffer_index: BatchIndex::default(),
@@ -670,7 +671,10 @@ impl ShardState {
         // The next group is likely the size of this one: room for it up front saves growing the
         // buffers from small, each step a copy of all they hold (a group of 2,048 transfers is
         // ~180 KB of records and 32 KB of ids).
-        let bytes = self.buffer.len().clamp(1 << 16, RESERVE_BYTES_MAX);
+        let bytes = self
+            .buffer
+            .len()
+            .clamp(RESERVE_BYTES_MIN, RESERVE_BYTES_MAX);
         let records = self.buffer_index.offsets.len().min(RESERVE_RECORDS_MAX);
         let marks = self.buffer_index.marks.len().min(RESERVE_RECORDS_MAX);
         Some(Records {
