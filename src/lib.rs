@@ -408,7 +408,10 @@ impl Ledger {
                 // answer comes, so poll for it before sleeping (see `spin`).
                 let lone = self.inner.in_flight.load(Ordering::Acquire) == 1;
                 let answer = self.inner.spin.wait(receiver, lone).await;
-                answer.unwrap_or(Err(LedgerError::Closed))
+                match answer {
+                    Some(result) => result,
+                    None => Err(LedgerError::Closed),
+                }
             }
             Err(error) => Err(error),
         }
@@ -530,7 +533,10 @@ impl Ledger {
         }
         Ok(results
             .into_iter()
-            .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
+            .map(|result| match result {
+                Some(result) => result,
+                None => Err(LedgerError::Closed),
+            })
             .collect())
     }
 

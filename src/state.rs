@@ -378,6 +378,7 @@ impl ShardState {
         }
     }
 
+    #[inline(always)]
     fn log_decided(&mut self, body: RecordBody) -> Logged {
         let timestamp = body.meta().map_or(0, |meta| meta.timestamp);
         Logged {
@@ -458,10 +459,9 @@ impl ShardState {
         )?;
         let to_state = cached_state(&self.accounts, to_entry, &to, self.header.checkpoint_lsn)?;
         check_funds(from_state, amount, unseen.amount)?;
-        let to_balance = to_state
-            .balance
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow)?;
+        let Some(to_balance) = to_state.balance.checked_add(amount) else {
+            return Err(LedgerError::Overflow);
+        };
         let next_lsn = self.next_lsn;
         let horizon = self.key_horizon;
         let from_image = Self::image(
@@ -523,10 +523,9 @@ impl ShardState {
     /// Debits `key` in the cache and returns its after-image; changes nothing on error.
     /// `unseen` of the balance is not the debit's to spend.
     fn debit_in_place(&mut self, key: &Pubkey, amount: u64, unseen: u64) -> Result<AfterImage> {
-        let entry = self
-            .index
-            .get_mut(key)
-            .ok_or(LedgerError::AccountNotFound(*key))?;
+        let Some(entry) = self.index.get_mut(key) else {
+            return Err(LedgerError::AccountNotFound(*key));
+        };
         let state = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
         check_funds(state, amount, unseen)?;
         let image = Self::image(
@@ -547,10 +546,9 @@ impl ShardState {
     fn credit_in_place(&mut self, key: &Pubkey, amount: u64) -> Result<AfterImage> {
         if let Some(entry) = self.index.get_mut(key) {
             let state = cached_state(&self.accounts, entry, key, self.header.checkpoint_lsn)?;
-            let balance = state
-                .balance
-                .checked_add(amount)
-                .ok_or(LedgerError::Overflow)?;
+            let Some(balance) = state.balance.checked_add(amount) else {
+                return Err(LedgerError::Overflow);
+            };
             let image = Self::image(
                 key,
                 entry.slot(),
@@ -609,6 +607,7 @@ impl ShardState {
     }
 
     /// Assigns the next LSN and encodes the record; its images are already in the cache.
+    #[inline(always)]
     fn log(&mut self, body: RecordBody) -> u64 {
         let lsn = self.next_lsn;
         self.next_lsn += 1;

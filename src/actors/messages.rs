@@ -170,7 +170,10 @@ impl Drop for BatchResults {
         let slots = self
             .slots
             .iter_mut()
-            .map(|cell| cell.take().unwrap_or(Slot::Done(Err(LedgerError::Closed))))
+            .map(|cell| {
+                cell.take()
+                    .unwrap_or_else(|| Slot::Done(Err(LedgerError::Closed)))
+            })
             .collect();
         if let Some(done) = self.done.take() {
             let _ = done.send(slots);

@@ -281,7 +281,10 @@ impl Routing {
         tracing::debug!(ops = count, rounds, "batch routed");
         run.results
             .into_iter()
-            .map(|result| result.unwrap_or(Err(LedgerError::Closed)))
+            .map(|result| match result {
+                Some(result) => result,
+                None => Err(LedgerError::Closed),
+            })
             .collect()
     }
 
