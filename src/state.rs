@@ -378,6 +378,8 @@ impl ShardState {
         }
     }
 
+    /// Inlined, as [`Self::log`] is: the caller's body is then copied once, into the pending
+    /// queue, instead of once per call on the way (208 bytes, each copy a `memcpy` call).
     #[inline(always)]
     fn log_decided(&mut self, body: RecordBody) -> Logged {
         let timestamp = body.meta().map_or(0, |meta| meta.timestamp);
