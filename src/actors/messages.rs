@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::books::Reservation;
 use super::shard::ShardGauges;
 use crate::error::{LedgerError, Result};
-use crate::ids::ClaimGuard;
+use crate::ids::{ClaimGuard, Decisions, Location};
 use crate::state::{CheckpointInfo, OpMeta};
 use crate::types::{Account, Entry, Op, Pubkey, Receipt, ShardStats};
 use crate::wal::record::Refusal;
@@ -295,6 +295,12 @@ pub struct ReadHistory {
 /// The credit half of a cross-shard transfer whose debit is durable. The transfer is committed,
 /// so its caller is answered `Ok` whatever happens to the credit: applied on the target, refused
 /// by it, or dropped anywhere on the way (the next open re-sends a credit that is still owed).
+///
+/// The transfer's id is decided (at its debit) only then, with the credit applied: a retry of
+/// the id that waited for it, answered `Ok` from the debit's record, then reads the target
+/// account with the credit in it, as the caller does. (Decided on the source once the debit was
+/// durable, a retry could be answered, and read the target, while the credit was still on its
+/// way.)
 #[derive(Debug)]
 pub struct CreditItem {
     pub source_lsn: u64,
@@ -306,6 +312,7 @@ pub struct CreditItem {
     /// The receipt of the debit, handed to the caller.
     pub receipt: Receipt,
     completion: Option<Completion>,
+    claim: Option<ClaimGuard>,
 }
 
 impl CreditItem {
@@ -316,6 +323,7 @@ impl CreditItem {
         early: Option<Early>,
         receipt: Receipt,
         completion: Completion,
+        claim: ClaimGuard,
     ) -> Self {
         CreditItem {
             source_lsn,
@@ -324,15 +332,30 @@ impl CreditItem {
             early,
             receipt,
             completion: Some(completion),
+            claim: Some(claim),
         }
     }
 
-    /// Answers the caller: the transfer is committed.
+    /// Notes in `decisions` that the transfer's id is decided by its debit.
+    pub fn decide(&mut self, decisions: &mut Decisions) {
+        if let Some(mut claim) = self.claim.take() {
+            let location = Location {
+                shard: self.receipt.shard,
+                lsn: self.receipt.lsn,
+            };
+            decisions.add(&mut claim, location);
+        }
+    }
+
+    /// Answers the caller: the transfer is committed (its id decided first, if it is not yet).
     pub fn settle(mut self) {
         self.answer();
     }
 
     fn answer(&mut self) {
+        let mut decisions = Decisions::default();
+        self.decide(&mut decisions);
+        decisions.apply();
         if let Some(completion) = self.completion.take() {
             completion.complete(Ok(self.receipt));
         }

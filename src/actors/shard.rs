@@ -432,7 +432,8 @@ impl ShardActor {
     /// is visible here, without waiting for this shard's own (lazy) sync: the durable debit
     /// already committed the transfer, and recovery re-sends a credit a crash takes from this
     /// shard.
-    fn apply_credit(&mut self, source_shard: u32, item: CreditItem) {
+    /// Applies a credit to the state; the caller then answers it.
+    fn apply_credit(&mut self, source_shard: u32, item: CreditItem) -> CreditItem {
         let created = item.early.is_some() && !self.state.contains(&item.to);
         match self
             .state
@@ -455,7 +456,7 @@ impl ShardActor {
                 self.context.wal.failed.store(true, Ordering::Release);
             }
         }
-        item.settle();
+        item
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -663,9 +664,17 @@ impl Handler<Credits> for ShardActor {
             message.items.into_iter().for_each(CreditItem::settle);
             return;
         }
+        let mut applied = Vec::with_capacity(message.items.len());
         for item in message.items {
-            self.apply_credit(message.source_shard, item);
+            applied.push(self.apply_credit(message.source_shard, item));
         }
+        // Their ids are decided together (a lock of the id map's part each), then answered.
+        let mut decisions = Decisions::default();
+        for item in &mut applied {
+            item.decide(&mut decisions);
+        }
+        decisions.apply();
+        applied.into_iter().for_each(CreditItem::settle);
         self.schedule_flush(ctx);
     }
 }
@@ -1092,16 +1101,8 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                 claim: Some((claim, location)),
                 ..
             } => decisions.add(claim, *location),
-            Ack::SendCredit {
-                source_lsn, claim, ..
-            } => {
-                let location = Location {
-                    shard,
-                    lsn: *source_lsn,
-                };
-                decisions.add(claim, location);
-            }
-            Ack::Reply { claim: None, .. } | Ack::Barrier(_) => {}
+            // A debit's id is decided where its credit is applied (see `CreditItem`).
+            Ack::Reply { claim: None, .. } | Ack::SendCredit { .. } | Ack::Barrier(_) => {}
         }
     }
     decisions.apply();
@@ -1130,8 +1131,8 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     to,
                     amount,
                     completion,
+                    claim,
                     early,
-                    ..
                 } => {
                     let receipt = Receipt {
                         shard,
@@ -1143,7 +1144,8 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     if credits.len() <= target {
                         credits.resize_with(target + 1, Vec::new);
                     }
-                    let item = CreditItem::new(source_lsn, to, amount, early, receipt, completion);
+                    let item =
+                        CreditItem::new(source_lsn, to, amount, early, receipt, completion, claim);
                     credits[target].push(item);
                 }
                 Ack::Barrier(settled) => {
