@@ -46,8 +46,8 @@ pub enum Ack {
         result: std::result::Result<Receipt, Box<LedgerError>>,
         claim: Option<(ClaimGuard, Location)>,
     },
-    /// A debit: once durable, send its credit to `target_shard`, which answers the caller
-    /// (with a receipt for `source_lsn` of this shard, at `timestamp`).
+    /// A debit: once durable, send its credit to `target_shard`, which decides the id and
+    /// answers the caller (with a receipt for `source_lsn` of this shard, at `timestamp`).
     SendCredit {
         target_shard: u32,
         source_lsn: u64,
@@ -428,11 +428,10 @@ impl ShardActor {
         }
     }
 
-    /// Applies the credit of a committed transfer. Its caller is answered as soon as the credit
-    /// is visible here, without waiting for this shard's own (lazy) sync: the durable debit
-    /// already committed the transfer, and recovery re-sends a credit a crash takes from this
-    /// shard.
-    /// Applies a credit to the state; the caller then answers it.
+    /// Applies the credit of a committed transfer and hands it back: the `Credits` handler then
+    /// decides its id and answers its caller, as soon as the credit is visible here, without
+    /// waiting for this shard's own (lazy) sync: the durable debit already committed the
+    /// transfer, and recovery re-sends a credit a crash takes from this shard.
     fn apply_credit(&mut self, source_shard: u32, item: CreditItem) -> CreditItem {
         let created = item.early.is_some() && !self.state.contains(&item.to);
         match self
