@@ -1110,6 +1110,7 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
         Some(_) if singles >= ANSWER_ON_RUNTIME_MIN => Some(Answers::with_capacity(singles)),
         _ => None,
     };
+    let mut fills = Fills::default();
     for Acks { logged, items } in acks {
         logged.keep();
         for ack in items {
@@ -1120,7 +1121,7 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
                     let result = result.map_err(|error| *error);
                     match &mut answers {
                         Some(answers) if completion.is_single() => answers.push(completion, result),
-                        _ => completion.complete(result),
+                        _ => fills.complete(completion, result),
                     }
                 }
                 Ack::SendCredit {
@@ -1153,6 +1154,7 @@ fn finish_round(shard: u32, round: Round<Acks>, context: &ShardContext) {
             }
         }
     }
+    fills.flush();
     if let (Some(answers), Some(runtime)) = (answers, &context.answer_on) {
         // On a runtime already shut down the task drops unrun, and `answers` delivers itself
         // as it drops.
