@@ -402,22 +402,29 @@ impl CreditItem {
 
     /// Answers the caller: the transfer is committed (its id decided first, if it is not yet).
     pub fn settle(mut self) {
-        self.answer();
+        self.answer(None);
     }
 
-    fn answer(&mut self) {
+    /// [`CreditItem::settle`], with a batch member's answer gathered into `fills`.
+    pub fn settle_into(mut self, fills: &mut Fills) {
+        self.answer(Some(fills));
+    }
+
+    fn answer(&mut self, fills: Option<&mut Fills>) {
         let mut decisions = Decisions::default();
         self.decide(&mut decisions);
         decisions.apply();
-        if let Some(completion) = self.completion.take() {
-            completion.complete(Ok(self.receipt));
+        match (self.completion.take(), fills) {
+            (Some(completion), Some(fills)) => fills.complete(completion, Ok(self.receipt)),
+            (Some(completion), None) => completion.complete(Ok(self.receipt)),
+            (None, _) => {}
         }
     }
 }
 
 impl Drop for CreditItem {
     fn drop(&mut self) {
-        self.answer();
+        self.answer(None);
     }
 }
 

@@ -673,7 +673,11 @@ impl Handler<Credits> for ShardActor {
             item.decide(&mut decisions);
         }
         decisions.apply();
-        applied.into_iter().for_each(CreditItem::settle);
+        let mut fills = Fills::default();
+        applied
+            .into_iter()
+            .for_each(|item| item.settle_into(&mut fills));
+        fills.flush();
         self.schedule_flush(ctx);
     }
 }
