@@ -402,29 +402,28 @@ impl CreditItem {
 
     /// Answers the caller: the transfer is committed (its id decided first, if it is not yet).
     pub fn settle(mut self) {
-        self.answer(None);
+        self.answer(&mut Fills::default());
     }
 
     /// [`CreditItem::settle`], with a batch member's answer gathered into `fills`.
     pub fn settle_into(mut self, fills: &mut Fills) {
-        self.answer(Some(fills));
+        self.answer(fills);
     }
 
-    fn answer(&mut self, fills: Option<&mut Fills>) {
+    fn answer(&mut self, fills: &mut Fills) {
         let mut decisions = Decisions::default();
         self.decide(&mut decisions);
         decisions.apply();
-        match (self.completion.take(), fills) {
-            (Some(completion), Some(fills)) => fills.complete(completion, Ok(self.receipt)),
-            (Some(completion), None) => completion.complete(Ok(self.receipt)),
-            (None, _) => {}
+        if let Some(completion) = self.completion.take() {
+            fills.complete(completion, Ok(self.receipt));
         }
     }
 }
 
 impl Drop for CreditItem {
     fn drop(&mut self) {
-        self.answer(None);
+        // A `Fills` of its own fills as it drops, at the end of this call.
+        self.answer(&mut Fills::default());
     }
 }
 
