@@ -28,6 +28,7 @@ pub struct Config {
     pub(crate) checkpoint_wal_bytes: u64,
     pub(crate) wal_segment_bytes: u64,
     pub(crate) initial_slots: u64,
+    pub(crate) huge_pages_max_bytes: u64,
     pub(crate) max_batch_ops: usize,
     pub(crate) mailbox_capacity: usize,
     pub(crate) lone_call_spin_us: u64,
@@ -46,6 +47,7 @@ impl Config {
             checkpoint_wal_bytes: 256 << 20,
             wal_segment_bytes: 40 << 20,
             initial_slots: 16_384,
+            huge_pages_max_bytes: 256 << 20,
             max_batch_ops: 1 << 20,
             mailbox_capacity: 4_096,
             lone_call_spin_us: 1_000,
@@ -84,6 +86,7 @@ impl Config {
         config.checkpoint_wal_bytes = file.checkpoint.wal_bytes;
         config.wal_segment_bytes = file.wal.segment_bytes;
         config.initial_slots = file.accounts.initial_slots;
+        config.huge_pages_max_bytes = file.accounts.huge_pages_max_bytes;
         config.max_batch_ops = file.limits.max_batch_ops;
         config.mailbox_capacity = file.limits.mailbox_capacity;
         config.lone_call_spin_us = file.latency.lone_call_spin_us;
@@ -125,6 +128,18 @@ impl Config {
     /// Account slots preallocated per shard; the file doubles when they run out.
     pub fn initial_slots(mut self, slots: u64) -> Self {
         self.initial_slots = slots;
+        self
+    }
+
+    /// Account files up to this many bytes (per shard) are mapped with 2 MiB pages where the
+    /// kernel and file system offer them; larger ones, and every file when 0, with 4 KiB pages.
+    /// Huge pages spare the write path a TLB miss on every account it changes (at 1M accounts,
+    /// `submit(8192)` ran ~25% faster), but the kernel then tracks the file's changes by
+    /// 2 MiB, so a checkpoint writes back every 2 MiB block that holds a changed account, up
+    /// to the whole file, instead of 4 KiB per changed account. Default 256 MiB (2M accounts
+    /// per shard).
+    pub fn huge_pages_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.huge_pages_max_bytes = max_bytes;
         self
     }
 
@@ -324,12 +339,15 @@ impl Default for WalSection {
 #[serde(deny_unknown_fields, default)]
 struct AccountsSection {
     initial_slots: u64,
+    huge_pages_max_bytes: u64,
 }
 
 impl Default for AccountsSection {
     fn default() -> Self {
+        let defaults = Config::new("");
         AccountsSection {
-            initial_slots: Config::new("").initial_slots,
+            initial_slots: defaults.initial_slots,
+            huge_pages_max_bytes: defaults.huge_pages_max_bytes,
         }
     }
 }
@@ -380,6 +398,10 @@ mod tests {
         let config = Config::from_toml(text).expect("default.toml parses");
         assert_eq!(config.durability, Durability::Sync);
         assert_eq!(config.shards, None);
+        assert_eq!(
+            config.huge_pages_max_bytes,
+            Config::new("").huge_pages_max_bytes
+        );
     }
 
     #[test]
@@ -404,5 +426,13 @@ mod tests {
         let periodic =
             Config::from_toml("[durability]\nmode = \"periodic\"\ninterval_ms = 5\n").unwrap();
         assert_eq!(periodic.durability, Durability::Periodic { interval_ms: 5 });
+        let small = Config::from_toml("[accounts]\nhuge_pages_max_bytes = 0\n").unwrap();
+        assert_eq!(small.huge_pages_max_bytes, 0);
+        assert_eq!(
+            Config::new("")
+                .huge_pages_max_bytes(1 << 30)
+                .huge_pages_max_bytes,
+            1 << 30
+        );
     }
 }

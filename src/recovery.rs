@@ -193,12 +193,13 @@ fn apply(
 /// syncs it meanwhile.
 fn open_accounts(config: &Config, shard: u32, shard_count: u32) -> Result<AccountsFile> {
     let dir = shard_dir(&config.data_dir, shard);
-    let (accounts, _) = AccountsFile::open_unsynced(
+    let (mut accounts, _) = AccountsFile::open_unsynced(
         config.io.clone(),
         &dir.join(ACCOUNTS_FILE),
         shard,
         shard_count,
     )?;
+    accounts.map_huge_up_to(config.huge_pages_max_bytes)?;
     Ok(accounts)
 }
 
@@ -307,13 +308,14 @@ fn create_shard(config: &Config, shard: u32, shard_count: u32) -> Result<Recover
             .remove_file(&segment.path)
             .map_err(|e| LedgerError::io(&segment.path, e))?;
     }
-    let (accounts, header) = AccountsFile::create(
+    let (mut accounts, header) = AccountsFile::create(
         config.io.clone(),
         &dir.join(ACCOUNTS_FILE),
         shard,
         shard_count,
         config.initial_slots,
     )?;
+    accounts.map_huge_up_to(config.huge_pages_max_bytes)?;
     let index = index::new_index(config.initial_slots as usize);
     let state = ShardState::new(accounts, header, index, &dir);
     let scan = reader::scan(&dir, 1)?;

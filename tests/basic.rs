@@ -307,3 +307,47 @@ async fn clean_shutdown_leaves_no_wal_records_to_replay() {
     assert_eq!(ledger.account(&key(2)).await.unwrap().unwrap().balance, 15);
     ledger.shutdown().await.unwrap();
 }
+
+/// The account map's page size is the kernel's business: a file that grows past the huge-page
+/// limit (remapped with small pages), and reopening under another limit, keep every balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_map_page_size_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |max_bytes: u64| {
+        Ledger::open(
+            Config::new(dir.path())
+                .shards(1)
+                .initial_slots(8)
+                .huge_pages_max_bytes(max_bytes),
+        )
+    };
+    // 9 KiB at first (huge pages advised), past 64 KiB once 512 accounts exist (4 KiB pages).
+    let ledger = open(64 << 10).await.unwrap();
+    let ops: Vec<Op> = (0..2_000)
+        .map(|n| Op::Mint {
+            id: TransferId::new(),
+            to: key(n),
+            amount: 100,
+            user_data: 0,
+        })
+        .collect();
+    for result in ledger.submit(ops).await.unwrap() {
+        result.unwrap();
+    }
+    for n in 0..1_000 {
+        ledger
+            .transfer(TransferId::new(), key(n), key(1_999 - n), 7)
+            .await
+            .unwrap();
+    }
+    ledger.shutdown().await.unwrap();
+    for max_bytes in [0, u64::MAX] {
+        let ledger = open(max_bytes).await.unwrap();
+        for n in [0, 511, 999, 1_000, 1_999] {
+            let balance = ledger.account(&key(n)).await.unwrap().unwrap().balance;
+            assert_eq!(balance, if n < 1_000 { 93 } else { 107 }, "account {n}");
+        }
+        assert_eq!(ledger.stats().await.unwrap().total_supply, 200_000);
+        ledger.shutdown().await.unwrap();
+    }
+}

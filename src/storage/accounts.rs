@@ -474,6 +474,9 @@ pub struct AccountsFile {
     capacity: u64,
     /// The file length the last fdatasync made durable.
     synced_len: u64,
+    /// The largest file mapped with huge pages (see [`AccountsFile::map_huge_up_to`]); 0 by
+    /// default: pages of 4 KiB.
+    huge_max_bytes: u64,
 }
 
 impl std::fmt::Debug for AccountsFile {
@@ -552,7 +555,7 @@ impl AccountsFile {
                 format!("file length {len} is not a header plus whole 128-byte slots"),
             ));
         }
-        let map = Self::map_file(&*io, path, &file)?;
+        let map = Self::map_file(&*io, path, &file, 0)?;
         Ok(AccountsFile {
             io,
             path: path.to_path_buf(),
@@ -561,19 +564,43 @@ impl AccountsFile {
             map,
             // Not known to be durable until a sync (`open` records its own).
             synced_len: 0,
+            huge_max_bytes: 0,
         })
     }
 
-    fn map_file(io: &dyn FileIo, path: &Path, file: &File) -> Result<MmapMut> {
+    fn map_file(io: &dyn FileIo, path: &Path, file: &File, huge_max_bytes: u64) -> Result<MmapMut> {
         // SAFETY: the mapping is only sound while no one else truncates or rewrites the file. The
         // file lives inside a data directory whose LOCK this process holds exclusively, it is only
         // ever grown (never shrunk) by this struct, and every access goes through bounds-checked
         // slices of the map.
         let map = unsafe { io.map_mut(file, path) }.map_err(|e| LedgerError::io(path, e))?;
-        // Random advice keeps msync write-back at page granularity instead of 2 MiB chunks.
-        map.advise(Advice::Random)
-            .map_err(|e| LedgerError::io(path, e))?;
+        Self::advise(&map, path, huge_max_bytes)?;
         Ok(map)
+    }
+
+    /// Huge pages for a map of at most `huge_max_bytes` (where the kernel and file system
+    /// have them: a hint, and ignored where refused), random access otherwise.
+    ///
+    /// A store into a slot of a file of hundreds of megabytes mapped in 4 KiB pages misses
+    /// the TLB; in 2 MiB pages it does not (at 1M accounts, `peers --batch-sizes 8192`: 656–732k
+    /// → 817–942k transfers/s in four alternated pairs). The price is paid at checkpoints:
+    /// the page cache then tracks the file's dirty bytes by 2 MiB, so msync writes back every
+    /// 2 MiB block that holds a changed slot, up to the whole file, where 4 KiB pages with
+    /// random advice (no read-ahead into larger folios) write 4 KiB a changed slot.
+    fn advise(map: &MmapMut, path: &Path, huge_max_bytes: u64) -> Result<()> {
+        if map.len() as u64 <= huge_max_bytes && map.advise(Advice::HugePage).is_ok() {
+            return Ok(());
+        }
+        map.advise(Advice::Random)
+            .map_err(|e| LedgerError::io(path, e))
+    }
+
+    /// Maps the file with huge pages while it is at most `max_bytes` long (0: never), from
+    /// now on and whenever it grows. Called before anything reads the slots, so that the pages
+    /// they bring in are huge ones.
+    pub fn map_huge_up_to(&mut self, max_bytes: u64) -> Result<()> {
+        self.huge_max_bytes = max_bytes;
+        Self::advise(&self.map, &self.path, max_bytes)
     }
 
     /// The file's bytes as they are now, to judge before writing.
@@ -656,7 +683,7 @@ impl AccountsFile {
         let _span =
             tracing::debug_span!("grow_accounts", path = %self.path.display(), capacity).entered();
         preallocate(&*self.io, &self.file, &self.path, slot_offset(capacity))?;
-        self.map = Self::map_file(&*self.io, &self.path, &self.file)?;
+        self.map = Self::map_file(&*self.io, &self.path, &self.file, self.huge_max_bytes)?;
         self.capacity = capacity;
         Ok(())
     }
