@@ -351,3 +351,59 @@ async fn the_account_map_page_size_changes_nothing() {
         ledger.shutdown().await.unwrap();
     }
 }
+
+/// A checkpoint the clock calls for waits until the WAL has grown by
+/// `checkpoint_min_wal_bytes` since the last one: an idle or lightly used ledger does not write
+/// its account files back every interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_checkpoints_wait_for_the_wal_to_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(
+        Config::new(dir.path())
+            .shards(1)
+            .checkpoint_interval_ms(10)
+            .checkpoint_min_wal_bytes(256 << 10),
+    )
+    .await
+    .unwrap();
+    let checkpoints = |ledger: Ledger| async move {
+        let stats = ledger.stats().await.unwrap();
+        stats.shards.iter().map(|s| s.checkpoints).sum::<u64>()
+    };
+    ledger
+        .mint(TransferId::new(), key(0), 1 << 40)
+        .await
+        .unwrap();
+    for n in 1..20 {
+        ledger
+            .transfer(TransferId::new(), key(0), key(n), 1)
+            .await
+            .unwrap();
+    }
+    let before = checkpoints(ledger.clone()).await;
+    // A few records (~2 KiB of WAL) and 30 intervals: no checkpoint.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(checkpoints(ledger.clone()).await, before);
+    // 5,000 transfers write well over 256 KiB: the next interval checkpoints.
+    let ops: Vec<Op> = (0..5_000)
+        .map(|n| Op::Transfer {
+            id: TransferId::new(),
+            from: key(0),
+            to: key(1_000 + n),
+            amount: 1,
+            user_data: 0,
+        })
+        .collect();
+    for result in ledger.submit(ops).await.unwrap() {
+        result.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while checkpoints(ledger.clone()).await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after the WAL grew"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    ledger.shutdown().await.unwrap();
+}

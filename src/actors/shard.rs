@@ -75,12 +75,17 @@ pub struct ShardGauges {
     pub queued_ops: AtomicU64,
     /// Milliseconds since the UNIX epoch of the last checkpoint (0: none since open).
     pub last_checkpoint_unix_ms: AtomicU64,
+    /// The WAL's bytes written since open when the last checkpoint ended.
+    pub wal_written_at_checkpoint: AtomicU64,
 }
 
 impl ShardGauges {
-    pub fn mark_checkpoint(&self) {
+    /// A checkpoint ended now, `wal_written` bytes into this session's WAL.
+    pub fn mark_checkpoint(&self, wal_written: u64) {
         self.last_checkpoint_unix_ms
             .store(unix_ms_now(), Ordering::Relaxed);
+        self.wal_written_at_checkpoint
+            .store(wal_written, Ordering::Relaxed);
     }
 }
 
@@ -959,7 +964,8 @@ impl ShardActor {
         };
         match &result {
             Ok(_) => {
-                self.context.gauges.mark_checkpoint();
+                let written = self.context.wal.bytes_written.load(Ordering::Relaxed);
+                self.context.gauges.mark_checkpoint(written);
                 metrics::gauge!("tally_accounts", "shard" => self.state.shard().to_string())
                     .set(self.state.stats().accounts as f64);
             }
