@@ -26,7 +26,6 @@ pub struct Config {
     pub(crate) durability: Durability,
     pub(crate) checkpoint_interval_ms: u64,
     pub(crate) checkpoint_wal_bytes: u64,
-    pub(crate) checkpoint_min_wal_bytes: u64,
     pub(crate) wal_segment_bytes: u64,
     pub(crate) initial_slots: u64,
     pub(crate) huge_pages_max_bytes: u64,
@@ -46,7 +45,6 @@ impl Config {
             durability: Durability::Sync,
             checkpoint_interval_ms: 30_000,
             checkpoint_wal_bytes: 256 << 20,
-            checkpoint_min_wal_bytes: 32 << 20,
             wal_segment_bytes: 40 << 20,
             initial_slots: 16_384,
             huge_pages_max_bytes: 256 << 20,
@@ -86,7 +84,6 @@ impl Config {
         };
         config.checkpoint_interval_ms = file.checkpoint.interval_ms;
         config.checkpoint_wal_bytes = file.checkpoint.wal_bytes;
-        config.checkpoint_min_wal_bytes = file.checkpoint.min_wal_bytes;
         config.wal_segment_bytes = file.wal.segment_bytes;
         config.initial_slots = file.accounts.initial_slots;
         config.huge_pages_max_bytes = file.accounts.huge_pages_max_bytes;
@@ -120,18 +117,6 @@ impl Config {
 
     pub fn checkpoint_wal_bytes(mut self, wal_bytes: u64) -> Self {
         self.checkpoint_wal_bytes = wal_bytes;
-        self
-    }
-
-    /// A checkpoint the clock calls for (`checkpoint_interval_ms`) waits until some shard has
-    /// written this many WAL bytes since the last checkpoint; 0 = the clock alone. A
-    /// checkpoint writes back the changed parts of the account files, which in 2 MiB pages
-    /// (`huge_pages_max_bytes`) is about the whole file as soon as a few hundred accounts
-    /// changed: under a light load checkpoints then come with the load, not with the clock,
-    /// and an idle ledger writes nothing. Default 32 MiB (~350,000 transfers); recovery
-    /// replays at most `checkpoint_wal_bytes` either way.
-    pub fn checkpoint_min_wal_bytes(mut self, min_wal_bytes: u64) -> Self {
-        self.checkpoint_min_wal_bytes = min_wal_bytes;
         self
     }
 
@@ -324,7 +309,6 @@ impl Default for DurabilitySection {
 struct CheckpointSection {
     interval_ms: u64,
     wal_bytes: u64,
-    min_wal_bytes: u64,
 }
 
 impl Default for CheckpointSection {
@@ -333,7 +317,6 @@ impl Default for CheckpointSection {
         CheckpointSection {
             interval_ms: defaults.checkpoint_interval_ms,
             wal_bytes: defaults.checkpoint_wal_bytes,
-            min_wal_bytes: defaults.checkpoint_min_wal_bytes,
         }
     }
 }
@@ -443,8 +426,6 @@ mod tests {
         let periodic =
             Config::from_toml("[durability]\nmode = \"periodic\"\ninterval_ms = 5\n").unwrap();
         assert_eq!(periodic.durability, Durability::Periodic { interval_ms: 5 });
-        let clock = Config::from_toml("[checkpoint]\nmin_wal_bytes = 0\n").unwrap();
-        assert_eq!(clock.checkpoint_min_wal_bytes, 0);
         let small = Config::from_toml("[accounts]\nhuge_pages_max_bytes = 0\n").unwrap();
         assert_eq!(small.huge_pages_max_bytes, 0);
         assert_eq!(

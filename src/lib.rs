@@ -121,7 +121,6 @@ struct Inner {
     gauges: Vec<Arc<actors::shard::ShardGauges>>,
     checkpoint_interval_ms: u64,
     checkpoint_wal_bytes: u64,
-    checkpoint_min_wal_bytes: u64,
     checkpointer: Addr<Checkpointer>,
     shards: Vec<Addr<ShardActor>>,
     books: Arc<actors::books::Books>,
@@ -182,11 +181,8 @@ impl Ledger {
         config.validate()?;
         let max_batch_ops = config.max_batch_ops;
         let spin = spin::SpinWait::new(Duration::from_micros(config.lone_call_spin_us));
-        let (checkpoint_interval_ms, checkpoint_wal_bytes, checkpoint_min_wal_bytes) = (
-            config.checkpoint_interval_ms,
-            config.checkpoint_wal_bytes,
-            config.checkpoint_min_wal_bytes,
-        );
+        let (checkpoint_interval_ms, checkpoint_wal_bytes) =
+            (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
         let data_dir = config.data_dir.clone();
         // Only a multi-threaded runtime runs its tasks without a `block_on` driving it: a
         // current-thread one would hold answers while its thread does something else.
@@ -210,7 +206,6 @@ impl Ledger {
                 gauges: running.gauges,
                 checkpoint_interval_ms,
                 checkpoint_wal_bytes,
-                checkpoint_min_wal_bytes,
                 checkpointer: running.checkpointer,
                 shards: running.shards,
                 books: running.books,
@@ -574,25 +569,13 @@ impl Ledger {
     ///
     /// The ledger is **degraded** when any of these holds:
     /// * a shard is not writable (a WAL write or sync failed; reopen to recover);
-    /// * a shard's last checkpoint is older than 3 x `checkpoint.interval_ms` + 10 s and it has
-    ///   written 2 x `checkpoint.min_wal_bytes` of WAL since (checkpoints are failing or
-    ///   stalled, so WALs and recovery time grow without bound; a shard that wrote less is not
-    ///   yet due one);
+    /// * a shard's last checkpoint is older than 3 x `checkpoint.interval_ms` + 10 s (checkpoints
+    ///   are failing or stalled, so WALs and recovery time grow without bound);
     /// * a shard's live WAL exceeds 4 x `checkpoint.wal_bytes`;
     /// * the ledger has been shut down.
     pub fn health(&self) -> Health {
         let now_ms = actors::shard::unix_ms_now();
         let inner = &self.inner;
-        // WAL bytes each shard wrote since its last checkpoint.
-        let unsettled: Vec<u64> = inner
-            .wals
-            .iter()
-            .zip(&inner.gauges)
-            .map(|(wal, gauges)| {
-                let written = wal.bytes_written.load(Ordering::Relaxed);
-                written.saturating_sub(gauges.wal_written_at_checkpoint.load(Ordering::Relaxed))
-            })
-            .collect();
         let shards: Vec<ShardHealth> = inner
             .wals
             .iter()
@@ -611,11 +594,9 @@ impl Ledger {
         let limits = HealthLimits {
             checkpoint_age: Duration::from_millis(inner.checkpoint_interval_ms.saturating_mul(3))
                 + Duration::from_secs(10),
-            checkpoint_due_bytes: inner.checkpoint_min_wal_bytes.saturating_mul(2),
             wal_bytes: inner.checkpoint_wal_bytes.saturating_mul(4),
         };
-        let closed = inner.closed.load(Ordering::Acquire);
-        let reasons = degraded_reasons(&shards, &unsettled, closed, &limits);
+        let reasons = degraded_reasons(&shards, inner.closed.load(Ordering::Acquire), &limits);
         Health {
             degraded: !reasons.is_empty(),
             reasons,
@@ -766,33 +747,23 @@ fn opening_failed(data_dir: &std::path::Path, error: tokio::task::JoinError) -> 
 /// Past these a shard makes the ledger degraded.
 struct HealthLimits {
     checkpoint_age: Duration,
-    /// A checkpoint older than `checkpoint_age` counts only once the shard has written this
-    /// many WAL bytes since it.
-    checkpoint_due_bytes: u64,
     wal_bytes: u64,
 }
 
-/// Why the ledger is degraded (none: healthy). See [`Ledger::health`]. `unsettled[i]`: the WAL
-/// bytes shard `shards[i]` wrote since its last checkpoint.
-fn degraded_reasons(
-    shards: &[ShardHealth],
-    unsettled: &[u64],
-    closed: bool,
-    limits: &HealthLimits,
-) -> Vec<String> {
+/// Why the ledger is degraded (none: healthy). See [`Ledger::health`].
+fn degraded_reasons(shards: &[ShardHealth], closed: bool, limits: &HealthLimits) -> Vec<String> {
     let mut reasons = Vec::new();
     if closed {
         reasons.push("the ledger is shut down".to_string());
     }
-    for (shard, &unsettled) in shards.iter().zip(unsettled) {
+    for shard in shards {
         if !shard.writable {
             reasons.push(format!(
                 "shard {} refuses writes after a WAL failure",
                 shard.shard
             ));
         }
-        if shard.checkpoint_age > limits.checkpoint_age && unsettled >= limits.checkpoint_due_bytes
-        {
+        if shard.checkpoint_age > limits.checkpoint_age {
             reasons.push(format!(
                 "shard {} has not checkpointed for {:?}",
                 shard.shard, shard.checkpoint_age
@@ -870,30 +841,25 @@ mod tests {
     fn health_is_degraded_by_each_rule_past_its_limit() {
         let limits = HealthLimits {
             checkpoint_age: Duration::from_secs(40),
-            checkpoint_due_bytes: 1 << 20,
             wal_bytes: 4 << 20,
         };
-        let due = [1 << 20];
-        assert!(degraded_reasons(&[shard(40, 4 << 20, true)], &due, false, &limits).is_empty());
-        let old = degraded_reasons(&[shard(41, 0, true)], &due, false, &limits);
+        assert!(degraded_reasons(&[shard(40, 4 << 20, true)], false, &limits).is_empty());
+        let old = degraded_reasons(&[shard(41, 0, true)], false, &limits);
         assert_eq!(
             old,
             vec!["shard 3 has not checkpointed for 41s".to_string()]
         );
-        // An old checkpoint of a shard that wrote too little since to be due another: healthy.
-        let quiet = degraded_reasons(&[shard(41, 0, true)], &[(1 << 20) - 1], false, &limits);
-        assert!(quiet.is_empty());
-        let big = degraded_reasons(&[shard(0, (4 << 20) + 1, true)], &due, false, &limits);
+        let big = degraded_reasons(&[shard(0, (4 << 20) + 1, true)], false, &limits);
         assert_eq!(
             big,
             vec![format!("shard 3 holds {} WAL bytes", (4 << 20) + 1)]
         );
-        let failed = degraded_reasons(&[shard(0, 0, false)], &due, false, &limits);
+        let failed = degraded_reasons(&[shard(0, 0, false)], false, &limits);
         assert_eq!(
             failed,
             vec!["shard 3 refuses writes after a WAL failure".to_string()]
         );
-        let closed = degraded_reasons(&[], &[], true, &limits);
+        let closed = degraded_reasons(&[], true, &limits);
         assert_eq!(closed, vec!["the ledger is shut down".to_string()]);
     }
 }

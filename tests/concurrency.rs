@@ -62,11 +62,7 @@ async fn two_hundred_tasks(config: Config) {
     const ACCOUNTS: u64 = 64;
     const TASKS: u64 = 200;
     const OPS_PER_TASK: u64 = 60;
-    let config = config
-        .shards(4)
-        .initial_slots(4)
-        .checkpoint_interval_ms(20)
-        .checkpoint_min_wal_bytes(0);
+    let config = config.shards(4).initial_slots(4).checkpoint_interval_ms(20);
     let ledger = Ledger::open(config.clone()).await.unwrap();
     let tally: Tally = Arc::default();
     let mut handles = Vec::new();

@@ -1,5 +1,4 @@
-//! The checkpoint actor: every `checkpoint.interval_ms` once some shard has written
-//! `checkpoint.min_wal_bytes` of WAL since the last one, when a WAL passes
+//! The checkpoint actor: every `checkpoint.interval_ms`, when a WAL passes
 //! `checkpoint.wal_bytes`, or on demand, it checkpoints every shard and then tells each which WAL
 //! segments it may delete.
 
@@ -19,33 +18,15 @@ use crate::wal::writer::WalShared;
 /// How often the actor looks at WAL sizes and the clock.
 const POLL_INTERVAL_MS: u64 = 50;
 
-/// When a checkpoint is due (the `checkpoint` section of the configuration).
-#[derive(Debug, Clone, Copy)]
-pub struct CheckpointWhen {
-    /// At least this long after the last one, once a WAL has grown by `wal_bytes_min`.
-    pub interval: Duration,
-    /// As soon as a shard's live WAL exceeds this.
-    pub wal_bytes_max: u64,
-    pub wal_bytes_min: u64,
-}
-
-/// Every WAL's bytes written since open.
-fn written(wals: &[Arc<WalShared>]) -> Vec<u64> {
-    wals.iter()
-        .map(|wal| wal.bytes_written.load(Ordering::Relaxed))
-        .collect()
-}
-
 pub struct Checkpointer {
     shards: Vec<Addr<ShardActor>>,
     wals: Vec<Arc<WalShared>>,
     history: Arc<LedgerHistory>,
     /// A sealing of complete WAL segments is running.
     sealing: Arc<std::sync::atomic::AtomicBool>,
-    when: CheckpointWhen,
+    interval: Duration,
+    wal_bytes_max: u64,
     last: Instant,
-    /// Each WAL's `bytes_written` when the last checkpoint started.
-    written_at_last: Vec<u64>,
     /// One checkpoint at a time: periodic and on-demand runs queue behind this lock.
     running: Arc<tokio::sync::Mutex<()>>,
     stopped: bool,
@@ -56,40 +37,32 @@ impl Checkpointer {
         shards: Vec<Addr<ShardActor>>,
         wals: Vec<Arc<WalShared>>,
         history: Arc<LedgerHistory>,
-        when: CheckpointWhen,
+        interval_ms: u64,
+        wal_bytes_max: u64,
     ) -> Self {
-        let written_at_last = written(&wals);
         Checkpointer {
             shards,
             wals,
             history,
             sealing: Arc::default(),
-            when,
+            interval: Duration::from_millis(interval_ms),
+            wal_bytes_max,
             last: Instant::now(),
-            written_at_last,
             running: Arc::new(tokio::sync::Mutex::new(())),
             stopped: false,
         }
     }
 
     fn due(&self) -> bool {
-        let when = &self.when;
-        let grown = || {
-            written(&self.wals)
-                .iter()
-                .zip(&self.written_at_last)
-                .any(|(now, then)| now.saturating_sub(*then) >= when.wal_bytes_min)
-        };
-        (self.last.elapsed() >= when.interval && grown())
+        self.last.elapsed() >= self.interval
             || self
                 .wals
                 .iter()
-                .any(|wal| wal.live_bytes.load(Ordering::Relaxed) > when.wal_bytes_max)
+                .any(|wal| wal.live_bytes.load(Ordering::Relaxed) > self.wal_bytes_max)
     }
 
     fn run(&mut self) -> impl std::future::Future<Output = Result<()>> + 'static {
         self.last = Instant::now();
-        self.written_at_last = written(&self.wals);
         checkpoint_all(
             self.shards.clone(),
             self.history.clone(),

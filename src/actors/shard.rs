@@ -75,17 +75,12 @@ pub struct ShardGauges {
     pub queued_ops: AtomicU64,
     /// Milliseconds since the UNIX epoch of the last checkpoint (0: none since open).
     pub last_checkpoint_unix_ms: AtomicU64,
-    /// The WAL's bytes written since open when the last checkpoint ended.
-    pub wal_written_at_checkpoint: AtomicU64,
 }
 
 impl ShardGauges {
-    /// A checkpoint ended now, `wal_written` bytes into this session's WAL.
-    pub fn mark_checkpoint(&self, wal_written: u64) {
+    pub fn mark_checkpoint(&self) {
         self.last_checkpoint_unix_ms
             .store(unix_ms_now(), Ordering::Relaxed);
-        self.wal_written_at_checkpoint
-            .store(wal_written, Ordering::Relaxed);
     }
 }
 
@@ -964,8 +959,7 @@ impl ShardActor {
         };
         match &result {
             Ok(_) => {
-                let written = self.context.wal.bytes_written.load(Ordering::Relaxed);
-                self.context.gauges.mark_checkpoint(written);
+                self.context.gauges.mark_checkpoint();
                 metrics::gauge!("tally_accounts", "shard" => self.state.shard().to_string())
                     .set(self.state.stats().accounts as f64);
             }

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use actix::prelude::*;
 
 use super::books::{Books, ShardBooks};
-use super::checkpoint::{CheckpointWhen, Checkpointer};
+use super::checkpoint::Checkpointer;
 use super::inbox::Inbox;
 use super::router::Routing;
 use super::shard::{ShardActor, ShardContext, ShardGauges};
@@ -168,7 +168,7 @@ fn start_shards(
             std::sync::atomic::Ordering::Release,
         );
         let gauges = Arc::new(ShardGauges::default());
-        gauges.mark_checkpoint(0);
+        gauges.mark_checkpoint();
         let inbox = Arc::new(Inbox::new(config.mailbox_capacity, gauges.clone()));
         let context = ShardContext {
             peers: started.peers.clone(),
@@ -212,13 +212,9 @@ fn start_control(
         books,
     );
     let (shard_addresses, shard_wals) = (started.addresses.clone(), started.wals.clone());
-    let when = CheckpointWhen {
-        interval: std::time::Duration::from_millis(config.checkpoint_interval_ms),
-        wal_bytes_max: config.checkpoint_wal_bytes,
-        wal_bytes_min: config.checkpoint_min_wal_bytes,
-    };
+    let (interval_ms, wal_bytes) = (config.checkpoint_interval_ms, config.checkpoint_wal_bytes);
     let checkpointer = Checkpointer::start_in_arbiter(&control.handle(), move |_| {
-        Checkpointer::new(shard_addresses, shard_wals, history, when)
+        Checkpointer::new(shard_addresses, shard_wals, history, interval_ms, wal_bytes)
     });
     Parts {
         routing,

@@ -286,7 +286,6 @@ fn worker_config(data_dir: &Path, args: &WorkerArgs) -> Config {
         .shards(args.shards)
         .durability(durability)
         .checkpoint_interval_ms(args.checkpoint_interval_ms)
-        .checkpoint_min_wal_bytes(0)
         .checkpoint_wal_bytes(32 << 10)
         .wal_segment_bytes(64 << 10)
         .initial_slots(4)
