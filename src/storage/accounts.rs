@@ -583,10 +583,11 @@ impl AccountsFile {
     ///
     /// A store into a slot of a file of hundreds of megabytes mapped in 4 KiB pages misses
     /// the TLB; in 2 MiB pages it does not (at 1M accounts, `peers --batch-sizes 8192`: 656–732k
-    /// → 817–942k transfers/s in four alternated pairs). The price is paid at checkpoints:
-    /// the page cache then tracks the file's dirty bytes by 2 MiB, so msync writes back every
-    /// 2 MiB block that holds a changed slot, up to the whole file, where 4 KiB pages with
-    /// random advice (no read-ahead into larger folios) write 4 KiB a changed slot.
+    /// → 817–942k transfers/s in four alternated pairs). The price is write volume: the page
+    /// cache then tracks the file's dirty bytes by 2 MiB, so the kernel's write-back and
+    /// msync write every 2 MiB block that holds a changed slot, up to the whole file, where
+    /// 4 KiB pages with random advice (no read-ahead into larger folios) write 4 KiB a
+    /// changed slot.
     fn advise(map: &MmapMut, path: &Path, huge_max_bytes: u64) -> Result<()> {
         if map.len() as u64 <= huge_max_bytes && map.advise(Advice::HugePage).is_ok() {
             return Ok(());
